@@ -1,0 +1,238 @@
+"""Backend choice: one place decides between ``pku`` and ``mprotect``, and says why.
+
+The ``pku`` backend needs an x86-64 CPU with PKU, a kernel that enabled it (OSPKE) and a
+``pkey_alloc`` that works; anything less selects ``mprotect``.  ``PKEYGUARD_BACKEND=pku``
+or ``=mprotect`` forces one; forcing ``pku`` where it cannot work raises
+:class:`PkuUnavailableError` on first use instead of falling back.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import threading
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from . import _core
+from ._errors import KeyExhaustedError, MprotectError, PkeyguardError, PkuUnavailableError
+from ._permissions import LEVEL_TO_PERMISSION, PkeyPermissions
+
+__all__ = ["BackendInfo", "backend", "probe_pku"]
+
+BackendName = Literal["pku", "mprotect"]
+
+PKU_GUARANTEES = (
+    "rights are per thread: a guard opens the memory to the thread that entered it only",
+    "switching rights is one WRPKRU instruction: no system call, no TLB flush",
+    "any access outside a guard that allows it faults in hardware (SIGSEGV, SEGV_PKUERR)",
+    "the kernel honours the rights for its own copies (read(2)/write(2) into the region)",
+)
+MPROTECT_GUARANTEES = (
+    "rights are process-wide, not per thread: while any thread holds a guard that allows an "
+    "access, every thread has it",
+    "each switch that changes the key's effective rights is an mprotect(2) of every region "
+    "of the key (a system call, a page-table walk and a TLB flush, with shootdowns when "
+    "other threads run)",
+    "a key's effective rights are the most permissive of all threads' innermost guards on "
+    "it, or its initial rights when no guard is active; a correct program never faults",
+    "any access while no guard allows it faults (SIGSEGV, SEGV_ACCERR)",
+)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """Which backend is active and what it can promise."""
+
+    name: BackendName
+    reason: str
+    per_thread: bool
+    hardware_keys: int
+    forced: bool
+    guarantees: tuple[str, ...] = field(repr=False)
+
+    @property
+    def max_keys(self) -> int | None:
+        """Keys that can exist at once (``None``: limited only by memory)."""
+        return self.hardware_keys if self.name == "pku" else None
+
+
+def probe_pku() -> tuple[bool, str]:
+    """(usable, reason) for the pku backend; never executes RDPKRU/WRPKRU."""
+    machine = platform.machine()
+    if machine not in ("x86_64", "AMD64"):
+        return False, f"not x86-64 (machine is {machine}); only x86 PKU is supported"
+    pku, ospke = _core.cpuid_flags()
+    if not pku:
+        return False, "cpu lacks pku (CPUID.7.0:ECX bit 3 is clear)"
+    if not ospke:
+        return False, "ospke off: the CPU has pku but the kernel did not enable it"
+    try:
+        key = _core.pkey_alloc(0, 0)
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        return False, f"pkey_alloc: {name} ({exc.strerror})"
+    _core.pkey_free(key)
+    return True, "cpu has pku, kernel enabled it (ospke) and pkey_alloc works"
+
+
+class Backend(Protocol):
+    """What pkeyguard needs from a backend (one module per backend, like psutil)."""
+
+    name: BackendName
+
+    def alloc_key(self, rights: PkeyPermissions) -> _core.Key: ...
+    def free_key(self, key: _core.Key) -> None: ...
+    def tag(self, key: _core.Key, address: int, length: int, prot: int) -> None: ...
+    def untag(
+        self, key: _core.Key, address: int, length: int, prot: int, *, unmapping: bool
+    ) -> None: ...
+    def current_rights(self, key: _core.Key) -> PkeyPermissions: ...
+    def live_keys(self) -> int: ...
+
+
+class PkuBackend:
+    """Hardware keys: pkey_alloc/pkey_mprotect/pkey_free; switches are WRPKRU in C."""
+
+    name: BackendName = "pku"
+
+    def __init__(self) -> None:
+        self._live = 0
+        self._lock = threading.Lock()
+
+    def alloc_key(self, rights: PkeyPermissions) -> _core.Key:
+        try:
+            pkey = _core.pkey_alloc(0, rights.pkru_bits)
+        except MprotectError as exc:
+            if exc.errno == errno.ENOSPC:
+                err = KeyExhaustedError(
+                    errno.ENOSPC,
+                    "no protection key is free: x86 has 15 allocatable keys (key 0 is the "
+                    f"default); this process holds {self._live} through pkeyguard. Close a "
+                    "PkeyGuard you no longer need, or share a key between regions",
+                )
+                err.syscall = "pkey_alloc"
+                raise err from None
+            raise
+        try:
+            key = _core.Key(pkey, _core.MODE_PKU, rights.level)
+        except BaseException:
+            _core.pkey_free(pkey)
+            raise
+        with self._lock:
+            self._live += 1
+        return key
+
+    def free_key(self, key: _core.Key) -> None:
+        _core.pkey_free(key.pkey)
+        with self._lock:
+            self._live -= 1
+
+    def tag(self, key: _core.Key, address: int, length: int, prot: int) -> None:
+        _core.pkey_mprotect(address, length, prot, key.pkey)
+        try:
+            key.add_region(address, length, prot)
+        except BaseException:
+            _core.pkey_mprotect(address, length, prot, 0)
+            raise
+
+    def untag(
+        self, key: _core.Key, address: int, length: int, prot: int, *, unmapping: bool
+    ) -> None:
+        if not unmapping:
+            # Back to key 0 so a later pkey_alloc that reuses the number cannot reach it.
+            _core.pkey_mprotect(address, length, prot, 0)
+        key.remove_region(address, False)
+
+    def current_rights(self, key: _core.Key) -> PkeyPermissions:
+        bits = (_core.rdpkru() >> (2 * key.pkey)) & 3
+        return PkeyPermissions.from_pkru_bits(bits)
+
+    def live_keys(self) -> int:
+        return self._live
+
+
+class MprotectBackend:
+    """Logical keys; a switch mprotects every region of the key (process-wide)."""
+
+    name: BackendName = "mprotect"
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._live = 0
+        self._lock = threading.Lock()
+
+    def alloc_key(self, rights: PkeyPermissions) -> _core.Key:
+        with self._lock:
+            number = self._next
+            self._next += 1
+            self._live += 1
+        return _core.Key(number, _core.MODE_MPROTECT, rights.level)
+
+    def free_key(self, key: _core.Key) -> None:
+        with self._lock:
+            self._live -= 1
+
+    def tag(self, key: _core.Key, address: int, length: int, prot: int) -> None:
+        key.add_region(address, length, prot)
+
+    def untag(
+        self, key: _core.Key, address: int, length: int, prot: int, *, unmapping: bool
+    ) -> None:
+        key.remove_region(address, not unmapping)
+
+    def current_rights(self, key: _core.Key) -> PkeyPermissions:
+        return LEVEL_TO_PERMISSION[key.effective_level]
+
+    def live_keys(self) -> int:
+        return self._live
+
+
+_lock = threading.Lock()
+_selected: tuple[BackendInfo, Backend] | None = None
+
+
+def _select() -> tuple[BackendInfo, Backend]:
+    wanted = os.environ.get("PKEYGUARD_BACKEND", "").strip().lower()
+    if wanted not in ("", "auto", "pku", "mprotect"):
+        raise PkeyguardError(
+            f"PKEYGUARD_BACKEND={wanted!r} is not a backend: use 'pku', 'mprotect' or unset it"
+        )
+    forced = wanted in ("pku", "mprotect")
+    if wanted == "mprotect":
+        return _mprotect_info("forced by PKEYGUARD_BACKEND=mprotect", forced=True)
+    ok, reason = probe_pku()
+    if ok:
+        _core.enable_pku()
+        info = BackendInfo("pku", reason, True, 15, forced, PKU_GUARANTEES)
+        return info, PkuBackend()
+    if wanted == "pku":
+        raise PkuUnavailableError(
+            f"PKEYGUARD_BACKEND=pku, but PKU cannot work here: {reason}. Run on a CPU with "
+            "PKU (Intel Skylake-SP or newer, AMD Zen 3 or newer) and a kernel built with "
+            "CONFIG_X86_INTEL_MEMORY_PROTECTION_KEYS, or under `python -m pkeyguard.vm`, or "
+            "unset PKEYGUARD_BACKEND to use the mprotect backend"
+        )
+    return _mprotect_info(reason, forced=False)
+
+
+def _mprotect_info(reason: str, *, forced: bool) -> tuple[BackendInfo, Backend]:
+    return BackendInfo("mprotect", reason, False, 0, forced, MPROTECT_GUARANTEES), (
+        MprotectBackend()
+    )
+
+
+def active() -> tuple[BackendInfo, Backend]:
+    """The selected backend, chosen once per process on first use."""
+    global _selected
+    if _selected is None:
+        with _lock:
+            if _selected is None:
+                _selected = _select()
+    return _selected
+
+
+def backend() -> BackendInfo:
+    """Which backend is active, why, and what it guarantees."""
+    return active()[0]
