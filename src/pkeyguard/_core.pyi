@@ -1,8 +1,6 @@
 # Typed surface of the C core (pkeyguard/_core.c).  Internal: the public API is in Python.
 from typing import Any, Final, Self
 
-
-
 MODE_NOP: Final[int]
 MODE_PKU: Final[int]
 MODE_MPROTECT: Final[int]
@@ -48,7 +46,7 @@ class Guard:
     @property
     def thread(self) -> int | None: ...
     def __enter__(self) -> Self: ...
-    def __exit__(self, *exc: object) -> bool: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 class View:
     def __init__(

@@ -30,6 +30,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# Guards only hand the region's type out, so they can be covariant in it: that lets a
+# ReadGuard[c_uint32] match the ReadGuard[_SimpleCData[V]] overloads below.
+T_co = TypeVar("T_co", covariant=True)
+V = TypeVar("V")
+C = TypeVar("C", bound="ctypes.Structure | ctypes.Union | ctypes.Array[Any]")
 
 
 def _release_key(backend: _backend.Backend, key: _core.Key) -> None:
@@ -264,7 +269,7 @@ class AssociatedRegion(Generic[T]):
         return f"<AssociatedRegion {self._region!r} {key}>"
 
 
-class AccessGuard(_core.Guard, Generic[T]):
+class AccessGuard(_core.Guard, Generic[T_co]):
     """Base of the rights guards; use ``with``.  The concrete class says what it grants."""
 
     __slots__ = ()
@@ -274,8 +279,8 @@ class AccessGuard(_core.Guard, Generic[T]):
         return LEVEL_TO_PERMISSION[self.level]
 
     @property
-    def region(self) -> RegionGuard[T]:
-        owner: AssociatedRegion[T] = self.owner
+    def region(self) -> RegionGuard[Any]:
+        owner: AssociatedRegion[Any] = self.owner
         return owner.region
 
     if not TYPE_CHECKING:
@@ -312,13 +317,13 @@ class AccessGuard(_core.Guard, Generic[T]):
         return cls(self, region.address, region.size, region._fmt, writable)
 
 
-class NoAccessGuard(AccessGuard[T]):
+class NoAccessGuard(AccessGuard[T_co]):
     """Grants nothing: inside it, this thread cannot touch the key's memory."""
 
     __slots__ = ()
 
 
-class ReadGuard(AccessGuard[T]):
+class ReadGuard(AccessGuard[T_co]):
     """Grants reading: :meth:`ref_guard`."""
 
     __slots__ = ()
@@ -326,15 +331,15 @@ class ReadGuard(AccessGuard[T]):
     @overload
     def ref_guard(self: ReadGuard[bytes]) -> BytesRef: ...
     @overload
-    def ref_guard(self: ReadGuard[ctypes._SimpleCData[Any]]) -> ScalarRef[Any]: ...
+    def ref_guard(self: ReadGuard[ctypes._SimpleCData[V]]) -> ScalarRef[V]: ...
     @overload
-    def ref_guard(self) -> CompositeRef[T]: ...
+    def ref_guard(self: ReadGuard[C]) -> CompositeRef[C]: ...
     def ref_guard(self) -> Any:
         """A read view of the value, valid until this guard exits."""
         return self._view(False)
 
 
-class WriteGuard(ReadGuard[T]):
+class WriteGuard(ReadGuard[T_co]):
     """Grants reading and writing: :meth:`ref_guard` and :meth:`mut_ref_guard`."""
 
     __slots__ = ()
@@ -342,9 +347,9 @@ class WriteGuard(ReadGuard[T]):
     @overload
     def mut_ref_guard(self: WriteGuard[bytes]) -> MutBytesRef: ...
     @overload
-    def mut_ref_guard(self: WriteGuard[ctypes._SimpleCData[Any]]) -> MutScalarRef[Any]: ...
+    def mut_ref_guard(self: WriteGuard[ctypes._SimpleCData[V]]) -> MutScalarRef[V]: ...
     @overload
-    def mut_ref_guard(self) -> MutCompositeRef[T]: ...
+    def mut_ref_guard(self: WriteGuard[C]) -> MutCompositeRef[C]: ...
     def mut_ref_guard(self) -> Any:
         """A write view of the value, valid until this guard exits."""
         return self._view(True)

@@ -107,7 +107,9 @@ class RegionGuard(Generic[T]):
         if allocator is None:
             allocator = Mmap()
         elif not isinstance(allocator, Allocator):
-            raise RegionTypeError(f"allocator must be a pkeyguard.allocator.Allocator, not {allocator!r}")
+            raise RegionTypeError(
+                f"allocator must be a pkeyguard.allocator.Allocator, not {allocator!r}"
+            )
         if name is not None and not isinstance(name, str):
             raise RegionTypeError(f"name must be a str, not {name!r}")
         allocation = allocator.allocate(size, access)

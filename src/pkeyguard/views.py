@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _core
 
-__all__ = ["BytesRef", "CompositeRef", "MutBytesRef", "MutCompositeRef", "MutScalarRef", "ScalarRef"]
+__all__ = [
+    "BytesRef",
+    "CompositeRef",
+    "MutBytesRef",
+    "MutCompositeRef",
+    "MutScalarRef",
+    "ScalarRef",
+]
 
 V = TypeVar("V")
 S = TypeVar("S")

@@ -1,0 +1,74 @@
+"""Helpers shared by the test suites: effects are checked through the OS, not our state."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+
+
+def maps() -> list[str]:
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def anon_mappings() -> set[tuple[int, int, str]]:
+    """(start, end, perms) of every mapping without a backing file name."""
+    out = set()
+    for line in maps():
+        parts = line.split()
+        if len(parts) == 5:  # no path: anonymous
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            out.add((start, end, parts[1]))
+    return out
+
+
+def perms_at(address: int) -> str:
+    """The rwxp string of the mapping containing ``address`` ("" if unmapped)."""
+    for line in maps():
+        rng, perms = line.split()[:2]
+        start, end = (int(x, 16) for x in rng.split("-"))
+        if start <= address < end:
+            return perms
+    return ""
+
+
+def pkey_at(address: int) -> int | None:
+    """ProtectionKey of the mapping containing ``address``, from /proc/self/smaps."""
+    current = False
+    with open("/proc/self/smaps", encoding="utf-8") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                start, end = (int(x, 16) for x in head[0].split("-"))
+                current = start <= address < end
+            elif current and line.startswith("ProtectionKey:"):
+                return int(line.split()[1])
+    return None
+
+
+@dataclass
+class Child:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_child(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> Child:
+    """Run a Python snippet in a fresh interpreter (for code that must crash)."""
+    full_env = dict(os.environ)
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    full_env["PYTHONPATH"] = src + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.pop("PYTHONFAULTHANDLER", None)
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+    return Child(proc.returncode, proc.stdout, proc.stderr)

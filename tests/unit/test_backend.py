@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import pkeyguard
+from pkeyguard import PkuUnavailableError, _backend, _core
+from tests.support import run_child
+
+
+def test_backend_report_is_consistent() -> None:
+    info = pkeyguard.backend()
+    assert info.name == "mprotect"  # the unit suite forces it (conftest)
+    assert info.per_thread is False and info.hardware_keys == 0 and info.max_keys is None
+    assert any("process-wide" in g for g in info.guarantees)
+
+
+def test_probe_names_what_is_missing() -> None:
+    ok, reason = _backend.probe_pku()
+    pku, ospke = _core.cpuid_flags()
+    if not pku:
+        assert not ok and "cpu lacks pku" in reason
+    elif not ospke:
+        assert not ok and "ospke off" in reason
+    else:
+        assert ok or reason.startswith("pkey_alloc: ")
+
+
+def test_auto_selection_in_a_fresh_process() -> None:
+    child = run_child(
+        "import pkeyguard, json; i = pkeyguard.backend(); "
+        "print(json.dumps([i.name, i.reason, i.forced]))",
+        env={"PKEYGUARD_BACKEND": ""},
+    )
+    assert child.returncode == 0, child.stderr
+    name, reason, forced = json.loads(child.stdout)
+    ok, expected = _backend.probe_pku()
+    assert name == ("pku" if ok else "mprotect") and reason == expected and forced is False
+
+
+def test_forcing_pku_where_it_cannot_work_raises() -> None:
+    ok, reason = _backend.probe_pku()
+    if ok:
+        pytest.skip("this machine has PKU; tests/hw covers the forced pku backend")
+    code = """
+        import pkeyguard
+        try:
+            pkeyguard.PkeyGuard()
+        except pkeyguard.PkuUnavailableError as exc:
+            print("refused:", exc)
+        else:
+            print("FELL BACK")
+    """
+    child = run_child(code, env={"PKEYGUARD_BACKEND": "pku"})
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("refused: PKEYGUARD_BACKEND=pku")
+    assert reason in child.stdout
+
+
+def test_forced_mprotect_and_bad_value() -> None:
+    child = run_child(
+        "import pkeyguard; i = pkeyguard.backend(); print(i.name, i.forced)",
+        env={"PKEYGUARD_BACKEND": "mprotect"},
+    )
+    assert child.stdout.split() == ["mprotect", "True"]
+    child = run_child(
+        "import pkeyguard\ntry:\n pkeyguard.backend()\n"
+        "except pkeyguard.PkeyguardError as e: print(e)",
+        env={"PKEYGUARD_BACKEND": "gpu"},
+    )
+    assert "'gpu' is not a backend" in child.stdout
+
+
+def test_pkru_instructions_refuse_instead_of_sigill() -> None:
+    if _core.pku_enabled():
+        pytest.skip("PKU is enabled in this process")
+    with pytest.raises(PkuUnavailableError):
+        _core.rdpkru()
+    with pytest.raises(PkuUnavailableError):
+        _core.wrpkru(0)
+    with pytest.raises(OverflowError):
+        _core.wrpkru(1 << 32)
+
+
+def test_info_json_here() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pkeyguard", "info", "--json"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PKEYGUARD_BACKEND": ""},
+    )
+    report = json.loads(proc.stdout)
+    ok, reason = _backend.probe_pku()
+    assert report["cpuid"]["pku"] == _core.cpuid_flags()[0]
+    if not ok:
+        assert report["backend"] == "mprotect" and report["reason"] == reason
+        assert report["pkru"] is None
+
+
+def test_demo_runs_and_names_backend() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pkeyguard", "demo"], capture_output=True, text=True, check=True
+    )
+    out = proc.stdout
+    assert f"backend: {pkeyguard.backend().name}" in out or "backend: pku" in out
+    assert "Value written: 123" in out and "Value read: 123" in out
+    assert "write view refused under ReadOnly" in out

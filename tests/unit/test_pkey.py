@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import copy
+import ctypes
+import gc
+import pickle
+from typing import Final
+
+import pytest
+
+from pkeyguard import (
+    AccessPermissions,
+    PkeyGuard,
+    PkeyGuardError,
+    PkeyPermissions,
+    RegionError,
+    RegionGuard,
+    RegionTypeError,
+    _backend,
+)
+from tests.support import perms_at
+
+RW: Final = PkeyPermissions.ReadWrite
+RO: Final = PkeyPermissions.ReadOnly
+NA: Final = PkeyPermissions.NoAccess
+
+
+def live_keys() -> int:
+    return _backend.active()[1].live_keys()
+
+
+@pytest.mark.usefixtures("no_leaks")
+class TestKeyLifecycle:
+    def test_create_and_close(self) -> None:
+        before = live_keys()
+        key = PkeyGuard(NA, name="secrets")
+        assert live_keys() == before + 1
+        assert key.rights is NA and key.key >= 1 and not key.closed
+        assert "secrets" in repr(key)
+        key.close()
+        key.close()
+        assert key.closed and live_keys() == before
+        assert "closed" in repr(key)
+
+    def test_context_manager_and_finalizer(self) -> None:
+        before = live_keys()
+        with PkeyGuard() as key:
+            assert live_keys() == before + 1
+        assert key.closed and live_keys() == before
+        key2 = PkeyGuard()
+        del key2
+        gc.collect()
+        assert live_keys() == before
+
+    @pytest.mark.parametrize("rights", [0, "ReadWrite", None, AccessPermissions.ReadWrite])
+    def test_bad_rights(self, rights: object) -> None:
+        before = live_keys()
+        with pytest.raises(PkeyGuardError, match="PkeyPermissions"):
+            PkeyGuard(rights)  # type: ignore[arg-type]
+        assert live_keys() == before
+
+    def test_not_copyable_or_picklable(self) -> None:
+        with PkeyGuard() as key:
+            for fn in (pickle.dumps, copy.copy, copy.deepcopy):
+                with pytest.raises(TypeError):
+                    fn(key)
+
+    def test_use_after_close(self) -> None:
+        key = PkeyGuard()
+        key.close()
+        with RegionGuard(8) as region:
+            with pytest.raises(PkeyGuardError, match="closed"):
+                key.associate(region)
+            assert perms_at(region.address) == "rw-p"
+        with pytest.raises(PkeyGuardError, match="closed"):
+            key.current_rights()
+        with pytest.raises(PkeyGuardError, match="closed"), key:
+            pass
+
+
+@pytest.mark.usefixtures("no_leaks")
+class TestAssociation:
+    def test_associate_applies_key_rights_and_disassociate_restores(self) -> None:
+        with RegionGuard(ctypes.c_uint32) as region, PkeyGuard(NA) as key:
+            assoc = key.associate(region)
+            assert region.association is assoc and assoc.associated
+            assert perms_at(region.address) == "---p"  # NoAccess key: pages closed
+            assert key.current_rights() is NA
+            back = assoc.disassociate()
+            assert back is region and region.association is None and not assoc.associated
+            assert perms_at(region.address) == "rw-p"
+            with pytest.raises(RegionError, match="no longer associated"):
+                assoc.set_access_rights(RW)
+
+    @pytest.mark.parametrize(("rights", "perms"), [(NA, "---p"), (RO, "r--p"), (RW, "rw-p")])
+    def test_initial_rights(self, rights: PkeyPermissions, perms: str) -> None:
+        with RegionGuard(8) as region, PkeyGuard(rights) as key:
+            key.associate(region)
+            assert perms_at(region.address) == perms
+
+    def test_key_rights_intersect_page_rights(self) -> None:
+        with RegionGuard(8, AccessPermissions.ReadOnly) as region, PkeyGuard(RW) as key:
+            assoc = key.associate(region)
+            assert perms_at(region.address) == "r--p"
+            with assoc.set_access_rights(RW):
+                assert perms_at(region.address) == "r--p"
+
+    def test_associate_twice_or_with_two_keys(self) -> None:
+        with RegionGuard(8) as region, PkeyGuard() as k1, PkeyGuard() as k2:
+            k1.associate(region)
+            with pytest.raises(RegionError, match="already associated with this key"):
+                k1.associate(region)
+            with pytest.raises(RegionError, match=f"already associated with key {k1.key}"):
+                k2.associate(region)
+            assert len(k1.regions) == 1 and k2.regions == ()
+            assert perms_at(region.address) == "---p"
+
+    def test_associate_bad_input(self) -> None:
+        with PkeyGuard() as key:
+            with pytest.raises(RegionTypeError):
+                key.associate(object())  # type: ignore[arg-type]
+            region = RegionGuard(8)
+            region.close()
+            with pytest.raises(RegionError, match="closed"):
+                key.associate(region)
+            assert key.regions == ()
+
+    def test_disassociate_through_key(self) -> None:
+        with RegionGuard(8) as region, PkeyGuard() as key, PkeyGuard() as other:
+            key.associate(region)
+            with pytest.raises(RegionError, match="not associated"):
+                other.disassociate(region)
+            assert key.disassociate(region) is region
+            assert perms_at(region.address) == "rw-p"
+
+    def test_close_key_untags_its_regions(self) -> None:
+        with RegionGuard(8) as r1, RegionGuard(8) as r2:
+            key = PkeyGuard(NA)
+            a1 = key.associate(r1)
+            key.associate(r2)
+            key.close()
+            assert perms_at(r1.address) == "rw-p" and perms_at(r2.address) == "rw-p"
+            assert r1.association is None and not a1.associated
+            # the region can be associated again with a new key
+            with PkeyGuard() as again:
+                again.associate(r1)
+
+    def test_close_region_while_associated_detaches_it(self) -> None:
+        with PkeyGuard() as key:
+            region = RegionGuard(8)
+            key.associate(region)
+            address = region.address
+            region.close()
+            assert key.regions == () and perms_at(address) == ""
+
+    def test_refuse_close_while_guard_active(self) -> None:
+        with RegionGuard(8) as region, PkeyGuard() as key:
+            assoc = key.associate(region)
+            with assoc.set_access_rights(RW):
+                with pytest.raises(PkeyGuardError, match="still active"):
+                    key.close()
+                with pytest.raises(RegionError, match="active"):
+                    region.close()
+                with pytest.raises(RegionError, match="active"):
+                    assoc.disassociate()
+                assert not key.closed and not region.closed
+                assert perms_at(region.address) == "rw-p"
+            assert perms_at(region.address) == "---p"
