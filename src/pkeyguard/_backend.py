@@ -69,7 +69,9 @@ def probe_pku() -> tuple[bool, str]:
     if not ospke:
         return False, "ospke off: the CPU has pku but the kernel did not enable it"
     try:
-        key = _core.pkey_alloc(0, 0)
+        # Access-disabled: pkey_alloc writes the new key's bits into this thread's PKRU and
+        # pkey_free leaves them there, so probing must not leave a key number open.
+        key = _core.pkey_alloc(0, PkeyPermissions.NoAccess.pkru_bits)
     except OSError as exc:
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         return False, f"pkey_alloc: {name} ({exc.strerror})"
@@ -126,6 +128,11 @@ class PkuBackend:
 
     def free_key(self, key: _core.Key) -> None:
         _core.pkey_free(key.pkey)
+        # pkey_free leaves this thread's bits for the number as they were; close them so a
+        # later key that reuses the number starts closed here whatever its initial rights.
+        shift = 2 * key.pkey
+        pkru = _core.rdpkru()
+        _core.wrpkru((pkru & ~(3 << shift)) | (PkeyPermissions.NoAccess.pkru_bits << shift))
         with self._lock:
             self._live -= 1
 
