@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what it needs, then
+#   1. lint and types: ruff, mypy --strict, basedpyright;
+#   2. the unit suite (mprotect backend, this machine);
+#   3. the hardware suite (pku backend forced) inside a QEMU guest whose CPU has PKU;
+#   4. the benchmark in --quick mode (must run and print; no timing assertion).
+# Any failure, or a guest without PKU, fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+# The real interpreter, not a pyenv shim: the shim costs seconds per call in the guest.
+PY=$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')
+step() { printf '\n=== %s\n' "$*"; }
+
+step "install pkeyguard and its test tools"
+"$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    -e ".[test,lint]"
+
+step "ruff"
+"$PY" -m ruff check src tests benchmarks
+"$PY" -m ruff format --check src tests benchmarks
+step "mypy --strict"
+"$PY" -m mypy --strict src tests benchmarks
+step "basedpyright"
+"$PY" -m basedpyright src tests benchmarks
+
+step "unit suite (this machine)"
+"$PY" -m pytest -p no:cacheprovider tests/unit
+
+step "hardware suite (QEMU guest with PKU, pku backend forced)"
+"$PY" -m pkeyguard.vm --timeout 1200 -- \
+    "$PY" -m pytest -p no:cacheprovider --color=no -rA tests/hw
+
+step "benchmark (quick)"
+"$PY" -m pkeyguard bench --quick
