@@ -9,7 +9,7 @@ Without PKU, the ``mprotect`` backend keeps the same API with process-wide right
 
 from __future__ import annotations
 
-from . import allocator
+from . import allocator, faults
 from ._backend import BackendInfo, backend
 from ._errors import (
     AccessError,
@@ -27,6 +27,7 @@ from ._errors import (
     ViewError,
 )
 from ._permissions import AccessPermissions, PkeyPermissions
+from .isolation import isolate, isolated
 from .pkey import (
     AccessGuard,
     AssociatedRegion,
@@ -36,6 +37,7 @@ from .pkey import (
     WriteGuard,
 )
 from .region import RegionGuard
+from .secret import Secret
 from .views import BytesRef, CompositeRef, MutBytesRef, MutCompositeRef, MutScalarRef, ScalarRef
 
 __version__ = "0.1.0"
@@ -68,8 +70,12 @@ __all__ = [
     "RegionGuard",
     "RegionTypeError",
     "ScalarRef",
+    "Secret",
     "ViewError",
     "WriteGuard",
     "allocator",
     "backend",
+    "faults",
+    "isolate",
+    "isolated",
 ]

@@ -19,6 +19,8 @@
 #include <pythread.h>
 
 #include <errno.h>
+#include <signal.h>
+#include <ucontext.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -1381,6 +1383,261 @@ core_thread_guards(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return out;
 }
 
+
+/* ------------------------------------------------------------------------------------ */
+/* Fault reports                                                                        */
+/*
+ * An opt-in SIGSEGV handler that explains protection faults on pkeyguard regions, then
+ * hands the signal to the handler installed before it (faulthandler, for the Python
+ * traceback) or to the default action.  Everything it touches is a fixed-size static table
+ * and write(2): it is async-signal-safe.  The table is written under the GIL; a handler
+ * racing an update may miss a name, never crash.
+ */
+
+#define FAULT_MAX_REGIONS 1024
+#define FAULT_NAME_LEN 64
+
+typedef struct {
+    volatile uintptr_t addr; /* 0: free slot */
+    volatile size_t len;
+    volatile int pkey;       /* -1: not associated */
+    char name[FAULT_NAME_LEN];
+} FaultRegion;
+
+static FaultRegion fault_regions[FAULT_MAX_REGIONS];
+static struct sigaction fault_prev;
+static int fault_installed = 0;
+static unsigned fault_pkru_offset = 0; /* PKRU's offset in the XSAVE area, 0 if unknown */
+
+static void
+fault_put(const char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0) {
+        ssize_t w = write(2, s, n);
+        if (w <= 0) {
+            return;
+        }
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+static void
+fault_put_uint(unsigned long long v, int base)
+{
+    char buf[32];
+    int i = (int)sizeof(buf) - 1;
+    buf[i] = '\0';
+    do {
+        buf[--i] = "0123456789abcdef"[v % (unsigned)base];
+        v /= (unsigned)base;
+    } while (v && i > 0);
+    if (base == 16) {
+        buf[--i] = 'x';
+        buf[--i] = '0';
+    }
+    fault_put(&buf[i]);
+}
+
+static const char *
+fault_rights_name(unsigned bits)
+{
+    if (bits & PKRU_AD) {
+        return "no-access";
+    }
+    if (bits & PKRU_WD) {
+        return "read-only";
+    }
+    return "read-write";
+}
+
+static void
+fault_handler(int sig, siginfo_t *si, void *ctx)
+{
+    int saved_errno = errno;
+    uintptr_t a = (uintptr_t)si->si_addr;
+    const FaultRegion *hit = NULL;
+    for (int i = 0; i < FAULT_MAX_REGIONS; i++) {
+        uintptr_t start = fault_regions[i].addr;
+        if (start && a >= start && a < start + fault_regions[i].len) {
+            hit = &fault_regions[i];
+            break;
+        }
+    }
+#ifdef SEGV_PKUERR
+    int pkuerr = si->si_code == SEGV_PKUERR;
+#else
+    int pkuerr = 0;
+#endif
+    if (pkuerr || (hit && si->si_code == SEGV_ACCERR)) {
+        ucontext_t *uc = (ucontext_t *)ctx;
+        int is_write = -1;
+        uint32_t pkru = 0;
+        int have_pkru = 0;
+#if defined(__x86_64__)
+        if (uc != NULL) {
+            is_write = (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+            if (fault_pkru_offset && uc->uc_mcontext.fpregs != NULL) {
+                /* The interrupted thread's PKRU, saved by the kernel in the XSAVE area. */
+                pkru = *(uint32_t *)((char *)uc->uc_mcontext.fpregs + fault_pkru_offset);
+                have_pkru = 1;
+            }
+        }
+#endif
+        int key = -1;
+#ifdef SEGV_PKUERR
+        if (pkuerr) {
+            key = (int)si->si_pkey;
+        }
+#endif
+        if (key < 0 && hit) {
+            key = hit->pkey;
+        }
+        fault_put("\npkeyguard: protection fault: ");
+        fault_put(is_write == 1 ? "write" : is_write == 0 ? "read" : "access");
+        fault_put(" at ");
+        fault_put_uint(a, 16);
+        fault_put(pkuerr ? " (SEGV_PKUERR: denied by the thread's protection-key rights)\n"
+                         : " (SEGV_ACCERR: denied by the page rights)\n");
+        if (hit) {
+            fault_put("  region: '");
+            fault_put(hit->name);
+            fault_put("' [");
+            fault_put_uint(hit->addr, 16);
+            fault_put(", ");
+            fault_put_uint(hit->addr + hit->len, 16);
+            fault_put(") offset ");
+            fault_put_uint(a - hit->addr, 10);
+            fault_put("\n");
+        }
+        else {
+            fault_put("  region: not a pkeyguard region\n");
+        }
+        if (key >= 0) {
+            fault_put("  key: ");
+            fault_put_uint((unsigned)key, 10);
+            fault_put("\n");
+            if (have_pkru && key < 16) {
+                fault_put("  thread rights for the key: ");
+                fault_put(fault_rights_name((pkru >> (2 * key)) & 3u));
+                fault_put(" (PKRU ");
+                fault_put_uint(pkru, 16);
+                fault_put(")\n");
+            }
+        }
+        fault_put("  thread: ");
+        fault_put_uint((unsigned long long)syscall(SYS_gettid), 10);
+        fault_put("\n  hint: access it inside 'with associated.set_access_rights(...)' on this "
+                  "thread; see the Python traceback below\n");
+    }
+    errno = saved_errno;
+    /* Chain: faulthandler (or whoever came before) prints the Python traceback and ends
+     * the process; with nobody before us, restore the default action and return, so the
+     * access runs again and the kernel ends the process as it would have. */
+    if (fault_prev.sa_flags & SA_SIGINFO) {
+        if (fault_prev.sa_sigaction != NULL) {
+            fault_prev.sa_sigaction(sig, si, ctx);
+        }
+    }
+    else if (fault_prev.sa_handler != SIG_DFL && fault_prev.sa_handler != SIG_IGN) {
+        fault_prev.sa_handler(sig);
+    }
+    signal(sig, SIG_DFL);
+}
+
+static PyObject *
+core_faults_install(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    if (fault_installed) {
+        Py_RETURN_FALSE;
+    }
+#if PKG_X86
+    unsigned eax, ebx, ecx, edx;
+    if (__get_cpuid_max(0, NULL) >= 0xd) {
+        __cpuid_count(0xd, 9, eax, ebx, ecx, edx);
+        fault_pkru_offset = eax >= 4 ? ebx : 0; /* EAX: size of the PKRU component */
+    }
+#endif
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = fault_handler;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSEGV, &sa, &fault_prev) != 0) {
+        return raise_errno(errno, "sigaction");
+    }
+    fault_installed = 1;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+core_faults_uninstall(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    if (!fault_installed) {
+        Py_RETURN_FALSE;
+    }
+    if (sigaction(SIGSEGV, &fault_prev, NULL) != 0) {
+        return raise_errno(errno, "sigaction");
+    }
+    fault_installed = 0;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+core_faults_installed(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(fault_installed);
+}
+
+/* fault_register(addr, len, pkey, name): remember a region for fault reports (or update
+ * it, when addr is already known).  Returns False when the table is full. */
+static PyObject *
+core_fault_register(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    unsigned long long addr, len;
+    int pkey;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "KKis", &addr, &len, &pkey, &name)) {
+        return NULL;
+    }
+    FaultRegion *slot = NULL;
+    for (int i = 0; i < FAULT_MAX_REGIONS; i++) {
+        if (fault_regions[i].addr == (uintptr_t)addr) {
+            slot = &fault_regions[i];
+            break;
+        }
+        if (slot == NULL && fault_regions[i].addr == 0) {
+            slot = &fault_regions[i];
+        }
+    }
+    if (slot == NULL) {
+        Py_RETURN_FALSE;
+    }
+    slot->addr = 0; /* invisible to the handler while it changes */
+    slot->len = (size_t)len;
+    slot->pkey = pkey;
+    strncpy(slot->name, name, FAULT_NAME_LEN - 1);
+    slot->name[FAULT_NAME_LEN - 1] = '\0';
+    __atomic_store_n(&slot->addr, (uintptr_t)addr, __ATOMIC_RELEASE);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+core_fault_unregister(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    unsigned long long addr = PyLong_AsUnsignedLongLong(arg);
+    if (addr == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (int i = 0; i < FAULT_MAX_REGIONS; i++) {
+        if (fault_regions[i].addr == (uintptr_t)addr) {
+            __atomic_store_n(&fault_regions[i].addr, (uintptr_t)0, __ATOMIC_RELEASE);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 core_set_errors(PyObject *Py_UNUSED(m), PyObject *args)
 {
@@ -1419,6 +1676,11 @@ static PyMethodDef core_methods[] = {
     {"mlock", core_mlock, METH_VARARGS, NULL},
     {"thread_guards", core_thread_guards, METH_NOARGS, NULL},
     {"_set_errors", core_set_errors, METH_VARARGS, NULL},
+    {"faults_install", core_faults_install, METH_NOARGS, "Install the fault reporter."},
+    {"faults_uninstall", core_faults_uninstall, METH_NOARGS, NULL},
+    {"faults_installed", core_faults_installed, METH_NOARGS, NULL},
+    {"fault_register", core_fault_register, METH_VARARGS, NULL},
+    {"fault_unregister", core_fault_unregister, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 

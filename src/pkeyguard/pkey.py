@@ -37,6 +37,15 @@ V = TypeVar("V")
 C = TypeVar("C", bound="ctypes.Structure | ctypes.Union | ctypes.Array[Any]")
 
 
+# Every open PkeyGuard of the process, for pkeyguard.isolated().
+_LIVE_KEYS: weakref.WeakSet[PkeyGuard] = weakref.WeakSet()
+
+
+def live_keys() -> list[PkeyGuard]:
+    """The PkeyGuards of this process that are still open."""
+    return [k for k in list(_LIVE_KEYS) if not k.closed]
+
+
 def _release_key(backend: _backend.Backend, key: _core.Key) -> None:
     """Free a key exactly once, after untagging any pages still tagged with it."""
     if key.closed:
@@ -72,6 +81,7 @@ class PkeyGuard:
         self._lock = threading.Lock()
         self._assocs: dict[int, AssociatedRegion[Any]] = {}
         self._finalizer = weakref.finalize(self, _release_key, backend, self._core)
+        _LIVE_KEYS.add(self)
 
     @property
     def key(self) -> int:
@@ -131,6 +141,7 @@ class PkeyGuard:
             assoc: AssociatedRegion[T] = AssociatedRegion(self, region)
             self._assocs[id(region)] = assoc
             region._association = assoc
+            region._report_to_faults(self._core.pkey)
             return assoc
 
     def disassociate(self, region: RegionGuard[T] | AssociatedRegion[T]) -> RegionGuard[T]:
@@ -263,6 +274,8 @@ class AssociatedRegion(Generic[T]):
         self._key = None
         self._guards.clear()
         self._region._association = None
+        if not self._region.closed:
+            self._region._report_to_faults(-1)
 
     def __repr__(self) -> str:
         key = f"key={self._key.key}" if self._key is not None else "disassociated"

@@ -63,6 +63,7 @@ def _classify(value_type: object) -> tuple[RegionKind, int, str]:
 
 
 def _release(allocator: Allocator, allocation: Allocation) -> None:
+    _core.fault_unregister(allocation.address)
     allocator.release(allocation)
 
 
@@ -124,6 +125,7 @@ class RegionGuard(Generic[T]):
         self.name = name
         self._association: AssociatedRegion[T] | None = None
         self._ctype_obj: Any = None
+        self._report_to_faults(-1)
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -165,6 +167,13 @@ class RegionGuard(Generic[T]):
         """The key association, if the region is tagged with a key."""
         return self._association
 
+    def _report_to_faults(self, pkey: int) -> None:
+        # The fault reporter (pkeyguard.faults) names regions from this table.
+        alloc = self._live()
+        what = self._value_type.__name__ if self._value_type is not None else "bytes"
+        label = f"{self.name} ({what})" if self.name else what
+        _core.fault_register(alloc.address, alloc.length, pkey, label)
+
     # -- operations ---------------------------------------------------------------------
     def protect(self, access: AccessPermissions) -> None:
         """Change the page rights with ``mprotect`` (the key tag, if any, is kept)."""
@@ -190,6 +199,7 @@ class RegionGuard(Generic[T]):
             assoc._detach(unmapping=True)
         allocation, self._allocation = self._allocation, None
         self._ctype_obj = None
+        _core.fault_unregister(allocation.address)
         self._finalizer.detach()
         self._allocator.release(allocation)
 

@@ -3,11 +3,7 @@ machine with PKU), so it can never pass by silently falling back to mprotect."""
 
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -15,35 +11,12 @@ os.environ["PKEYGUARD_BACKEND"] = "pku"
 
 import pkeyguard
 
-HERE = Path(__file__).resolve().parent
-
 
 def pytest_configure(config: pytest.Config) -> None:
     # Fail loudly, never skip: a hardware suite that cannot run is a failure.
     info = pkeyguard.backend()
     if info.name != "pku":  # pragma: no cover - backend() raises first when forced
         raise pytest.UsageError(f"tests/hw needs the pku backend, got {info}")
-
-
-@pytest.fixture(scope="session")
-def faultprobe_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Build the test-only C helper (fault reporter, handler PKRU recorder)."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    assert cc, "tests/hw needs a C compiler for its fault probe"
-    out = tmp_path_factory.mktemp("probe") / "faultprobe.so"
-    subprocess.run(
-        [cc, "-O1", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
-         str(HERE / "faultprobe.c"), "-o", str(out)],
-        check=True,
-    )
-    return str(out)
-
-
-@pytest.fixture(scope="session")
-def faultprobe(faultprobe_path: str) -> ctypes.CDLL:
-    lib = ctypes.CDLL(faultprobe_path)
-    lib.faultprobe_handler_pkru.restype = ctypes.c_uint32
-    return lib
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import ctypes
+import re
+import signal
+from collections.abc import Iterator
+from typing import Final
+
+import pytest
+
+from pkeyguard import (
+    AssociatedRegion,
+    PkeyGuard,
+    PkeyGuardError,
+    PkeyPermissions,
+    RegionGuard,
+    _core,
+    isolate,
+    isolated,
+)
+from tests.support import perms_at, run_child
+
+RW: Final = PkeyPermissions.ReadWrite
+
+
+@pytest.fixture
+def two(
+    no_leaks: None,
+) -> Iterator[tuple[AssociatedRegion[ctypes.c_int], AssociatedRegion[ctypes.c_int]]]:
+    with (
+        RegionGuard(ctypes.c_int) as r1,
+        RegionGuard(ctypes.c_int) as r2,
+        PkeyGuard(RW) as k1,
+        PkeyGuard(RW) as k2,
+    ):
+        yield k1.associate(r1), k2.associate(r2)
+
+
+def test_isolated_closes_every_key_and_restores(
+    two: tuple[AssociatedRegion[ctypes.c_int], AssociatedRegion[ctypes.c_int]],
+) -> None:
+    a1, a2 = two
+    assert perms_at(a1.region.address) == "rw-p" == perms_at(a2.region.address)
+    with isolated() as closed:
+        assert {a1.key, a2.key} <= set(closed)
+        assert perms_at(a1.region.address) == "---p" == perms_at(a2.region.address)
+        # a guard inside the isolation opens what it names, and nests
+        with a1.set_access_rights(RW):
+            assert perms_at(a1.region.address) == "rw-p"
+        assert perms_at(a1.region.address) == "---p"
+    assert perms_at(a1.region.address) == "rw-p" == perms_at(a2.region.address)
+    assert _core.thread_guards() == []
+
+
+def test_allow_list_and_exceptions(
+    two: tuple[AssociatedRegion[ctypes.c_int], AssociatedRegion[ctypes.c_int]],
+) -> None:
+    a1, a2 = two
+    with pytest.raises(ZeroDivisionError), isolated(allow=[a2.key]):
+        assert perms_at(a1.region.address) == "---p"
+        assert perms_at(a2.region.address) == "rw-p"
+        _ = 1 / 0
+    assert perms_at(a1.region.address) == "rw-p"
+    with pytest.raises(PkeyGuardError, match="allow="), isolated(allow=[object()]):  # type: ignore[list-item]
+        pass
+
+
+def test_isolate_calls_and_returns(
+    two: tuple[AssociatedRegion[ctypes.c_int], AssociatedRegion[ctypes.c_int]],
+) -> None:
+    a1, _ = two
+    assert isolate(perms_at, a1.region.address) == "---p"
+    assert perms_at(a1.region.address) == "rw-p"
+
+
+def test_native_code_under_isolation_dies_and_is_named(faultprobe_path: str) -> None:
+    code = """
+        import ctypes, os
+        import pkeyguard
+        from pkeyguard import *
+        pkeyguard.faults.enable()
+        parser = ctypes.CDLL(os.environ["FAULTPROBE"])
+        parser.faultprobe_read.argtypes = [ctypes.c_void_p]
+        region = RegionGuard(ctypes.c_int, name="session-key")
+        key = PkeyGuard(PkeyPermissions.ReadWrite)
+        key.associate(region)
+        ctypes.c_int.from_address(region.address).value = 77
+        print("outside", parser.faultprobe_read(region.address), flush=True)
+        isolate(parser.faultprobe_read, region.address)
+        print("NOT REACHED", flush=True)
+    """
+    child = run_child(code, env={"FAULTPROBE": faultprobe_path})
+    assert child.returncode == -signal.SIGSEGV, child
+    assert child.stdout.strip() == "outside 77"
+    assert re.search(r"protection fault: read at 0x[0-9a-f]+ \(SEGV_ACCERR", child.stderr)
+    assert "region: 'session-key (c_int)'" in child.stderr

@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import copy
+import ctypes
+import gc
+import hashlib
+import hmac
+import os
+import pickle
+import signal
+from pathlib import Path
+
+import pytest
+
+from pkeyguard import MprotectError, RegionError, RegionGuard, Secret, allocator
+from pkeyguard.allocator import CanaryError, Secure
+from tests.support import perms_at, run_child
+
+PAGE = allocator.PAGE_SIZE
+
+
+def vm_lck_kb() -> int:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmLck:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmLck line")
+
+
+def vm_flags(address: int) -> set[str]:
+    current = False
+    with open("/proc/self/smaps", encoding="utf-8") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                start, end = (int(x, 16) for x in head[0].split("-"))
+                current = start <= address < end
+            elif current and line.startswith("VmFlags:"):
+                return set(line.split()[1:])
+    raise AssertionError(f"no mapping at {address:#x}")
+
+
+@pytest.mark.usefixtures("no_leaks")
+class TestSecureAllocator:
+    def test_guard_pages_surround_the_value(self) -> None:
+        with RegionGuard(100, allocator=Secure()) as region:
+            assert perms_at(region.address - 1) == "---p"
+            assert perms_at(region.address) == "rw-p"
+            assert perms_at(region.address + region.mapped_size) == "---p"
+
+    @pytest.mark.parametrize("where", ["before", "after"])
+    def test_touching_a_guard_page_faults(self, where: str) -> None:
+        code = f"""
+            import ctypes
+            from pkeyguard import RegionGuard, allocator
+            r = RegionGuard(100, allocator=allocator.Secure())
+            ctypes.memset(r.address, 1, 100)
+            print("value ok", flush=True)
+            target = r.address - 1 if "{where}" == "before" else r.address + r.mapped_size
+            ctypes.memset(target, 1, 1)
+            print("NOT REACHED", flush=True)
+        """
+        child = run_child(code)
+        assert child.returncode == -signal.SIGSEGV, child
+        assert child.stdout.strip() == "value ok"
+
+    def test_locked_in_memory(self) -> None:
+        before = vm_lck_kb()
+        with RegionGuard(3 * PAGE, allocator=Secure()) as region:
+            assert vm_lck_kb() - before == region.mapped_size // 1024
+        assert vm_lck_kb() == before
+        with RegionGuard(8, allocator=Secure(lock=False)):
+            assert vm_lck_kb() == before
+
+    def test_excluded_from_core_dumps_and_wiped_on_fork(self) -> None:
+        with RegionGuard(8, allocator=Secure()) as region:
+            flags = vm_flags(region.address)
+            assert "dd" in flags, flags  # MADV_DONTDUMP
+            assert "wf" in flags, flags  # MADV_WIPEONFORK
+            assert "lo" in flags, flags  # mlock
+        with RegionGuard(8) as plain:
+            assert not {"dd", "wf", "lo"} & vm_flags(plain.address)
+
+    def test_fork_child_sees_zeros(self) -> None:
+        with RegionGuard(64, allocator=Secure()) as region:
+            ctypes.memmove(region.address, b"s3cret" * 10, 60)
+            pid = os.fork()
+            if pid == 0:
+                ok = ctypes.string_at(region.address, 64) == bytes(64)
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert ctypes.string_at(region.address, 6) == b"s3cret"  # the parent keeps it
+
+    def test_zeroed_before_unmap(self) -> None:
+        seen: list[bytes] = []
+        region = RegionGuard(
+            PAGE + 10,
+            allocator=Secure(on_before_unmap=lambda a, n: seen.append(ctypes.string_at(a, n))),
+        )
+        ctypes.memset(region.address, 0xAB, PAGE + 10)
+        region.close()
+        assert len(seen) == 1 and seen[0] == bytes(2 * PAGE)
+
+    def test_canary_catches_an_overflow(self) -> None:
+        region = RegionGuard(32, allocator=Secure())
+        address = region.address
+        ctypes.memset(address, 0x41, 33)  # one byte too many
+        with pytest.raises(CanaryError, match="overwritten"):
+            region.close()
+        assert region.closed and perms_at(address) == ""
+
+    def test_intact_canary_is_silent(self) -> None:
+        region = RegionGuard(32, allocator=Secure())
+        ctypes.memset(region.address, 0x41, 32)
+        region.close()
+
+    def test_mlock_limit_error_names_the_limit(self) -> None:
+        code = """
+            import ctypes, resource
+            # drop CAP_IPC_LOCK from the effective set so RLIMIT_MEMLOCK applies to root too
+            class Hdr(ctypes.Structure):
+                _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+            class Data(ctypes.Structure):
+                _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                            ("inheritable", ctypes.c_uint32)]
+            libc = ctypes.CDLL(None, use_errno=True)
+            hdr, data = Hdr(0x20080522, 0), (Data * 2)()
+            assert libc.capget(ctypes.byref(hdr), data) == 0
+            data[0].effective &= ~(1 << 14)
+            assert libc.capset(ctypes.byref(hdr), data) == 0
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (4096, 4096))
+            from pkeyguard import RegionGuard, MprotectError, allocator
+            before = open("/proc/self/maps").read().count("\\n")
+            try:
+                RegionGuard(64 * 1024, allocator=allocator.Secure())
+            except MprotectError as exc:
+                print("ERR", exc.errno, exc)
+            after = open("/proc/self/maps").read().count("\\n")
+            print("MAPS", before == after)
+        """
+        child = run_child(code)
+        assert child.returncode == 0, child.stderr
+        assert "RLIMIT_MEMLOCK is 4096 bytes" in child.stdout and "ulimit -l" in child.stdout
+        assert "MAPS True" in child.stdout
+
+    def test_bad_arguments(self) -> None:
+        with pytest.raises(ValueError):
+            Secure(canary_size=-1)
+        with pytest.raises(TypeError):
+            Secure().release(allocator.Allocation(0, PAGE))
+
+
+@pytest.mark.usefixtures("no_leaks")
+class TestSecret:
+    def test_from_bytes_reveal_and_wipe_source(self) -> None:
+        source = bytearray(b"api-token-123456")
+        with Secret.from_bytes(source, name="token") as secret:
+            assert source == bytearray(16), "the writable source is wiped"
+            assert len(secret) == 16
+            with secret.reveal() as buf:
+                assert bytes(buf) == b"api-token-123456"
+                assert (
+                    hashlib.sha256(buf).hexdigest()
+                    == hashlib.sha256(b"api-token-123456").hexdigest()
+                )
+                mac = hmac.digest(buf, b"msg", "sha256")
+            assert mac == hmac.digest(b"api-token-123456", b"msg", "sha256")
+            assert secret.equals(b"api-token-123456") and not secret.equals(b"nope")
+            assert "api-token" not in repr(secret) and "token" in repr(secret)
+
+    def test_closed_outside_reveal(self) -> None:
+        with Secret.from_bytes(b"k" * 32) as secret:
+            address = secret.region.address
+            assert perms_at(address) == "---p"
+            with secret.reveal() as buf:
+                assert perms_at(address) == "r--p"
+                with pytest.raises(PermissionError):
+                    buf[0] = 1  # type: ignore[index]
+            assert perms_at(address) == "---p"
+            assert "dd" in vm_flags(address)
+
+    def test_raw_read_outside_reveal_faults(self) -> None:
+        code = """
+            import ctypes
+            from pkeyguard import Secret
+            s = Secret.from_bytes(b"hunter2")
+            with s.reveal() as buf:
+                print(bytes(buf), flush=True)
+            ctypes.string_at(s.region.address, 7)
+            print("NOT REACHED", flush=True)
+        """
+        child = run_child(code)
+        assert child.returncode == -signal.SIGSEGV, child
+        assert child.stdout.strip() == "b'hunter2'"
+
+    def test_from_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "key.pem"
+        path.write_bytes(b"-----BEGIN KEY-----\n" + b"x" * 5000)
+        with Secret.from_file(path) as secret:
+            assert len(secret) == 5020
+            with secret.reveal() as buf:
+                assert bytes(buf) == path.read_bytes()
+
+    def test_from_chunks_grows(self) -> None:
+        chunks: list[bytes | bytearray] = [bytearray(b"ab"), bytearray(b"c" * 5000), b"d"]
+        with Secret.from_chunks(iter(chunks)) as secret:
+            assert len(secret) == 5003
+            with secret.reveal() as buf:
+                assert bytes(buf) == b"ab" + b"c" * 5000 + b"d"
+        assert chunks[0] == bytearray(2) and chunks[1] == bytearray(5000)
+
+    def test_bad_input(self) -> None:
+        for size in (0, -1, True, "8"):
+            with pytest.raises(RegionError):
+                Secret(size)  # type: ignore[arg-type]
+        with pytest.raises(RegionError, match="no bytes"):
+            Secret.from_chunks([])
+        with pytest.raises(TypeError):
+            Secret.from_bytes("text")  # type: ignore[arg-type]
+        with Secret(4) as secret:
+            with pytest.raises(RegionError, match="overflows"):
+                secret.write(2, b"abc")
+            for fn in (pickle.dumps, copy.copy, copy.deepcopy):
+                with pytest.raises(TypeError):
+                    fn(secret)
+        secret.close()
+        with pytest.raises(RegionError, match="closed"), secret.reveal():
+            pass
+
+    def test_dropped_secret_is_wiped_and_its_key_freed(self) -> None:
+        secret = Secret.from_bytes(b"forgotten")
+        address = secret.region.address
+        del secret
+        gc.collect()
+        assert perms_at(address) == ""  # no_leaks checks the shared key was freed too
+
+    def test_close_zeroes(self) -> None:
+        seen: list[bytes] = []
+        secret = Secret(
+            8, allocator=Secure(on_before_unmap=lambda a, n: seen.append(ctypes.string_at(a, n)))
+        )
+        secret.write(0, b"12345678")
+        secret.close()
+        secret.close()
+        assert seen == [bytes(PAGE)]
+
+
+def test_memlock_error_type() -> None:
+    assert issubclass(MprotectError, OSError)
