@@ -18,12 +18,12 @@ step "install pkeyguard and its test tools"
     -e ".[test,lint]"
 
 step "ruff"
-"$PY" -m ruff check src tests benchmarks
-"$PY" -m ruff format --check src tests benchmarks
+"$PY" -m ruff check src tests benchmarks examples
+"$PY" -m ruff format --check src tests benchmarks examples
 step "mypy --strict"
-"$PY" -m mypy --strict src tests benchmarks
+"$PY" -m mypy --strict src tests benchmarks examples
 step "basedpyright"
-"$PY" -m basedpyright src tests benchmarks
+"$PY" -m basedpyright src tests benchmarks examples
 
 step "unit suite (this machine)"
 "$PY" -m pytest -p no:cacheprovider tests/unit
