@@ -32,9 +32,10 @@ def demo(out: object = None) -> int:
 
     info = backend()
     print(f"backend: {info.name} ({info.reason})")
-    with RegionGuard(ctypes.c_uint32, AccessPermissions.ReadWrite) as region, PkeyGuard(
-        PkeyPermissions.NoAccess
-    ) as pkey:
+    with (
+        RegionGuard(ctypes.c_uint32, AccessPermissions.ReadWrite) as region,
+        PkeyGuard(PkeyPermissions.NoAccess) as pkey,
+    ):
         associated = pkey.associate(region)
         print(f"key {pkey.key} tagged {region.mapped_size} bytes at {region.address:#x}")
         with associated.set_access_rights(PkeyPermissions.ReadWrite) as write_guard:

@@ -89,7 +89,9 @@ def test_pkru_instructions_refuse_instead_of_sigill() -> None:
 def test_info_json_here() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pkeyguard", "info", "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "PKEYGUARD_BACKEND": ""},
     )
     report = json.loads(proc.stdout)

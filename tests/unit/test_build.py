@@ -18,8 +18,21 @@ def test_c_sources_compile_with_werror(source: str, tmp_path: Path) -> None:
     assert cc, "a C compiler is required to build pkeyguard"
     include = sysconfig.get_paths()["include"]
     proc = subprocess.run(
-        [cc, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", f"-I{include}",
-         "-c", str(SRC / source), "-o", str(tmp_path / "out.o")],
-        capture_output=True, text=True,
+        [
+            cc,
+            "-std=gnu11",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-fPIC",
+            f"-I{include}",
+            "-c",
+            str(SRC / source),
+            "-o",
+            str(tmp_path / "out.o"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr

@@ -83,8 +83,18 @@ class TestCreate:
 class TestBadInput:
     @pytest.mark.parametrize(
         "value_type",
-        ["c_uint32", 4.0, True, None, object, int, ctypes.c_char_p, ctypes.c_void_p,
-         ctypes.c_longdouble, ctypes.POINTER(ctypes.c_int)],
+        [
+            "c_uint32",
+            4.0,
+            True,
+            None,
+            object,
+            int,
+            ctypes.c_char_p,
+            ctypes.c_void_p,
+            ctypes.c_longdouble,
+            ctypes.POINTER(ctypes.c_int),
+        ],
     )
     def test_wrong_value_type(self, value_type: object) -> None:
         with pytest.raises(RegionTypeError) as info:

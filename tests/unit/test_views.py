@@ -33,15 +33,28 @@ class Inner(ctypes.Structure):
 
 
 class Outer(ctypes.Structure):
-    _fields_ = (("n", ctypes.c_int64), ("f", ctypes.c_double), ("inner", Inner),
-                ("name", ctypes.c_char * 8))
+    _fields_ = (
+        ("n", ctypes.c_int64),
+        ("f", ctypes.c_double),
+        ("inner", Inner),
+        ("name", ctypes.c_char * 8),
+    )
 
 
 SCALARS: list[tuple[Any, object]] = [
-    (ctypes.c_int8, -5), (ctypes.c_uint8, 250), (ctypes.c_int16, -30000),
-    (ctypes.c_uint16, 65535), (ctypes.c_int32, -(2**31)), (ctypes.c_uint32, 2**32 - 1),
-    (ctypes.c_int64, -(2**63)), (ctypes.c_uint64, 2**64 - 1), (ctypes.c_long, 12),
-    (ctypes.c_ulong, 13), (ctypes.c_double, 2.5), (ctypes.c_float, 0.5), (ctypes.c_bool, True),
+    (ctypes.c_int8, -5),
+    (ctypes.c_uint8, 250),
+    (ctypes.c_int16, -30000),
+    (ctypes.c_uint16, 65535),
+    (ctypes.c_int32, -(2**31)),
+    (ctypes.c_uint32, 2**32 - 1),
+    (ctypes.c_int64, -(2**63)),
+    (ctypes.c_uint64, 2**64 - 1),
+    (ctypes.c_long, 12),
+    (ctypes.c_ulong, 13),
+    (ctypes.c_double, 2.5),
+    (ctypes.c_float, 0.5),
+    (ctypes.c_bool, True),
     (ctypes.c_char, b"x"),
 ]
 
@@ -68,10 +81,15 @@ def test_scalar_round_trip(ctype: Any, value: Any) -> None:
 @pytest.mark.usefixtures("no_leaks")
 @pytest.mark.parametrize(
     ("ctype", "bad", "exc"),
-    [(ctypes.c_uint8, 256, OverflowError), (ctypes.c_int8, -129, OverflowError),
-     (ctypes.c_uint32, -1, OverflowError), (ctypes.c_uint64, 2**64, OverflowError),
-     (ctypes.c_int32, "1", TypeError), (ctypes.c_double, "x", TypeError),
-     (ctypes.c_char, b"ab", TypeError)],
+    [
+        (ctypes.c_uint8, 256, OverflowError),
+        (ctypes.c_int8, -129, OverflowError),
+        (ctypes.c_uint32, -1, OverflowError),
+        (ctypes.c_uint64, 2**64, OverflowError),
+        (ctypes.c_int32, "1", TypeError),
+        (ctypes.c_double, "x", TypeError),
+        (ctypes.c_char, b"ab", TypeError),
+    ],
 )
 def test_scalar_rejects_bad_values(ctype: Any, bad: Any, exc: type[Exception]) -> None:
     with RegionGuard(ctype) as region, PkeyGuard() as key:
