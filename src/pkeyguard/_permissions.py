@@ -37,6 +37,10 @@ class PkeyPermissions(enum.Enum):
     ReadOnly = "ReadOnly"
     ReadWrite = "ReadWrite"
 
+    # Members are singletons: identity hashing is correct, and it is C-fast (Enum's own
+    # __hash__ is Python code), which matters on the set_access_rights() path.
+    __hash__ = object.__hash__
+
     @property
     def level(self) -> int:
         """0, 1, 2 from least to most permissive (the C core's order)."""

@@ -233,13 +233,17 @@ class AssociatedRegion(Generic[T]):
         restores exactly what entering changed.  Guards nest (LIFO) and are bound to the
         thread that entered them.  The returned guard may be reused once it has exited.
         """
+        # Fast path: a cached guard that is not in use (the cache is emptied when the region
+        # leaves the key or the key closes, so a hit implies both are still valid).
+        guard = self._guards.get(rights)
+        if guard is not None and not guard.active:
+            return guard
         if not isinstance(rights, PkeyPermissions):
             raise PkeyGuardError(f"rights must be a PkeyPermissions member, not {rights!r}")
         key = self.key
         key._check_open()
-        guard = self._guards.get(rights)
-        if guard is None or guard.active:
-            guard = _GUARD_CLASSES[rights](key._core, rights.level, self)
+        guard = _GUARD_CLASSES[rights](key._core, rights.level, self)
+        if rights not in self._guards or not self._guards[rights].active:
             self._guards[rights] = guard
         return guard
 
