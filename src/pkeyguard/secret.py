@@ -148,14 +148,10 @@ class Secret:
             for chunk in chunks:
                 view = memoryview(chunk).cast("B")
                 try:
-                    if secret is None or used + view.nbytes > len(secret):
-                        capacity = max(PAGE_SIZE, 2 * (used + view.nbytes))
-                        bigger = cls(capacity, name=name)
-                        if secret is not None:
-                            with secret.reveal() as old, memoryview(old) as mv:
-                                bigger.write(0, mv[:used])  # buffer to buffer, no copy
-                            secret.close()
-                        secret = bigger
+                    if secret is None:
+                        secret = cls(max(PAGE_SIZE, 2 * view.nbytes), name=name)
+                    elif used + view.nbytes > len(secret):
+                        secret = secret._moved(2 * (used + view.nbytes), used)
                     secret.write(used, view)
                     used += view.nbytes
                 finally:
@@ -165,16 +161,24 @@ class Secret:
             if secret is None or used == 0:
                 raise RegionError("from_chunks() got no bytes: a secret cannot be empty")
             if used != len(secret):
-                exact = cls(used, name=name)
-                with secret.reveal() as buf, memoryview(buf) as mv:
-                    exact.write(0, mv[:used])
-                secret.close()
-                secret = exact
+                secret = secret._moved(used, used)
             return secret
         except BaseException:
             if secret is not None:
                 secret.close()
             raise
+
+    def _moved(self, capacity: int, used: int) -> Secret:
+        """A new secret of ``capacity`` bytes holding our first ``used``; this one is closed."""
+        moved = type(self)(capacity, name=self.name)
+        try:
+            with self.reveal() as old, memoryview(old) as mv:
+                moved.write(0, mv[:used])  # buffer to buffer, no plain copy
+        except BaseException:
+            moved.close()
+            raise
+        self.close()
+        return moved
 
     # -- use --------------------------------------------------------------------------------
     def __len__(self) -> int:

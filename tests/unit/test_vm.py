@@ -264,6 +264,7 @@ def test_child_dies_with_a_hard_killed_runner() -> None:
     child = int(runner.stdout.readline())
     runner.kill()
     runner.wait()
+    state = _state(child)
     for _ in range(100):
         state = _state(child)
         if state in ("", "Z"):
