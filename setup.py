@@ -19,6 +19,12 @@ setup(
             sources=["src/pkeyguard/_core.c"],
             extra_compile_args=extra,
             extra_link_args=link,
-        )
+        ),
+        Extension(
+            "pkeyguard._benchfloor",
+            sources=["src/pkeyguard/_benchfloor.c"],
+            extra_compile_args=extra,
+            extra_link_args=link,
+        ),
     ]
 )

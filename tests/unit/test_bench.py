@@ -1,0 +1,128 @@
+"""``python -m pkeyguard bench``: every case runs and reports positive numbers.
+
+No timing assertions: the figures depend on the machine.  The run is in-process (the
+unit suite's backend, mprotect), in the quick mode the CI uses.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pkeyguard import _bench, _benchfloor, _core
+
+SIZES = ("4KiB", "1MiB", "64MiB")  # --quick: no 1 GiB region
+
+PER_THREAD = ["floor.loop", "floor.nop_cm", "switch.lookup", "switch.enum_attr"]
+PER_SIZE = [
+    "floor.mprotect_c",
+    "switch.guard",
+    "switch.set_access_rights",
+    "alt.mprotect_core",
+    "alt.mprotect_ctypes",
+]
+ONE_THREAD = [
+    "scalar.view_read",
+    "scalar.view_write",
+    "scalar.mv_read",
+    "scalar.mv_write",
+    "scalar.mv_typed_read",
+    "scalar.mv_typed_write",
+    "bulk.plain_copy",
+    "bulk.plain_copy_in",
+    "bulk.plain_copy_out",
+    "bulk.plain_bytes",
+    "bulk.copy_in_mv",
+    "bulk.copy_in_value",
+    "bulk.copy_out_mv",
+    "bulk.copy_out_bytes",
+]
+
+
+def expected_ids(backend: str) -> set[str]:
+    per_thread = list(PER_THREAD)
+    if backend == "pku":
+        per_thread += ["floor.rdpkru", "floor.wrpkru_pair", "alt.pkey_set"]
+    else:
+        per_thread.append("switch.no_syscall")
+    ids = {f"{slug}/{t}t" for slug in per_thread for t in (1, 2)}
+    ids |= {f"{slug}@{size}/{t}t" for slug in PER_SIZE for size in SIZES for t in (1, 2)}
+    ids |= {f"{slug}/1t" for slug in ONE_THREAD}
+    return ids
+
+
+def test_quick_json_has_every_case_with_positive_numbers(
+    capsys: pytest.CaptureFixture[str], no_leaks: None, backend_name: str
+) -> None:
+    assert _bench.main(["--quick", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+
+    ids = {c["id"] for c in data["cases"]}
+    missing = expected_ids(backend_name) - ids
+    assert not missing, f"cases missing from the JSON: {sorted(missing)}"
+    for case in data["cases"]:
+        where = case["id"]
+        assert case["iterations"] >= 1, where
+        assert case["samples_ns"], where
+        assert all(s > 0 for s in case["samples_ns"]), where
+        assert case["median_ns"] > 0, where
+        assert case["min_ns"] > 0, where
+        if case["floor"] is not None:
+            assert case["floor"] in ids, f"{where}: unknown floor {case['floor']}"
+
+    machine = data["machine"]
+    assert machine["backend"] == backend_name
+    assert machine["backend_reason"]
+    assert machine["python"] and machine["cpu_model"]
+    assert set(machine["cpuinfo_flags"]) == {"pku", "ospke"}
+    assert data["config"]["mode"] == "quick"
+    assert data["config"]["rounds"] >= 3
+    assert data["config"]["busy_sweeps"] > 0, "the busy thread never ran"
+    assert data["derived"] and data["goals"]
+    assert all(g["status"] in ("met", "MISSED", "n/a") for g in data["goals"])
+    assert _core.thread_guards() == []
+
+
+def test_table_output_names_machine_and_goals(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _bench.main(["--quick", "--rounds", "1", "--no-pin"]) == 0
+    out = capsys.readouterr().out
+    assert "machine:" in out and "backend:" in out
+    assert "## switch pairs, 1 thread" in out and "## switch pairs, 2 threads" in out
+    assert "## goals" in out
+
+
+def test_plot_without_matplotlib_says_what_to_install(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # None: "import matplotlib" fails
+    assert _bench.main(["--quick", "--plot", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "pip install" in err
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_mprotect_pairs_floor_restores_the_pages() -> None:
+    length = 2 * _core.PAGE_SIZE
+    rw = _core.PROT_READ | _core.PROT_WRITE
+    address = _core.mmap_anon(length, rw)
+    try:
+        _benchfloor.touch_pages(address, length, 7)
+        ns = _benchfloor.mprotect_pairs(address, length, 10, _core.PROT_NONE, rw)
+        assert ns > 0
+        _benchfloor.touch_pages(address, length, 8)  # still writable: the pair ended on RW
+        with pytest.raises(OSError, match="mprotect"):
+            _benchfloor.mprotect_pairs(address + 1, length, 1)  # unaligned: EINVAL
+    finally:
+        _core.munmap(address, length)
+
+
+def test_pkru_floors_refuse_without_ospke() -> None:
+    if _core.cpuid_flags()[1]:
+        pytest.skip("the OS enabled PKU here (OSPKE): the refusal path does not apply")
+    with pytest.raises(RuntimeError, match="OSPKE"):
+        _benchfloor.rdpkru_loop(1)
+    with pytest.raises((RuntimeError, ValueError)):
+        _benchfloor.wrpkru_pairs(1, 1)
