@@ -25,6 +25,37 @@ def anon_mappings() -> set[tuple[int, int, str]]:
     return out
 
 
+#: The C core runs under AddressSanitizer (tools/sanitize.sh preloads libasan).
+ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+# ASan's primary allocator on x86-64 lives in [0x600000000000, 0x640000000000).
+_ASAN_ALLOCATOR_SPACE = (0x600000000000, 0x640000000000)
+
+
+def new_anon_mappings(
+    before: set[tuple[int, int, str]], after: set[tuple[int, int, str]]
+) -> set[tuple[int, int, str]]:
+    """Anonymous mappings in ``after`` that were not in ``before``.
+
+    Under ASan, the sanitizer's own memory does not count: its allocator reserves address
+    space up front (PROT_NONE) and maps pieces of it as it grows, which splits existing
+    entries; its primary allocator lives in a fixed range; and large blocks (128 KiB and up)
+    get mappings of their own.  Without ASan every new entry counts.
+    """
+    new = after - before
+    if not ASAN:
+        return new
+    lo, hi = _ASAN_ALLOCATOR_SPACE
+    return {
+        m
+        for m in new
+        if not any(b[0] <= m[0] and m[1] <= b[1] for b in before)
+        and not (lo <= m[0] and m[1] <= hi)
+        and not (m[2] == "rw-p" and m[1] - m[0] >= 1 << 17)
+    }
+
+
 def perms_at(address: int) -> str:
     """The rwxp string of the mapping containing ``address`` ("" if unmapped)."""
     for line in maps():

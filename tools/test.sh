@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, then
 #   1. lint and types: ruff, mypy --strict, basedpyright;
-#   2. the unit suite (mprotect backend, this machine);
+#   2. the C core under ASan+UBSan, then the unit suite (mprotect backend, this machine);
 #   3. the hardware suite (pku backend forced) inside a QEMU guest whose CPU has PKU;
 #   4. the benchmark in --quick mode (must run and print; no timing assertion).
 # Any failure, or a guest without PKU, fails the run.
@@ -24,6 +24,9 @@ step "mypy --strict"
 "$PY" -m mypy --strict src tests benchmarks examples
 step "basedpyright"
 "$PY" -m basedpyright src tests benchmarks examples
+
+step "sanitizers (ASan + UBSan build of the C core, unit suite and state machine)"
+PYTHON="$PY" bash tools/sanitize.sh
 
 step "unit suite (this machine)"
 "$PY" -m pytest -p no:cacheprovider tests/unit

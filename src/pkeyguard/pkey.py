@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, Never, NoReturn, TypeVar, overload
 
 from . import _backend, _core
 from ._errors import AccessError, PkeyGuardError, RegionError, RegionTypeError
@@ -29,7 +29,11 @@ __all__ = [
     "WriteGuard",
 ]
 
-T = TypeVar("T")
+# The region's value type (RegionGuard's bound: a ctypes type, or bytes for a byte region).
+T = TypeVar(
+    "T",
+    bound="ctypes._SimpleCData[Any] | ctypes.Structure | ctypes.Union | ctypes.Array[Any] | bytes",
+)
 # Guards only hand the region's type out, so they can be covariant in it: that lets a
 # ReadGuard[c_uint32] match the ReadGuard[_SimpleCData[V]] overloads below.
 T_co = TypeVar("T_co", covariant=True)
@@ -224,6 +228,9 @@ class AssociatedRegion(Generic[T]):
     def set_access_rights(self, rights: Literal[PkeyPermissions.ReadOnly]) -> ReadGuard[T]: ...
     @overload
     def set_access_rights(self, rights: Literal[PkeyPermissions.NoAccess]) -> NoAccessGuard[T]: ...
+    # Rights known only at run time: narrow the rights first (``if rights is
+    # PkeyPermissions.ReadWrite:`` or ``match``) to get a WriteGuard/ReadGuard; narrowing the
+    # guard with ``isinstance`` works too, but mypy then forgets the value type (Any).
     @overload
     def set_access_rights(self, rights: PkeyPermissions) -> AccessGuard[T]: ...
     def set_access_rights(self, rights: PkeyPermissions) -> AccessGuard[T]:
@@ -310,9 +317,20 @@ class AccessGuard(_core.Guard, Generic[T_co]):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _view(self, writable: bool) -> Any:
-        region = self.region
+        owner: AssociatedRegion[Any] = self.owner
+        region = owner.region
         if region.closed:
             raise RegionError(f"{region!r} is closed")
+        if owner._key is None:
+            # A guard kept from an association that has ended (disassociate(), or its key
+            # closed) still switches its key's rights, but the region is no longer under
+            # that key: it may be untagged, re-protected or tagged with another key, and a
+            # view would fault.  Views come only from guards of a live association.
+            raise RegionError(
+                f"{region!r} is no longer associated with key {self.key.pkey}: this guard "
+                "belongs to an association that has ended; associate the region again and "
+                "use the new association's set_access_rights()"
+            )
         if not region.access.readable or (writable and not region.access.writable):
             raise AccessError(
                 f"the region's page rights are {region.access.name}: "
@@ -343,6 +361,11 @@ class ReadGuard(AccessGuard[T_co]):
 
     __slots__ = ()
 
+    # The first overload matches only a guard whose value type is Any (from
+    # ``AssociatedRegion[Any]``, say): without it the checkers would pick the next one and
+    # call every such view a BytesRef.  Any in, Any out.
+    @overload
+    def ref_guard(self: ReadGuard[Never]) -> Any: ...
     @overload
     def ref_guard(self: ReadGuard[bytes]) -> BytesRef: ...
     @overload
@@ -359,6 +382,8 @@ class WriteGuard(ReadGuard[T_co]):
 
     __slots__ = ()
 
+    @overload
+    def mut_ref_guard(self: WriteGuard[Never]) -> Any: ...
     @overload
     def mut_ref_guard(self: WriteGuard[bytes]) -> MutBytesRef: ...
     @overload

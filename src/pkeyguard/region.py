@@ -16,7 +16,17 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_REGION_SIZE", "RegionGuard"]
 
-T = TypeVar("T")
+# What a region can hold, as its type parameter: a ctypes scalar, Structure, Union or array
+# type, or ``bytes`` for a plain byte region (``RegionGuard(64)`` is a ``RegionGuard[bytes]``).
+# The bound makes ``RegionGuard(str)`` a type error, not only a RegionTypeError at run time.
+T = TypeVar(
+    "T",
+    bound="ctypes._SimpleCData[Any] | ctypes.Structure | ctypes.Union | ctypes.Array[Any] | bytes",
+)
+# The same, less ``bytes``: what ``value_type`` may be when it is a type.
+_CT = TypeVar(
+    "_CT", bound="ctypes._SimpleCData[Any] | ctypes.Structure | ctypes.Union | ctypes.Array[Any]"
+)
 
 #: The largest region accepted (64 TiB): larger sizes are a bug, not a request.
 MAX_REGION_SIZE = 1 << 46
@@ -87,8 +97,8 @@ class RegionGuard(Generic[T]):
     ) -> None: ...
     @overload
     def __init__(
-        self,
-        value_type: type[T],
+        self: RegionGuard[_CT],
+        value_type: type[_CT],
         access: AccessPermissions = ...,
         *,
         allocator: Allocator | None = ...,
@@ -96,7 +106,7 @@ class RegionGuard(Generic[T]):
     ) -> None: ...
     def __init__(
         self,
-        value_type: type[T] | int,
+        value_type: type[Any] | int,
         access: AccessPermissions = AccessPermissions.ReadWrite,
         *,
         allocator: Allocator | None = None,
@@ -176,13 +186,25 @@ class RegionGuard(Generic[T]):
 
     # -- operations ---------------------------------------------------------------------
     def protect(self, access: AccessPermissions) -> None:
-        """Change the page rights with ``mprotect`` (the key tag, if any, is kept)."""
+        """Change the page rights with ``mprotect`` (the key tag, if any, is kept).
+
+        Refused while a guard on the region's key is active (on any thread): a view taken
+        inside it was checked against the old page rights, and would fault under new ones.
+        """
         if not isinstance(access, AccessPermissions):
             raise RegionTypeError(f"access must be an AccessPermissions member, not {access!r}")
         alloc = self._live()
         assoc = self._association
         if assoc is not None:
-            assoc._core_key().set_region_prot(alloc.address, int(access))
+            key = assoc.key
+            with key._lock:
+                if key._core.active:
+                    raise RegionError(
+                        f"cannot change the page rights of {self!r}: {key._core.active} "
+                        f"guard(s) on key {key.key} are active, and views taken inside them "
+                        "rely on the current rights; leave their 'with' blocks first"
+                    )
+                key._core.set_region_prot(alloc.address, int(access))
         else:
             _core.mprotect(alloc.address, alloc.length, int(access))
         self._access = access

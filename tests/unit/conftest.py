@@ -14,7 +14,7 @@ os.environ.setdefault("PKEYGUARD_BACKEND", "mprotect")
 
 import pkeyguard
 from pkeyguard import _backend, _core
-from tests.support import anon_mappings
+from tests.support import anon_mappings, new_anon_mappings
 
 
 @pytest.fixture
@@ -31,7 +31,9 @@ def no_leaks() -> Iterator[None]:
     # The allocator's arenas (rw-p, >= 256 KiB) come and go with Python objects; anything
     # else that is new — a region, a changed protection — is ours.
     leaked = {
-        m for m in anon_mappings() - before_maps if not (m[2] == "rw-p" and m[1] - m[0] >= 1 << 18)
+        m
+        for m in new_anon_mappings(before_maps, anon_mappings())
+        if not (m[2] == "rw-p" and m[1] - m[0] >= 1 << 18)
     }
     assert not leaked, f"mappings left behind: {sorted(leaked)}"
 

@@ -1,0 +1,85 @@
+"""The state machine of tests/unit/test_state_machine.py on the pku backend.
+
+Same rules and invariants; the model switches to per-thread rights (each thread's PKRU bits,
+compared with the whole register after every step) and checks the key tag of every region in
+``/proc/self/smaps``.  Raw accesses are made only where the model says PKRU and the page rights
+allow them, so a wrong model is a ``SEGV_PKUERR``.  ``PKEYGUARD_STATE_EXAMPLES`` sets the
+number of examples (default 100: the guest emulates the CPU).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+from hypothesis import HealthCheck, settings
+
+import pkeyguard
+from pkeyguard import PkeyGuard, PkeyPermissions, RegionGuard
+from tests.unit.test_state_machine import (
+    PkeyguardMachine,
+    test_guard_of_an_ended_association_gives_no_view,
+    test_protect_is_refused_while_a_guard_is_active,
+)
+
+__all__ = [
+    "TestPkeyguardStateMachinePku",
+    "test_a_reused_key_number_keeps_another_threads_stale_rights",
+    "test_guard_of_an_ended_association_gives_no_view",
+    "test_protect_is_refused_while_a_guard_is_active",
+]
+
+
+class PkuMachine(PkeyguardMachine):
+    def __init__(self) -> None:
+        assert pkeyguard.backend().name == "pku", "tests/hw runs on the pku backend only"
+        super().__init__()
+
+
+TestPkeyguardStateMachinePku = PkuMachine.TestCase
+TestPkeyguardStateMachinePku.settings = settings(
+    max_examples=int(os.environ.get("PKEYGUARD_STATE_EXAMPLES", "100")),
+    stateful_step_count=50,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+def test_a_reused_key_number_keeps_another_threads_stale_rights() -> None:
+    """A limit of PKU that the machine's model has to follow (not a pkeyguard bug it can fix).
+
+    ``pkey_alloc`` sets the new key's rights in the calling thread only, and closing a key
+    closes its number in the closing thread only.  A thread that had rights to a key number
+    (here: inherited at creation from a ReadWrite key) keeps them when the key is closed and
+    the kernel hands the number out again: it can then read and write the new key's memory
+    without a guard, although the key did not exist when the thread started.  Keys created
+    NoAccess (the default), and threads started outside guards, never get into this state.
+    """
+    old = PkeyGuard(PkeyPermissions.ReadWrite)
+    number = old.key
+    started = threading.Event()
+    go = threading.Event()
+    seen: list[object] = []
+
+    def worker() -> None:  # started while `old` is open ReadWrite on the creating thread
+        started.set()
+        go.wait(10)
+        try:
+            seen.append(new.current_rights())
+            seen.append(ctypes.c_uint32.from_address(region.address).value)  # no guard
+        except BaseException as exc:  # pragma: no cover - reported below
+            seen.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    started.wait(10)
+    old.close()
+    with RegionGuard(ctypes.c_uint32) as region, PkeyGuard(PkeyPermissions.NoAccess) as new:
+        assert new.key == number, "the kernel hands out the lowest free number again"
+        new.associate(region)
+        assert new.current_rights() is PkeyPermissions.NoAccess  # this thread: closed
+        go.set()
+        thread.join(10)
+    assert seen == [PkeyPermissions.ReadWrite, 0], seen
