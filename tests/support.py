@@ -69,8 +69,8 @@ def perms_at(address: int) -> str:
     return ""
 
 
-def pkey_at(address: int) -> int | None:
-    """ProtectionKey of the mapping containing ``address``, from /proc/self/smaps."""
+def smaps_field(address: int, field: str) -> list[str] | None:
+    """The words after ``field:`` in /proc/self/smaps for the mapping holding ``address``."""
     current = False
     with open("/proc/self/smaps", encoding="utf-8") as f:
         for line in f:
@@ -78,9 +78,15 @@ def pkey_at(address: int) -> int | None:
             if head and "-" in head[0] and not head[0].endswith(":"):
                 start, end = (int(x, 16) for x in head[0].split("-"))
                 current = start <= address < end
-            elif current and line.startswith("ProtectionKey:"):
-                return int(line.split()[1])
+            elif current and head and head[0] == f"{field}:":
+                return head[1:]
     return None
+
+
+def pkey_at(address: int) -> int | None:
+    """ProtectionKey of the mapping containing ``address``, from /proc/self/smaps."""
+    words = smaps_field(address, "ProtectionKey")
+    return int(words[0]) if words else None
 
 
 @dataclass

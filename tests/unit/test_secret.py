@@ -14,7 +14,7 @@ import pytest
 
 from pkeyguard import MprotectError, RegionError, RegionGuard, Secret, allocator
 from pkeyguard.allocator import CanaryError, Secure
-from tests.support import perms_at, run_child
+from tests.support import perms_at, run_child, smaps_field
 
 PAGE = allocator.PAGE_SIZE
 
@@ -28,16 +28,9 @@ def vm_lck_kb() -> int:
 
 
 def vm_flags(address: int) -> set[str]:
-    current = False
-    with open("/proc/self/smaps", encoding="utf-8") as f:
-        for line in f:
-            head = line.split()
-            if head and "-" in head[0] and not head[0].endswith(":"):
-                start, end = (int(x, 16) for x in head[0].split("-"))
-                current = start <= address < end
-            elif current and line.startswith("VmFlags:"):
-                return set(line.split()[1:])
-    raise AssertionError(f"no mapping at {address:#x}")
+    words = smaps_field(address, "VmFlags")
+    assert words is not None, f"no mapping at {address:#x}"
+    return set(words)
 
 
 @pytest.mark.usefixtures("no_leaks")
