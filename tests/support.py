@@ -33,17 +33,50 @@ ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 _ASAN_ALLOCATOR_SPACE = (0x600000000000, 0x640000000000)
 
 
+# glibc's malloc gives each extra arena heaps of HEAP_MAX_SIZE (64 MiB on 64-bit), aligned
+# to their size: a read-write prefix that grows by mprotect and a PROT_NONE rest.  Threads
+# create arenas when they meet contention, so whether one appears during a test is timing.
+_MALLOC_HEAP_SIZE = 64 << 20
+
+
+def _malloc_heaps(mappings: set[tuple[int, int, str]]) -> set[tuple[int, int, str]]:
+    """The mappings that make up glibc malloc heaps: an aligned 64 MiB block tiled exactly
+    by rw-p entries followed by ---p entries (the last may run on where the kernel merged
+    it with a PROT_NONE neighbour)."""
+    ordered = sorted(mappings)
+    found: set[tuple[int, int, str]] = set()
+    for i, first in enumerate(ordered):
+        start = first[0]
+        if start % _MALLOC_HEAP_SIZE or first[2] != "rw-p":
+            continue
+        end = start + _MALLOC_HEAP_SIZE
+        block = [first]
+        for m in ordered[i + 1 :]:
+            if block[-1][1] >= end or m[0] != block[-1][1]:
+                break
+            block.append(m)
+        perms = [m[2] for m in block]
+        tiled = block[-1][1] == end or (block[-1][1] > end and perms[-1] == "---p")
+        shaped = perms == sorted(perms, key=lambda p: p != "rw-p") and set(perms) <= {
+            "rw-p",
+            "---p",
+        }
+        if tiled and shaped:
+            found.update(block)
+    return found
+
+
 def new_anon_mappings(
     before: set[tuple[int, int, str]], after: set[tuple[int, int, str]]
 ) -> set[tuple[int, int, str]]:
     """Anonymous mappings in ``after`` that were not in ``before``.
 
-    Under ASan, the sanitizer's own memory does not count: its allocator reserves address
-    space up front (PROT_NONE) and maps pieces of it as it grows, which splits existing
-    entries; its primary allocator lives in a fixed range; and large blocks (128 KiB and up)
-    get mappings of their own.  Without ASan every new entry counts.
+    glibc malloc heaps (thread arenas) never count.  Under ASan, the sanitizer's own memory
+    does not count either: its allocator reserves address space up front (PROT_NONE) and
+    maps pieces of it as it grows, which splits existing entries; its primary allocator
+    lives in a fixed range; and large blocks (128 KiB and up) get mappings of their own.
     """
-    new = after - before
+    new = after - before - _malloc_heaps(after)
     if not ASAN:
         return new
     lo, hi = _ASAN_ALLOCATOR_SPACE
