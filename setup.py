@@ -17,12 +17,14 @@ setup(
         Extension(
             "pkeyguard._core",
             sources=["src/pkeyguard/_core.c"],
+            depends=["src/pkeyguard/_pkru.h"],
             extra_compile_args=extra,
             extra_link_args=link,
         ),
         Extension(
             "pkeyguard._benchfloor",
             sources=["src/pkeyguard/_benchfloor.c"],
+            depends=["src/pkeyguard/_pkru.h"],
             extra_compile_args=extra,
             extra_link_args=link,
         ),

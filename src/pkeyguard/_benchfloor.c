@@ -29,12 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#define BF_X86 1
-#else
-#define BF_X86 0
-#endif
+#include "_pkru.h"
 
 static uint64_t
 now_ns(void)
@@ -44,37 +39,16 @@ now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-#if BF_X86
-static inline uint32_t
-bf_rdpkru(void)
-{
-    uint32_t eax, edx;
-    /* RDPKRU: 0f 01 ee, needs ECX = 0. */
-    __asm__ volatile(".byte 0x0f,0x01,0xee" : "=a"(eax), "=d"(edx) : "c"(0) : "memory");
-    return eax;
-}
-
-static inline void
-bf_wrpkru(uint32_t value)
-{
-    /* WRPKRU: 0f 01 ef, needs ECX = EDX = 0; "memory" keeps accesses on their side. */
-    __asm__ volatile(".byte 0x0f,0x01,0xef" : : "a"(value), "c"(0), "d"(0) : "memory");
-}
-#endif
 
 /* 0 when RDPKRU/WRPKRU may run (CPUID.7.0:ECX bit 4, OSPKE), else -1 with an error set. */
 static int
 require_ospke(void)
 {
-#if BF_X86
-    unsigned eax, ebx, ecx, edx;
-    if (__get_cpuid_max(0, NULL) >= 7) {
-        __cpuid_count(7, 0, eax, ebx, ecx, edx);
-        if ((ecx >> 4) & 1) {
-            return 0;
-        }
+    int pku, ospke;
+    pkru_cpuid(&pku, &ospke);
+    if (ospke) {
+        return 0;
     }
-#endif
     PyErr_SetString(PyExc_RuntimeError,
                     "RDPKRU/WRPKRU are not enabled here (CPUID OSPKE is off): the PKRU floors "
                     "run only on the pku backend");
@@ -122,11 +96,11 @@ bf_rdpkru_loop(PyObject *Py_UNUSED(m), PyObject *arg)
     if ((n == -1 && PyErr_Occurred()) || check_count(n) < 0 || require_ospke() < 0) {
         return NULL;
     }
-#if BF_X86
+#if PKRU_X86
     volatile uint32_t sink = 0;
     uint64_t t0 = now_ns();
     for (Py_ssize_t i = 0; i < n; i++) {
-        sink ^= bf_rdpkru();
+        sink ^= pkru_read();
     }
     uint64_t t1 = now_ns();
     (void)sink;
@@ -151,19 +125,19 @@ bf_wrpkru_pairs(PyObject *Py_UNUSED(m), PyObject *args)
     if (check_count(n) < 0 || require_ospke() < 0) {
         return NULL;
     }
-#if BF_X86
+#if PKRU_X86
     unsigned shift = 2u * (unsigned)pkey;
     uint32_t mask = 3u << shift;
-    uint32_t saved = bf_rdpkru() & mask;
+    uint32_t saved = pkru_read() & mask;
     /* "open": read-write, unless the key is read-write already, then access-disabled, so
      * that every WRPKRU really changes the register (as a guard's would). */
     uint32_t open = saved == 0 ? (1u << shift) : 0u;
     uint64_t t0 = now_ns();
     for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t pkru = bf_rdpkru();
-        bf_wrpkru((pkru & ~mask) | open);
-        pkru = bf_rdpkru();
-        bf_wrpkru((pkru & ~mask) | saved);
+        uint32_t pkru = pkru_read();
+        pkru_write((pkru & ~mask) | open);
+        pkru = pkru_read();
+        pkru_write((pkru & ~mask) | saved);
     }
     uint64_t t1 = now_ns();
     return PyLong_FromUnsignedLongLong((unsigned long long)(t1 - t0));

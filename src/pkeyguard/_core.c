@@ -27,12 +27,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#define PKG_X86 1
-#else
-#define PKG_X86 0
-#endif
+#include "_pkru.h"
 
 #ifndef SYS_pkey_mprotect
 #define SYS_pkey_mprotect 329
@@ -97,27 +92,8 @@ raise_errno(int err, const char *syscall_name)
 /* ------------------------------------------------------------------------------------ */
 /* RDPKRU / WRPKRU                                                                      */
 
-#if PKG_X86
-static inline uint32_t
-hw_rdpkru(void)
-{
-    uint32_t eax, edx;
-    /* RDPKRU: 0f 01 ee, needs ECX = 0. */
-    __asm__ volatile(".byte 0x0f,0x01,0xee" : "=a"(eax), "=d"(edx) : "c"(0) : "memory");
-    return eax;
-}
-
-static inline void
-hw_wrpkru(uint32_t value)
-{
-    /* WRPKRU: 0f 01 ef, needs ECX = EDX = 0.  The "memory" clobber keeps the compiler
-     * from moving loads/stores of protected memory across the switch. */
-    __asm__ volatile(".byte 0x0f,0x01,0xef" : : "a"(value), "c"(0), "d"(0) : "memory");
-}
-#else
-static inline uint32_t hw_rdpkru(void) { return 0; }
-static inline void hw_wrpkru(uint32_t value) { (void)value; }
-#endif
+/* pkru_read / pkru_write (the asm) and pkru_cpuid live in _pkru.h, shared with
+ * _benchfloor.c. */
 
 static int
 require_pku(void)
@@ -495,11 +471,11 @@ guard_apply(GuardObject *g)
     KeyObject *k = g->key;
     if (k->mode == MODE_PKU) {
         unsigned shift = 2u * (unsigned)k->pkey;
-        uint32_t pkru = hw_rdpkru();
+        uint32_t pkru = pkru_read();
         uint32_t want = (pkru & ~(3u << shift)) | (level_to_bits[g->level] << shift);
         g->saved_bits = (int)((pkru >> shift) & 3u);
         if (want != pkru) {
-            hw_wrpkru(want);
+            pkru_write(want);
         }
         return 0;
     }
@@ -532,10 +508,10 @@ guard_restore(GuardObject *g)
     KeyObject *k = g->key;
     if (k->mode == MODE_PKU) {
         unsigned shift = 2u * (unsigned)k->pkey;
-        uint32_t pkru = hw_rdpkru();
+        uint32_t pkru = pkru_read();
         uint32_t want = (pkru & ~(3u << shift)) | ((uint32_t)g->saved_bits << shift);
         if (want != pkru) {
-            hw_wrpkru(want);
+            pkru_write(want);
         }
         return 0;
     }
@@ -1346,15 +1322,8 @@ static PyTypeObject View_Type = {
 static PyObject *
 core_cpuid_flags(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
-    int pku = 0, ospke = 0;
-#if PKG_X86
-    unsigned eax, ebx, ecx, edx;
-    if (__get_cpuid_max(0, NULL) >= 7) {
-        __cpuid_count(7, 0, eax, ebx, ecx, edx);
-        pku = (ecx >> 3) & 1;
-        ospke = (ecx >> 4) & 1;
-    }
-#endif
+    int pku, ospke;
+    pkru_cpuid(&pku, &ospke);
     return Py_BuildValue("(OO)", pku ? Py_True : Py_False, ospke ? Py_True : Py_False);
 }
 
@@ -1363,16 +1332,12 @@ core_cpuid_flags(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 static PyObject *
 core_enable_pku(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
-#if PKG_X86
-    unsigned eax, ebx, ecx, edx;
-    if (__get_cpuid_max(0, NULL) >= 7) {
-        __cpuid_count(7, 0, eax, ebx, ecx, edx);
-        if ((ecx >> 4) & 1) {
-            pku_enabled = 1;
-            Py_RETURN_TRUE;
-        }
+    int pku, ospke;
+    pkru_cpuid(&pku, &ospke);
+    if (ospke) {
+        pku_enabled = 1;
+        Py_RETURN_TRUE;
     }
-#endif
     PyErr_SetString(err_or(ErrPkuUnavailable, PyExc_RuntimeError),
                     "cannot enable RDPKRU/WRPKRU: CPUID reports OSPKE off");
     return NULL;
@@ -1390,7 +1355,7 @@ core_rdpkru(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     if (require_pku() < 0) {
         return NULL;
     }
-    return PyLong_FromUnsignedLong(hw_rdpkru());
+    return PyLong_FromUnsignedLong(pkru_read());
 }
 
 static PyObject *
@@ -1407,7 +1372,7 @@ core_wrpkru(PyObject *Py_UNUSED(m), PyObject *arg)
     if (require_pku() < 0) {
         return NULL;
     }
-    hw_wrpkru((uint32_t)v);
+    pkru_write((uint32_t)v);
     Py_RETURN_NONE;
 }
 
@@ -1710,7 +1675,7 @@ core_faults_install(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     if (fault_installed) {
         Py_RETURN_FALSE;
     }
-#if PKG_X86
+#if PKRU_X86
     unsigned eax, ebx, ecx, edx;
     if (__get_cpuid_max(0, NULL) >= 0xd) {
         __cpuid_count(0xd, 9, eax, ebx, ecx, edx);
