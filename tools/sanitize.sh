@@ -58,17 +58,8 @@ for so in "$COPY"/src/pkeyguard/*.so; do
     fi
 done
 
-# ASan's runtime intercepts mlock()/munlock() and turns them into no-ops, so the tests that
-# check that secrets are locked in memory cannot pass while the core calls them through libc
-# (calling them through syscall(2) in _core.c would let these tests run here too).
-EXTRA=()
-if nm -D "$COPY"/src/pkeyguard/_core*.so | grep -Eq ' U (mlock|munlock)(@|$)'; then
-    for t in test_locked_in_memory test_excluded_from_core_dumps_and_wiped_on_fork \
-        test_mlock_limit_error_names_the_limit; do
-        EXTRA+=(--deselect "tests/unit/test_secret.py::TestSecureAllocator::$t")
-    done
-    echo "(the core calls mlock through libc, which ASan intercepts: 3 mlock tests left out)"
-fi
+# ASan's runtime intercepts mlock()/munlock() and makes them no-ops; the core calls them
+# through syscall(2), so the secret tests that check locking run here too.
 
 echo "=== unit suite and state machine under ASan + UBSan"
 # handle_segv=0: tests that fault on purpose (in child processes) must die of SIGSEGV, as
@@ -87,7 +78,7 @@ set +e
     "$PY" -c 'import pkeyguard._core as c, sys; assert c.__file__.startswith(sys.argv[1]), c.__file__' \
         "$COPY/src/" || exit 3
     "$PY" -m pytest -p no:cacheprovider -q tests/unit \
-        --ignore=tests/unit/test_vm.py --ignore=tests/unit/test_typing.py "${EXTRA[@]}" "$@"
+        --ignore=tests/unit/test_vm.py --ignore=tests/unit/test_typing.py "$@"
 )
 status=$?
 set -e
