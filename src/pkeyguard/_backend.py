@@ -147,10 +147,16 @@ class PkuBackend:
     def untag(
         self, key: _core.Key, address: int, length: int, prot: int, *, unmapping: bool
     ) -> None:
+        # remove_region first: it is the check (in C, under the GIL) that no guard on the
+        # key is active; only then are the pages touched.
+        key.remove_region(address, False)
         if not unmapping:
             # Back to key 0 so a later pkey_alloc that reuses the number cannot reach it.
-            _core.pkey_mprotect(address, length, prot, 0)
-        key.remove_region(address, False)
+            try:
+                _core.pkey_mprotect(address, length, prot, 0)
+            except BaseException:
+                key.add_region(address, length, prot)
+                raise
 
     def current_rights(self, key: _core.Key) -> PkeyPermissions:
         bits = (_core.rdpkru() >> (2 * key.pkey)) & 3

@@ -55,7 +55,7 @@ static int pku_enabled = 0; /* set once Python has proved OSPKE and a working pk
 /* Exception classes, installed by pkeyguard._errors at import (so C raises the same
  * classes users catch).  Until then, RuntimeError/ValueError stand in. */
 static PyObject *ErrGuardState, *ErrGuardOrder, *ErrGuardThread, *ErrView, *ErrAccess,
-    *ErrPkuUnavailable, *ErrMprotect;
+    *ErrPkuUnavailable, *ErrMprotect, *ErrRegion;
 
 static PyObject *
 err_or(PyObject *cls, PyObject *fallback)
@@ -260,14 +260,33 @@ Key_add_region(KeyObject *k, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The Python layer checks first, for a clear message; this is the check that holds.  A guard
+ * is entered only with the GIL held and none of these calls releases it, so no guard on the
+ * key can become active between this test and the change its caller makes. */
+static int
+key_refuse_while_active(KeyObject *k, const char *action)
+{
+    if (k->active > 0) {
+        PyErr_Format(err_or(ErrRegion, PyExc_RuntimeError),
+                     "cannot %s: %zd guard(s) on key %d are still active; leave their "
+                     "'with' blocks first",
+                     action, k->active, k->pkey);
+        return -1;
+    }
+    return 0;
+}
+
 /* remove_region(addr, restore): forget a region; restore=True gives it back its own page
- * rights (skip when it is about to be unmapped). */
+ * rights (skip when it is about to be unmapped).  Refused while a guard is active. */
 static PyObject *
 Key_remove_region(KeyObject *k, PyObject *args)
 {
     unsigned long long addr;
     int restore;
     if (!PyArg_ParseTuple(args, "Kp", &addr, &restore)) {
+        return NULL;
+    }
+    if (key_refuse_while_active(k, "detach a region from its key") < 0) {
         return NULL;
     }
     for (Py_ssize_t i = 0; i < k->nregions; i++) {
@@ -287,13 +306,18 @@ Key_remove_region(KeyObject *k, PyObject *args)
     return NULL;
 }
 
-/* set_region_prot(addr, prot): the region's own page rights changed (RegionGuard.protect). */
+/* set_region_prot(addr, prot): the region's own page rights changed (RegionGuard.protect).
+ * Refused while a guard is active: views taken inside it were checked against the old
+ * rights. */
 static PyObject *
 Key_set_region_prot(KeyObject *k, PyObject *args)
 {
     unsigned long long addr;
     int prot;
     if (!PyArg_ParseTuple(args, "Ki", &addr, &prot)) {
+        return NULL;
+    }
+    if (key_refuse_while_active(k, "change the page rights of a region") < 0) {
         return NULL;
     }
     for (Py_ssize_t i = 0; i < k->nregions; i++) {
@@ -1765,19 +1789,20 @@ core_fault_unregister(PyObject *Py_UNUSED(m), PyObject *arg)
 static PyObject *
 core_set_errors(PyObject *Py_UNUSED(m), PyObject *args)
 {
-    PyObject *e[7];
-    if (!PyArg_ParseTuple(args, "OOOOOOO", &e[0], &e[1], &e[2], &e[3], &e[4], &e[5], &e[6])) {
+    PyObject *e[8];
+    if (!PyArg_ParseTuple(args, "OOOOOOOO", &e[0], &e[1], &e[2], &e[3], &e[4], &e[5], &e[6],
+                          &e[7])) {
         return NULL;
     }
-    PyObject **slots[7] = {&ErrGuardState, &ErrGuardOrder, &ErrGuardThread, &ErrView,
-                           &ErrAccess, &ErrPkuUnavailable, &ErrMprotect};
-    for (int i = 0; i < 7; i++) {
+    PyObject **slots[8] = {&ErrGuardState, &ErrGuardOrder, &ErrGuardThread, &ErrView,
+                           &ErrAccess, &ErrPkuUnavailable, &ErrMprotect, &ErrRegion};
+    for (int i = 0; i < 8; i++) {
         if (!PyExceptionClass_Check(e[i])) {
             PyErr_SetString(PyExc_TypeError, "exception classes expected");
             return NULL;
         }
     }
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 8; i++) {
         Py_INCREF(e[i]);
         Py_XSETREF(*slots[i], e[i]);
     }

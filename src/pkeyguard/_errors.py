@@ -95,4 +95,5 @@ _core._set_errors(
     AccessError,
     PkuUnavailableError,
     MprotectError,
+    RegionError,
 )

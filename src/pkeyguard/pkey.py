@@ -55,6 +55,11 @@ def _release_key(backend: _backend.Backend, key: _core.Key) -> None:
     if key.closed:
         return
     key.close()  # refuses (raises) while guards are active: nothing is freed then
+    _free_closed_key(backend, key)
+
+
+def _free_closed_key(backend: _backend.Backend, key: _core.Key) -> None:
+    # A closed key can no longer be entered (the C core refuses), so nothing races this.
     for address, length, prot in key.regions:
         backend.untag(key, address, length, prot, unmapping=False)
     backend.free_key(key)
@@ -160,16 +165,34 @@ class PkeyGuard:
         with self._lock:
             if self._core.closed:
                 return
-            if self._core.active:
-                raise PkeyGuardError(
-                    f"cannot close {self!r}: {self._core.active} guard(s) on it are still "
-                    "active; leave their 'with' blocks first"
-                )
+            self._refuse_while_active(PkeyGuardError, f"close {self!r}")
+            # The C close repeats that check where no guard can slip in (GuardStateError
+            # if one did, with nothing changed) and bars every later entry.
+            self._core.close()
             self._finalizer.detach()
             for assoc in list(self._assocs.values()):
                 assoc._forget()
             self._assocs.clear()
-            _release_key(self._backend, self._core)
+            _free_closed_key(self._backend, self._core)
+
+    def _refuse_while_active(
+        self,
+        error: type[Exception],
+        action: str,
+        why: str = "leave their 'with' blocks first",
+    ) -> None:
+        """Raise ``error`` if a guard on this key is active on any thread.
+
+        This check gives the clear message; the C core repeats it inside the call that makes
+        the change (Key.close, remove_region, set_region_prot), where no guard can be entered
+        in between, so a guard entered by another thread just after this check still stops
+        the change.
+        """
+        if self._core.active:
+            raise error(
+                f"cannot {action}: {self._core.active} guard(s) on key {self.key} are still "
+                f"active; {why}"
+            )
 
     def __enter__(self) -> PkeyGuard:
         self._check_open()
@@ -262,11 +285,7 @@ class AssociatedRegion(Generic[T]):
     def _detach(self, *, unmapping: bool) -> None:
         key = self.key
         with key._lock:
-            if key._core.active:
-                raise RegionError(
-                    f"cannot detach {self._region!r} from key {key.key}: "
-                    f"{key._core.active} guard(s) on the key are active"
-                )
+            key._refuse_while_active(RegionError, f"detach {self._region!r} from key {key.key}")
             if not key._core.closed:
                 region = self._region
                 key._backend.untag(

@@ -198,12 +198,12 @@ class RegionGuard(Generic[T]):
         if assoc is not None:
             key = assoc.key
             with key._lock:
-                if key._core.active:
-                    raise RegionError(
-                        f"cannot change the page rights of {self!r}: {key._core.active} "
-                        f"guard(s) on key {key.key} are active, and views taken inside them "
-                        "rely on the current rights; leave their 'with' blocks first"
-                    )
+                key._refuse_while_active(
+                    RegionError,
+                    f"change the page rights of {self!r}",
+                    "views taken inside them rely on the current rights; leave their 'with' "
+                    "blocks first",
+                )
                 key._core.set_region_prot(alloc.address, int(access))
         else:
             _core.mprotect(alloc.address, alloc.length, int(access))

@@ -12,10 +12,13 @@ from typing import Final
 import pytest
 
 from pkeyguard import (
+    AccessPermissions,
+    GuardStateError,
     KeyExhaustedError,
     MprotectError,
     PkeyGuard,
     PkeyPermissions,
+    RegionError,
     RegionGuard,
     _backend,
     _core,
@@ -52,6 +55,32 @@ def test_disassociate_retags_to_key_zero() -> None:
         assoc.disassociate()
         assert pkey_at(region.address) == 0
         ctypes.c_int.from_address(region.address).value = 3  # plain access works again
+
+
+def test_a_guard_that_slips_in_after_the_python_check_still_stops_untagging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The C core re-checks inside the call that changes anything (under the GIL, so no
+    # guard can be entered in between).  With the Python check switched off, as if another
+    # thread had entered its guard just after it, the pages must keep their key and rights.
+    monkeypatch.setattr(PkeyGuard, "_refuse_while_active", lambda *a, **k: None)
+    with RegionGuard(8) as region, PkeyGuard(NA) as key:
+        assoc = key.associate(region)
+        with assoc.set_access_rights(RW) as guard:
+            with pytest.raises(GuardStateError):
+                key.close()
+            with pytest.raises(RegionError):
+                assoc.disassociate()
+            with pytest.raises(RegionError):
+                region.close()
+            with pytest.raises(RegionError):
+                region.protect(AccessPermissions.ReadOnly)
+            assert pkey_at(region.address) == key.key and region.association is assoc
+            guard.mut_ref_guard().value = b"written!"
+        assert key.current_rights() is NA
+        monkeypatch.undo()
+        key.close()
+        assert pkey_at(region.address) == 0 and region.association is None
 
 
 def test_exhaustion_then_reuse() -> None:

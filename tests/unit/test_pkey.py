@@ -10,6 +10,7 @@ import pytest
 
 from pkeyguard import (
     AccessPermissions,
+    GuardStateError,
     PkeyGuard,
     PkeyGuardError,
     PkeyPermissions,
@@ -166,3 +167,31 @@ class TestAssociation:
                 assert not key.closed and not region.closed
                 assert perms_at(region.address) == "rw-p"
             assert perms_at(region.address) == "---p"
+
+    def test_c_core_refuses_when_a_guard_slips_in_after_the_python_check(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Another thread can enter a guard between the Python check and the change; the C
+        # call that makes the change checks again, atomically under the GIL.  Simulate the
+        # slip by switching the Python check off: each refusal must leave everything as it was.
+        monkeypatch.setattr(PkeyGuard, "_refuse_while_active", lambda *a, **k: None)
+        with RegionGuard(8) as region, PkeyGuard() as key:
+            assoc = key.associate(region)
+            with assoc.set_access_rights(RW) as guard:
+                with pytest.raises(GuardStateError, match="still active"):
+                    key.close()
+                with pytest.raises(RegionError, match="still active"):
+                    region.close()
+                with pytest.raises(RegionError, match="still active"):
+                    assoc.disassociate()
+                with pytest.raises(RegionError, match="still active"):
+                    region.protect(AccessPermissions.ReadOnly)
+                assert not key.closed and not region.closed
+                assert region.association is assoc and key.regions == (assoc,)
+                assert region.access is AccessPermissions.ReadWrite
+                assert perms_at(region.address) == "rw-p"
+                guard.mut_ref_guard().value = b"usable!!"
+            assert perms_at(region.address) == "---p"
+            monkeypatch.undo()
+            key.close()
+            assert region.association is None and perms_at(region.address) == "rw-p"
