@@ -115,10 +115,34 @@ def _wrap(view: _core.View, value: Any) -> Any:
     return value
 
 
+_COMPOSITE_BYTES = (
+    "a composite view has no {what}: the C view underneath counts in bytes, so on a Structure "
+    "or an array it would reach a byte, not a field or an element. Use view.contents.field, "
+    "view.contents[i], or view.tobytes() for the raw bytes"
+)
+
+
 class CompositeRef(_core.View, Generic[S]):
     """Read view of a Structure/Union/array region: ``.contents`` reads the fields."""
 
     __slots__ = ()
+
+    if not TYPE_CHECKING:
+        # Hidden from type checkers, which already reject these; at run time they would
+        # otherwise fall through to the byte-level base (v[0] = first byte of an array).
+        @property
+        def value(self):
+            raise AttributeError(_COMPOSITE_BYTES.format(what=".value"))
+
+        @value.setter
+        def value(self, _value):
+            raise AttributeError(_COMPOSITE_BYTES.format(what=".value"))
+
+        def __getitem__(self, _index):
+            raise TypeError(_COMPOSITE_BYTES.format(what="indexing"))
+
+        def __setitem__(self, _index, _value):
+            raise TypeError(_COMPOSITE_BYTES.format(what="indexing"))
 
     @property
     def contents(self) -> S:

@@ -279,6 +279,24 @@ def test_composite_view() -> None:
 
 
 @pytest.mark.usefixtures("no_leaks")
+def test_composite_view_refuses_byte_level_access() -> None:
+    # The byte-level base would make view[0] the first byte of a uint32 array: refused.
+    with RegionGuard(ctypes.c_uint32 * 4) as region, PkeyGuard() as key:
+        with key.associate(region).set_access_rights(RW) as g:
+            view: Any = g.mut_ref_guard()
+            view.contents[0] = 0x01020304
+            with pytest.raises(TypeError, match=r"view\.contents\[i\]"):
+                view[0]
+            with pytest.raises(TypeError, match="composite"):
+                view[0] = 9
+            with pytest.raises(AttributeError, match="composite"):
+                _ = view.value
+            with pytest.raises(AttributeError, match="composite"):
+                view.value = b"\0" * 16
+            assert view.contents[0] == 0x01020304 and view.tobytes()[:4] == b"\x04\x03\x02\x01"
+
+
+@pytest.mark.usefixtures("no_leaks")
 def test_array_region() -> None:
     with RegionGuard(ctypes.c_uint32 * 4) as region, PkeyGuard() as key:
         with key.associate(region).set_access_rights(RW) as g:
