@@ -59,7 +59,13 @@ for so in "$COPY"/src/pkeyguard/*.so; do
 done
 
 # ASan's runtime intercepts mlock()/munlock() and makes them no-ops; the core calls them
-# through syscall(2), so the secret tests that check locking run here too.
+# through syscall(2), so the secret tests that check locking run here too.  Say so plainly
+# if that ever changes, rather than let those tests fail on VmLck.
+if nm -D "$COPY"/src/pkeyguard/_core*.so | grep -Eq ' U (mlock|munlock)(@|$)'; then
+    echo "sanitize.sh: _core calls mlock/munlock through libc, which ASan makes no-ops;" \
+        "call them through syscall(2)" >&2
+    exit 1
+fi
 
 echo "=== unit suite and state machine under ASan + UBSan"
 # handle_segv=0: tests that fault on purpose (in child processes) must die of SIGSEGV, as

@@ -39,7 +39,6 @@ now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-
 /* 0 when RDPKRU/WRPKRU may run (CPUID.7.0:ECX bit 4, OSPKE), else -1 with an error set. */
 static int
 require_ospke(void)
