@@ -5,10 +5,11 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Generic, Literal, Never, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, Never, TypeVar, overload
 
 from . import _backend, _core
 from ._errors import AccessError, PkeyGuardError, RegionError, RegionTypeError
+from ._owned import Unshareable
 from ._permissions import LEVEL_TO_PERMISSION, PkeyPermissions
 from .region import RegionGuard
 from .views import (
@@ -65,7 +66,7 @@ def _free_closed_key(backend: _backend.Backend, key: _core.Key) -> None:
     backend.free_key(key)
 
 
-class PkeyGuard:
+class PkeyGuard(Unshareable):
     """A protection key with initial rights ``rights`` for the calling thread.
 
     On the ``pku`` backend this is ``pkey_alloc``; on ``mprotect`` a logical key.  Closing
@@ -73,6 +74,9 @@ class PkeyGuard:
     key 0, so a later key with the same number can never reach them, then frees the key.
     Closing is refused while a guard on the key is active on any thread.
     """
+
+    _cannot_pickle = "a PkeyGuard cannot be pickled: protection keys belong to one process"
+    _cannot_copy = "a PkeyGuard cannot be copied: it owns its key exclusively"
 
     def __init__(
         self, rights: PkeyPermissions = PkeyPermissions.NoAccess, *, name: str | None = None
@@ -205,15 +209,6 @@ class PkeyGuard:
         label = f" {self.name!r}" if self.name else ""
         state = "closed" if self._core.closed else f"{len(self._assocs)} region(s)"
         return f"<PkeyGuard{label} key={self.key} {self._rights.name} {self._backend.name} {state}>"
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError("a PkeyGuard cannot be pickled: protection keys belong to one process")
-
-    def __copy__(self) -> NoReturn:
-        raise TypeError("a PkeyGuard cannot be copied: it owns its key exclusively")
-
-    def __deepcopy__(self, memo: object) -> NoReturn:
-        raise TypeError("a PkeyGuard cannot be copied: it owns its key exclusively")
 
 
 class AssociatedRegion(Generic[T]):

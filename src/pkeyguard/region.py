@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import weakref
-from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from . import _core
 from ._errors import RegionError, RegionTypeError
+from ._owned import Unshareable
 from ._permissions import AccessPermissions
 from .allocator import Allocation, Allocator, Mmap
 
@@ -77,7 +78,7 @@ def _release(allocator: Allocator, allocation: Allocation) -> None:
     allocator.release(allocation)
 
 
-class RegionGuard(Generic[T]):
+class RegionGuard(Unshareable, Generic[T]):
     """Page-aligned anonymous memory holding one value of ``value_type``.
 
     ``value_type`` is a ctypes scalar (``ctypes.c_uint32``), a ``Structure``/``Union``, an
@@ -85,6 +86,9 @@ class RegionGuard(Generic[T]):
     zero-filled, rounded up to whole pages, and released exactly once: by :meth:`close`,
     by leaving a ``with`` block, or by a finalizer when the object is collected.
     """
+
+    _cannot_pickle = "a RegionGuard cannot be pickled: it owns memory of this process"
+    _cannot_copy = "a RegionGuard cannot be copied: it owns its memory exclusively"
 
     @overload
     def __init__(
@@ -242,12 +246,3 @@ class RegionGuard(Generic[T]):
             f"<RegionGuard{label} {what} at {self._allocation.address:#x} "
             f"({self._allocation.length} bytes mapped) {self._access.name}{key}>"
         )
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError("a RegionGuard cannot be pickled: it owns memory of this process")
-
-    def __copy__(self) -> NoReturn:
-        raise TypeError("a RegionGuard cannot be copied: it owns its memory exclusively")
-
-    def __deepcopy__(self, memo: object) -> NoReturn:
-        raise TypeError("a RegionGuard cannot be copied: it owns its memory exclusively")

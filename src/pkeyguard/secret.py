@@ -17,9 +17,9 @@ import os
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import NoReturn
 
 from ._errors import RegionError
+from ._owned import Unshareable
 from ._permissions import AccessPermissions, PkeyPermissions
 from .allocator import PAGE_SIZE, Allocator, Secure
 from .pkey import AssociatedRegion, PkeyGuard
@@ -66,10 +66,12 @@ def _wipe(buffer: BytesLike) -> None:
             flat[:] = bytes(flat.nbytes)
 
 
-class Secret:
+class Secret(Unshareable):
     """Secret bytes in protected memory; read them only inside :meth:`reveal`."""
 
     __slots__ = ("__weakref__", "_assoc", "_finalizer", "_region", "name")
+    _cannot_pickle = "a Secret cannot be pickled"
+    _cannot_copy = "a Secret cannot be copied"
 
     def __init__(
         self, size: int, *, name: str | None = None, allocator: Allocator | None = None
@@ -238,12 +240,3 @@ class Secret:
         label = f" {self.name!r}" if self.name else ""
         state = "closed" if self.closed else f"{len(self)} bytes"
         return f"<Secret{label} {state}>"  # never the content
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError("a Secret cannot be pickled")
-
-    def __copy__(self) -> NoReturn:
-        raise TypeError("a Secret cannot be copied")
-
-    def __deepcopy__(self, memo: object) -> NoReturn:
-        raise TypeError("a Secret cannot be copied")
