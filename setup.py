@@ -1,4 +1,4 @@
-# Only the C extension is declared here; all metadata lives in pyproject.toml.
+# Only the C extensions are declared here; all metadata lives in pyproject.toml.
 import os
 
 from setuptools import Extension, setup
@@ -12,21 +12,16 @@ if sanitize:
     extra += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
     link += [f"-fsanitize={sanitize}"]
 
-setup(
-    ext_modules=[
-        Extension(
-            "pkeyguard._core",
-            sources=["src/pkeyguard/_core.c"],
-            depends=["src/pkeyguard/_pkru.h"],
-            extra_compile_args=extra,
-            extra_link_args=link,
-        ),
-        Extension(
-            "pkeyguard._benchfloor",
-            sources=["src/pkeyguard/_benchfloor.c"],
-            depends=["src/pkeyguard/_pkru.h"],
-            extra_compile_args=extra,
-            extra_link_args=link,
-        ),
-    ]
-)
+
+def extension(name: str) -> Extension:
+    # Both extensions include _pkru.h and build with the same flags.
+    return Extension(
+        f"pkeyguard.{name}",
+        sources=[f"src/pkeyguard/{name}.c"],
+        depends=["src/pkeyguard/_pkru.h"],
+        extra_compile_args=extra,
+        extra_link_args=link,
+    )
+
+
+setup(ext_modules=[extension("_core"), extension("_benchfloor")])
