@@ -13,12 +13,16 @@ if sanitize:
     link += [f"-fsanitize={sanitize}"]
 
 
+# The fault reporter is its own translation unit inside _core.
+extra_sources = {"_core": ["src/pkeyguard/_faults.c"]}
+
+
 def extension(name: str) -> Extension:
     # Both extensions include _pkru.h and build with the same flags.
     return Extension(
         f"pkeyguard.{name}",
-        sources=[f"src/pkeyguard/{name}.c"],
-        depends=["src/pkeyguard/_pkru.h"],
+        sources=[f"src/pkeyguard/{name}.c", *extra_sources.get(name, [])],
+        depends=["src/pkeyguard/_pkru.h", "src/pkeyguard/_faults.h"],
         extra_compile_args=extra,
         extra_link_args=link,
     )

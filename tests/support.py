@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import textwrap
@@ -66,17 +67,43 @@ def _malloc_heaps(mappings: set[tuple[int, int, str]]) -> set[tuple[int, int, st
     return found
 
 
+def _thread_stack_size() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
+    return soft if soft != resource.RLIM_INFINITY else 8 << 20
+
+
+def _thread_stacks(mappings: set[tuple[int, int, str]]) -> set[tuple[int, int, str]]:
+    """glibc thread stacks: a one-page ``---p`` guard right below an ``rw-p`` mapping of the
+    default stack size.  A thread started during a test may get a fresh one (glibc reuses
+    the stacks of finished threads only once they are fully gone)."""
+    page, size = os.sysconf("SC_PAGE_SIZE"), _thread_stack_size()
+    by_start = {m[0]: m for m in mappings}
+    found: set[tuple[int, int, str]] = set()
+    for guard in mappings:
+        stack = by_start.get(guard[1])
+        if (
+            guard[2] == "---p"
+            and guard[1] - guard[0] == page
+            and stack is not None
+            and stack[2] == "rw-p"
+            and stack[1] - stack[0] == size
+        ):
+            found.update((guard, stack))
+    return found
+
+
 def new_anon_mappings(
     before: set[tuple[int, int, str]], after: set[tuple[int, int, str]]
 ) -> set[tuple[int, int, str]]:
     """Anonymous mappings in ``after`` that were not in ``before``.
 
-    glibc malloc heaps (thread arenas) never count.  Under ASan, the sanitizer's own memory
-    does not count either: its allocator reserves address space up front (PROT_NONE) and
-    maps pieces of it as it grows, which splits existing entries; its primary allocator
-    lives in a fixed range; and large blocks (128 KiB and up) get mappings of their own.
+    glibc malloc heaps (thread arenas) and thread stacks never count.  Under ASan, the
+    sanitizer's own memory does not count either: its allocator reserves address space up
+    front (PROT_NONE) and maps pieces of it as it grows, which splits existing entries; its
+    primary allocator lives in a fixed range; and large blocks (128 KiB and up) get mappings
+    of their own.
     """
-    new = after - before - _malloc_heaps(after)
+    new = after - before - _malloc_heaps(after) - _thread_stacks(after)
     if not ASAN:
         return new
     lo, hi = _ASAN_ALLOCATOR_SPACE

@@ -13,6 +13,7 @@ from . import allocator, faults
 from ._backend import BackendInfo, backend
 from ._errors import (
     AccessError,
+    CanaryError,
     GuardError,
     GuardOrderError,
     GuardStateError,
@@ -49,6 +50,7 @@ __all__ = [
     "AssociatedRegion",
     "BackendInfo",
     "BytesRef",
+    "CanaryError",
     "CompositeRef",
     "GuardError",
     "GuardOrderError",

@@ -9,11 +9,12 @@ or ``=mprotect`` forces one; forcing ``pku`` where it cannot work raises
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import platform
 import threading
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from . import _core
 from ._errors import KeyExhaustedError, MprotectError, PkeyguardError, PkuUnavailableError
@@ -22,6 +23,7 @@ from ._permissions import LEVEL_TO_PERMISSION, PkeyPermissions
 __all__ = ["BackendInfo", "backend", "probe_pku"]
 
 BackendName = Literal["pku", "mprotect"]
+K = TypeVar("K", bound=_core.Key)
 
 PKU_GUARANTEES = (
     "rights are per thread: a guard opens the memory to the thread that entered it only",
@@ -80,16 +82,15 @@ def probe_pku() -> tuple[bool, str]:
 
 
 class Backend(Protocol):
-    """What pkeyguard needs from a backend (one module per backend, like psutil)."""
+    """What pkeyguard needs from a backend (one class per backend, like psutil).
+
+    The core does the system calls and keeps the state; a backend decides what a key is
+    (a hardware key or a logical number) and how to read a thread's rights.
+    """
 
     name: BackendName
 
-    def alloc_key(self, rights: PkeyPermissions) -> _core.Key: ...
-    def free_key(self, key: _core.Key) -> None: ...
-    def tag(self, key: _core.Key, address: int, length: int, prot: int) -> None: ...
-    def untag(
-        self, key: _core.Key, address: int, length: int, prot: int, *, unmapping: bool
-    ) -> None: ...
+    def new_key(self, cls: type[K], rights: PkeyPermissions) -> K: ...
     def current_rights(self, key: _core.Key) -> PkeyPermissions: ...
     def live_keys(self) -> int: ...
 
@@ -99,71 +100,27 @@ class PkuBackend:
 
     name: BackendName = "pku"
 
-    def __init__(self) -> None:
-        self._live = 0
-        self._lock = threading.Lock()
-
-    def alloc_key(self, rights: PkeyPermissions) -> _core.Key:
+    def new_key(self, cls: type[K], rights: PkeyPermissions) -> K:
         try:
-            pkey = _core.pkey_alloc(0, rights.pkru_bits)
+            return _core.Key.__new__(cls, -1, _core.MODE_PKU, rights.level)  # pkey_alloc in C
         except MprotectError as exc:
-            if exc.errno == errno.ENOSPC:
-                err = KeyExhaustedError(
-                    errno.ENOSPC,
-                    "no protection key is free: x86 has 15 allocatable keys (key 0 is the "
-                    f"default); this process holds {self._live} through pkeyguard. Close a "
-                    "PkeyGuard you no longer need, or share a key between regions",
-                )
-                err.syscall = "pkey_alloc"
-                raise err from None
-            raise
-        try:
-            key = _core.Key(pkey, _core.MODE_PKU, rights.level)
-        except BaseException:
-            _core.pkey_free(pkey)
-            raise
-        with self._lock:
-            self._live += 1
-        return key
-
-    def free_key(self, key: _core.Key) -> None:
-        _core.pkey_free(key.pkey)
-        # pkey_free leaves this thread's bits for the number as they were; close them so a
-        # later key that reuses the number starts closed here whatever its initial rights.
-        shift = 2 * key.pkey
-        pkru = _core.rdpkru()
-        _core.wrpkru((pkru & ~(3 << shift)) | (PkeyPermissions.NoAccess.pkru_bits << shift))
-        with self._lock:
-            self._live -= 1
-
-    def tag(self, key: _core.Key, address: int, length: int, prot: int) -> None:
-        _core.pkey_mprotect(address, length, prot, key.pkey)
-        try:
-            key.add_region(address, length, prot)
-        except BaseException:
-            _core.pkey_mprotect(address, length, prot, 0)
-            raise
-
-    def untag(
-        self, key: _core.Key, address: int, length: int, prot: int, *, unmapping: bool
-    ) -> None:
-        # remove_region first: it is the check (in C, under the GIL) that no guard on the
-        # key is active; only then are the pages touched.
-        key.remove_region(address, False)
-        if not unmapping:
-            # Back to key 0 so a later pkey_alloc that reuses the number cannot reach it.
-            try:
-                _core.pkey_mprotect(address, length, prot, 0)
-            except BaseException:
-                key.add_region(address, length, prot)
+            if exc.errno != errno.ENOSPC:
                 raise
+            err = KeyExhaustedError(
+                errno.ENOSPC,
+                "no protection key is free: x86 has 15 allocatable keys (key 0 is the "
+                f"default); this process holds {_core.live_key_count()} through pkeyguard. "
+                "Close a PkeyGuard you no longer need, or share a key between regions",
+            )
+            err.syscall = "pkey_alloc"
+            raise err from None
 
     def current_rights(self, key: _core.Key) -> PkeyPermissions:
-        bits = (_core.rdpkru() >> (2 * key.pkey)) & 3
+        bits = (_core.rdpkru() >> (2 * key.key)) & 3
         return PkeyPermissions.from_pkru_bits(bits)
 
     def live_keys(self) -> int:
-        return self._live
+        return _core.live_key_count()
 
 
 class MprotectBackend:
@@ -172,34 +129,16 @@ class MprotectBackend:
     name: BackendName = "mprotect"
 
     def __init__(self) -> None:
-        self._next = 1
-        self._live = 0
-        self._lock = threading.Lock()
+        self._numbers = itertools.count(1)  # next() is atomic under the GIL
 
-    def alloc_key(self, rights: PkeyPermissions) -> _core.Key:
-        with self._lock:
-            number = self._next
-            self._next += 1
-            self._live += 1
-        return _core.Key(number, _core.MODE_MPROTECT, rights.level)
-
-    def free_key(self, key: _core.Key) -> None:
-        with self._lock:
-            self._live -= 1
-
-    def tag(self, key: _core.Key, address: int, length: int, prot: int) -> None:
-        key.add_region(address, length, prot)
-
-    def untag(
-        self, key: _core.Key, address: int, length: int, prot: int, *, unmapping: bool
-    ) -> None:
-        key.remove_region(address, not unmapping)
+    def new_key(self, cls: type[K], rights: PkeyPermissions) -> K:
+        return _core.Key.__new__(cls, next(self._numbers), _core.MODE_MPROTECT, rights.level)
 
     def current_rights(self, key: _core.Key) -> PkeyPermissions:
-        return LEVEL_TO_PERMISSION[key.effective_level]
+        return LEVEL_TO_PERMISSION[key._effective_level]
 
     def live_keys(self) -> int:
-        return self._live
+        return _core.live_key_count()
 
 
 _lock = threading.Lock()

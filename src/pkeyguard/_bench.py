@@ -400,10 +400,10 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
     # RW then NONE).  On pku the pages stay RW, so the mprotect alternative closes them and
     # opens them again.
     p1, p2 = (prot_none, prot_rw) if pku else (prot_rw, prot_none)
-    nop = _core.Guard(_core.Key(0, _core.MODE_NOP, 2), 2)
+    nop = _core.Key(0, _core.MODE_NOP, 2)._guard(2)
     # The mprotect switch path with nothing to protect: a MODE_MPROTECT key with no regions
     # runs exactly the bookkeeping of a real switch and makes no system call.
-    no_syscall = _core.Guard(_core.Key(0x7FFF, _core.MODE_MPROTECT, 0), 2)
+    no_syscall = _core.Key(0x7FFF, _core.MODE_MPROTECT, 0)._guard(2)
     first = by_size[sizes[0]]
     rw = "P.ReadWrite"
     P = PkeyPermissions

@@ -1,17 +1,32 @@
 /*
  * pkeyguard._core: the part of pkeyguard that must be native.
  *
- *   - thin wrappers for mmap/munmap/mprotect/madvise/mlock and the pkey syscalls
- *     (one syscall each; policy lives in Python);
- *   - CPUID feature probe, RDPKRU/WRPKRU;
- *   - Key:   per-key bookkeeping the hot path needs (hardware key number, or the list of
- *            regions an mprotect-backend "key" must re-protect on every switch);
- *   - Guard: the context manager that switches this thread's rights for one key;
- *   - View:  typed/bytes access to a region, valid only while its guard is active on
- *            this thread; exports the buffer protocol with an export counter.
+ * The core owns every resource pkeyguard hands out, so that each is released exactly once,
+ * in the right order, whatever order the objects die in (reference counting, the cyclic GC,
+ * an exception raised by a signal handler at any bytecode, interpreter exit):
  *
- * Each thread keeps a stack of its active guards (a C11 thread-local pointer), so exits
- * can be checked for LIFO order and thread ownership without touching Python state.
+ *   Key      a protection key (pkey_alloc'ed on pku, a logical number on mprotect); freed
+ *            when closed or collected, always after the pages tagged with it are untagged.
+ *   Mapping  page-aligned memory (mmap) with an optional secure layout (guard pages, mlock,
+ *            MADV_DONTDUMP/WIPEONFORK, canary, zeroed before unmap); unmapped when closed or
+ *            collected.  RegionGuard is its Python subclass.
+ *   Binding  the link between one Mapping and one Key (AssociatedRegion is its subclass).
+ *            The Mapping and the Binding hold each other while bound, and the Binding holds
+ *            the Key: a Key is never freed while its pages are tagged, and a Mapping is never
+ *            unmapped while tagged.  The Key lists its live Bindings (borrowed).
+ *   Guard    switches the calling thread's rights for one key while active.  Each thread has
+ *            a stack of its active guards, owned by an object in the thread's state dict: when
+ *            the thread ends (or a fork child drops it), its guards are ended.  Ownership is
+ *            that stack, never a reusable thread ident.
+ *   View     typed or byte access to a bound Mapping, valid only in the activation of the
+ *            guard that made it, on that guard's thread.  Every access converts its arguments
+ *            first (running any user code), then checks, then touches memory, with no Python
+ *            code in between.
+ *
+ * Every refusal that protects memory (closing a key or region, detaching or re-protecting a
+ * region, entering a guard) is checked in the same C call that makes the change, with the GIL
+ * held and before anything can run Python code, so no other thread, finalizer or signal
+ * handler can slip in between.  Allocation happens before the checks, mutation after them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,13 +35,14 @@
 
 #include <errno.h>
 #include <signal.h>
-#include <ucontext.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "_faults.h"
 #include "_pkru.h"
 
 #ifndef SYS_pkey_mprotect
@@ -38,42 +54,96 @@
 #ifndef SYS_pkey_free
 #define SYS_pkey_free 331
 #endif
+#ifndef MADV_DONTDUMP
+#define MADV_DONTDUMP 16
+#endif
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
 
 /* Modes of a Key: how a Guard applies rights. */
 enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2 };
-/* Rights levels, ordered from least to most permissive (the mprotect backend grants the
- * union of all threads' current rights, i.e. the maximum level). */
+/* Rights levels, from least to most permissive (the mprotect backend grants the most
+ * permissive of all threads' current levels). */
 enum { LEVEL_NONE = 0, LEVEL_READ = 1, LEVEL_WRITE = 2 };
 /* PKRU bits per key, as pkey_alloc(2) takes them. */
 #define PKRU_AD 1u /* access disable */
 #define PKRU_WD 2u /* write disable */
 
+/* The one table of rights: level -> PKRU bits, name. */
 static const unsigned level_to_bits[3] = {PKRU_AD, PKRU_WD, 0u};
+static const char *const level_names[3] = {"NoAccess", "ReadOnly", "ReadWrite"};
+
+/* Why a guard stopped being active without its own __exit__. */
+enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2 };
+
+/* Mapping flags. */
+#define MAP_F_WIPE 0x01        /* zero the pages before unmapping them */
+#define MAP_F_LOCKED 0x02      /* mlock'ed: munlock before unmapping */
+#define MAP_F_DONTDUMP 0x04    /* MADV_DONTDUMP applied */
+#define MAP_F_WIPEONFORK 0x08  /* MADV_WIPEONFORK applied */
+#define MAP_F_GUARDED 0x10     /* a PROT_NONE guard page before and after */
+#define MAP_F_WIPED 0x20       /* zeroed at interpreter exit: the canary is gone too */
+#define CANARY_MAX 64
+
+#define MAX_REGION_SIZE ((size_t)1 << 46)
 
 static int pku_enabled = 0; /* set once Python has proved OSPKE and a working pkey_alloc */
+static Py_ssize_t page_size = 4096;
 
-/* Exception classes, installed by pkeyguard._errors at import (so C raises the same
- * classes users catch).  Until then, RuntimeError/ValueError stand in. */
-static PyObject *ErrGuardState, *ErrGuardOrder, *ErrGuardThread, *ErrView, *ErrAccess,
-    *ErrPkuUnavailable, *ErrMprotect, *ErrRegion;
+typedef struct KeyObject KeyObject;
+typedef struct MappingObject MappingObject;
+typedef struct BindingObject BindingObject;
+typedef struct GuardObject GuardObject;
+typedef struct ViewObject ViewObject;
 
-static PyObject *
-err_or(PyObject *cls, PyObject *fallback)
+static PyTypeObject Key_Type, Mapping_Type, Binding_Type, Guard_Type, View_Type, Group_Type,
+    StackOwner_Type;
+
+static int
+is_finalizing(void)
 {
-    return cls ? cls : fallback;
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
 }
 
-/* Raise ErrMprotect(errno, "<strerror> (originated from <syscall>)"), psutil-style. */
+/* ------------------------------------------------------------------------------------ */
+/* Errors: looked up by name in pkeyguard._errors (registered at its import)           */
+
+enum {
+    E_GUARD_STATE, E_GUARD_ORDER, E_GUARD_THREAD, E_VIEW, E_ACCESS, E_PKU_UNAVAILABLE,
+    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_COUNT
+};
+static const char *const err_names[E_COUNT] = {
+    "GuardStateError", "GuardOrderError", "GuardThreadError", "ViewError", "AccessError",
+    "PkuUnavailableError", "MprotectError", "RegionError", "PkeyGuardError", "CanaryError",
+};
+static PyObject *err_classes[E_COUNT];
+
 static PyObject *
-raise_errno(int err, const char *syscall_name)
+err(int which)
 {
-    PyObject *cls = err_or(ErrMprotect, PyExc_OSError);
-    PyObject *args = Py_BuildValue("(is)", err, strerror(err));
-    if (args == NULL) {
-        return NULL;
+    if (err_classes[which] != NULL) {
+        return err_classes[which];
     }
-    PyObject *exc = PyObject_Call(cls, args, NULL);
-    Py_DECREF(args);
+    switch (which) { /* before pkeyguard._errors registered itself */
+    case E_VIEW: case E_REGION: return PyExc_ValueError;
+    case E_ACCESS: return PyExc_PermissionError;
+    case E_MPROTECT: return PyExc_OSError;
+    default: return PyExc_RuntimeError;
+    }
+}
+
+/* Raise MprotectError(errno, "<strerror>") with .syscall set (psutil-style "(originated from
+ * <syscall>)" comes from the class's __str__). */
+static PyObject *
+raise_errno(int errnum, const char *syscall_name)
+{
+    PyObject *cls = err(E_MPROTECT);
+    PyObject *exc = PyObject_CallFunction(cls, "is", errnum, strerror(errnum));
     if (exc == NULL) {
         return NULL;
     }
@@ -89,17 +159,11 @@ raise_errno(int err, const char *syscall_name)
     return NULL;
 }
 
-/* ------------------------------------------------------------------------------------ */
-/* RDPKRU / WRPKRU                                                                      */
-
-/* pkru_read / pkru_write (the asm) and pkru_cpuid live in _pkru.h, shared with
- * _benchfloor.c. */
-
 static int
 require_pku(void)
 {
     if (!pku_enabled) {
-        PyErr_SetString(err_or(ErrPkuUnavailable, PyExc_RuntimeError),
+        PyErr_SetString(err(E_PKU_UNAVAILABLE),
                         "RDPKRU/WRPKRU are not enabled: this process runs on the mprotect "
                         "backend (the CPU or kernel lacks PKU); see pkeyguard.backend()");
         return -1;
@@ -107,37 +171,26 @@ require_pku(void)
     return 0;
 }
 
+/* Report an error that cannot be raised (a finalizer, a thread's end) and carry on. */
+static void
+write_unraisable(const char *where)
+{
+    if (PyErr_Occurred()) {
+        PyObject *msg = PyUnicode_FromString(where);
+        PyErr_WriteUnraisable(msg);
+        Py_XDECREF(msg);
+    }
+}
+
 /* ------------------------------------------------------------------------------------ */
-/* Key                                                                                  */
-
-typedef struct {
-    uintptr_t addr;
-    size_t len;
-    int prot; /* the region's own page rights; the key's rights are intersected with it */
-} RegionEnt;
-
-typedef struct {
-    PyObject_HEAD
-    int pkey;             /* hardware key (MODE_PKU), else a logical number */
-    int mode;
-    int base_level;       /* rights when no guard is active (mprotect) */
-    int effective_level;  /* rights currently applied to the pages (mprotect) */
-    Py_ssize_t counts[3]; /* per level: threads whose innermost guard on this key has it */
-    Py_ssize_t active;    /* active guards on this key, all threads */
-    RegionEnt *regions;
-    Py_ssize_t nregions, cap;
-    int closed;
-} KeyObject;
-
-static PyTypeObject Key_Type;
+/* Small helpers                                                                        */
 
 static int
 prot_for_level(int prot, int level)
 {
     switch (level) {
     case LEVEL_NONE:
-        /* pkeys never restrict instruction fetch; keep PROT_EXEC to mirror that. */
-        return prot & PROT_EXEC;
+        return prot & PROT_EXEC; /* pkeys never restrict instruction fetch; mirror that */
     case LEVEL_READ:
         return prot & ~PROT_WRITE;
     default:
@@ -145,20 +198,210 @@ prot_for_level(int prot, int level)
     }
 }
 
+/* Close this thread's PKRU bits for a key number that is being freed: pkey_free leaves them
+ * as they were, and a later key that reuses the number must start closed here. */
+static void
+pkru_close_number(int pkey)
+{
+    unsigned shift = 2u * (unsigned)pkey;
+    uint32_t pkru = pkru_read();
+    uint32_t want = (pkru & ~(3u << shift)) | (PKRU_AD << shift);
+    if (want != pkru) {
+        pkru_write(want);
+    }
+}
+
+/* Set to zero so that the compiler cannot drop it as a dead store. */
+static void
+wipe_bytes(void *p, size_t n)
+{
+    memset(p, 0, n);
+    __asm__ volatile("" : : "r"(p) : "memory");
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Per-thread guard stacks                                                              */
+/*
+ * A thread's active guards form a stack (innermost on top), reached through a C thread-local
+ * pointer on the hot path.  The stack is owned by a small object stored in the thread's state
+ * dict; CPython clears that dict when the thread ends (and, in a fork child, for every thread
+ * but the one that forked), which ends whatever guards the thread still held.
+ */
+
+typedef struct ThreadStack {
+    GuardObject *top;     /* the stack holds a reference to each active guard */
+    unsigned long ident;  /* for messages only */
+} ThreadStack;
+
+static _Thread_local ThreadStack *tls_stack __attribute__((tls_model("initial-exec"))) = NULL;
+static _Thread_local int tls_creating __attribute__((tls_model("initial-exec"))) = 0;
+
+typedef struct {
+    PyObject_HEAD
+    ThreadStack *stack;
+} StackOwnerObject;
+
+static PyObject *stack_dict_key; /* interned "pkeyguard._core.thread_stack" */
+
+static void stack_abandon(ThreadStack *s);
+
+static void
+StackOwner_dealloc(StackOwnerObject *o)
+{
+    ThreadStack *s = o->stack;
+    o->stack = NULL;
+    if (s != NULL) {
+        stack_abandon(s);
+        PyMem_RawFree(s);
+    }
+    PyObject_Free(o);
+}
+
+static PyTypeObject StackOwner_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pkeyguard._core.thread_stack",
+    .tp_basicsize = sizeof(StackOwnerObject),
+    .tp_dealloc = (destructor)StackOwner_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+};
+
+/* This thread's stack, made on first use.  May run arbitrary code (allocation can start the
+ * GC), so callers call it before they check anything. */
+static ThreadStack *
+get_stack(void)
+{
+    ThreadStack *s = tls_stack;
+    if (s != NULL) {
+        return s;
+    }
+    if (tls_creating) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "pkeyguard: a guard cannot be entered by a finalizer while this "
+                        "thread's guard stack is being created");
+        return NULL;
+    }
+    tls_creating = 1;
+    PyObject *dict = PyThreadState_GetDict();
+    StackOwnerObject *owner = NULL;
+    if (dict == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pkeyguard: this thread has no thread state");
+        goto done;
+    }
+    Py_INCREF(dict);
+    owner = PyObject_New(StackOwnerObject, &StackOwner_Type);
+    s = PyMem_RawCalloc(1, sizeof(ThreadStack));
+    if (owner == NULL || s == NULL) {
+        if (owner != NULL) {
+            owner->stack = NULL;
+        }
+        PyMem_RawFree(s);
+        s = NULL;
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        goto done_dict;
+    }
+    s->ident = PyThread_get_thread_ident();
+    owner->stack = s;
+    if (PyDict_SetItem(dict, stack_dict_key, (PyObject *)owner) < 0) {
+        owner->stack = NULL;
+        PyMem_RawFree(s);
+        s = NULL;
+        goto done_dict;
+    }
+    tls_stack = s;
+done_dict:
+    Py_XDECREF(owner);
+    Py_DECREF(dict);
+done:
+    tls_creating = 0;
+    return s;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Key                                                                                  */
+
+struct KeyObject {
+    PyObject_HEAD
+    int pkey;              /* hardware key (MODE_PKU), else a logical number */
+    int mode;
+    int base_level;        /* rights with no guard active (mprotect; pku: initial rights) */
+    int effective_level;   /* rights applied to the pages now (mprotect) */
+    Py_ssize_t counts[3];  /* per level: threads whose innermost guard on this key has it */
+    Py_ssize_t active;     /* active guards on this key, all threads */
+    BindingObject **bindings; /* borrowed: the live bindings of this key */
+    Py_ssize_t nbindings, cap;
+    int closed;            /* freed (or never allocated) */
+    int quarantined;       /* closed, but the number was not freed: some pages kept the tag */
+    KeyObject *live_prev, *live_next; /* the registry of open keys (isolation) */
+};
+
+struct MappingObject {
+    PyObject_HEAD
+    uintptr_t base;        /* the whole mapping, guard pages included; 0 once released */
+    size_t total;
+    uintptr_t addr;        /* the usable pages */
+    size_t len;
+    size_t size;           /* bytes of the value */
+    int prot;              /* the region's own page rights */
+    int flags;
+    pid_t pid;             /* the process that mapped it (fork children inherit a copy) */
+    unsigned char canary[CANARY_MAX];
+    Py_ssize_t canary_len;
+    BindingObject *binding; /* strong while bound */
+    PyObject *on_release;  /* test hook: called after zeroing, before unmapping */
+    PyObject *view_types;  /* (read view type, write view type) */
+    PyObject *ctype;       /* the value type (composites), or NULL */
+    char fmt;              /* struct code of a scalar, 's' for bytes and composites */
+    char swap;             /* scalar stored in the non-native byte order */
+    MappingObject *wipe_prev, *wipe_next; /* the registry of mappings to wipe at exit */
+};
+
+struct BindingObject {
+    PyObject_HEAD
+    KeyObject *key;          /* strong while live, NULL once ended */
+    MappingObject *mapping;  /* strong */
+    Py_ssize_t active;       /* active guards through this binding */
+    int live;
+};
+
+static KeyObject live_keys = {.live_prev = &live_keys, .live_next = &live_keys};
+static Py_ssize_t live_key_count = 0;
+
+static void
+key_register(KeyObject *k)
+{
+    k->live_next = &live_keys;
+    k->live_prev = live_keys.live_prev;
+    live_keys.live_prev->live_next = k;
+    live_keys.live_prev = k;
+    live_key_count++;
+}
+
+static void
+key_unregister(KeyObject *k)
+{
+    if (k->live_next != NULL) {
+        k->live_prev->live_next = k->live_next;
+        k->live_next->live_prev = k->live_prev;
+        k->live_next = k->live_prev = NULL;
+        live_key_count--;
+    }
+}
+
+/* mprotect every live binding's pages to prot ∩ level (mprotect backend). */
 static int
 key_apply_level(KeyObject *k, int level)
 {
-    for (Py_ssize_t i = 0; i < k->nregions; i++) {
-        RegionEnt *r = &k->regions[i];
-        if (mprotect((void *)r->addr, r->len, prot_for_level(r->prot, level)) != 0) {
-            int err = errno;
-            /* Put back what was already changed, so the pages agree with one level. */
-            for (Py_ssize_t j = 0; j < i; j++) {
-                RegionEnt *q = &k->regions[j];
-                (void)mprotect((void *)q->addr, q->len,
-                               prot_for_level(q->prot, k->effective_level));
+    for (Py_ssize_t i = 0; i < k->nbindings; i++) {
+        MappingObject *m = k->bindings[i]->mapping;
+        if (mprotect((void *)m->addr, m->len, prot_for_level(m->prot, level)) != 0) {
+            int e = errno;
+            for (Py_ssize_t j = 0; j < i; j++) { /* put back: the pages agree on one level */
+                MappingObject *q = k->bindings[j]->mapping;
+                (void)mprotect((void *)q->addr, q->len, prot_for_level(q->prot, k->effective_level));
             }
-            raise_errno(err, "mprotect");
+            raise_errno(e, "mprotect");
             return -1;
         }
     }
@@ -177,12 +420,112 @@ key_wanted_level(KeyObject *k)
     return k->base_level;
 }
 
+static int
+key_reserve(KeyObject *k)
+{
+    if (k->nbindings < k->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = k->cap ? k->cap * 2 : 4;
+    BindingObject **p = PyMem_Realloc(k->bindings, (size_t)cap * sizeof(BindingObject *));
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    k->bindings = p;
+    k->cap = cap;
+    return 0;
+}
+
+static void
+key_remove_binding(KeyObject *k, BindingObject *b)
+{
+    for (Py_ssize_t i = 0; i < k->nbindings; i++) {
+        if (k->bindings[i] == b) {
+            memmove(&k->bindings[i], &k->bindings[i + 1],
+                    (size_t)(k->nbindings - i - 1) * sizeof(BindingObject *));
+            k->nbindings--;
+            return;
+        }
+    }
+}
+
+/* End a live binding: untag its pages (unless they are about to be unmapped), unlink it
+ * from its key and its mapping.  The caller holds a reference to b.  Fails (nothing changed)
+ * only if the untagging system call fails. */
+static int
+binding_end(BindingObject *b, int untag)
+{
+    if (!b->live) {
+        return 0;
+    }
+    KeyObject *k = b->key;
+    MappingObject *m = b->mapping;
+    if (untag) {
+        long rc = 0;
+        if (k->mode == MODE_PKU) {
+            /* back to key 0, so a later key that reuses the number cannot reach the pages */
+            rc = syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, 0);
+        }
+        else if (k->mode == MODE_MPROTECT) {
+            rc = mprotect((void *)m->addr, m->len, m->prot);
+        }
+        if (rc != 0) {
+            raise_errno(errno, k->mode == MODE_PKU ? "pkey_mprotect" : "mprotect");
+            return -1;
+        }
+    }
+    key_remove_binding(k, b);
+    fault_table_set_pkey(m->addr, -1);
+    b->live = 0;
+    b->key = NULL;
+    BindingObject *held = m->binding;
+    m->binding = NULL;
+    Py_DECREF(k);
+    Py_XDECREF(held);
+    return 0;
+}
+
+/* Free the key (after ending its bindings).  Used by close() and by the deallocator. */
+static int
+key_free(KeyObject *k)
+{
+    int failed = 0;
+    while (k->nbindings > 0) {
+        BindingObject *b = k->bindings[k->nbindings - 1];
+        Py_INCREF(b);
+        if (binding_end(b, 1) < 0) {
+            /* The pages keep the tag: never free the number (a reused number would reach
+             * them).  Drop the binding from our list and report it. */
+            failed = 1;
+            k->nbindings--;
+        }
+        Py_DECREF(b);
+    }
+    if (k->mode == MODE_PKU && !failed) {
+        if (syscall(SYS_pkey_free, k->pkey) != 0) {
+            if (!PyErr_Occurred()) {
+                raise_errno(errno, "pkey_free");
+            }
+            failed = 1;
+        }
+        else {
+            pkru_close_number(k->pkey);
+        }
+    }
+    k->quarantined = failed && k->mode == MODE_PKU;
+    k->closed = 1;
+    key_unregister(k);
+    return failed ? -1 : 0;
+}
+
 static PyObject *
 Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"pkey", "mode", "base_level", NULL};
     int pkey, mode, base_level;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iii", kwlist, &pkey, &mode, &base_level)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iii:Key", kwlist, &pkey, &mode,
+                                     &base_level)) {
         return NULL;
     }
     if (mode < MODE_NOP || mode > MODE_MPROTECT) {
@@ -200,170 +543,82 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (k == NULL) {
         return NULL;
     }
-    k->pkey = pkey;
+    k->closed = 1; /* until the key exists: the deallocator then frees nothing */
     k->mode = mode;
     k->base_level = base_level;
     k->effective_level = base_level;
+    if (mode == MODE_PKU) {
+        long r = syscall(SYS_pkey_alloc, 0, level_to_bits[base_level]);
+        if (r < 0) {
+            raise_errno(errno, "pkey_alloc");
+            Py_DECREF(k);
+            return NULL;
+        }
+        pkey = (int)r;
+    }
+    k->pkey = pkey;
+    k->closed = 0;
+    if (mode != MODE_NOP) {
+        key_register(k);
+    }
     return (PyObject *)k;
 }
 
 static void
 Key_dealloc(KeyObject *k)
 {
-    PyMem_Free(k->regions);
+    if (PyType_IS_GC(Py_TYPE(k))) {
+        PyObject_GC_UnTrack(k);
+    }
+    if (!k->closed) {
+        /* No binding or guard can remain (each holds a reference); free the number. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (key_free(k) < 0) {
+            write_unraisable("pkeyguard: freeing a protection key");
+        }
+        PyErr_Restore(et, ev, tb);
+    }
+    key_unregister(k);
+    PyMem_Free(k->bindings);
+    k->bindings = NULL;
     Py_TYPE(k)->tp_free((PyObject *)k);
 }
 
-static int
-key_check_open(KeyObject *k)
-{
-    if (k->closed) {
-        PyErr_SetString(err_or(ErrGuardState, PyExc_ValueError), "the key is closed");
-        return -1;
-    }
-    return 0;
-}
-
-/* add_region(addr, len, prot): the mprotect backend re-protects these pages on every
- * switch; they are protected to prot ∩ the key's current rights right away. */
-static PyObject *
-Key_add_region(KeyObject *k, PyObject *args)
-{
-    unsigned long long addr, len;
-    int prot;
-    if (!PyArg_ParseTuple(args, "KKi", &addr, &len, &prot)) {
-        return NULL;
-    }
-    if (key_check_open(k) < 0) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < k->nregions; i++) {
-        if (k->regions[i].addr == (uintptr_t)addr) {
-            PyErr_SetString(PyExc_ValueError, "region already added to this key");
-            return NULL;
-        }
-    }
-    if (k->mode == MODE_MPROTECT &&
-        mprotect((void *)(uintptr_t)addr, (size_t)len, prot_for_level(prot, k->effective_level)) != 0) {
-        return raise_errno(errno, "mprotect");
-    }
-    if (k->nregions == k->cap) {
-        Py_ssize_t cap = k->cap ? k->cap * 2 : 4;
-        RegionEnt *p = PyMem_Realloc(k->regions, (size_t)cap * sizeof(RegionEnt));
-        if (p == NULL) {
-            return PyErr_NoMemory();
-        }
-        k->regions = p;
-        k->cap = cap;
-    }
-    k->regions[k->nregions++] = (RegionEnt){(uintptr_t)addr, (size_t)len, prot};
-    Py_RETURN_NONE;
-}
-
-/* The Python layer checks first, for a clear message; this is the check that holds.  A guard
- * is entered only with the GIL held and none of these calls releases it, so no guard on the
- * key can become active between this test and the change its caller makes. */
-static int
-key_refuse_while_active(KeyObject *k, const char *action)
-{
-    if (k->active > 0) {
-        PyErr_Format(err_or(ErrRegion, PyExc_RuntimeError),
-                     "cannot %s: %zd guard(s) on key %d are still active; leave their "
-                     "'with' blocks first",
-                     action, k->active, k->pkey);
-        return -1;
-    }
-    return 0;
-}
-
-/* remove_region(addr, restore): forget a region; restore=True gives it back its own page
- * rights (skip when it is about to be unmapped).  Refused while a guard is active. */
-static PyObject *
-Key_remove_region(KeyObject *k, PyObject *args)
-{
-    unsigned long long addr;
-    int restore;
-    if (!PyArg_ParseTuple(args, "Kp", &addr, &restore)) {
-        return NULL;
-    }
-    if (key_refuse_while_active(k, "detach a region from its key") < 0) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < k->nregions; i++) {
-        RegionEnt r = k->regions[i];
-        if (r.addr == (uintptr_t)addr) {
-            if (restore && k->mode == MODE_MPROTECT &&
-                mprotect((void *)r.addr, r.len, r.prot) != 0) {
-                return raise_errno(errno, "mprotect");
-            }
-            memmove(&k->regions[i], &k->regions[i + 1],
-                    (size_t)(k->nregions - i - 1) * sizeof(RegionEnt));
-            k->nregions--;
-            Py_RETURN_NONE;
-        }
-    }
-    PyErr_SetString(PyExc_ValueError, "region is not associated with this key");
-    return NULL;
-}
-
-/* set_region_prot(addr, prot): the region's own page rights changed (RegionGuard.protect).
- * Refused while a guard is active: views taken inside it were checked against the old
- * rights. */
-static PyObject *
-Key_set_region_prot(KeyObject *k, PyObject *args)
-{
-    unsigned long long addr;
-    int prot;
-    if (!PyArg_ParseTuple(args, "Ki", &addr, &prot)) {
-        return NULL;
-    }
-    if (key_refuse_while_active(k, "change the page rights of a region") < 0) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < k->nregions; i++) {
-        RegionEnt *r = &k->regions[i];
-        if (r->addr == (uintptr_t)addr) {
-            int applied = k->mode == MODE_MPROTECT ? prot_for_level(prot, k->effective_level) : prot;
-            if (mprotect((void *)r->addr, r->len, applied) != 0) {
-                return raise_errno(errno, "mprotect");
-            }
-            r->prot = prot;
-            Py_RETURN_NONE;
-        }
-    }
-    PyErr_SetString(PyExc_ValueError, "region is not associated with this key");
-    return NULL;
-}
-
+/* close(): untag every region, free the key.  Refused while any guard on it is active. */
 static PyObject *
 Key_close(KeyObject *k, PyObject *Py_UNUSED(ignored))
 {
+    if (k->closed) {
+        Py_RETURN_NONE;
+    }
     if (k->active > 0) {
-        PyErr_Format(err_or(ErrGuardState, PyExc_RuntimeError),
-                     "cannot close key %d: %zd guard(s) on it are still active; leave their "
-                     "'with' blocks first",
-                     k->pkey, k->active);
+        return PyErr_Format(err(E_KEY),
+                            "cannot close key %d: %zd guard(s) on it are still active; leave "
+                            "their 'with' blocks first",
+                            k->pkey, k->active);
+    }
+    if (key_free(k) < 0) {
         return NULL;
     }
-    k->closed = 1;
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Key_get_regions(KeyObject *k, void *Py_UNUSED(closure))
+Key_get_bindings(KeyObject *k, void *Py_UNUSED(closure))
 {
-    PyObject *out = PyList_New(k->nregions);
+    PyObject *out = PyTuple_New(k->nbindings);
     if (out == NULL) {
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < k->nregions; i++) {
-        PyObject *t = Py_BuildValue("(KKi)", (unsigned long long)k->regions[i].addr,
-                                    (unsigned long long)k->regions[i].len, k->regions[i].prot);
-        if (t == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, i, t);
+    /* PyTuple_New above may have run the GC; the list cannot change from here on. */
+    if (PyTuple_GET_SIZE(out) != k->nbindings) {
+        Py_DECREF(out);
+        return Key_get_bindings(k, NULL);
+    }
+    for (Py_ssize_t i = 0; i < k->nbindings; i++) {
+        Py_INCREF(k->bindings[i]);
+        PyTuple_SET_ITEM(out, i, (PyObject *)k->bindings[i]);
     }
     return out;
 }
@@ -373,30 +628,37 @@ Key_repr(KeyObject *k)
 {
     static const char *modes[] = {"nop", "pku", "mprotect"};
     return PyUnicode_FromFormat("<_core.Key %d mode=%s active=%zd regions=%zd%s>", k->pkey,
-                                modes[k->mode], k->active, k->nregions,
+                                modes[k->mode], k->active, k->nbindings,
                                 k->closed ? " closed" : "");
 }
 
+static PyObject *Key_bind(KeyObject *k, PyObject *args);
+static PyObject *Key_guard(KeyObject *k, PyObject *arg);
+
 static PyMethodDef Key_methods[] = {
-    {"add_region", (PyCFunction)Key_add_region, METH_VARARGS, NULL},
-    {"remove_region", (PyCFunction)Key_remove_region, METH_VARARGS, NULL},
-    {"set_region_prot", (PyCFunction)Key_set_region_prot, METH_VARARGS, NULL},
-    {"close", (PyCFunction)Key_close, METH_NOARGS, NULL},
+    {"_bind", (PyCFunction)Key_bind, METH_VARARGS,
+     "_bind(mapping, cls): tag the mapping's pages with this key; returns the binding."},
+    {"_close", (PyCFunction)Key_close, METH_NOARGS,
+     "Untag every region, then free the key (idempotent; refused while guards are active)."},
+    {"_guard", (PyCFunction)Key_guard, METH_O,
+     "_guard(level): a key-wide guard (no views), for benchmarks floors."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef Key_members[] = {
-    {"pkey", T_INT, offsetof(KeyObject, pkey), READONLY, NULL},
-    {"mode", T_INT, offsetof(KeyObject, mode), READONLY, NULL},
-    {"base_level", T_INT, offsetof(KeyObject, base_level), READONLY, NULL},
-    {"effective_level", T_INT, offsetof(KeyObject, effective_level), READONLY, NULL},
-    {"active", T_PYSSIZET, offsetof(KeyObject, active), READONLY, NULL},
+    {"key", T_INT, offsetof(KeyObject, pkey), READONLY,
+     "the hardware key number (pku) or the logical key number (mprotect)"},
+    {"_mode", T_INT, offsetof(KeyObject, mode), READONLY, NULL},
+    {"_base_level", T_INT, offsetof(KeyObject, base_level), READONLY, NULL},
+    {"_effective_level", T_INT, offsetof(KeyObject, effective_level), READONLY, NULL},
+    {"active_guards", T_PYSSIZET, offsetof(KeyObject, active), READONLY,
+     "guards on this key active right now, on all threads"},
     {"closed", T_BOOL, offsetof(KeyObject, closed), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyGetSetDef Key_getset[] = {
-    {"regions", (getter)Key_get_regions, NULL, NULL, NULL},
+    {"_bindings", (getter)Key_get_bindings, NULL, "the live bindings", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -406,8 +668,8 @@ static PyTypeObject Key_Type = {
     .tp_basicsize = sizeof(KeyObject),
     .tp_dealloc = (destructor)Key_dealloc,
     .tp_repr = (reprfunc)Key_repr,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Per-key state for the guard hot path (internal).",
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A protection key (internal base of PkeyGuard).",
     .tp_methods = Key_methods,
     .tp_members = Key_members,
     .tp_getset = Key_getset,
@@ -415,82 +677,752 @@ static PyTypeObject Key_Type = {
 };
 
 /* ------------------------------------------------------------------------------------ */
-/* Guard                                                                                */
+/* Mapping                                                                              */
 
-typedef struct GuardObject {
-    PyObject_HEAD
-    KeyObject *key;            /* strong */
-    PyObject *owner;           /* strong: the associated region (for views), or None */
-    int level;                 /* rights this guard grants while active */
-    int active;
-    int abandoned;             /* popped by an out-of-order exit of an outer guard */
-    int saved_bits;            /* MODE_PKU: this key's PKRU bits before entry */
-    int saved_level;           /* MODE_MPROTECT: previous innermost level, -1 if none */
-    unsigned long thread;      /* owner thread while active */
-    uint64_t generation;       /* bumped on each entry; views remember it */
-    Py_ssize_t exports;        /* live buffer exports of this guard's views */
-    struct GuardObject *prev;  /* next-outer guard of the same thread (the stack owns refs) */
-} GuardObject;
+static MappingObject wipe_list = {.wipe_prev = &wipe_list, .wipe_next = &wipe_list};
 
-static PyTypeObject Guard_Type;
-/* initial-exec: one %fs-relative load instead of a __tls_get_addr call per access; the
- * extension needs only a pointer of the static TLS surplus glibc reserves for dlopen. */
-static _Thread_local GuardObject *tls_top __attribute__((tls_model("initial-exec"))) = NULL;
-
-static PyObject *
-Guard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+static void
+wipe_register(MappingObject *m)
 {
-    static char *kwlist[] = {"key", "level", "owner", NULL};
-    PyObject *key, *owner = Py_None;
-    int level;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!i|O", kwlist, &Key_Type, &key, &level,
-                                     &owner)) {
-        return NULL;
+    m->wipe_next = &wipe_list;
+    m->wipe_prev = wipe_list.wipe_prev;
+    wipe_list.wipe_prev->wipe_next = m;
+    wipe_list.wipe_prev = m;
+}
+
+static void
+wipe_unregister(MappingObject *m)
+{
+    if (m->wipe_next != NULL) {
+        m->wipe_prev->wipe_next = m->wipe_next;
+        m->wipe_next->wipe_prev = m->wipe_prev;
+        m->wipe_next = m->wipe_prev = NULL;
     }
-    if (level < LEVEL_NONE || level > LEVEL_WRITE) {
-        PyErr_Format(PyExc_ValueError, "unknown rights level %d", level);
-        return NULL;
-    }
-    GuardObject *g = (GuardObject *)type->tp_alloc(type, 0);
-    if (g == NULL) {
-        return NULL;
-    }
-    Py_INCREF(key);
-    g->key = (KeyObject *)key;
-    Py_INCREF(owner);
-    g->owner = owner;
-    g->level = level;
-    g->saved_level = -1;
-    return (PyObject *)g;
 }
 
 static int
-Guard_traverse(GuardObject *g, visitproc visit, void *arg)
+mapping_check_open(MappingObject *m)
 {
-    Py_VISIT(g->owner);
+    if (m->base == 0) {
+        PyErr_Format(err(E_REGION), "%R is closed", (PyObject *)m);
+        return -1;
+    }
+    return 0;
+}
+
+/* Release the memory: zero it (WIPE), call the test hook, munlock, munmap.  The mapping is
+ * marked released first, so nothing can reach it twice.  *canary_ok is set to 0 if the canary
+ * after the value was overwritten.  The mapping must not be bound. */
+static int
+mapping_release(MappingObject *m, int *canary_ok)
+{
+    *canary_ok = 1;
+    uintptr_t base = m->base;
+    if (base == 0) {
+        return 0;
+    }
+    m->base = 0;
+    fault_table_remove(m->addr);
+    wipe_unregister(m);
+    int rc = 0;
+    if (m->flags & MAP_F_WIPE) {
+        /* The pages may have closed page rights; they carry key 0 now (unbound). */
+        if (mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
+            raise_errno(errno, "mprotect");
+            rc = -1;
+        }
+        else {
+            int inherited = m->pid != getpid() && (m->flags & MAP_F_WIPEONFORK);
+            if (m->canary_len > 0 && !inherited && !(m->flags & MAP_F_WIPED)) {
+                *canary_ok = memcmp((void *)(m->addr + m->size), m->canary,
+                                    (size_t)m->canary_len) == 0;
+            }
+            wipe_bytes((void *)m->addr, m->len);
+            wipe_bytes(m->canary, sizeof(m->canary));
+            if (m->on_release != NULL) {
+                PyObject *r = PyObject_CallFunction(m->on_release, "KK",
+                                                    (unsigned long long)m->addr,
+                                                    (unsigned long long)m->len);
+                if (r == NULL) {
+                    rc = -1;
+                }
+                Py_XDECREF(r);
+            }
+        }
+    }
+    if (m->flags & MAP_F_LOCKED) {
+        (void)syscall(SYS_munlock, (void *)m->addr, m->len);
+    }
+    if (munmap((void *)base, m->total) != 0 && rc == 0) {
+        raise_errno(errno, "munmap");
+        rc = -1;
+    }
+    return rc;
+}
+
+static int
+raise_canary(MappingObject *m)
+{
+    PyErr_Format(err(E_CANARY),
+                 "the canary after a secure region's %zu-byte value was overwritten: something "
+                 "wrote past the end of the value (the memory was wiped and unmapped anyway)",
+                 m->size);
+    return -1;
+}
+
+static PyObject *
+Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"size", "prot", "fmt", "swap", "ctype", "view_types", "label",
+                             "guard_pages", "lock", "dontdump", "wipeonfork", "canary_size",
+                             "wipe", "on_release", NULL};
+    Py_ssize_t size, canary_size = 0;
+    int prot, fmt = 's', swap = 0, guard_pages = 0, lock = 0, dontdump = 0, wipeonfork = 0,
+        wipe = 0;
+    PyObject *ctype = Py_None, *view_types, *on_release = Py_None;
+    const char *label = "";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ni|$CpOO!sppppnpO:Mapping", kwlist, &size,
+                                     &prot, &fmt, &swap, &ctype, &PyTuple_Type, &view_types,
+                                     &label, &guard_pages, &lock, &dontdump, &wipeonfork,
+                                     &canary_size, &wipe, &on_release)) {
+        return NULL;
+    }
+    if (size <= 0 || (size_t)size > MAX_REGION_SIZE) {
+        PyErr_Format(err(E_REGION), "region size must be within 1..%zu, got %zd",
+                     MAX_REGION_SIZE, size);
+        return NULL;
+    }
+    if (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) {
+        PyErr_Format(PyExc_ValueError, "bad page rights %d", prot);
+        return NULL;
+    }
+    if (canary_size < 0 || canary_size > CANARY_MAX) {
+        PyErr_Format(PyExc_ValueError, "canary_size must be within 0..%d", CANARY_MAX);
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(view_types) != 2) {
+        PyErr_SetString(PyExc_TypeError, "view_types must be (read type, write type)");
+        return NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        PyObject *t = PyTuple_GET_ITEM(view_types, i);
+        if (!PyType_Check(t) || !PyType_IsSubtype((PyTypeObject *)t, &View_Type)) {
+            PyErr_SetString(PyExc_TypeError, "view_types must be View subtypes");
+            return NULL;
+        }
+    }
+    MappingObject *m = (MappingObject *)type->tp_alloc(type, 0);
+    if (m == NULL) {
+        return NULL;
+    }
+    size_t page = (size_t)page_size;
+    size_t len = ((size_t)size + (size_t)canary_size + page - 1) / page * page;
+    size_t total = len + (guard_pages ? 2 * page : 0);
+    void *base = mmap(NULL, total, guard_pages ? PROT_NONE : PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        raise_errno(errno, "mmap");
+        Py_DECREF(m);
+        return NULL;
+    }
+    uintptr_t addr = (uintptr_t)base + (guard_pages ? page : 0);
+    int flags = (wipe ? MAP_F_WIPE : 0) | (guard_pages ? MAP_F_GUARDED : 0);
+    const char *failed = NULL;
+    int e = 0;
+    if (guard_pages && mprotect((void *)addr, len, PROT_READ | PROT_WRITE) != 0) {
+        failed = "mprotect";
+        goto fail;
+    }
+    if (dontdump) {
+        if (madvise(base, total, MADV_DONTDUMP) == 0) {
+            flags |= MAP_F_DONTDUMP;
+        }
+        else if (errno != EINVAL) { /* EINVAL: this kernel lacks the advice */
+            failed = "madvise";
+            goto fail;
+        }
+    }
+    if (wipeonfork) {
+        if (madvise((void *)addr, len, MADV_WIPEONFORK) == 0) {
+            flags |= MAP_F_WIPEONFORK;
+        }
+        else if (errno != EINVAL) {
+            failed = "madvise";
+            goto fail;
+        }
+    }
+    if (lock) {
+        /* The raw system call: ASan makes libc's mlock() a no-op. */
+        if (syscall(SYS_mlock, (void *)addr, len) != 0) {
+            failed = "mlock";
+            goto fail;
+        }
+        flags |= MAP_F_LOCKED;
+    }
+    if (canary_size > 0) {
+        ssize_t got = 0;
+        while (got < canary_size) {
+            ssize_t n = getrandom(m->canary + got, (size_t)(canary_size - got), 0);
+            if (n < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                failed = "getrandom";
+                goto fail;
+            }
+            got += n;
+        }
+        memcpy((void *)(addr + (size_t)size), m->canary, (size_t)canary_size);
+    }
+    if (prot != (PROT_READ | PROT_WRITE) && mprotect((void *)addr, len, prot) != 0) {
+        failed = "mprotect";
+        goto fail;
+    }
+    m->base = (uintptr_t)base;
+    m->total = total;
+    m->addr = addr;
+    m->len = len;
+    m->size = (size_t)size;
+    m->prot = prot;
+    m->flags = flags;
+    m->pid = getpid();
+    m->canary_len = canary_size;
+    m->fmt = (char)fmt;
+    m->swap = (char)swap;
+    Py_INCREF(view_types);
+    m->view_types = view_types;
+    if (ctype != Py_None) {
+        Py_INCREF(ctype);
+        m->ctype = ctype;
+    }
+    if (on_release != Py_None) {
+        Py_INCREF(on_release);
+        m->on_release = on_release;
+    }
+    fault_table_add(addr, len, label);
+    if (wipe) {
+        wipe_register(m);
+    }
+    return (PyObject *)m;
+fail:
+    e = errno;
+    if (flags & MAP_F_LOCKED) {
+        (void)syscall(SYS_munlock, (void *)addr, len);
+    }
+    (void)munmap(base, total);
+    raise_errno(e, failed);
+    Py_DECREF(m);
+    return NULL;
+}
+
+static int
+Mapping_traverse(MappingObject *m, visitproc visit, void *arg)
+{
+    Py_VISIT(m->binding);
+    Py_VISIT(m->on_release);
+    Py_VISIT(m->view_types);
+    Py_VISIT(m->ctype);
     return 0;
 }
 
 static int
-Guard_clear(GuardObject *g)
+Mapping_clear(MappingObject *m)
 {
-    Py_CLEAR(g->owner);
+    /* In a garbage cycle with its binding: untag now; the memory goes in the deallocator. */
+    BindingObject *b = m->binding;
+    if (b != NULL) {
+        Py_INCREF(b);
+        if (binding_end(b, 1) < 0) {
+            write_unraisable("pkeyguard: untagging a collected region");
+        }
+        Py_DECREF(b);
+    }
+    Py_CLEAR(m->on_release);
     return 0;
 }
 
 static void
-Guard_dealloc(GuardObject *g)
+Mapping_dealloc(MappingObject *m)
 {
-    /* Python subclasses go through subtype_dealloc, which drops the type's reference. */
-    PyObject_GC_UnTrack(g);
-    Guard_clear(g);
-    Py_CLEAR(g->key);
-    Py_TYPE(g)->tp_free((PyObject *)g);
+    PyObject_GC_UnTrack(m);
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    /* A bound mapping is held by its binding: none reaches its deallocator bound. */
+    int canary_ok;
+    if (mapping_release(m, &canary_ok) < 0) {
+        write_unraisable("pkeyguard: releasing a region's memory");
+    }
+    else if (!canary_ok) {
+        raise_canary(m);
+        write_unraisable("pkeyguard: releasing a secure region");
+    }
+    PyErr_Restore(et, ev, tb);
+    Py_CLEAR(m->on_release);
+    Py_CLEAR(m->view_types);
+    Py_CLEAR(m->ctype);
+    Py_TYPE(m)->tp_free((PyObject *)m);
 }
 
-/* Apply this guard's rights for its key on entry. */
+/* close(): detach from the key (refused while a guard of this region is active), then
+ * release the memory.  Idempotent. */
+static PyObject *
+Mapping_close(MappingObject *m, PyObject *Py_UNUSED(ignored))
+{
+    if (m->base == 0) {
+        Py_RETURN_NONE;
+    }
+    BindingObject *b = m->binding;
+    if (b != NULL) {
+        if (b->active > 0) {
+            return PyErr_Format(err(E_REGION),
+                                "cannot close %R: %zd guard(s) on its association are still "
+                                "active; leave their 'with' blocks first",
+                                (PyObject *)m, b->active);
+        }
+        Py_INCREF(b);
+        int rc = binding_end(b, 0); /* no re-tag: the pages are unmapped next */
+        Py_DECREF(b);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
+    int canary_ok;
+    if (mapping_release(m, &canary_ok) < 0) {
+        return NULL;
+    }
+    if (!canary_ok) {
+        raise_canary(m);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _protect(prot): new page rights (the key tag is kept).  Refused while a guard of this
+ * region's association is active: views taken inside it were checked against the old
+ * rights. */
+static PyObject *
+Mapping_protect(MappingObject *m, PyObject *arg)
+{
+    long prot = PyLong_AsLong(arg);
+    if (prot == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) {
+        return PyErr_Format(PyExc_ValueError, "bad page rights %ld", prot);
+    }
+    if (mapping_check_open(m) < 0) {
+        return NULL;
+    }
+    BindingObject *b = m->binding;
+    int applied = (int)prot;
+    if (b != NULL) {
+        if (b->active > 0) {
+            return PyErr_Format(err(E_REGION),
+                                "cannot change the page rights of %R: %zd guard(s) on its "
+                                "association are still active; views taken inside them rely on "
+                                "the current rights; leave their 'with' blocks first",
+                                (PyObject *)m, b->active);
+        }
+        if (b->key->mode == MODE_MPROTECT) {
+            applied = prot_for_level((int)prot, b->key->effective_level);
+        }
+    }
+    if (mprotect((void *)m->addr, m->len, applied) != 0) {
+        return raise_errno(errno, "mprotect");
+    }
+    m->prot = (int)prot;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Mapping_get_address(MappingObject *m, void *Py_UNUSED(c))
+{
+    if (mapping_check_open(m) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong((unsigned long long)m->addr);
+}
+
+static PyObject *
+Mapping_get_mapped_size(MappingObject *m, void *Py_UNUSED(c))
+{
+    if (mapping_check_open(m) < 0) {
+        return NULL;
+    }
+    return PyLong_FromSize_t(m->len);
+}
+
+static PyObject *
+Mapping_get_size(MappingObject *m, void *Py_UNUSED(c))
+{
+    return PyLong_FromSize_t(m->size);
+}
+
+static PyObject *
+Mapping_get_closed(MappingObject *m, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(m->base == 0);
+}
+
+static PyObject *
+Mapping_get_prot(MappingObject *m, void *Py_UNUSED(c))
+{
+    return PyLong_FromLong(m->prot);
+}
+
+static PyObject *
+Mapping_get_binding(MappingObject *m, void *Py_UNUSED(c))
+{
+    if (m->binding == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(m->binding);
+    return (PyObject *)m->binding;
+}
+
+static PyObject *
+Mapping_get_advice(MappingObject *m, void *Py_UNUSED(c))
+{
+    return Py_BuildValue("{sOsOsOsO}", "dontdump", (m->flags & MAP_F_DONTDUMP) ? Py_True : Py_False,
+                         "wipeonfork", (m->flags & MAP_F_WIPEONFORK) ? Py_True : Py_False,
+                         "locked", (m->flags & MAP_F_LOCKED) ? Py_True : Py_False,
+                         "guard_pages", (m->flags & MAP_F_GUARDED) ? Py_True : Py_False);
+}
+
+static PyMethodDef Mapping_methods[] = {
+    {"close", (PyCFunction)Mapping_close, METH_NOARGS,
+     "Unmap the memory (zeroed first for secure regions); a second call does nothing.\n\n"
+     "Refused while a guard of the region's association is active (on any thread)."},
+    {"_protect", (PyCFunction)Mapping_protect, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Mapping_getset[] = {
+    {"address", (getter)Mapping_get_address, NULL, "Address of the first byte (page-aligned).",
+     NULL},
+    {"mapped_size", (getter)Mapping_get_mapped_size, NULL,
+     "Bytes mapped: the size rounded up to whole pages.", NULL},
+    {"size", (getter)Mapping_get_size, NULL, "Size of the value in bytes.", NULL},
+    {"closed", (getter)Mapping_get_closed, NULL, NULL, NULL},
+    {"_prot", (getter)Mapping_get_prot, NULL, NULL, NULL},
+    {"_binding", (getter)Mapping_get_binding, NULL, NULL, NULL},
+    {"_advice", (getter)Mapping_get_advice, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Mapping_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pkeyguard._core.Mapping",
+    .tp_basicsize = sizeof(MappingObject),
+    .tp_dealloc = (destructor)Mapping_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Page-aligned memory owned by the core (internal base of RegionGuard).",
+    .tp_traverse = (traverseproc)Mapping_traverse,
+    .tp_clear = (inquiry)Mapping_clear,
+    .tp_methods = Mapping_methods,
+    .tp_getset = Mapping_getset,
+    .tp_new = Mapping_new,
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* Guard (declarations needed by Binding)                                              */
+
+struct GuardObject {
+    PyObject_HEAD
+    KeyObject *key;            /* strong */
+    BindingObject *binding;    /* strong; NULL for a key-wide guard (isolation) */
+    PyObject *enter_view;      /* a view type: __enter__ returns a new view of it, or NULL */
+    int level;                 /* rights this guard grants while active */
+    int active;
+    int ended;                 /* ENDED_*: how it stopped without its own exit */
+    int saved_bits;            /* MODE_PKU: this key's PKRU bits before entry */
+    int saved_level;           /* MODE_MPROTECT: previous innermost level, -1 if none */
+    ThreadStack *stack;        /* the owning thread's stack while active */
+    unsigned long thread;      /* that thread's ident, for messages */
+    uint64_t generation;       /* bumped on each entry; views remember it */
+    Py_ssize_t exports;        /* live buffer exports of this activation's views */
+    GuardObject *prev;         /* next-outer guard of the same thread */
+};
+
+/* The rights members and guard classes, registered by pkeyguard at import. */
+static PyObject *rights_members[3];
+static PyTypeObject *guard_types[3];
+
+static GuardObject *
+guard_create(PyTypeObject *cls, KeyObject *k, BindingObject *b, int level, PyObject *enter_view)
+{
+    GuardObject *g = (GuardObject *)cls->tp_alloc(cls, 0);
+    if (g == NULL) {
+        return NULL;
+    }
+    Py_INCREF(k);
+    g->key = k;
+    Py_XINCREF(b);
+    g->binding = b;
+    Py_XINCREF(enter_view);
+    g->enter_view = enter_view;
+    g->level = level;
+    g->saved_level = -1;
+    return g;
+}
+
 static int
-guard_apply(GuardObject *g)
+level_of_rights(PyObject *rights)
+{
+    for (int i = 0; i < 3; i++) {
+        if (rights == rights_members[i] && rights != NULL) {
+            return i;
+        }
+    }
+    PyErr_Format(err(E_KEY), "rights must be a PkeyPermissions member, not %R", rights);
+    return -1;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Binding                                                                              */
+
+/* _bind(mapping, cls): the one way to associate a region with a key.  Tags the pages and
+ * links key, binding and mapping in one step. */
+static PyObject *
+Key_bind(KeyObject *k, PyObject *args)
+{
+    PyObject *mobj;
+    PyTypeObject *cls;
+    if (!PyArg_ParseTuple(args, "O!O!:_bind", &Mapping_Type, &mobj, &PyType_Type, &cls)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype(cls, &Binding_Type)) {
+        PyErr_SetString(PyExc_TypeError, "_bind() needs a Binding subtype");
+        return NULL;
+    }
+    MappingObject *m = (MappingObject *)mobj;
+    /* Allocate first (this can run the GC and so finalizers), then check, then change. */
+    BindingObject *b = (BindingObject *)cls->tp_alloc(cls, 0);
+    if (b == NULL) {
+        return NULL;
+    }
+    if (key_reserve(k) < 0) {
+        goto fail;
+    }
+    if (k->closed) {
+        PyErr_Format(err(E_KEY), "%R is closed", (PyObject *)k);
+        goto fail;
+    }
+    if (m->base == 0) {
+        PyErr_Format(err(E_REGION), "cannot associate %R: it is closed", mobj);
+        goto fail;
+    }
+    if (m->binding != NULL) {
+        KeyObject *other = m->binding->key;
+        if (other == k) {
+            PyErr_Format(err(E_REGION),
+                         "%R is already associated with this key; disassociate() it first", mobj);
+        }
+        else {
+            PyErr_Format(err(E_REGION),
+                         "%R is already associated with key %d; disassociate() it first", mobj,
+                         other->pkey);
+        }
+        goto fail;
+    }
+    long rc = 0;
+    if (k->mode == MODE_PKU) {
+        rc = syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, k->pkey);
+    }
+    else if (k->mode == MODE_MPROTECT) {
+        rc = mprotect((void *)m->addr, m->len, prot_for_level(m->prot, k->effective_level));
+    }
+    if (rc != 0) {
+        raise_errno(errno, k->mode == MODE_PKU ? "pkey_mprotect" : "mprotect");
+        goto fail;
+    }
+    Py_INCREF(k);
+    b->key = k;
+    Py_INCREF(m);
+    b->mapping = m;
+    b->live = 1;
+    Py_INCREF(b);
+    m->binding = b;
+    k->bindings[k->nbindings++] = b;
+    fault_table_set_pkey(m->addr, k->pkey);
+    return (PyObject *)b;
+fail:
+    Py_DECREF(b);
+    return NULL;
+}
+
+static int
+Binding_traverse(BindingObject *b, visitproc visit, void *arg)
+{
+    Py_VISIT(b->key);
+    Py_VISIT(b->mapping);
+    return 0;
+}
+
+static int
+Binding_clear(BindingObject *b)
+{
+    if (b->live) {
+        Py_INCREF(b);
+        if (binding_end(b, 1) < 0) {
+            write_unraisable("pkeyguard: untagging a collected association");
+        }
+        Py_DECREF(b);
+    }
+    Py_CLEAR(b->mapping);
+    return 0;
+}
+
+static void
+Binding_dealloc(BindingObject *b)
+{
+    PyObject_GC_UnTrack(b);
+    /* A live binding is held by its mapping: none reaches its deallocator live. */
+    Py_CLEAR(b->key);
+    Py_CLEAR(b->mapping);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyObject *
+binding_new_guard(BindingObject *b, int level, PyTypeObject *cls, PyObject *enter_view)
+{
+    if (!b->live) {
+        return PyErr_Format(err(E_REGION),
+                            "%R is no longer associated with a key: associate the region again "
+                            "and use the new association",
+                            (PyObject *)b->mapping);
+    }
+    return (PyObject *)guard_create(cls, b->key, b, level, enter_view);
+}
+
+/* set_access_rights(rights): a new guard (never shared) of the class for those rights. */
+static PyObject *
+Binding_set_access_rights(BindingObject *b, PyObject *rights)
+{
+    int level = level_of_rights(rights);
+    if (level < 0) {
+        return NULL;
+    }
+    PyTypeObject *cls = guard_types[level];
+    if (cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pkeyguard guard classes are not registered");
+        return NULL;
+    }
+    return binding_new_guard(b, level, cls, NULL);
+}
+
+/* _guard(level, cls, view_cls=None): a guard of class cls; with view_cls, its __enter__
+ * returns a new view of that type (Secret.reveal). */
+static PyObject *
+Binding_guard(BindingObject *b, PyObject *args)
+{
+    int level;
+    PyTypeObject *cls;
+    PyObject *view_cls = Py_None;
+    if (!PyArg_ParseTuple(args, "iO!|O:_guard", &level, &PyType_Type, &cls, &view_cls)) {
+        return NULL;
+    }
+    if (level < LEVEL_NONE || level > LEVEL_WRITE) {
+        return PyErr_Format(PyExc_ValueError, "unknown rights level %d", level);
+    }
+    if (!PyType_IsSubtype(cls, &Guard_Type)) {
+        PyErr_SetString(PyExc_TypeError, "_guard() needs a Guard subtype");
+        return NULL;
+    }
+    if (view_cls != Py_None &&
+        (!PyType_Check(view_cls) || !PyType_IsSubtype((PyTypeObject *)view_cls, &View_Type))) {
+        PyErr_SetString(PyExc_TypeError, "view_cls must be a View subtype");
+        return NULL;
+    }
+    return binding_new_guard(b, level, cls, view_cls == Py_None ? NULL : view_cls);
+}
+
+/* _unbind(): untag the pages (back to key 0 and the region's own rights).  Refused while a
+ * guard of this association is active. */
+static PyObject *
+Binding_unbind(BindingObject *b, PyObject *Py_UNUSED(ignored))
+{
+    if (!b->live) {
+        return PyErr_Format(err(E_REGION), "%R is no longer associated with a key",
+                            (PyObject *)b->mapping);
+    }
+    if (b->active > 0) {
+        return PyErr_Format(err(E_REGION),
+                            "cannot detach %R from key %d: %zd guard(s) on its association are "
+                            "still active; leave their 'with' blocks first",
+                            (PyObject *)b->mapping, b->key->pkey, b->active);
+    }
+    if (binding_end(b, 1) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Binding_get_key(BindingObject *b, void *Py_UNUSED(c))
+{
+    if (b->key == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(b->key);
+    return (PyObject *)b->key;
+}
+
+static PyObject *
+Binding_get_mapping(BindingObject *b, void *Py_UNUSED(c))
+{
+    if (b->mapping == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(b->mapping);
+    return (PyObject *)b->mapping;
+}
+
+static PyMethodDef Binding_methods[] = {
+    {"set_access_rights", (PyCFunction)Binding_set_access_rights, METH_O,
+     "A new guard that, inside ``with``, gives this thread ``rights`` to the key's memory.\n\n"
+     "Entering writes PKRU (pku) or re-protects the key's regions (mprotect); leaving restores\n"
+     "exactly what entering changed.  Guards nest (LIFO) and are bound to the thread that\n"
+     "entered them.  Each call returns a new guard, which may be entered again once it has\n"
+     "exited (never twice at once)."},
+    {"_guard", (PyCFunction)Binding_guard, METH_VARARGS, NULL},
+    {"_unbind", (PyCFunction)Binding_unbind, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Binding_members[] = {
+    {"associated", T_BOOL, offsetof(BindingObject, live), READONLY,
+     "whether the region is still tagged with the key"},
+    {"_active", T_PYSSIZET, offsetof(BindingObject, active), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef Binding_getset[] = {
+    {"_key", (getter)Binding_get_key, NULL, NULL, NULL},
+    {"_mapping", (getter)Binding_get_mapping, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Binding_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pkeyguard._core.Binding",
+    .tp_basicsize = sizeof(BindingObject),
+    .tp_dealloc = (destructor)Binding_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A region tagged with a key (internal base of AssociatedRegion).",
+    .tp_traverse = (traverseproc)Binding_traverse,
+    .tp_clear = (inquiry)Binding_clear,
+    .tp_methods = Binding_methods,
+    .tp_members = Binding_members,
+    .tp_getset = Binding_getset,
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* Guard                                                                                */
+
+/* Apply g's rights for its key on entry, on the thread that owns stack s. */
+static int
+guard_apply(GuardObject *g, ThreadStack *s)
 {
     KeyObject *k = g->key;
     if (k->mode == MODE_PKU) {
@@ -504,7 +1436,7 @@ guard_apply(GuardObject *g)
         return 0;
     }
     if (k->mode == MODE_MPROTECT) {
-        GuardObject *outer = tls_top;
+        GuardObject *outer = s->top;
         while (outer != NULL && outer->key != k) {
             outer = outer->prev;
         }
@@ -525,17 +1457,21 @@ guard_apply(GuardObject *g)
     return 0;
 }
 
-/* Undo this guard's rights on exit: restore exactly the bits/level it changed. */
+/* Undo g's rights: restore exactly the bits (pku) or the level count (mprotect) that its
+ * entry changed.  write_pkru: only on the owning thread; apply: 0 while the interpreter
+ * finalizes (other threads may still be in native code on those pages). */
 static int
-guard_restore(GuardObject *g)
+guard_restore(GuardObject *g, int write_pkru, int apply)
 {
     KeyObject *k = g->key;
     if (k->mode == MODE_PKU) {
-        unsigned shift = 2u * (unsigned)k->pkey;
-        uint32_t pkru = pkru_read();
-        uint32_t want = (pkru & ~(3u << shift)) | ((uint32_t)g->saved_bits << shift);
-        if (want != pkru) {
-            pkru_write(want);
+        if (write_pkru && !k->closed) {
+            unsigned shift = 2u * (unsigned)k->pkey;
+            uint32_t pkru = pkru_read();
+            uint32_t want = (pkru & ~(3u << shift)) | ((uint32_t)g->saved_bits << shift);
+            if (want != pkru) {
+                pkru_write(want);
+            }
         }
         return 0;
     }
@@ -545,53 +1481,183 @@ guard_restore(GuardObject *g)
             k->counts[g->saved_level]++;
         }
         int want = key_wanted_level(k);
-        if (want != k->effective_level) {
+        if (apply && want != k->effective_level) {
             return key_apply_level(k, want);
         }
     }
     return 0;
 }
 
+/* Take g off the top of its stack and undo its rights.  The stack's reference to g is
+ * handed to the caller (chained through g->prev on *released), to be dropped once the
+ * state is consistent: dropping it can run arbitrary code. */
+static int
+guard_pop(GuardObject *g, int write_pkru, int apply, GuardObject **released)
+{
+    ThreadStack *s = g->stack;
+    s->top = g->prev;
+    int rc = guard_restore(g, write_pkru, apply);
+    g->active = 0;
+    g->stack = NULL;
+    g->key->active--;
+    if (g->binding != NULL) {
+        g->binding->active--;
+    }
+    g->prev = *released;
+    *released = g;
+    return rc;
+}
+
+static void
+release_chain(GuardObject *chain)
+{
+    while (chain != NULL) {
+        GuardObject *g = chain;
+        chain = g->prev;
+        g->prev = NULL;
+        Py_DECREF(g);
+    }
+}
+
+/* The thread that owned s has ended (or does not exist in this fork child): end its guards.
+ * Runs with the GIL, possibly on another thread (a fork child, interpreter finalization). */
+static void
+stack_abandon(ThreadStack *s)
+{
+    if (tls_stack == s) {
+        tls_stack = NULL;
+    }
+    int apply = !is_finalizing();
+    GuardObject *released = NULL;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    while (s->top != NULL) {
+        GuardObject *g = s->top;
+        if (guard_pop(g, 0, apply, &released) < 0) {
+            write_unraisable("pkeyguard: ending the guards of a finished thread");
+        }
+        g->ended = ENDED_THREAD;
+    }
+    release_chain(released);
+    PyErr_Restore(et, ev, tb);
+}
+
+/* The non-allocating part of entering: check, apply, push.  Nothing here runs Python code
+ * (PyErr_Format's %R of a guard is C). */
+static int
+guard_activate(GuardObject *g, ThreadStack *s)
+{
+    KeyObject *k = g->key;
+    if (g->active) {
+        PyErr_Format(err(E_GUARD_STATE),
+                     "%R is already active (entered on thread %lu); a guard is entered once at "
+                     "a time: call set_access_rights() again for a second one",
+                     (PyObject *)g, g->thread);
+        return -1;
+    }
+    if (k->closed) {
+        PyErr_Format(err(E_GUARD_STATE), "cannot enter %R: its key is closed", (PyObject *)g);
+        return -1;
+    }
+    if (g->binding != NULL && !g->binding->live) {
+        PyErr_Format(err(E_GUARD_STATE),
+                     "cannot enter %R: its association has ended (the region was disassociated "
+                     "or closed); associate the region again and use the new association",
+                     (PyObject *)g);
+        return -1;
+    }
+    for (GuardObject *o = s->top; o != NULL; o = o->prev) {
+        if (o->key == k && o->exports > 0 && o->level > g->level) {
+            PyErr_Format(err(E_GUARD_STATE),
+                         "cannot enter %R: %zd buffer export(s) (memoryviews) of a view under "
+                         "%R are still alive, and they would fault under the narrower rights; "
+                         "release them first ('with memoryview(view) as m:')",
+                         (PyObject *)g, o->exports, (PyObject *)o);
+            return -1;
+        }
+    }
+    if (guard_apply(g, s) < 0) {
+        return -1;
+    }
+    g->stack = s;
+    g->thread = s->ident;
+    g->active = 1;
+    g->ended = ENDED_NO;
+    g->generation++;
+    g->exports = 0;
+    k->active++;
+    if (g->binding != NULL) {
+        g->binding->active++;
+    }
+    g->prev = s->top;
+    Py_INCREF(g); /* the stack's reference */
+    s->top = g;
+    return 0;
+}
+
+static ViewObject *view_alloc(PyTypeObject *cls);
+static void view_init(ViewObject *v, GuardObject *g, int writable);
+
 static PyObject *
 Guard_enter(GuardObject *g, PyObject *Py_UNUSED(ignored))
 {
-    if (g->active) {
-        PyErr_Format(err_or(ErrGuardState, PyExc_RuntimeError),
-                     "%R is already active (entered on thread %lu); a guard is entered once "
-                     "at a time: call set_access_rights() again for a second one",
-                     (PyObject *)g, g->thread);
+    ThreadStack *s = get_stack(); /* may allocate */
+    if (s == NULL) {
         return NULL;
     }
-    if (g->key->closed) {
-        PyErr_Format(err_or(ErrGuardState, PyExc_RuntimeError),
-                     "cannot enter %R: its key is closed", (PyObject *)g);
+    ViewObject *v = NULL;
+    if (g->enter_view != NULL) {
+        v = view_alloc((PyTypeObject *)g->enter_view);
+        if (v == NULL) {
+            return NULL;
+        }
+    }
+    if (guard_activate(g, s) < 0) {
+        Py_XDECREF(v);
         return NULL;
     }
-    if (guard_apply(g) < 0) {
-        return NULL;
+    if (v != NULL) {
+        view_init(v, g, 0);
+        return (PyObject *)v;
     }
-    g->thread = PyThread_get_thread_ident();
-    g->active = 1;
-    g->abandoned = 0;
-    g->generation++;
-    g->key->active++;
-    g->prev = tls_top;
-    Py_INCREF(g); /* the thread's stack holds a reference while active */
-    tls_top = g;
     Py_INCREF(g);
     return (PyObject *)g;
 }
 
-/* Pop g (the top of this thread's stack) and restore its rights. */
-static int
-guard_pop(GuardObject *g)
+static PyObject *
+raise_not_active(GuardObject *g)
 {
-    int rc = guard_restore(g);
-    tls_top = g->prev;
-    g->prev = NULL;
-    g->active = 0;
-    g->key->active--;
-    Py_DECREF(g);
+    int ended = g->ended;
+    g->ended = ENDED_NO;
+    if (ended == ENDED_ORDER) {
+        return PyErr_Format(err(E_GUARD_ORDER),
+                            "%R was already exited: an outer guard left its 'with' block first "
+                            "and restored the rights this guard had changed",
+                            (PyObject *)g);
+    }
+    if (ended == ENDED_THREAD) {
+        return PyErr_Format(err(E_GUARD_STATE),
+                            "%R was ended when the thread that entered it (%lu) finished; its "
+                            "rights and views went with that thread",
+                            (PyObject *)g, g->thread);
+    }
+    return PyErr_Format(err(E_GUARD_STATE),
+                        "%R is not active: __exit__ without a matching __enter__", (PyObject *)g);
+}
+
+/* Pop everything above g and g itself off g's stack (an out-of-order exit).  Guards other
+ * than g are marked ENDED_ORDER. */
+static int
+stack_unwind_through(GuardObject *g, GuardObject **released)
+{
+    ThreadStack *s = g->stack;
+    int rc = 0;
+    while (s->top != g) {
+        GuardObject *inner = s->top;
+        inner->ended = ENDED_ORDER;
+        rc |= guard_pop(inner, 1, 1, released);
+    }
+    rc |= guard_pop(g, 1, 1, released);
     return rc;
 }
 
@@ -599,66 +1665,63 @@ static PyObject *
 Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
 {
     if (!g->active) {
-        if (g->abandoned) {
-            g->abandoned = 0;
-            PyErr_Format(err_or(ErrGuardOrder, PyExc_RuntimeError),
-                         "%R was already exited: an outer guard left its 'with' block first "
-                         "and restored the rights this guard had changed",
-                         (PyObject *)g);
-        }
-        else {
-            PyErr_Format(err_or(ErrGuardState, PyExc_RuntimeError),
-                         "%R is not active: __exit__ without a matching __enter__",
-                         (PyObject *)g);
-        }
-        return NULL;
+        return raise_not_active(g);
     }
-    unsigned long me = PyThread_get_thread_ident();
-    if (g->thread != me) {
-        PyErr_Format(err_or(ErrGuardThread, PyExc_RuntimeError),
-                     "%R was entered on thread %lu and cannot be exited on thread %lu: PKRU "
-                     "is per thread, so a guard must be left by the thread that entered it",
-                     (PyObject *)g, g->thread, me);
-        return NULL;
+    ThreadStack *s = tls_stack;
+    if (g->stack != s) {
+        return PyErr_Format(err(E_GUARD_THREAD),
+                            "%R was entered on thread %lu and cannot be exited on thread %lu: "
+                            "PKRU is per thread, so a guard must be left by the thread that "
+                            "entered it",
+                            (PyObject *)g, g->thread, PyThread_get_thread_ident());
     }
-    if (tls_top != g) {
-        /* Out of order: unwind every guard above g and g itself, so this thread's rights are
-         * exactly what they were before g was entered, then report it. */
-        GuardObject *top = tls_top;
+    GuardObject *released = NULL;
+    if (s->top != g) {
+        /* Out of order: unwind every guard above g and g itself, so this thread's rights
+         * are exactly what they were before g was entered, then report it. */
+        GuardObject *top = s->top;
         Py_INCREF(top);
-        int rc = 0;
-        while (tls_top != g) {
-            GuardObject *inner = tls_top;
-            inner->abandoned = 1;
-            rc |= guard_pop(inner);
-        }
-        rc |= guard_pop(g);
-        if (rc < 0) {
+        if (stack_unwind_through(g, &released) < 0) {
             PyErr_Clear();
         }
-        PyErr_Format(err_or(ErrGuardOrder, PyExc_RuntimeError),
-                     "guards exited out of order: %R was exited while %R, entered after it, "
-                     "was still active. Both are now exited and this thread's rights are as "
-                     "before %R. Common causes: a generator or coroutine suspended inside a "
-                     "'with' block, manual __enter__/__exit__ calls, an ExitStack closed in the "
-                     "wrong order.",
+        PyErr_Format(err(E_GUARD_ORDER),
+                     "guards exited out of order: %R was exited while %R, entered after it, was "
+                     "still active. Both are now exited and this thread's rights are as before "
+                     "%R. Common causes: a generator or coroutine suspended inside a 'with' "
+                     "block, manual __enter__/__exit__ calls, an ExitStack closed in the wrong "
+                     "order.",
                      (PyObject *)g, (PyObject *)top, (PyObject *)g);
         Py_DECREF(top);
+        release_chain(released);
         return NULL;
     }
     Py_ssize_t exports = g->exports;
-    if (guard_pop(g) < 0) {
+    int rc = guard_pop(g, 1, 1, &released);
+    if (rc < 0) {
+        release_chain(released);
         return NULL;
     }
     if (exports > 0) {
-        PyErr_Format(err_or(ErrView, PyExc_BufferError),
+        PyErr_Format(err(E_VIEW),
                      "%zd buffer export(s) of a view (a memoryview or slice of it) outlived %R; "
                      "the rights were restored, so touching them now faults. Release them "
                      "before the block ends ('with memoryview(view) as m:')",
                      exports, (PyObject *)g);
+        release_chain(released);
         return NULL;
     }
+    release_chain(released);
     Py_RETURN_FALSE;
+}
+
+static void
+Guard_dealloc(GuardObject *g)
+{
+    /* An active guard is held by its thread's stack: none reaches this point active. */
+    Py_CLEAR(g->key);
+    Py_CLEAR(g->binding);
+    Py_CLEAR(g->enter_view);
+    Py_TYPE(g)->tp_free((PyObject *)g);
 }
 
 static PyObject *
@@ -671,21 +1734,126 @@ Guard_get_thread(GuardObject *g, void *Py_UNUSED(closure))
 }
 
 static PyObject *
+Guard_get_binding(GuardObject *g, void *Py_UNUSED(closure))
+{
+    if (g->binding == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(g->binding);
+    return (PyObject *)g->binding;
+}
+
+static PyObject *
 Guard_repr(GuardObject *g)
 {
-    static const char *names[] = {"NoAccess", "ReadOnly", "ReadWrite"};
     return PyUnicode_FromFormat("<%s key=%d rights=%s %s>", Py_TYPE(g)->tp_name, g->key->pkey,
-                                names[g->level], g->active ? "active" : "inactive");
+                                level_names[g->level], g->active ? "active" : "inactive");
+}
+
+/* _view(writable): a view of the guard's region for this activation (ref_guard and
+ * mut_ref_guard call it after their own clearer checks; these are the ones that hold). */
+static PyObject *
+Guard_view(GuardObject *g, PyObject *arg)
+{
+    int writable = PyObject_IsTrue(arg);
+    if (writable < 0) {
+        return NULL;
+    }
+    BindingObject *b = g->binding;
+    if (b == NULL) {
+        return PyErr_Format(err(E_ACCESS), "%R is key-wide: it gives no views", (PyObject *)g);
+    }
+    MappingObject *m = b->mapping;
+    ViewObject *v = view_alloc((PyTypeObject *)PyTuple_GET_ITEM(m->view_types, writable));
+    if (v == NULL) {
+        return NULL;
+    }
+    const char *why = NULL;
+    int cls = E_VIEW;
+    if (!g->active) {
+        why = "the guard is not active: take views inside its 'with' block";
+    }
+    else if (g->stack != tls_stack) {
+        why = "the guard belongs to another thread";
+    }
+    else if (!b->live || m->base == 0) {
+        cls = E_REGION;
+        why = "the region is no longer associated with this guard's key";
+    }
+    else if (g->level == LEVEL_NONE) {
+        cls = E_ACCESS;
+        why = "a NoAccess guard grants no view";
+    }
+    else if (writable && g->level != LEVEL_WRITE) {
+        cls = E_ACCESS;
+        why = "a write view needs a ReadWrite guard";
+    }
+    else if (!(m->prot & PROT_READ) || (writable && !(m->prot & PROT_WRITE))) {
+        cls = E_ACCESS;
+        why = "the region's page rights do not allow it: it would fault whatever the key "
+              "allows; change them with region.protect()";
+    }
+    if (why != NULL) {
+        PyErr_SetString(err(cls), why);
+        Py_DECREF(v);
+        return NULL;
+    }
+    view_init(v, g, writable);
+    return (PyObject *)v;
 }
 
 static PyMethodDef Guard_methods[] = {
+    {"_new_view", (PyCFunction)Guard_view, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
-/* __enter__/__exit__ without CPython's bound-method objects: those are GC-tracked, so
- * each 'with' paid an allocation plus GC track/untrack twice.  Here the type's slots are
- * descriptors whose __get__ returns a small untracked callable holding a strong reference
- * to the guard (no cycle: the guard never points back), recycled through a freelist. */
+static PyMemberDef Guard_members[] = {
+    {"key", T_OBJECT, offsetof(GuardObject, key), READONLY, "the key this guard switches"},
+    {"level", T_INT, offsetof(GuardObject, level), READONLY, NULL},
+    {"active", T_BOOL, offsetof(GuardObject, active), READONLY, NULL},
+    {"exports", T_PYSSIZET, offsetof(GuardObject, exports), READONLY,
+     "live buffer exports of this activation's views"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef Guard_getset[] = {
+    {"thread", (getter)Guard_get_thread, NULL, "ident of the thread that holds it, or None",
+     NULL},
+    {"_binding", (getter)Guard_get_binding, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Guard_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pkeyguard._core.Guard",
+    .tp_basicsize = sizeof(GuardObject),
+    .tp_dealloc = (destructor)Guard_dealloc,
+    .tp_repr = (reprfunc)Guard_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Switches this thread's rights for one key while active (internal base).",
+    .tp_methods = Guard_methods,
+    .tp_members = Guard_members,
+    .tp_getset = Guard_getset,
+};
+
+/* Key._guard(level): a key-wide guard (no views); the benchmark's floors use it. */
+static PyObject *
+Key_guard(KeyObject *k, PyObject *arg)
+{
+    long level = PyLong_AsLong(arg);
+    if (level == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (level < LEVEL_NONE || level > LEVEL_WRITE) {
+        return PyErr_Format(PyExc_ValueError, "unknown rights level %ld", level);
+    }
+    return (PyObject *)guard_create(&Guard_Type, k, NULL, (int)level, NULL);
+}
+
+/* __enter__/__exit__ without CPython's bound-method objects: those are GC-tracked, so each
+ * 'with' paid an allocation plus GC track/untrack twice.  The type's slots are descriptors
+ * whose __get__ returns a small untracked callable holding a strong reference to the guard,
+ * recycled through a freelist. */
 typedef struct BoundSlotObject {
     PyObject_HEAD
     GuardObject *guard; /* strong */
@@ -840,52 +2008,93 @@ guard_install_slots(void)
     return 0;
 }
 
-static PyMemberDef Guard_members[] = {
-    {"key", T_OBJECT, offsetof(GuardObject, key), READONLY, NULL},
-    {"owner", T_OBJECT, offsetof(GuardObject, owner), READONLY, NULL},
-    {"level", T_INT, offsetof(GuardObject, level), READONLY, NULL},
-    {"active", T_BOOL, offsetof(GuardObject, active), READONLY, NULL},
-    {"exports", T_PYSSIZET, offsetof(GuardObject, exports), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyGetSetDef Guard_getset[] = {
-    {"thread", (getter)Guard_get_thread, NULL, "ident of the thread that holds it, or None",
-     NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject Guard_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pkeyguard._core.Guard",
-    .tp_basicsize = sizeof(GuardObject),
-    .tp_dealloc = (destructor)Guard_dealloc,
-    .tp_repr = (reprfunc)Guard_repr,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Switches this thread's rights for one key while active (internal base).",
-    .tp_traverse = (traverseproc)Guard_traverse,
-    .tp_clear = (inquiry)Guard_clear,
-    .tp_methods = Guard_methods,
-    .tp_members = Guard_members,
-    .tp_getset = Guard_getset,
-    .tp_new = Guard_new,
-};
-
 /* ------------------------------------------------------------------------------------ */
 /* View                                                                                 */
 
-typedef struct {
+struct ViewObject {
     PyObject_HEAD
-    GuardObject *guard; /* strong */
+    GuardObject *guard;   /* strong */
     uint64_t generation;
     char *addr;
     Py_ssize_t size;
-    char fmt; /* struct code of a scalar, or 's' for a byte view */
+    char fmt;             /* struct code of a scalar, or 's' for byte and composite views */
+    char swap;            /* the scalar is stored in the non-native byte order */
     int writable;
     Py_ssize_t exports;
-} ViewObject;
+    PyObject *ctype;      /* composites: the value type, for .contents */
+};
 
-static PyTypeObject View_Type;
+static ViewObject *
+view_alloc(PyTypeObject *cls)
+{
+    return (ViewObject *)cls->tp_alloc(cls, 0);
+}
+
+static void
+view_init(ViewObject *v, GuardObject *g, int writable)
+{
+    MappingObject *m = g->binding->mapping;
+    Py_INCREF(g);
+    v->guard = g;
+    v->generation = g->generation;
+    v->addr = (char *)m->addr;
+    v->size = (Py_ssize_t)m->size;
+    v->fmt = m->fmt;
+    v->swap = m->swap;
+    v->writable = writable;
+    Py_XINCREF(m->ctype);
+    v->ctype = m->ctype;
+}
+
+/* May this thread write through v now?  A guard for the same key entered after v's guard
+ * rules the thread's rights (a ReadOnly block nested in a ReadWrite one). */
+static int
+view_rights_now(ViewObject *v)
+{
+    GuardObject *g = v->guard;
+    GuardObject *inner = g->stack->top;
+    while (inner != g && inner->key != g->key) {
+        inner = inner->prev;
+    }
+    return inner->level;
+}
+
+/* The check every access makes, after converting its arguments and before touching memory.
+ * Nothing after it may run Python code until the access is done. */
+static int
+view_check(ViewObject *v, int write)
+{
+    GuardObject *g = v->guard;
+    if (!g->active || g->generation != v->generation) {
+        PyErr_SetString(err(E_VIEW),
+                        "view used after its guard exited: views are valid only inside the "
+                        "'with' block that created them");
+        return -1;
+    }
+    if (g->stack != tls_stack) {
+        PyErr_Format(err(E_VIEW),
+                     "view used from another thread: its guard belongs to thread %lu, and "
+                     "rights are per thread",
+                     g->thread);
+        return -1;
+    }
+    if (write && !v->writable) {
+        PyErr_SetString(err(E_ACCESS),
+                        "this view is read-only: use mut_ref_guard() under a ReadWrite guard");
+        return -1;
+    }
+    if (g->stack->top != g) {
+        int level = view_rights_now(v);
+        if (level < (write ? LEVEL_WRITE : LEVEL_READ)) {
+            PyErr_Format(err(E_ACCESS),
+                         "%s through this view is not allowed now: a %s guard on the same key, "
+                         "entered after the view's guard, restricts this thread's rights",
+                         write ? "writing" : "reading", level_names[level]);
+            return -1;
+        }
+    }
+    return 0;
+}
 
 static Py_ssize_t
 fmt_size(char fmt)
@@ -894,142 +2103,37 @@ fmt_size(char fmt)
     case 'b': case 'B': case '?': case 'c': return 1;
     case 'h': case 'H': return 2;
     case 'i': case 'I': case 'f': return 4;
-    case 'l': case 'L': case 'q': case 'Q': case 'd': case 'P': return 8;
+    case 'l': case 'L': case 'q': case 'Q': case 'd': return 8;
     default: return -1;
     }
 }
 
-static int
-view_check(ViewObject *v, int write)
-{
-    GuardObject *g = v->guard;
-    if (!g->active || g->generation != v->generation) {
-        PyErr_SetString(err_or(ErrView, PyExc_ValueError),
-                        "view used after its guard exited: views are valid only inside the "
-                        "'with' block that created them");
-        return -1;
-    }
-    if (g->thread != PyThread_get_thread_ident()) {
-        PyErr_Format(err_or(ErrView, PyExc_ValueError),
-                     "view used from another thread: its guard belongs to thread %lu, and "
-                     "rights are per thread",
-                     g->thread);
-        return -1;
-    }
-    if (write && !v->writable) {
-        PyErr_SetString(err_or(ErrAccess, PyExc_PermissionError),
-                        "this view is read-only: use mut_ref_guard() under a ReadWrite guard");
-        return -1;
-    }
-    if (tls_top != g) {
-        /* A guard entered later on this thread for the same key rules this thread's rights
-         * now (e.g. a ReadOnly block nested in a ReadWrite one): honour it, instead of
-         * letting the access fault. */
-        GuardObject *inner = tls_top;
-        while (inner != g && inner->key != g->key) {
-            inner = inner->prev;
-        }
-        if (inner != g && inner->level < (write ? LEVEL_WRITE : LEVEL_READ)) {
-            PyErr_Format(err_or(ErrAccess, PyExc_PermissionError),
-                         "%s through this view is not allowed now: %R, entered after the view's "
-                         "guard, restricts this thread's rights to the key",
-                         write ? "writing" : "reading", (PyObject *)inner);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static PyObject *
-View_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"guard", "address", "size", "format", "writable", NULL};
-    PyObject *guard;
-    unsigned long long addr;
-    Py_ssize_t size;
-    int fmt, writable;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!KnCp", kwlist, &Guard_Type, &guard, &addr,
-                                     &size, &fmt, &writable)) {
-        return NULL;
-    }
-    GuardObject *g = (GuardObject *)guard;
-    if (size <= 0) {
-        PyErr_SetString(PyExc_ValueError, "view size must be positive");
-        return NULL;
-    }
-    if (fmt != 's' && fmt_size((char)fmt) != size) {
-        PyErr_Format(PyExc_ValueError, "format %c does not fit a %zd-byte value", fmt, size);
-        return NULL;
-    }
-    if (!g->active) {
-        PyErr_SetString(err_or(ErrView, PyExc_ValueError),
-                        "the guard is not active: take views inside its 'with' block");
-        return NULL;
-    }
-    if (g->thread != PyThread_get_thread_ident()) {
-        PyErr_SetString(err_or(ErrView, PyExc_ValueError),
-                        "the guard belongs to another thread");
-        return NULL;
-    }
-    if (writable && g->level != LEVEL_WRITE) {
-        PyErr_SetString(err_or(ErrAccess, PyExc_PermissionError),
-                        "a write view needs a ReadWrite guard");
-        return NULL;
-    }
-    if (g->level == LEVEL_NONE) {
-        PyErr_SetString(err_or(ErrAccess, PyExc_PermissionError),
-                        "a NoAccess guard grants no view");
-        return NULL;
-    }
-    ViewObject *v = (ViewObject *)type->tp_alloc(type, 0);
-    if (v == NULL) {
-        return NULL;
-    }
-    Py_INCREF(g);
-    v->guard = g;
-    v->generation = g->generation;
-    v->addr = (char *)(uintptr_t)addr;
-    v->size = size;
-    v->fmt = (char)fmt;
-    v->writable = writable;
-    return (PyObject *)v;
-}
+/* A scalar's bits, converted before the check.  8 bytes hold every supported type. */
+typedef union {
+    uint8_t u8;
+    uint16_t u16;
+    uint32_t u32;
+    uint64_t u64;
+    float f;
+    double d;
+    unsigned char b[8];
+} Bits;
 
 static void
-View_dealloc(ViewObject *v)
+bits_swap(Bits *x, Py_ssize_t n)
 {
-    Py_CLEAR(v->guard);
-    Py_TYPE(v)->tp_free((PyObject *)v);
+    switch (n) {
+    case 2: x->u16 = __builtin_bswap16(x->u16); break;
+    case 4: x->u32 = __builtin_bswap32(x->u32); break;
+    case 8: x->u64 = __builtin_bswap64(x->u64); break;
+    default: break;
+    }
 }
 
-static PyObject *
-View_get_value(ViewObject *v, void *Py_UNUSED(closure))
-{
-    if (view_check(v, 0) < 0) {
-        return NULL;
-    }
-    char *p = v->addr;
-    switch (v->fmt) {
-    case 'b': return PyLong_FromLong(*(volatile int8_t *)p);
-    case 'B': return PyLong_FromLong(*(volatile uint8_t *)p);
-    case 's': return PyBytes_FromStringAndSize(p, v->size);
-    case '?': return PyBool_FromLong(*(volatile uint8_t *)p != 0);
-    case 'c': return PyBytes_FromStringAndSize(p, 1);
-    case 'h': return PyLong_FromLong(*(volatile int16_t *)p);
-    case 'H': return PyLong_FromLong(*(volatile uint16_t *)p);
-    case 'i': return PyLong_FromLong(*(volatile int32_t *)p);
-    case 'I': return PyLong_FromUnsignedLong(*(volatile uint32_t *)p);
-    case 'l': case 'q': return PyLong_FromLongLong(*(volatile int64_t *)p);
-    case 'L': case 'Q': case 'P': return PyLong_FromUnsignedLongLong(*(volatile uint64_t *)p);
-    case 'f': return PyFloat_FromDouble(*(volatile float *)p);
-    case 'd': return PyFloat_FromDouble(*(volatile double *)p);
-    }
-    PyErr_SetString(PyExc_TypeError, "unsupported view format");
-    return NULL;
-}
-
+/* Python int -> n-byte integer bits.  Takes int and its subclasses only, and runs no user
+ * code (no __index__): PyLong_As* read the number directly. */
 static int
-store_int(char *p, PyObject *obj, int bytes, int is_signed)
+convert_int(PyObject *obj, int bytes, int is_signed, Bits *out)
 {
     if (!PyLong_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "an int is required, not %.200s", Py_TYPE(obj)->tp_name);
@@ -1038,6 +2142,10 @@ store_int(char *p, PyObject *obj, int bytes, int is_signed)
     if (is_signed) {
         long long x = PyLong_AsLongLong(obj);
         if (x == -1 && PyErr_Occurred()) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_Clear();
+                goto overflow;
+            }
             return -1;
         }
         long long lo = bytes == 8 ? INT64_MIN : -(1LL << (bytes * 8 - 1));
@@ -1045,11 +2153,12 @@ store_int(char *p, PyObject *obj, int bytes, int is_signed)
         if (x < lo || x > hi) {
             goto overflow;
         }
+        out->u64 = 0;
         switch (bytes) {
-        case 1: *(volatile int8_t *)p = (int8_t)x; break;
-        case 2: *(volatile int16_t *)p = (int16_t)x; break;
-        case 4: *(volatile int32_t *)p = (int32_t)x; break;
-        default: *(volatile int64_t *)p = (int64_t)x; break;
+        case 1: out->u8 = (uint8_t)(int8_t)x; break;
+        case 2: out->u16 = (uint16_t)(int16_t)x; break;
+        case 4: out->u32 = (uint32_t)(int32_t)x; break;
+        default: out->u64 = (uint64_t)x; break;
         }
         return 0;
     }
@@ -1064,17 +2173,150 @@ store_int(char *p, PyObject *obj, int bytes, int is_signed)
     if (bytes < 8 && x >> (bytes * 8)) {
         goto overflow;
     }
+    out->u64 = 0;
     switch (bytes) {
-    case 1: *(volatile uint8_t *)p = (uint8_t)x; break;
-    case 2: *(volatile uint16_t *)p = (uint16_t)x; break;
-    case 4: *(volatile uint32_t *)p = (uint32_t)x; break;
-    default: *(volatile uint64_t *)p = (uint64_t)x; break;
+    case 1: out->u8 = (uint8_t)x; break;
+    case 2: out->u16 = (uint16_t)x; break;
+    case 4: out->u32 = (uint32_t)x; break;
+    default: out->u64 = (uint64_t)x; break;
     }
     return 0;
 overflow:
     PyErr_Format(PyExc_OverflowError, "%R does not fit a %s %d-byte integer", obj,
                  is_signed ? "signed" : "unsigned", bytes);
     return -1;
+}
+
+/* Convert a value for a scalar of format fmt.  This is where user code may run (__bool__,
+ * __float__); it runs before the check. */
+static int
+convert_scalar(char fmt, PyObject *value, Bits *out)
+{
+    switch (fmt) {
+    case 'b': return convert_int(value, 1, 1, out);
+    case 'B': return convert_int(value, 1, 0, out);
+    case 'h': return convert_int(value, 2, 1, out);
+    case 'H': return convert_int(value, 2, 0, out);
+    case 'i': return convert_int(value, 4, 1, out);
+    case 'I': return convert_int(value, 4, 0, out);
+    case 'l': case 'q': return convert_int(value, 8, 1, out);
+    case 'L': case 'Q': return convert_int(value, 8, 0, out);
+    case '?': {
+        int t = PyObject_IsTrue(value);
+        if (t < 0) {
+            return -1;
+        }
+        out->u64 = 0;
+        out->u8 = (uint8_t)t;
+        return 0;
+    }
+    case 'c':
+        if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) != 1) {
+            PyErr_SetString(PyExc_TypeError, "a single byte (bytes of length 1) is required");
+            return -1;
+        }
+        out->u64 = 0;
+        out->u8 = (uint8_t)PyBytes_AS_STRING(value)[0];
+        return 0;
+    case 'f': case 'd': {
+        double d = PyFloat_AsDouble(value);
+        if (d == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+        out->u64 = 0;
+        if (fmt == 'f') {
+            out->f = (float)d;
+        }
+        else {
+            out->d = d;
+        }
+        return 0;
+    }
+    }
+    PyErr_SetString(PyExc_TypeError, "unsupported view format");
+    return -1;
+}
+
+static PyObject *
+bits_to_object(char fmt, const Bits *x)
+{
+    switch (fmt) {
+    case 'b': return PyLong_FromLong((int8_t)x->u8);
+    case 'B': return PyLong_FromLong(x->u8);
+    case '?': return PyBool_FromLong(x->u8 != 0);
+    case 'c': return PyBytes_FromStringAndSize((const char *)x->b, 1);
+    case 'h': return PyLong_FromLong((int16_t)x->u16);
+    case 'H': return PyLong_FromLong(x->u16);
+    case 'i': return PyLong_FromLong((int32_t)x->u32);
+    case 'I': return PyLong_FromUnsignedLong(x->u32);
+    case 'l': case 'q': return PyLong_FromLongLong((int64_t)x->u64);
+    case 'L': case 'Q': return PyLong_FromUnsignedLongLong(x->u64);
+    case 'f': return PyFloat_FromDouble(x->f);
+    case 'd': return PyFloat_FromDouble(x->d);
+    }
+    PyErr_SetString(PyExc_TypeError, "unsupported view format");
+    return NULL;
+}
+
+static void
+load_bits(const ViewObject *v, Bits *x)
+{
+    Py_ssize_t n = fmt_size(v->fmt);
+    x->u64 = 0;
+    switch (n) {
+    case 1: x->u8 = *(volatile uint8_t *)v->addr; break;
+    case 2: x->u16 = *(volatile uint16_t *)v->addr; break;
+    case 4: x->u32 = *(volatile uint32_t *)v->addr; break;
+    default: x->u64 = *(volatile uint64_t *)v->addr; break;
+    }
+    if (v->swap) {
+        bits_swap(x, n);
+    }
+}
+
+static void
+store_bits(ViewObject *v, Bits x)
+{
+    Py_ssize_t n = fmt_size(v->fmt);
+    if (v->swap) {
+        bits_swap(&x, n);
+    }
+    switch (n) {
+    case 1: *(volatile uint8_t *)v->addr = x.u8; break;
+    case 2: *(volatile uint16_t *)v->addr = x.u16; break;
+    case 4: *(volatile uint32_t *)v->addr = x.u32; break;
+    default: *(volatile uint64_t *)v->addr = x.u64; break;
+    }
+}
+
+/* A new bytes object of n bytes copied from p after a successful check (allocated first). */
+static PyObject *
+checked_copy_out(ViewObject *v, const char *p, Py_ssize_t n)
+{
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    if (out == NULL) {
+        return NULL;
+    }
+    if (view_check(v, 0) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    memcpy(PyBytes_AS_STRING(out), p, (size_t)n);
+    return out;
+}
+
+static PyObject *
+View_get_value(ViewObject *v, void *Py_UNUSED(closure))
+{
+    if (v->fmt == 's') {
+        return checked_copy_out(v, v->addr, v->size);
+    }
+    if (view_check(v, 0) < 0) {
+        return NULL;
+    }
+    Bits x;
+    load_bits(v, &x);
+    return bits_to_object(v->fmt, &x);
 }
 
 static int
@@ -1084,61 +2326,29 @@ View_set_value(ViewObject *v, PyObject *value, void *Py_UNUSED(closure))
         PyErr_SetString(PyExc_AttributeError, "cannot delete a view's value");
         return -1;
     }
-    if (view_check(v, 1) < 0) {
-        return -1;
-    }
-    char *p = v->addr;
-    switch (v->fmt) {
-    case 'b': return store_int(p, value, 1, 1);
-    case 'B': return store_int(p, value, 1, 0);
-    case '?': {
-        int t = PyObject_IsTrue(value);
-        if (t < 0) {
+    if (v->fmt != 's') {
+        Bits x;
+        if (convert_scalar(v->fmt, value, &x) < 0 || view_check(v, 1) < 0) {
             return -1;
         }
-        *(volatile uint8_t *)p = (uint8_t)t;
+        store_bits(v, x);
         return 0;
-    }
-    case 'c':
-        if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) != 1) {
-            PyErr_SetString(PyExc_TypeError, "a single byte (bytes of length 1) is required");
-            return -1;
-        }
-        *p = PyBytes_AS_STRING(value)[0];
-        return 0;
-    case 'h': return store_int(p, value, 2, 1);
-    case 'H': return store_int(p, value, 2, 0);
-    case 'i': return store_int(p, value, 4, 1);
-    case 'I': return store_int(p, value, 4, 0);
-    case 'l': case 'q': return store_int(p, value, 8, 1);
-    case 'L': case 'Q': case 'P': return store_int(p, value, 8, 0);
-    case 'f': case 'd': {
-        double d = PyFloat_AsDouble(value);
-        if (d == -1.0 && PyErr_Occurred()) {
-            return -1;
-        }
-        if (v->fmt == 'f') {
-            *(volatile float *)p = (float)d;
-        }
-        else {
-            *(volatile double *)p = d;
-        }
-        return 0;
-    }
     }
     /* Byte views: whole-content assignment from a bytes-like object of the same size. */
     Py_buffer src;
     if (PyObject_GetBuffer(value, &src, PyBUF_SIMPLE) < 0) {
         return -1;
     }
+    int rc = -1;
     if (src.len != v->size) {
         PyErr_Format(PyExc_ValueError, "need exactly %zd bytes, got %zd", v->size, src.len);
-        PyBuffer_Release(&src);
-        return -1;
     }
-    memmove(p, src.buf, (size_t)src.len);
+    else if (view_check(v, 1) == 0) {
+        memmove(v->addr, src.buf, (size_t)src.len);
+        rc = 0;
+    }
     PyBuffer_Release(&src);
-    return 0;
+    return rc;
 }
 
 static Py_ssize_t
@@ -1147,6 +2357,7 @@ View_length(ViewObject *v)
     return v->size;
 }
 
+/* Resolve an index or a step-1 slice (this runs __index__ of the index or the bounds). */
 static int
 view_slice(ViewObject *v, PyObject *item, Py_ssize_t *start, Py_ssize_t *len)
 {
@@ -1187,13 +2398,17 @@ static PyObject *
 View_subscript(ViewObject *v, PyObject *item)
 {
     Py_ssize_t start, len;
-    if (view_check(v, 0) < 0 || view_slice(v, item, &start, &len) < 0) {
+    if (view_slice(v, item, &start, &len) < 0) {
         return NULL;
     }
-    if (len < 0) {
-        return PyLong_FromLong(((volatile uint8_t *)v->addr)[start]);
+    if (len >= 0) {
+        return checked_copy_out(v, v->addr + start, len);
     }
-    return PyBytes_FromStringAndSize(v->addr + start, len);
+    if (view_check(v, 0) < 0) {
+        return NULL;
+    }
+    uint8_t byte = ((volatile uint8_t *)v->addr)[start];
+    return PyLong_FromLong(byte);
 }
 
 static int
@@ -1204,45 +2419,56 @@ View_ass_subscript(ViewObject *v, PyObject *item, PyObject *value)
         PyErr_SetString(PyExc_TypeError, "cannot delete view items");
         return -1;
     }
-    if (view_check(v, 1) < 0 || view_slice(v, item, &start, &len) < 0) {
+    if (view_slice(v, item, &start, &len) < 0) {
         return -1;
     }
     if (len < 0) {
-        return store_int(v->addr + start, value, 1, 0);
+        Bits x;
+        if (convert_int(value, 1, 0, &x) < 0 || view_check(v, 1) < 0) {
+            return -1;
+        }
+        ((volatile uint8_t *)v->addr)[start] = x.u8;
+        return 0;
     }
     Py_buffer src;
     if (PyObject_GetBuffer(value, &src, PyBUF_SIMPLE) < 0) {
         return -1;
     }
+    int rc = -1;
     if (src.len != len) {
         PyErr_Format(PyExc_ValueError, "slice assignment must keep the size: %zd != %zd",
                      src.len, len);
-        PyBuffer_Release(&src);
-        return -1;
     }
-    memmove(v->addr + start, src.buf, (size_t)len);
+    else if (view_check(v, 1) == 0) {
+        memmove(v->addr + start, src.buf, (size_t)len);
+        rc = 0;
+    }
     PyBuffer_Release(&src);
-    return 0;
+    return rc;
 }
 
 static int
 View_getbuffer(ViewObject *v, Py_buffer *view, int flags)
 {
-    if (view_check(v, 0) < 0) {
-        view->obj = NULL;
-        return -1;
-    }
-    if ((flags & PyBUF_WRITABLE) && !v->writable) {
+    int want_write = (flags & PyBUF_WRITABLE) != 0;
+    view->obj = NULL;
+    if (want_write && !v->writable) {
         PyErr_SetString(PyExc_BufferError,
                         "read-only view: a writable buffer needs mut_ref_guard()");
-        view->obj = NULL;
         return -1;
     }
-    if (PyBuffer_FillInfo(view, (PyObject *)v, v->addr, v->size, !v->writable, flags) < 0) {
+    if (view_check(v, want_write) < 0) {
+        return -1;
+    }
+    /* A write view under a narrower guard nested inside exports read-only: a writable
+     * memoryview would fault on its first write. */
+    GuardObject *g = v->guard;
+    int can_write = v->writable && (g->stack->top == g || view_rights_now(v) == LEVEL_WRITE);
+    if (PyBuffer_FillInfo(view, (PyObject *)v, v->addr, v->size, !can_write, flags) < 0) {
         return -1;
     }
     v->exports++;
-    v->guard->exports++;
+    g->exports++;
     return 0;
 }
 
@@ -1250,16 +2476,17 @@ static void
 View_releasebuffer(ViewObject *v, Py_buffer *Py_UNUSED(view))
 {
     v->exports--;
-    v->guard->exports--;
+    /* Exports are counted per activation: a release left over from an earlier one does not
+     * touch the count of the current one. */
+    if (v->guard->generation == v->generation && v->guard->exports > 0) {
+        v->guard->exports--;
+    }
 }
 
 static PyObject *
 View_tobytes(ViewObject *v, PyObject *Py_UNUSED(ignored))
 {
-    if (view_check(v, 0) < 0) {
-        return NULL;
-    }
-    return PyBytes_FromStringAndSize(v->addr, v->size);
+    return checked_copy_out(v, v->addr, v->size);
 }
 
 static PyObject *
@@ -1272,12 +2499,63 @@ View_check(ViewObject *v, PyObject *write)
     Py_RETURN_NONE;
 }
 
+/* _read(offset, length) -> bytes: a checked copy of part of the value (composite views). */
+static PyObject *
+View_read(ViewObject *v, PyObject *args)
+{
+    Py_ssize_t offset, length;
+    if (!PyArg_ParseTuple(args, "nn:_read", &offset, &length)) {
+        return NULL;
+    }
+    if (offset < 0 || length < 0 || offset > v->size || length > v->size - offset) {
+        PyErr_Format(PyExc_IndexError, "bytes [%zd, %zd) are outside the %zd-byte value",
+                     offset, offset + length, v->size);
+        return NULL;
+    }
+    return checked_copy_out(v, v->addr + offset, length);
+}
+
+/* _write(offset, data): a checked copy into part of the value (composite views). */
+static PyObject *
+View_write(ViewObject *v, PyObject *args)
+{
+    Py_ssize_t offset;
+    PyObject *data;
+    if (!PyArg_ParseTuple(args, "nO:_write", &offset, &data)) {
+        return NULL;
+    }
+    Py_buffer src;
+    if (PyObject_GetBuffer(data, &src, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (offset < 0 || offset > v->size || src.len > v->size - offset) {
+        PyErr_Format(PyExc_IndexError, "bytes [%zd, %zd) are outside the %zd-byte value",
+                     offset, offset + src.len, v->size);
+    }
+    else if (view_check(v, 1) == 0) {
+        memmove(v->addr + offset, src.buf, (size_t)src.len);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&src);
+    return result;
+}
+
 static PyObject *
 View_get_valid(ViewObject *v, void *Py_UNUSED(closure))
 {
     GuardObject *g = v->guard;
     return PyBool_FromLong(g->active && g->generation == v->generation &&
-                           g->thread == PyThread_get_thread_ident());
+                           g->stack == tls_stack);
+}
+
+static PyObject *
+View_get_ctype(ViewObject *v, void *Py_UNUSED(closure))
+{
+    PyObject *t = v->ctype ? v->ctype : Py_None;
+    Py_INCREF(t);
+    return t;
 }
 
 static PyObject *
@@ -1289,15 +2567,26 @@ View_repr(ViewObject *v)
                                     ? "" : " (expired)");
 }
 
+static void
+View_dealloc(ViewObject *v)
+{
+    Py_CLEAR(v->guard);
+    Py_CLEAR(v->ctype);
+    Py_TYPE(v)->tp_free((PyObject *)v);
+}
+
 static PyMethodDef View_methods[] = {
     {"tobytes", (PyCFunction)View_tobytes, METH_NOARGS, "Copy the bytes out."},
     {"check", (PyCFunction)View_check, METH_O, "Raise unless usable (write=True: writable)."},
+    {"_read", (PyCFunction)View_read, METH_VARARGS, NULL},
+    {"_write", (PyCFunction)View_write, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef View_getset[] = {
     {"value", (getter)View_get_value, (setter)View_set_value, "the value", NULL},
     {"valid", (getter)View_get_valid, NULL, "usable now, on this thread", NULL},
+    {"_ctype", (getter)View_get_ctype, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1337,8 +2626,228 @@ static PyTypeObject View_Type = {
     .tp_methods = View_methods,
     .tp_members = View_members,
     .tp_getset = View_getset,
-    .tp_new = View_new,
 };
+
+/* ------------------------------------------------------------------------------------ */
+/* Isolation: NoAccess on every open key but an allow-list, as one unit                */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *allow;   /* tuple of keys left alone */
+    PyObject *guards;  /* tuple of the guards entered, while active; NULL otherwise */
+} GroupObject;
+
+static PyObject *
+Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
+{
+    if (grp->guards != NULL) {
+        PyErr_SetString(err(E_GUARD_STATE),
+                        "this isolated() block is already active; call isolated() again for "
+                        "a second one");
+        return NULL;
+    }
+    ThreadStack *s = get_stack();
+    if (s == NULL) {
+        return NULL;
+    }
+    /* Allocate a guard for every open key first (this can run the GC), then enter them all
+     * with nothing in between that could run Python code. */
+    Py_ssize_t n = 0;
+    for (KeyObject *k = live_keys.live_next; k != &live_keys; k = k->live_next) {
+        n++;
+    }
+    PyObject *all = PyTuple_New(n);
+    if (all == NULL) {
+        return NULL;
+    }
+    Py_ssize_t made = 0;
+    for (KeyObject *k = live_keys.live_next; k != &live_keys && made < n; k = k->live_next) {
+        int allowed = 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(grp->allow); i++) {
+            if (PyTuple_GET_ITEM(grp->allow, i) == (PyObject *)k) {
+                allowed = 1;
+            }
+        }
+        if (allowed) {
+            continue;
+        }
+        /* A key-wide NoAccess guard per key: same LIFO and per-thread rules as any guard.
+         * The tuple holds the key (strong) through the guard. */
+        GuardObject *g = guard_create(&Guard_Type, k, NULL, LEVEL_NONE, NULL);
+        if (g == NULL) {
+            Py_DECREF(all);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(all, made++, (PyObject *)g);
+    }
+    /* The allocations above may have run finalizers that closed keys: skip those. */
+    GuardObject **entered = PyMem_Calloc((size_t)(made ? made : 1), sizeof(GuardObject *));
+    if (entered == NULL) {
+        Py_DECREF(all);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < made; i++) {
+        GuardObject *g = (GuardObject *)PyTuple_GET_ITEM(all, i);
+        if (g->key->closed) {
+            continue;
+        }
+        if (guard_activate(g, s) < 0) {
+            GuardObject *released = NULL;
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            while (count > 0) {
+                (void)guard_pop(entered[--count], 1, 1, &released);
+            }
+            PyErr_Clear();
+            PyErr_Restore(et, ev, tb);
+            PyMem_Free(entered);
+            release_chain(released);
+            Py_DECREF(all);
+            return NULL;
+        }
+        entered[count++] = g;
+    }
+    PyObject *guards = PyTuple_New(count);
+    PyObject *keys = guards ? PyTuple_New(count) : NULL;
+    if (keys == NULL) {
+        /* Cannot record them: leave the guards again. */
+        GuardObject *released = NULL;
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        while (count > 0) {
+            (void)guard_pop(entered[--count], 1, 1, &released);
+        }
+        PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+        PyMem_Free(entered);
+        release_chain(released);
+        Py_XDECREF(guards);
+        Py_DECREF(all);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_INCREF(entered[i]);
+        PyTuple_SET_ITEM(guards, i, (PyObject *)entered[i]);
+        Py_INCREF(entered[i]->key);
+        PyTuple_SET_ITEM(keys, i, (PyObject *)entered[i]->key);
+    }
+    PyMem_Free(entered);
+    Py_DECREF(all);
+    grp->guards = guards;
+    return keys;
+}
+
+static PyObject *
+Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
+{
+    PyObject *guards = grp->guards;
+    if (guards == NULL) {
+        PyErr_SetString(err(E_GUARD_STATE),
+                        "this isolated() block is not active: __exit__ without __enter__");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(guards);
+    if (n == 0) {
+        Py_CLEAR(grp->guards);
+        Py_RETURN_FALSE;
+    }
+    GuardObject *first = (GuardObject *)PyTuple_GET_ITEM(guards, 0);
+    if (!first->active) {
+        grp->guards = NULL;
+        PyObject *r = raise_not_active(first);
+        Py_DECREF(guards);
+        return r;
+    }
+    if (first->stack != tls_stack) {
+        /* Nothing changes: the block can still be left from the thread that entered it. */
+        return PyErr_Format(err(E_GUARD_THREAD),
+                            "an isolated() block entered on thread %lu cannot be exited on "
+                            "thread %lu: rights are per thread",
+                            first->thread, PyThread_get_thread_ident());
+    }
+    /* Pop down to the first guard; anything that is not ours means an out-of-order exit. */
+    ThreadStack *s = first->stack;
+    GuardObject *released = NULL;
+    int foreign = 0;
+    while (s->top != first) {
+        GuardObject *top = s->top;
+        int ours = 0;
+        for (Py_ssize_t i = 1; i < n; i++) {
+            if (PyTuple_GET_ITEM(guards, i) == (PyObject *)top) {
+                ours = 1;
+            }
+        }
+        if (!ours) {
+            foreign = 1;
+            top->ended = ENDED_ORDER;
+        }
+        if (guard_pop(top, 1, 1, &released) < 0) {
+            write_unraisable("pkeyguard: leaving an isolated() block");
+        }
+    }
+    if (guard_pop(first, 1, 1, &released) < 0) {
+        write_unraisable("pkeyguard: leaving an isolated() block");
+    }
+    grp->guards = NULL;
+    Py_DECREF(guards);
+    release_chain(released);
+    if (foreign) {
+        PyErr_SetString(err(E_GUARD_ORDER),
+                        "an isolated() block was exited while guards entered inside it were "
+                        "still active; they are exited too, and this thread's rights are as "
+                        "before the block");
+        return NULL;
+    }
+    Py_RETURN_FALSE;
+}
+
+static void
+Group_dealloc(GroupObject *grp)
+{
+    Py_CLEAR(grp->allow);
+    Py_CLEAR(grp->guards);
+    Py_TYPE(grp)->tp_free((PyObject *)grp);
+}
+
+static PyMethodDef Group_methods[] = {
+    {"__enter__", (PyCFunction)Group_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Group_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Group_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pkeyguard._core.isolation",
+    .tp_basicsize = sizeof(GroupObject),
+    .tp_dealloc = (destructor)Group_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "NoAccess guards on every open key but an allow-list, entered and left as one.",
+    .tp_methods = Group_methods,
+};
+
+static PyObject *
+core_isolation(PyObject *Py_UNUSED(m), PyObject *allow)
+{
+    if (!PyTuple_Check(allow)) {
+        PyErr_SetString(PyExc_TypeError, "isolation() takes a tuple of keys");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(allow); i++) {
+        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(allow, i), &Key_Type)) {
+            PyErr_SetString(PyExc_TypeError, "isolation() takes a tuple of keys");
+            return NULL;
+        }
+    }
+    GroupObject *grp = PyObject_New(GroupObject, &Group_Type);
+    if (grp == NULL) {
+        return NULL;
+    }
+    Py_INCREF(allow);
+    grp->allow = allow;
+    grp->guards = NULL;
+    return (PyObject *)grp;
+}
 
 /* ------------------------------------------------------------------------------------ */
 /* Module functions                                                                     */
@@ -1362,8 +2871,7 @@ core_enable_pku(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
         pku_enabled = 1;
         Py_RETURN_TRUE;
     }
-    PyErr_SetString(err_or(ErrPkuUnavailable, PyExc_RuntimeError),
-                    "cannot enable RDPKRU/WRPKRU: CPUID reports OSPKE off");
+    PyErr_SetString(err(E_PKU_UNAVAILABLE), "cannot enable RDPKRU/WRPKRU: CPUID reports OSPKE off");
     return NULL;
 }
 
@@ -1404,7 +2912,7 @@ static PyObject *
 core_pkey_alloc(PyObject *Py_UNUSED(m), PyObject *args)
 {
     unsigned int flags, rights;
-    if (!PyArg_ParseTuple(args, "II", &flags, &rights)) {
+    if (!PyArg_ParseTuple(args, "II:pkey_alloc", &flags, &rights)) {
         return NULL;
     }
     long k = syscall(SYS_pkey_alloc, flags, rights);
@@ -1432,7 +2940,7 @@ core_pkey_mprotect(PyObject *Py_UNUSED(m), PyObject *args)
 {
     unsigned long long addr, len;
     int prot, pkey;
-    if (!PyArg_ParseTuple(args, "KKii", &addr, &len, &prot, &pkey)) {
+    if (!PyArg_ParseTuple(args, "KKii:pkey_mprotect", &addr, &len, &prot, &pkey)) {
         return NULL;
     }
     if (syscall(SYS_pkey_mprotect, (uintptr_t)addr, (size_t)len, prot, pkey) != 0) {
@@ -1446,7 +2954,7 @@ core_mprotect(PyObject *Py_UNUSED(m), PyObject *args)
 {
     unsigned long long addr, len;
     int prot;
-    if (!PyArg_ParseTuple(args, "KKi", &addr, &len, &prot)) {
+    if (!PyArg_ParseTuple(args, "KKi:mprotect", &addr, &len, &prot)) {
         return NULL;
     }
     if (mprotect((void *)(uintptr_t)addr, (size_t)len, prot) != 0) {
@@ -1460,7 +2968,7 @@ core_mmap_anon(PyObject *Py_UNUSED(m), PyObject *args)
 {
     unsigned long long len;
     int prot;
-    if (!PyArg_ParseTuple(args, "Ki", &len, &prot)) {
+    if (!PyArg_ParseTuple(args, "Ki:mmap_anon", &len, &prot)) {
         return NULL;
     }
     void *p = mmap(NULL, (size_t)len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -1474,42 +2982,11 @@ static PyObject *
 core_munmap(PyObject *Py_UNUSED(m), PyObject *args)
 {
     unsigned long long addr, len;
-    if (!PyArg_ParseTuple(args, "KK", &addr, &len)) {
+    if (!PyArg_ParseTuple(args, "KK:munmap", &addr, &len)) {
         return NULL;
     }
     if (munmap((void *)(uintptr_t)addr, (size_t)len) != 0) {
         return raise_errno(errno, "munmap");
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_madvise(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long addr, len;
-    int advice;
-    if (!PyArg_ParseTuple(args, "KKi", &addr, &len, &advice)) {
-        return NULL;
-    }
-    if (madvise((void *)(uintptr_t)addr, (size_t)len, advice) != 0) {
-        return raise_errno(errno, "madvise");
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_mlock(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long addr, len;
-    int lock;
-    if (!PyArg_ParseTuple(args, "KKp", &addr, &len, &lock)) {
-        return NULL;
-    }
-    /* The raw syscalls rather than libc's wrappers: ASan intercepts mlock()/munlock() and
-     * makes them no-ops, which would hide the locking from the sanitizer run's tests. */
-    long rc = syscall(lock ? SYS_mlock : SYS_munlock, (void *)(uintptr_t)addr, (size_t)len);
-    if (rc != 0) {
-        return raise_errno(errno, lock ? "mlock" : "munlock");
     }
     Py_RETURN_NONE;
 }
@@ -1522,7 +2999,8 @@ core_thread_guards(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     if (out == NULL) {
         return NULL;
     }
-    for (GuardObject *g = tls_top; g != NULL; g = g->prev) {
+    ThreadStack *s = tls_stack;
+    for (GuardObject *g = s ? s->top : NULL; g != NULL; g = g->prev) {
         if (PyList_Append(out, (PyObject *)g) < 0) {
             Py_DECREF(out);
             return NULL;
@@ -1531,280 +3009,95 @@ core_thread_guards(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return out;
 }
 
-
-/* ------------------------------------------------------------------------------------ */
-/* Fault reports                                                                        */
-/*
- * An opt-in SIGSEGV handler that explains protection faults on pkeyguard regions, then
- * hands the signal to the handler installed before it (faulthandler, for the Python
- * traceback) or to the default action.  Everything it touches is a fixed-size static table
- * and write(2): it is async-signal-safe.  The table is written under the GIL; a handler
- * racing an update may miss a name, never crash.
- */
-
-#define FAULT_MAX_REGIONS 1024
-#define FAULT_NAME_LEN 64
-
-typedef struct {
-    volatile uintptr_t addr; /* 0: free slot */
-    volatile size_t len;
-    volatile int pkey;       /* -1: not associated */
-    char name[FAULT_NAME_LEN];
-} FaultRegion;
-
-static FaultRegion fault_regions[FAULT_MAX_REGIONS];
-static struct sigaction fault_prev;
-static int fault_installed = 0;
-static unsigned fault_pkru_offset = 0; /* PKRU's offset in the XSAVE area, 0 if unknown */
-
-static void
-fault_put(const char *s)
+static PyObject *
+core_live_key_count(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
-    size_t n = strlen(s);
-    while (n > 0) {
-        ssize_t w = write(2, s, n);
-        if (w <= 0) {
-            return;
+    return PyLong_FromSsize_t(live_key_count);
+}
+
+/* At interpreter exit: zero every secure region still mapped.  Nothing is unmapped (a daemon
+ * thread may still be reading one; it reads zeros).  Runs from an atexit hook. */
+static PyObject *
+core_wipe_at_exit(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
+        if (m->base == 0 || (m->flags & MAP_F_WIPED)) {
+            continue;
         }
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
-static void
-fault_put_uint(unsigned long long v, int base)
-{
-    char buf[32];
-    int i = (int)sizeof(buf) - 1;
-    buf[i] = '\0';
-    do {
-        buf[--i] = "0123456789abcdef"[v % (unsigned)base];
-        v /= (unsigned)base;
-    } while (v && i > 0);
-    if (base == 16) {
-        buf[--i] = 'x';
-        buf[--i] = '0';
-    }
-    fault_put(&buf[i]);
-}
-
-static const char *
-fault_rights_name(unsigned bits)
-{
-    if (bits & PKRU_AD) {
-        return "no-access";
-    }
-    if (bits & PKRU_WD) {
-        return "read-only";
-    }
-    return "read-write";
-}
-
-static void
-fault_handler(int sig, siginfo_t *si, void *ctx)
-{
-    int saved_errno = errno;
-    uintptr_t a = (uintptr_t)si->si_addr;
-    const FaultRegion *hit = NULL;
-    for (int i = 0; i < FAULT_MAX_REGIONS; i++) {
-        uintptr_t start = fault_regions[i].addr;
-        if (start && a >= start && a < start + fault_regions[i].len) {
-            hit = &fault_regions[i];
-            break;
+        int applied = m->prot;
+        int pkey = -1;
+        BindingObject *b = m->binding;
+        if (b != NULL && b->key->mode == MODE_MPROTECT) {
+            applied = prot_for_level(m->prot, b->key->effective_level);
         }
-    }
-#ifdef SEGV_PKUERR
-    int pkuerr = si->si_code == SEGV_PKUERR;
-#else
-    int pkuerr = 0;
-#endif
-    if (pkuerr || (hit && si->si_code == SEGV_ACCERR)) {
-        ucontext_t *uc = (ucontext_t *)ctx;
-        int is_write = -1;
+        if (b != NULL && b->key->mode == MODE_PKU) {
+            pkey = b->key->pkey;
+        }
+        if (mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
+            continue;
+        }
         uint32_t pkru = 0;
-        int have_pkru = 0;
-#if defined(__x86_64__)
-        if (uc != NULL) {
-            is_write = (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
-            if (fault_pkru_offset && uc->uc_mcontext.fpregs != NULL) {
-                /* The interrupted thread's PKRU, saved by the kernel in the XSAVE area. */
-                pkru = *(uint32_t *)((char *)uc->uc_mcontext.fpregs + fault_pkru_offset);
-                have_pkru = 1;
-            }
+        if (pkey >= 0) {
+            pkru = pkru_read();
+            pkru_write(pkru & ~(3u << (2 * pkey)));
         }
-#endif
-        int key = -1;
-#ifdef SEGV_PKUERR
-        if (pkuerr) {
-            key = (int)si->si_pkey;
+        wipe_bytes((void *)m->addr, m->len);
+        if (pkey >= 0) {
+            pkru_write(pkru);
         }
-#endif
-        if (key < 0 && hit) {
-            key = hit->pkey;
-        }
-        fault_put("\npkeyguard: protection fault: ");
-        fault_put(is_write == 1 ? "write" : is_write == 0 ? "read" : "access");
-        fault_put(" at ");
-        fault_put_uint(a, 16);
-        fault_put(pkuerr ? " (SEGV_PKUERR: denied by the thread's protection-key rights)\n"
-                         : " (SEGV_ACCERR: denied by the page rights)\n");
-        if (hit) {
-            fault_put("  region: '");
-            fault_put(hit->name);
-            fault_put("' [");
-            fault_put_uint(hit->addr, 16);
-            fault_put(", ");
-            fault_put_uint(hit->addr + hit->len, 16);
-            fault_put(") offset ");
-            fault_put_uint(a - hit->addr, 10);
-            fault_put("\n");
-        }
-        else {
-            fault_put("  region: not a pkeyguard region\n");
-        }
-        if (key >= 0) {
-            fault_put("  key: ");
-            fault_put_uint((unsigned)key, 10);
-            fault_put("\n");
-            if (have_pkru && key < 16) {
-                fault_put("  thread rights for the key: ");
-                fault_put(fault_rights_name((pkru >> (2 * key)) & 3u));
-                fault_put(" (PKRU ");
-                fault_put_uint(pkru, 16);
-                fault_put(")\n");
-            }
-        }
-        fault_put("  thread: ");
-        fault_put_uint((unsigned long long)syscall(SYS_gettid), 10);
-        fault_put("\n  hint: access it inside 'with associated.set_access_rights(...)' on this "
-                  "thread; see the Python traceback below\n");
-    }
-    errno = saved_errno;
-    /* Chain: faulthandler (or whoever came before) prints the Python traceback and ends
-     * the process; with nobody before us, restore the default action and return, so the
-     * access runs again and the kernel ends the process as it would have. */
-    if (fault_prev.sa_flags & SA_SIGINFO) {
-        if (fault_prev.sa_sigaction != NULL) {
-            fault_prev.sa_sigaction(sig, si, ctx);
-        }
-    }
-    else if (fault_prev.sa_handler != SIG_DFL && fault_prev.sa_handler != SIG_IGN) {
-        fault_prev.sa_handler(sig);
-    }
-    signal(sig, SIG_DFL);
-}
-
-static PyObject *
-core_faults_install(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
-{
-    if (fault_installed) {
-        Py_RETURN_FALSE;
-    }
-#if PKRU_X86
-    unsigned eax, ebx, ecx, edx;
-    if (__get_cpuid_max(0, NULL) >= 0xd) {
-        __cpuid_count(0xd, 9, eax, ebx, ecx, edx);
-        fault_pkru_offset = eax >= 4 ? ebx : 0; /* EAX: size of the PKRU component */
-    }
-#endif
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = fault_handler;
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGSEGV, &sa, &fault_prev) != 0) {
-        return raise_errno(errno, "sigaction");
-    }
-    fault_installed = 1;
-    Py_RETURN_TRUE;
-}
-
-static PyObject *
-core_faults_uninstall(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
-{
-    if (!fault_installed) {
-        Py_RETURN_FALSE;
-    }
-    if (sigaction(SIGSEGV, &fault_prev, NULL) != 0) {
-        return raise_errno(errno, "sigaction");
-    }
-    fault_installed = 0;
-    Py_RETURN_TRUE;
-}
-
-static PyObject *
-core_faults_installed(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
-{
-    return PyBool_FromLong(fault_installed);
-}
-
-/* fault_register(addr, len, pkey, name): remember a region for fault reports (or update
- * it, when addr is already known).  Returns False when the table is full. */
-static PyObject *
-core_fault_register(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long addr, len;
-    int pkey;
-    const char *name;
-    if (!PyArg_ParseTuple(args, "KKis", &addr, &len, &pkey, &name)) {
-        return NULL;
-    }
-    FaultRegion *slot = NULL;
-    for (int i = 0; i < FAULT_MAX_REGIONS; i++) {
-        if (fault_regions[i].addr == (uintptr_t)addr) {
-            slot = &fault_regions[i];
-            break;
-        }
-        if (slot == NULL && fault_regions[i].addr == 0) {
-            slot = &fault_regions[i];
-        }
-    }
-    if (slot == NULL) {
-        Py_RETURN_FALSE;
-    }
-    slot->addr = 0; /* invisible to the handler while it changes */
-    slot->len = (size_t)len;
-    slot->pkey = pkey;
-    strncpy(slot->name, name, FAULT_NAME_LEN - 1);
-    slot->name[FAULT_NAME_LEN - 1] = '\0';
-    __atomic_store_n(&slot->addr, (uintptr_t)addr, __ATOMIC_RELEASE);
-    Py_RETURN_TRUE;
-}
-
-static PyObject *
-core_fault_unregister(PyObject *Py_UNUSED(m), PyObject *arg)
-{
-    unsigned long long addr = PyLong_AsUnsignedLongLong(arg);
-    if (addr == (unsigned long long)-1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    for (int i = 0; i < FAULT_MAX_REGIONS; i++) {
-        if (fault_regions[i].addr == (uintptr_t)addr) {
-            __atomic_store_n(&fault_regions[i].addr, (uintptr_t)0, __ATOMIC_RELEASE);
-        }
+        (void)mprotect((void *)m->addr, m->len, applied);
+        m->flags |= MAP_F_WIPED;
     }
     Py_RETURN_NONE;
 }
 
 static PyObject *
-core_set_errors(PyObject *Py_UNUSED(m), PyObject *args)
+core_set_error_module(PyObject *Py_UNUSED(m), PyObject *module)
 {
-    PyObject *e[8];
-    if (!PyArg_ParseTuple(args, "OOOOOOOO", &e[0], &e[1], &e[2], &e[3], &e[4], &e[5], &e[6],
-                          &e[7])) {
-        return NULL;
-    }
-    PyObject **slots[8] = {&ErrGuardState, &ErrGuardOrder, &ErrGuardThread, &ErrView,
-                           &ErrAccess, &ErrPkuUnavailable, &ErrMprotect, &ErrRegion};
-    for (int i = 0; i < 8; i++) {
-        if (!PyExceptionClass_Check(e[i])) {
-            PyErr_SetString(PyExc_TypeError, "exception classes expected");
+    PyObject *found[E_COUNT];
+    for (int i = 0; i < E_COUNT; i++) {
+        found[i] = PyObject_GetAttrString(module, err_names[i]);
+        if (found[i] == NULL || !PyExceptionClass_Check(found[i])) {
+            for (int j = 0; j <= i; j++) {
+                Py_XDECREF(found[j]);
+            }
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_TypeError, "%s is not an exception class", err_names[i]);
+            }
             return NULL;
         }
     }
-    for (int i = 0; i < 8; i++) {
-        Py_INCREF(e[i]);
-        Py_XSETREF(*slots[i], e[i]);
+    for (int i = 0; i < E_COUNT; i++) {
+        Py_XSETREF(err_classes[i], found[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+/* _register_rights((NoAccess, ReadOnly, ReadWrite), (NoAccessGuard, ReadGuard, WriteGuard)) */
+static PyObject *
+core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    PyObject *members, *types;
+    if (!PyArg_ParseTuple(args, "O!O!:_register_rights", &PyTuple_Type, &members, &PyTuple_Type,
+                          &types)) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(members) != 3 || PyTuple_GET_SIZE(types) != 3) {
+        PyErr_SetString(PyExc_ValueError, "three rights and three guard types");
+        return NULL;
+    }
+    for (int i = 0; i < 3; i++) {
+        PyObject *t = PyTuple_GET_ITEM(types, i);
+        if (!PyType_Check(t) || !PyType_IsSubtype((PyTypeObject *)t, &Guard_Type)) {
+            PyErr_SetString(PyExc_TypeError, "guard types must subclass Guard");
+            return NULL;
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        Py_INCREF(PyTuple_GET_ITEM(members, i));
+        Py_XSETREF(rights_members[i], PyTuple_GET_ITEM(members, i));
+        Py_INCREF(PyTuple_GET_ITEM(types, i));
+        Py_XSETREF(guard_types[i], (PyTypeObject *)PyTuple_GET_ITEM(types, i));
     }
     Py_RETURN_NONE;
 }
@@ -1821,22 +3114,23 @@ static PyMethodDef core_methods[] = {
     {"mprotect", core_mprotect, METH_VARARGS, NULL},
     {"mmap_anon", core_mmap_anon, METH_VARARGS, NULL},
     {"munmap", core_munmap, METH_VARARGS, NULL},
-    {"madvise", core_madvise, METH_VARARGS, NULL},
-    {"mlock", core_mlock, METH_VARARGS, NULL},
-    {"thread_guards", core_thread_guards, METH_NOARGS, NULL},
-    {"_set_errors", core_set_errors, METH_VARARGS, NULL},
-    {"faults_install", core_faults_install, METH_NOARGS, "Install the fault reporter."},
-    {"faults_uninstall", core_faults_uninstall, METH_NOARGS, NULL},
-    {"faults_installed", core_faults_installed, METH_NOARGS, NULL},
-    {"fault_register", core_fault_register, METH_VARARGS, NULL},
-    {"fault_unregister", core_fault_unregister, METH_O, NULL},
+    {"thread_guards", core_thread_guards, METH_NOARGS, "This thread's active guards, innermost first."},
+    {"live_key_count", core_live_key_count, METH_NOARGS, "Open keys (pku and mprotect)."},
+    {"isolation", core_isolation, METH_O, "isolation(allow): NoAccess on every other open key."},
+    {"wipe_at_exit", core_wipe_at_exit, METH_NOARGS, NULL},
+    {"_set_error_module", core_set_error_module, METH_O, NULL},
+    {"_register_rights", core_register_rights, METH_VARARGS, NULL},
+    {"faults_install", faults_install, METH_NOARGS, "Install the fault reporter."},
+    {"faults_uninstall", faults_uninstall, METH_NOARGS, NULL},
+    {"faults_installed", faults_installed, METH_NOARGS, "Whether the reporter is the SIGSEGV handler now."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "pkeyguard._core",
-    .m_doc = "Native core of pkeyguard: pkey syscalls, PKRU access, guards and views.",
+    .m_doc = "Native core of pkeyguard: pkey syscalls, PKRU access, keys, memory, guards and "
+             "views.",
     .m_size = -1,
     .m_methods = core_methods,
 };
@@ -1844,9 +3138,15 @@ static struct PyModuleDef core_module = {
 PyMODINIT_FUNC
 PyInit__core(void)
 {
-    if (PyType_Ready(&Key_Type) < 0 || PyType_Ready(&Guard_Type) < 0 ||
-        guard_install_slots() < 0 ||
-        PyType_Ready(&View_Type) < 0) {
+    page_size = sysconf(_SC_PAGESIZE);
+    stack_dict_key = PyUnicode_InternFromString("pkeyguard._core.thread_stack");
+    if (stack_dict_key == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&Key_Type) < 0 || PyType_Ready(&Mapping_Type) < 0 ||
+        PyType_Ready(&Binding_Type) < 0 || PyType_Ready(&Guard_Type) < 0 ||
+        guard_install_slots() < 0 || PyType_Ready(&View_Type) < 0 ||
+        PyType_Ready(&Group_Type) < 0 || PyType_Ready(&StackOwner_Type) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&core_module);
@@ -1854,16 +3154,20 @@ PyInit__core(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(m, "Key", (PyObject *)&Key_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Mapping", (PyObject *)&Mapping_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Binding", (PyObject *)&Binding_Type) < 0 ||
         PyModule_AddObjectRef(m, "Guard", (PyObject *)&Guard_Type) < 0 ||
         PyModule_AddObjectRef(m, "View", (PyObject *)&View_Type) < 0 ||
         PyModule_AddIntConstant(m, "MODE_NOP", MODE_NOP) < 0 ||
         PyModule_AddIntConstant(m, "MODE_PKU", MODE_PKU) < 0 ||
         PyModule_AddIntConstant(m, "MODE_MPROTECT", MODE_MPROTECT) < 0 ||
-        PyModule_AddIntConstant(m, "PAGE_SIZE", sysconf(_SC_PAGESIZE)) < 0 ||
+        PyModule_AddIntConstant(m, "PAGE_SIZE", page_size) < 0 ||
         PyModule_AddIntConstant(m, "PROT_NONE", PROT_NONE) < 0 ||
         PyModule_AddIntConstant(m, "PROT_READ", PROT_READ) < 0 ||
         PyModule_AddIntConstant(m, "PROT_WRITE", PROT_WRITE) < 0 ||
-        PyModule_AddIntConstant(m, "PROT_EXEC", PROT_EXEC) < 0) {
+        PyModule_AddIntConstant(m, "PROT_EXEC", PROT_EXEC) < 0 ||
+        PyModule_AddObject(m, "MAX_REGION_SIZE",
+                           PyLong_FromSize_t(MAX_REGION_SIZE)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

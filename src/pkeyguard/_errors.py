@@ -7,10 +7,13 @@ guards, ``ValueError`` for bad arguments and closed objects), as msgspec and tri
 
 from __future__ import annotations
 
+import sys
+
 from . import _core
 
 __all__ = [
     "AccessError",
+    "CanaryError",
     "GuardError",
     "GuardOrderError",
     "GuardStateError",
@@ -87,13 +90,9 @@ class ViewError(PkeyguardError, ValueError):
     """A view was used after its guard exited, from another thread, or outlived by exports."""
 
 
-_core._set_errors(
-    GuardStateError,
-    GuardOrderError,
-    GuardThreadError,
-    ViewError,
-    AccessError,
-    PkuUnavailableError,
-    MprotectError,
-    RegionError,
-)
+class CanaryError(PkeyguardError, RuntimeError):
+    """The bytes after a secure region's value were overwritten (a buffer overflow)."""
+
+
+# The C core raises these classes, looked up here by name.
+_core._set_error_module(sys.modules[__name__])

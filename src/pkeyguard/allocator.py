@@ -1,36 +1,39 @@
 """Where region memory comes from.
 
-An allocator hands out page-aligned, page-rounded anonymous memory and takes it back.
-:class:`Mmap` is the default; more (a secure allocator with guard pages) plug in through
-the same interface.
+The memory of a region is mapped, owned and released by pkeyguard's core, so that it is
+released exactly once and never while tagged with a key or in use by a guard.  An allocator
+says how it is mapped: :class:`Mmap` (plain anonymous pages, the default) or :class:`Secure`
+(memory for secrets).  They are the library's own: a region cannot be placed in memory that
+pkeyguard did not map.
 """
 
 from __future__ import annotations
 
 import abc
-import ctypes
+import atexit
 import errno
-import os
 import resource
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 from . import _core
-from ._errors import MprotectError, PkeyguardError
-from ._permissions import AccessPermissions
+from ._errors import CanaryError, MprotectError
 
 __all__ = [
     "PAGE_SIZE",
-    "Allocation",
     "Allocator",
     "CanaryError",
     "Mmap",
     "Secure",
-    "SecureAllocation",
     "round_to_pages",
 ]
 
 PAGE_SIZE: int = _core.PAGE_SIZE
+
+#: The largest canary a secure region carries after its value.
+MAX_CANARY = 64
+
+_RLIMIT_HINT = "raise it with `ulimit -l` (or LimitMEMLOCK= in systemd), or pass lock=False"
 
 
 def round_to_pages(size: int) -> int:
@@ -38,62 +41,38 @@ def round_to_pages(size: int) -> int:
     return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
 
 
-@dataclass(frozen=True)
-class Allocation:
-    """A block of pages: ``address`` and ``length`` are what a key tags and guards switch."""
-
-    address: int
-    length: int
-
-
 class Allocator(abc.ABC):
-    """Interface for region memory."""
+    """How a region's memory is mapped (the library's allocators only)."""
+
+    __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__module__.startswith("pkeyguard"):
+            raise TypeError(
+                "pkeyguard allocators cannot be subclassed: the library maps, owns and "
+                "releases the memory it protects. Use allocator.Mmap() or allocator.Secure()"
+            )
 
     @abc.abstractmethod
-    def allocate(self, size: int, access: AccessPermissions) -> Allocation:
-        """Map at least ``size`` bytes, page-aligned, with page rights ``access``."""
+    def _options(self) -> dict[str, Any]:
+        """Keyword arguments for the core's mapping: guard pages, locking, wiping."""
 
-    @abc.abstractmethod
-    def release(self, allocation: Allocation) -> None:
-        """Give the pages back; called exactly once per allocation."""
+    def _explain(self, exc: MprotectError) -> MprotectError:
+        """A clearer error for a failed mapping (the default: unchanged)."""
+        return exc
 
 
 class Mmap(Allocator):
     """Private anonymous ``mmap``: zero-filled pages, unmapped with ``munmap``."""
 
-    def allocate(self, size: int, access: AccessPermissions) -> Allocation:
-        length = round_to_pages(size)
-        address = _core.mmap_anon(length, int(access))
-        return Allocation(address, length)
+    __slots__ = ()
 
-    def release(self, allocation: Allocation) -> None:
-        _core.munmap(allocation.address, allocation.length)
+    def _options(self) -> dict[str, Any]:
+        return {}
 
     def __repr__(self) -> str:
         return "allocator.Mmap()"
-
-
-# --- the secure allocator -------------------------------------------------------------
-
-_MADV_DONTDUMP = 16
-_MADV_WIPEONFORK = 18
-_RLIMIT_HINT = "raise it with `ulimit -l` (or LimitMEMLOCK= in systemd), or pass lock=False"
-
-
-@dataclass(frozen=True)
-class SecureAllocation(Allocation):
-    """A secure block: ``address``/``length`` are the usable pages between the guards."""
-
-    base: int
-    total: int
-    canary: bytes
-    size: int
-    locked: bool
-    advice: tuple[str, ...]
-
-
-class CanaryError(PkeyguardError, RuntimeError):
-    """The bytes after a secure region's value were overwritten (a buffer overflow)."""
 
 
 class Secure(Allocator):
@@ -105,10 +84,13 @@ class Secure(Allocator):
       dumps) and ``MADV_WIPEONFORK`` (a forked child sees zeros), where the kernel has them;
     - a random canary right after the value is checked on release: a small overflow raises
       :class:`CanaryError` instead of passing silently;
-    - the pages are zeroed before they are unmapped.
+    - the pages are zeroed before they are unmapped, whoever releases them (``close()``, the
+      garbage collector); at interpreter exit, secure regions still open are zeroed.
 
     ``on_before_unmap(address, length)`` is a test hook called after zeroing.
     """
+
+    __slots__ = ("canary_size", "lock", "on_before_unmap")
 
     def __init__(
         self,
@@ -117,83 +99,45 @@ class Secure(Allocator):
         canary_size: int = 16,
         on_before_unmap: Callable[[int, int], None] | None = None,
     ) -> None:
-        if canary_size < 0 or canary_size > PAGE_SIZE:
-            raise ValueError(f"canary_size must be within 0..{PAGE_SIZE}, got {canary_size}")
-        self.lock = lock
+        if isinstance(canary_size, bool) or not isinstance(canary_size, int):
+            raise TypeError(f"canary_size must be an int, not {canary_size!r}")
+        canary_size = int(canary_size)
+        if not 0 <= canary_size <= MAX_CANARY:
+            raise ValueError(f"canary_size must be within 0..{MAX_CANARY}, got {canary_size}")
+        if on_before_unmap is not None and not callable(on_before_unmap):
+            raise TypeError("on_before_unmap must be callable")
+        self.lock = bool(lock)
         self.canary_size = canary_size
         self.on_before_unmap = on_before_unmap
 
-    def allocate(self, size: int, access: AccessPermissions) -> SecureAllocation:
-        length = round_to_pages(size + self.canary_size)
-        total = length + 2 * PAGE_SIZE
-        base = _core.mmap_anon(total, _core.PROT_NONE)
-        address = base + PAGE_SIZE
-        try:
-            _core.mprotect(address, length, _core.PROT_READ | _core.PROT_WRITE)
-            advice = []
-            for name, value, start, span in (
-                ("dontdump", _MADV_DONTDUMP, base, total),
-                ("wipeonfork", _MADV_WIPEONFORK, address, length),
-            ):
-                try:
-                    _core.madvise(start, span, value)
-                    advice.append(name)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:  # EINVAL: this kernel lacks the flag
-                        raise
-            if self.lock:
-                self._mlock(address, length)
-            canary = os.urandom(self.canary_size)
-            ctypes.memmove(address + size, canary, len(canary))
-            _core.mprotect(address, length, int(access))
-        except BaseException:
-            _core.munmap(base, total)
-            raise
-        return SecureAllocation(
-            address, length, base, total, canary, size, self.lock, tuple(advice)
+    def _options(self) -> dict[str, Any]:
+        return {
+            "guard_pages": True,
+            "lock": self.lock,
+            "dontdump": True,
+            "wipeonfork": True,
+            "canary_size": self.canary_size,
+            "wipe": True,
+            "on_release": self.on_before_unmap,
+        }
+
+    def _explain(self, exc: MprotectError) -> MprotectError:
+        if exc.syscall != "mlock" or exc.errno not in (errno.ENOMEM, errno.EPERM, errno.EAGAIN):
+            return exc
+        soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+        err = MprotectError(
+            exc.errno,
+            "cannot mlock a secure region: RLIMIT_MEMLOCK is "
+            f"{limit} and locked memory counts against it; {_RLIMIT_HINT}",
         )
-
-    @staticmethod
-    def _mlock(address: int, length: int) -> None:
-        try:
-            _core.mlock(address, length, True)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOMEM, errno.EPERM, errno.EAGAIN):
-                raise
-            soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-            limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
-            err = MprotectError(
-                exc.errno,
-                f"cannot mlock {length} bytes for a secure region: RLIMIT_MEMLOCK is {limit} "
-                f"and locked memory counts against it; {_RLIMIT_HINT}",
-            )
-            err.syscall = "mlock"
-            raise err from None
-
-    def release(self, allocation: Allocation) -> None:
-        if not isinstance(allocation, SecureAllocation):
-            raise TypeError("Secure.release() takes what Secure.allocate() returned")
-        a = allocation
-        # The pages may still carry a key or closed page rights: open them to this thread.
-        try:
-            _core.pkey_mprotect(a.address, a.length, _core.PROT_READ | _core.PROT_WRITE, 0)
-        except OSError:
-            _core.mprotect(a.address, a.length, _core.PROT_READ | _core.PROT_WRITE)
-        found = ctypes.string_at(a.address + a.size, len(a.canary))
-        ctypes.memset(a.address, 0, a.length)
-        try:
-            if self.on_before_unmap is not None:
-                self.on_before_unmap(a.address, a.length)
-        finally:
-            if a.locked:
-                _core.mlock(a.address, a.length, False)
-            _core.munmap(a.base, a.total)
-        if found != a.canary:
-            raise CanaryError(
-                f"the canary after a secure region's {a.size}-byte value was overwritten: "
-                "something wrote past the end of the value (the memory was wiped and "
-                "unmapped anyway)"
-            )
+        err.syscall = "mlock"
+        return err
 
     def __repr__(self) -> str:
         return f"allocator.Secure(lock={self.lock}, canary_size={self.canary_size})"
+
+
+# Secure regions still open when the interpreter exits are zeroed (not unmapped: a daemon
+# thread may still be reading one).
+atexit.register(_core.wipe_at_exit)

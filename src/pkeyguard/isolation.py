@@ -6,6 +6,10 @@ closed when the block ends, also when it raises.  Native code called inside — 
 cffi parser, a plugin — that reads a protected region dies with ``SEGV_PKUERR`` instead of
 reading it (see :mod:`pkeyguard.faults` for a report that names the region).
 
+Entering and leaving are each one C call over the core's own list of open keys, so keys
+that other threads create or close meanwhile cannot disturb it, and an exception raised by a
+signal handler cannot leave the thread half isolated.
+
 On the ``pku`` backend this is per thread: other threads keep their rights.  On the
 ``mprotect`` backend it is process-wide like every switch there, and a key that another
 thread holds open through a guard stays open (rights are the union of all threads').
@@ -13,13 +17,13 @@ thread holds open through a guard stays open (rights are the union of all thread
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import ParamSpec, TypeVar
 
 from . import _core
 from ._errors import PkeyGuardError
-from .pkey import PkeyGuard, live_keys
+from .pkey import PkeyGuard
 
 __all__ = ["isolate", "isolated"]
 
@@ -27,24 +31,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@contextlib.contextmanager
-def isolated(*, allow: Iterable[PkeyGuard] = ()) -> Iterator[list[PkeyGuard]]:
+def isolated(*, allow: Iterable[PkeyGuard] = ()) -> AbstractContextManager[tuple[PkeyGuard, ...]]:
     """Revoke this thread's access to every pkeyguard key but ``allow`` inside the block.
 
-    Yields the keys that were closed.  Guards entered inside the block work as usual and
-    nest within it.
+    The block's value is the keys that were closed.  Guards entered inside the block work as
+    usual and nest within it.  Keys created inside the block are not affected.
     """
-    allowed = list(allow)
+    allowed = tuple(allow)
     for key in allowed:
-        if not isinstance(key, PkeyGuard):
+        if type(key) is not PkeyGuard:
             raise PkeyGuardError(f"allow= takes PkeyGuard objects, not {key!r}")
-    keep = {id(k) for k in allowed}
-    keys = [k for k in live_keys() if id(k) not in keep]
-    with contextlib.ExitStack() as stack:
-        for key in keys:
-            # A NoAccess guard per key: same LIFO and per-thread rules as any guard.
-            stack.enter_context(_core.Guard(key._core, 0, None))
-        yield keys
+    group: AbstractContextManager[tuple[PkeyGuard, ...]] = _core.isolation(allowed)
+    return group
 
 
 def isolate(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ctypes
-import weakref
+import operator
+import sys
+from _ctypes import CFuncPtr
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from . import _core
-from ._errors import RegionError, RegionTypeError
+from ._errors import MprotectError, RegionError, RegionTypeError
 from ._owned import Unshareable
 from ._permissions import AccessPermissions
-from .allocator import Allocation, Allocator, Mmap
+from .allocator import Allocator, Mmap
+from .views import BytesRef, CompositeRef, MutBytesRef, MutCompositeRef, MutScalarRef, ScalarRef
 
 if TYPE_CHECKING:
     from .pkey import AssociatedRegion
@@ -30,65 +33,138 @@ _CT = TypeVar(
 )
 
 #: The largest region accepted (64 TiB): larger sizes are a bug, not a request.
-MAX_REGION_SIZE = 1 << 46
+MAX_REGION_SIZE: int = _core.MAX_REGION_SIZE
 
 # ctypes type codes a scalar view reads and writes in C (c_char_p/c_wchar_p hold pointers
 # to memory outside the region, and long double has no portable C conversion: refused).
 _SCALAR_CODES = frozenset("bBhHiIlLqQfd?c")
+# Type codes that hold a pointer or a Python object: never in a region, at any depth (their
+# bytes can be overwritten through a byte view, and reading them dereferences them).
+_POINTER_CODES = frozenset("zZPOXv")
 
 RegionKind = Literal["bytes", "scalar", "composite"]
 
+_VIEW_TYPES: dict[RegionKind, tuple[type[_core.View], type[_core.View]]] = {
+    "bytes": (BytesRef, MutBytesRef),
+    "scalar": (ScalarRef, MutScalarRef),
+    "composite": (CompositeRef, MutCompositeRef),
+}
 
-def _classify(value_type: object) -> tuple[RegionKind, int, str]:
-    """(kind, size in bytes, view format) for an accepted value type, else raise."""
+
+def _byte_swapped(value_type: type[Any]) -> bool:
+    """Whether a ctypes scalar type stores its value in the non-native byte order
+    (``c_uint32.__ctype_be__`` on x86), from the class that defines the byte-order pair."""
+    for klass in value_type.__mro__:
+        pair = klass.__dict__
+        if "__ctype_be__" in pair or "__ctype_le__" in pair:
+            foreign = "__ctype_be__" if sys.byteorder == "little" else "__ctype_le__"
+            return pair.get(foreign) is klass
+    return False
+
+
+def _pointer_in(value_type: Any, seen: set[type[Any]]) -> str | None:
+    """The name of a pointer-like member of a ctypes type, or None if it is plain data."""
+    if value_type in seen:
+        return None
+    seen.add(value_type)
+    if issubclass(value_type, (ctypes._Pointer, CFuncPtr)):
+        return str(value_type.__name__)
+    if issubclass(value_type, ctypes._SimpleCData):
+        code: Any = getattr(value_type, "_type_", None)
+        return str(value_type.__name__) if code in _POINTER_CODES else None
+    if issubclass(value_type, ctypes.Array):
+        return _pointer_in(value_type._type_, seen)
+    for klass in value_type.__mro__:
+        for field in klass.__dict__.get("_fields_", ()):
+            found = _pointer_in(field[1], seen)
+            if found is not None:
+                return f"{field[0]}: {found}"
+    return None
+
+
+def _classify(value_type: object) -> tuple[RegionKind, int, str, bool]:
+    """(kind, size in bytes, view format, byte-swapped) for an accepted value type."""
     if isinstance(value_type, bool) or not isinstance(value_type, (int, type)):
         raise RegionTypeError(
             f"value_type must be a ctypes type (c_uint32, a Structure, c_uint8 * 16) or a "
             f"byte size (int), not {value_type!r}"
         )
     if isinstance(value_type, int):
-        if value_type <= 0:
-            raise RegionError(f"region size must be positive, got {value_type}")
-        if value_type > MAX_REGION_SIZE:
+        nbytes = operator.index(value_type)  # an exact int: subclasses cannot lie later
+        if nbytes <= 0:
+            raise RegionError(f"region size must be positive, got {nbytes}")
+        if nbytes > MAX_REGION_SIZE:
             raise RegionError(
-                f"region size {value_type} is larger than MAX_REGION_SIZE ({MAX_REGION_SIZE})"
+                f"region size {nbytes} is larger than MAX_REGION_SIZE ({MAX_REGION_SIZE})"
             )
-        return "bytes", value_type, "s"
-    if issubclass(value_type, ctypes._SimpleCData):
-        code = getattr(value_type, "_type_", "")
-        if code not in _SCALAR_CODES:
-            raise RegionTypeError(
-                f"{value_type.__name__} (type code {code!r}) cannot live in a region: pointers "
-                "and long double are not supported; use an integer, float, bool or char type"
-            )
-        return "scalar", ctypes.sizeof(value_type), code
-    if issubclass(value_type, (ctypes.Structure, ctypes.Union, ctypes.Array)):
-        size = ctypes.sizeof(value_type)
-        if size <= 0:
-            raise RegionError(f"{value_type.__name__} has size 0: nothing to protect")
-        return "composite", size, "s"
-    raise RegionTypeError(
-        f"value_type must be a ctypes scalar, Structure, Union or array type, or a byte size; "
-        f"{value_type.__name__} is none of these"
-    )
+        return "bytes", nbytes, "s", False
+    vt: Any = value_type
+    size: int | None = None
+    pointer: str | None = None
+    try:
+        if issubclass(vt, ctypes._SimpleCData):
+            code = getattr(vt, "_type_", None)
+            if code not in _SCALAR_CODES:
+                raise RegionTypeError(
+                    f"{value_type.__name__} (type code {code!r}) cannot live in a region: "
+                    "pointers and long double are not supported; use an integer, float, bool "
+                    "or char type"
+                )
+            return "scalar", ctypes.sizeof(vt), code, _byte_swapped(vt)
+        if issubclass(vt, (ctypes.Structure, ctypes.Union, ctypes.Array)):
+            size = ctypes.sizeof(vt)
+            pointer = _pointer_in(vt, set())
+    except RegionError:
+        raise
+    except Exception as exc:  # a type that only pretends to be a ctypes type
+        raise RegionTypeError(f"{value_type!r} is not a usable ctypes type: {exc}") from None
+    if size is None:
+        raise RegionTypeError(
+            "value_type must be a ctypes scalar, Structure, Union or array type, or a byte "
+            f"size; {value_type.__name__} is none of these"
+        )
+    if size <= 0:
+        raise RegionError(f"{value_type.__name__} has size 0: nothing to protect")
+    if pointer is not None:
+        raise RegionTypeError(
+            f"{value_type.__name__} holds a pointer ({pointer}): regions hold plain data only, "
+            "since a pointer's bytes can be rewritten through a view and reading it would "
+            "follow them"
+        )
+    return "composite", size, "s", False
 
 
-def _release(allocator: Allocator, allocation: Allocation) -> None:
-    _core.fault_unregister(allocation.address)
-    allocator.release(allocation)
+def _check_access(access: object) -> AccessPermissions:
+    if type(access) is not AccessPermissions:
+        raise RegionTypeError(f"access must be an AccessPermissions member, not {access!r}")
+    return access
 
 
-class RegionGuard(Unshareable, Generic[T]):
+def _check_name(name: object, error: type[Exception]) -> str | None:
+    """An exact ``str`` copy of the name (a subclass's methods never run later)."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise error(f"name must be a str, not {name!r}")
+    return str.__str__(name)
+
+
+class RegionGuard(_core.Mapping, Unshareable, Generic[T]):
     """Page-aligned anonymous memory holding one value of ``value_type``.
 
     ``value_type`` is a ctypes scalar (``ctypes.c_uint32``), a ``Structure``/``Union``, an
     array type (``ctypes.c_uint8 * 32``) or a plain byte size (``int``).  The memory is
-    zero-filled, rounded up to whole pages, and released exactly once: by :meth:`close`,
-    by leaving a ``with`` block, or by a finalizer when the object is collected.
+    zero-filled, rounded up to whole pages, and released exactly once: by :meth:`close`, by
+    leaving a ``with`` block, or when the region (and any association of it) is collected.
     """
 
+    __slots__ = ("_kind", "_name", "_value_type")
     _cannot_pickle = "a RegionGuard cannot be pickled: it owns memory of this process"
     _cannot_copy = "a RegionGuard cannot be copied: it owns its memory exclusively"
+
+    _kind: RegionKind
+    _name: str | None
+    _value_type: type[T] | None
 
     @overload
     def __init__(
@@ -108,63 +184,18 @@ class RegionGuard(Unshareable, Generic[T]):
         allocator: Allocator | None = ...,
         name: str | None = ...,
     ) -> None: ...
-    def __init__(
-        self,
-        value_type: type[Any] | int,
-        access: AccessPermissions = AccessPermissions.ReadWrite,
-        *,
-        allocator: Allocator | None = None,
-        name: str | None = None,
-    ) -> None:
-        kind, size, fmt = _classify(value_type)
-        if not isinstance(access, AccessPermissions):
-            raise RegionTypeError(f"access must be an AccessPermissions member, not {access!r}")
-        if allocator is None:
-            allocator = Mmap()
-        elif not isinstance(allocator, Allocator):
-            raise RegionTypeError(
-                f"allocator must be a pkeyguard.allocator.Allocator, not {allocator!r}"
-            )
-        if name is not None and not isinstance(name, str):
-            raise RegionTypeError(f"name must be a str, not {name!r}")
-        allocation = allocator.allocate(size, access)
-        self._allocator = allocator
-        self._allocation: Allocation | None = allocation
-        self._finalizer = weakref.finalize(self, _release, allocator, allocation)
-        self._value_type: type[T] | None = None if isinstance(value_type, int) else value_type
-        self._kind: RegionKind = kind
-        self._size = size
-        self._fmt = fmt
-        self._access = access
-        self.name = name
-        self._association: AssociatedRegion[T] | None = None
-        self._ctype_obj: Any = None
-        self._report_to_faults(-1)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass  # everything happens in __new__, in one step with the mapping
+
+    if not TYPE_CHECKING:  # the checkers read the __init__ overloads above
+
+        def __new__(cls, *args, **kwargs):
+            return _new_region(cls, *args, **kwargs)
 
     # -- properties ---------------------------------------------------------------------
     @property
-    def closed(self) -> bool:
-        return self._allocation is None
-
-    def _live(self) -> Allocation:
-        if self._allocation is None:
-            raise RegionError(f"{self!r} is closed")
-        return self._allocation
-
-    @property
-    def address(self) -> int:
-        """Address of the first byte (page-aligned)."""
-        return self._live().address
-
-    @property
-    def size(self) -> int:
-        """Size of the value in bytes."""
-        return self._size
-
-    @property
-    def mapped_size(self) -> int:
-        """Bytes mapped: the size rounded up to whole pages."""
-        return self._live().length
+    def name(self) -> str | None:
+        return getattr(self, "_name", None)
 
     @property
     def value_type(self) -> type[T] | None:
@@ -174,75 +205,88 @@ class RegionGuard(Unshareable, Generic[T]):
     @property
     def access(self) -> AccessPermissions:
         """The page rights (what mprotect allows, before any key)."""
-        return self._access
+        return AccessPermissions(self._prot)
 
     @property
     def association(self) -> AssociatedRegion[T] | None:
         """The key association, if the region is tagged with a key."""
-        return self._association
-
-    def _report_to_faults(self, pkey: int) -> None:
-        # The fault reporter (pkeyguard.faults) names regions from this table.
-        alloc = self._live()
-        what = self._value_type.__name__ if self._value_type is not None else "bytes"
-        label = f"{self.name} ({what})" if self.name else what
-        _core.fault_register(alloc.address, alloc.length, pkey, label)
+        assoc: AssociatedRegion[T] | None = self._binding
+        return assoc
 
     # -- operations ---------------------------------------------------------------------
     def protect(self, access: AccessPermissions) -> None:
         """Change the page rights with ``mprotect`` (the key tag, if any, is kept).
 
-        Refused while a guard on the region's key is active (on any thread): a view taken
-        inside it was checked against the old page rights, and would fault under new ones.
+        Refused while a guard of the region's association is active (on any thread): a view
+        taken inside it was checked against the old page rights, and would fault under new
+        ones.
         """
-        if not isinstance(access, AccessPermissions):
-            raise RegionTypeError(f"access must be an AccessPermissions member, not {access!r}")
-        alloc = self._live()
-        assoc = self._association
-        if assoc is not None:
-            key = assoc.key
-            with key._lock:
-                key._refuse_while_active(
-                    RegionError,
-                    f"change the page rights of {self!r}",
-                    "views taken inside them rely on the current rights; leave their 'with' "
-                    "blocks first",
-                )
-                key._core.set_region_prot(alloc.address, int(access))
-        else:
-            _core.mprotect(alloc.address, alloc.length, int(access))
-        self._access = access
-
-    def close(self) -> None:
-        """Unmap the memory; a second call does nothing.
-
-        Refused while a guard on the region's key is active (on any thread).
-        """
-        if self._allocation is None:
-            return
-        assoc = self._association
-        if assoc is not None:
-            assoc._detach(unmapping=True)
-        allocation, self._allocation = self._allocation, None
-        self._ctype_obj = None
-        _core.fault_unregister(allocation.address)
-        self._finalizer.detach()
-        self._allocator.release(allocation)
+        self._protect(int(_check_access(access)))
 
     def __enter__(self) -> RegionGuard[T]:
-        self._live()
+        if self.closed:
+            raise RegionError(f"{self!r} is closed")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        what = self._value_type.__name__ if self._value_type is not None else f"{self._size} bytes"
-        label = f" {self.name!r}" if self.name else ""
-        if self._allocation is None:
+        vt = getattr(self, "_value_type", None)
+        what = vt.__name__ if vt is not None else f"{self.size} bytes"
+        name = getattr(self, "_name", None)
+        label = f" {name!r}" if name else ""
+        try:
+            if self.closed:  # the core's "is closed" message calls repr(): no error here
+                return f"<RegionGuard{label} {what} closed>"
+            address, mapped = self.address, self.mapped_size
+        except RegionError:  # closed by another thread meanwhile
             return f"<RegionGuard{label} {what} closed>"
-        key = f" key={self._association.key.key}" if self._association is not None else ""
+        binding = self._binding
+        key = binding._key if binding is not None else None
+        tag = f" key={key.key}" if key is not None else ""
         return (
-            f"<RegionGuard{label} {what} at {self._allocation.address:#x} "
-            f"({self._allocation.length} bytes mapped) {self._access.name}{key}>"
+            f"<RegionGuard{label} {what} at {address:#x} ({mapped} bytes mapped) "
+            f"{AccessPermissions(self._prot).name}{tag}>"
         )
+
+
+def _new_region(
+    cls: type[RegionGuard[Any]],
+    value_type: type[Any] | int,
+    access: AccessPermissions = AccessPermissions.ReadWrite,
+    *,
+    allocator: Allocator | None = None,
+    name: str | None = None,
+) -> RegionGuard[Any]:
+    """RegionGuard(...): check every argument, then map the memory in one step."""
+    kind, size, fmt, swap = _classify(value_type)
+    access = _check_access(access)
+    if allocator is None:
+        allocator = Mmap()
+    elif not isinstance(allocator, Allocator):
+        raise RegionTypeError(
+            f"allocator must be a pkeyguard.allocator.Allocator, not {allocator!r}"
+        )
+    name = _check_name(name, RegionTypeError)
+    vt = None if isinstance(value_type, int) else value_type
+    what = vt.__name__ if vt is not None else "bytes"
+    try:
+        self = _core.Mapping.__new__(
+            cls,
+            size,
+            int(access),
+            fmt=fmt,
+            swap=swap,
+            ctype=vt if kind == "composite" else None,
+            view_types=_VIEW_TYPES[kind],
+            label=f"{name} ({what})" if name else what,
+            **allocator._options(),
+        )
+    except MprotectError as exc:
+        raise allocator._explain(exc) from None
+    # If anything interrupts us from here on, the object is dropped and its memory unmapped.
+    self._kind = kind
+    self._name = name
+    self._value_type = vt
+    return self

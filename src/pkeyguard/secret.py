@@ -5,59 +5,60 @@ mlock, no core dump, wiped on fork, canary, zeroed on close), tagged with a key 
 NoAccess outside ``with secret.reveal() as buf:``.  ``buf`` is a read-only buffer that
 ``hashlib``, ``hmac`` and ``cryptography`` accept without a copy.
 
-All Secrets share one library-owned key (x86 has only 15): inside one secret's ``reveal()``
-block the thread can read every secret.  Keep the blocks short.
+All Secrets share one library-owned key (x86 has only 15), held for the life of the process
+once the first Secret exists: inside one secret's ``reveal()`` block the thread can read
+every secret.  Keep the blocks short.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import operator
 import os
-import threading
-import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from ._errors import RegionError
+from ._errors import PkeyguardError, RegionError
 from ._owned import Unshareable
 from ._permissions import AccessPermissions, PkeyPermissions
-from .allocator import PAGE_SIZE, Allocator, Secure
-from .pkey import AssociatedRegion, PkeyGuard
-from .region import RegionGuard
+from .allocator import PAGE_SIZE, Secure
+from .pkey import AssociatedRegion, PkeyGuard, ReadGuard
+from .region import RegionGuard, _check_name
 from .views import BytesRef
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
 
 __all__ = ["Secret"]
 
-_key_lock = threading.Lock()
-_shared_key: PkeyGuard | None = None
-_users = 0  # open Secrets: the shared key is freed when the last one closes
-
 BytesLike = bytes | bytearray | memoryview
 
-
-def _associate(region: RegionGuard[bytes]) -> AssociatedRegion[bytes]:
-    """Tag a secret's region with the shared secrets key (created on first use)."""
-    global _shared_key, _users
-    with _key_lock:
-        if _shared_key is None or _shared_key.closed:
-            _shared_key = PkeyGuard(PkeyPermissions.NoAccess, name="pkeyguard secrets")
-        assoc = _shared_key.associate(region)
-        _users += 1
-        return assoc
+# The library's key for secrets: made once, kept for the life of the process.  No lock: the
+# first of two racing threads to store its key wins, and the other key is simply dropped.
+_shared: dict[str, PkeyGuard] = {}
 
 
-def _close_region(region: RegionGuard[bytes]) -> None:
-    """Wipe and unmap a secret's region; free the shared key after the last one."""
-    global _shared_key, _users
-    region.close()
-    with _key_lock:
-        _users -= 1
-        if _users == 0 and _shared_key is not None:
-            _shared_key.close()
-            _shared_key = None
+def _secrets_key() -> PkeyGuard:
+    key = _shared.get("key")
+    if key is None or key.closed:
+        made = PkeyGuard(PkeyPermissions.NoAccess, name="pkeyguard secrets")
+        key = _shared.setdefault("key", made)
+        if key.closed:  # pragma: no cover - a closed key is never stored
+            _shared["key"] = key = made
+    return key
 
 
-def _wipe(buffer: BytesLike) -> None:
+def _check_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise RegionError(f"a secret needs a positive size in bytes, got {size!r}")
+    n = operator.index(size)  # an exact int
+    if n <= 0:
+        raise RegionError(f"a secret needs a positive size in bytes, got {n}")
+    return n
+
+
+def _wipe(buffer: object) -> None:
     """Zero a writable source buffer (bytes are immutable and cannot be wiped)."""
     if isinstance(buffer, bytearray):
         buffer[:] = bytes(len(buffer))
@@ -67,32 +68,39 @@ def _wipe(buffer: BytesLike) -> None:
 
 
 class Secret(Unshareable):
-    """Secret bytes in protected memory; read them only inside :meth:`reveal`."""
+    """Secret bytes in protected memory; read them only inside :meth:`reveal`.
 
-    __slots__ = ("__weakref__", "_assoc", "_finalizer", "_region", "name")
+    The memory is zeroed and unmapped by :meth:`close`, or when the Secret is collected, or
+    (zeroed only) at interpreter exit.
+    """
+
+    __slots__ = ("_assoc", "_region", "name")
     _cannot_pickle = "a Secret cannot be pickled"
     _cannot_copy = "a Secret cannot be copied"
 
+    _region: RegionGuard[bytes]
+    _assoc: AssociatedRegion[bytes]
+
     def __init__(
-        self, size: int, *, name: str | None = None, allocator: Allocator | None = None
+        self, size: int, *, name: str | None = None, allocator: Secure | None = None
     ) -> None:
         """An all-zero secret of ``size`` bytes; fill it with :meth:`write` or use a
         ``from_*`` constructor."""
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise RegionError(f"a secret needs a positive size in bytes, got {size!r}")
-        region = RegionGuard(
-            size, AccessPermissions.ReadWrite, allocator=allocator or Secure(), name=name
+        size = _check_size(size)
+        name = _check_name(name, RegionError)
+        if allocator is None:
+            allocator = Secure()
+        elif type(allocator) is not Secure:
+            raise TypeError(
+                f"a Secret's allocator must be allocator.Secure(...), not {allocator!r}"
+            )
+        # Each step hands its resource to an object that releases it when dropped, so an
+        # exception at any point (a KeyboardInterrupt too) leaves nothing behind.
+        self._region = RegionGuard(
+            size, AccessPermissions.ReadWrite, allocator=allocator, name=name
         )
-        try:
-            self._assoc: AssociatedRegion[bytes] = _associate(region)
-        except BaseException:
-            region.close()
-            raise
-        self._region = region
+        self._assoc = _secrets_key().associate(self._region)
         self.name = name
-        # A secret dropped without close() is still wiped; the key holds the region alive
-        # until then, so the finalizer must hang on the Secret, not the region.
-        self._finalizer = weakref.finalize(self, _close_region, region)
 
     # -- constructors -------------------------------------------------------------------
     @classmethod
@@ -100,15 +108,13 @@ class Secret(Unshareable):
         cls, data: BytesLike, *, wipe_source: bool = True, name: str | None = None
     ) -> Secret:
         """Copy ``data`` in; a writable source (bytearray, memoryview) is zeroed after."""
-        view = memoryview(data).cast("B")
-        secret = cls(view.nbytes, name=name)
-        try:
-            secret.write(0, view)
-        except BaseException:
-            secret.close()
-            raise
-        finally:
-            view.release()
+        with memoryview(data) as raw, raw.cast("B") as view:
+            secret = cls(view.nbytes, name=name)
+            try:
+                secret.write(0, view)
+            except BaseException:
+                secret.close()  # now, not when the traceback lets go of it
+                raise
         if wipe_source:
             _wipe(data)
         return secret
@@ -119,21 +125,16 @@ class Secret(Unshareable):
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             secret = cls(size, name=name)
-            try:
-                with secret._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
-                    mut = g.mut_ref_guard()
-                    with memoryview(mut) as target:
-                        filled = 0
-                        while filled < size:
-                            n = f.readinto(target[filled:])
-                            if not n:
-                                raise RegionError(f"{path} shrank while it was read")
-                            filled += n
-                if f.read(1):
-                    raise RegionError(f"{path} grew while it was read")
-            except BaseException:
-                secret.close()
-                raise
+            with secret._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
+                with memoryview(g.mut_ref_guard()) as target:
+                    filled = 0
+                    while filled < size:
+                        n = f.readinto(target[filled:])
+                        if not n:
+                            raise RegionError(f"{path} shrank while it was read")
+                        filled += n
+            if f.read(1):
+                raise RegionError(f"{path} grew while it was read")
         return secret
 
     @classmethod
@@ -148,27 +149,24 @@ class Secret(Unshareable):
         used = 0
         try:
             for chunk in chunks:
-                view = memoryview(chunk).cast("B")
-                try:
+                with memoryview(chunk) as raw, raw.cast("B") as view:
                     if secret is None:
                         secret = cls(max(PAGE_SIZE, 2 * view.nbytes), name=name)
                     elif used + view.nbytes > len(secret):
                         secret = secret._moved(2 * (used + view.nbytes), used)
                     secret.write(used, view)
                     used += view.nbytes
-                finally:
-                    view.release()
                 if wipe_source:
                     _wipe(chunk)
             if secret is None or used == 0:
                 raise RegionError("from_chunks() got no bytes: a secret cannot be empty")
             if used != len(secret):
                 secret = secret._moved(used, used)
-            return secret
         except BaseException:
             if secret is not None:
-                secret.close()
+                secret.close()  # now, not when the traceback lets go of it
             raise
+        return secret
 
     def _moved(self, capacity: int, used: int) -> Secret:
         """A new secret of ``capacity`` bytes holding our first ``used``; this one is closed."""
@@ -191,17 +189,17 @@ class Secret(Unshareable):
         return self._region.closed
 
     @property
-    def region(self) -> RegionGuard[bytes]:
-        return self._region
-
-    @property
-    def key(self) -> PkeyGuard:
-        return self._assoc.key
+    def address(self) -> int:
+        """Where the bytes are (for diagnostics: reading it outside reveal() faults)."""
+        return self._region.address
 
     def write(self, offset: int, data: BytesLike) -> None:
         """Copy ``data`` into the secret at ``offset``."""
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be an int, not {offset!r}")
+        offset = operator.index(offset)
         self._check()
-        with memoryview(data).cast("B") as src:
+        with memoryview(data) as raw, raw.cast("B") as src:
             if offset < 0 or offset + src.nbytes > len(self):
                 raise RegionError(
                     f"writing {src.nbytes} bytes at {offset} overflows a {len(self)}-byte secret"
@@ -209,25 +207,40 @@ class Secret(Unshareable):
             with self._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
                 g.mut_ref_guard()[offset : offset + src.nbytes] = src
 
-    @contextlib.contextmanager
-    def reveal(self) -> Iterator[BytesRef]:
-        """Inside the block: a read-only buffer over the secret (this thread only)."""
+    def reveal(self) -> AbstractContextManager[BytesRef]:
+        """Inside the block: a read-only buffer over the secret (this thread only).
+
+        ``with secret.reveal() as buf:`` -- entering and leaving are single C calls, so an
+        exception raised by a signal handler cannot leave the secret open.
+        """
         self._check()
-        with self._assoc.set_access_rights(PkeyPermissions.ReadOnly) as g:
-            yield g.ref_guard()
+        guard: AbstractContextManager[BytesRef] = self._assoc._guard(1, ReadGuard, BytesRef)
+        return guard
 
     def equals(self, other: BytesLike) -> bool:
         """Constant-time comparison with ``other``."""
-        with self.reveal() as buf:
-            return hmac.compare_digest(buf, other)
+        with memoryview(other) as theirs, self.reveal() as buf:
+            return hmac.compare_digest(buf, theirs)
 
     def _check(self) -> None:
         if self._region.closed:
             raise RegionError(f"{self!r} is closed")
 
     def close(self) -> None:
-        """Wipe and unmap the secret (idempotent)."""
-        self._finalizer()  # runs _close_region once; later calls do nothing
+        """Wipe and unmap the secret (idempotent).
+
+        Refused (RegionError, nothing changed) while this secret is being revealed; it can
+        be closed once the reveal() block ends.
+        """
+        self._region.close()
+
+    def __del__(self) -> None:
+        # Wipe as soon as the Secret is dropped.  A secret still being revealed is wiped when
+        # the garbage collector frees its memory, once the block has ended.
+        region: Any = getattr(self, "_region", None)
+        if region is not None:
+            with contextlib.suppress(PkeyguardError):
+                region.close()
 
     def __enter__(self) -> Secret:
         self._check()
@@ -237,6 +250,8 @@ class Secret(Unshareable):
         self.close()
 
     def __repr__(self) -> str:
-        label = f" {self.name!r}" if self.name else ""
-        state = "closed" if self.closed else f"{len(self)} bytes"
+        name = getattr(self, "name", None)
+        label = f" {name!r}" if name else ""
+        region = getattr(self, "_region", None)
+        state = "closed" if region is None or region.closed else f"{len(self)} bytes"
         return f"<Secret{label} {state}>"  # never the content

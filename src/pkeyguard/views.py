@@ -1,17 +1,25 @@
 """Views: access to a region's value, valid only inside the guard that gave them.
 
 Every view checks, in C, that its guard is still active, that it is the same activation,
-and that the caller is the thread that holds it; otherwise :class:`ViewError`.  Byte and
+and that the caller is the thread that holds it; otherwise :class:`ViewError`.  Each access
+converts its arguments first (``__index__``, ``__bool__``, ``__float__``, the buffer of an
+assigned value), then checks, then touches memory, with no Python code in between.  Byte and
 composite views export the buffer protocol (zero-copy for ``hashlib``, ``bytes(view)``,
 ``memoryview(view)``); the guard counts those exports and complains if one outlives it.
+
+Composite views never hand out ctypes objects over region memory: fields and elements are
+read and written through checked copies, and nested Structures and arrays come back as
+checked proxies.
 """
 
 from __future__ import annotations
 
 import ctypes
+import operator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _core
+from ._owned import Unshareable
 
 __all__ = [
     "BytesRef",
@@ -26,7 +34,13 @@ V = TypeVar("V")
 S = TypeVar("S")
 
 
-class ScalarRef(_core.View, Generic[V]):
+class _ViewBase(_core.View, Unshareable):
+    __slots__ = ()
+    _cannot_pickle = "a view cannot be pickled: it is valid only inside its guard"
+    _cannot_copy = "a view cannot be copied: it is valid only inside its guard"
+
+
+class ScalarRef(_ViewBase, Generic[V]):
     """Read view of a scalar region: ``.value``."""
 
     __slots__ = ()
@@ -50,7 +64,7 @@ class MutScalarRef(ScalarRef[V]):
         def value(self, value: V) -> None: ...
 
 
-class BytesRef(_core.View):
+class BytesRef(_ViewBase):
     """Read view of a byte region: ``len``, indexing, slicing (copies), buffer protocol."""
 
     __slots__ = ()
@@ -76,43 +90,157 @@ class MutBytesRef(BytesRef):
         def __setitem__(self, index: int | slice, value: Any) -> None: ...
 
 
-class _Guarded:
-    """Proxy over a ctypes object in a region: each access asks the view first."""
+# --- composite values -------------------------------------------------------------------
 
-    __slots__ = ("_pg_obj", "_pg_view")
+_COMPOSITES = (ctypes.Structure, ctypes.Union, ctypes.Array)
 
-    def __init__(self, view: _core.View, obj: Any) -> None:
+
+class _Dummy(ctypes.Structure):
+    _fields_ = (("x", ctypes.c_int),)
+
+
+_CField: type[Any] = type(_Dummy.x)  # ctypes does not export the field descriptor type
+
+
+def _field_span(owner: type[Any], name: str) -> tuple[int, int, bool]:
+    """(offset, length, is_bitfield) of a field of a Structure or Union type."""
+    desc: Any = getattr(owner, name, None)
+    if type(desc) is not _CField:
+        raise AttributeError(
+            f"{owner.__name__} has no field {name!r} (a composite view gives fields only; "
+            f"for anything else, copy the value: {owner.__name__}.from_buffer_copy(view."
+            "tobytes()))"
+        )
+    offset: int = desc.offset
+    size: int = desc.size
+    if size >> 16:  # a bitfield: (bit count << 16) | bit offset in its storage unit
+        bits, shift = size >> 16, size & 0xFFFF
+        return offset, (shift + bits + 7) // 8, True
+    return offset, size, False
+
+
+class _Proxy:
+    """A Structure, Union or array inside a region, seen through a view: each access is a
+    checked copy in or out, and ctypes converts the copy."""
+
+    __slots__ = ("_pg_base", "_pg_type", "_pg_view")
+
+    _pg_view: _core.View
+    _pg_base: int
+    _pg_type: type[Any]
+
+    def __init__(self, view: _core.View, base: int, ctype: type[Any]) -> None:
         object.__setattr__(self, "_pg_view", view)
-        object.__setattr__(self, "_pg_obj", obj)
+        object.__setattr__(self, "_pg_base", base)
+        object.__setattr__(self, "_pg_type", ctype)
 
+    def _wrap(self, offset: int, value: Any) -> Any:
+        # A nested Structure or array comes back as a proxy over the region, never as the
+        # ctypes object over the copy (which would silently drop writes).
+        if isinstance(value, _COMPOSITES):
+            return _Proxy(self._pg_view, self._pg_base + offset, type(value))
+        return value
+
+    def _scratch(self, offset: int, raw: bytes) -> Any:
+        """A zeroed instance of our type in ordinary memory, ``raw`` copied in at offset."""
+        buf = bytearray(ctypes.sizeof(self._pg_type))
+        buf[offset : offset + len(raw)] = raw
+        return self._pg_type.from_buffer(buf)
+
+    # Structures and Unions: fields.
     def __getattr__(self, name: str) -> Any:
-        self._pg_view.check(False)
-        return _wrap(self._pg_view, getattr(self._pg_obj, name))
+        if type(name) is not str or not issubclass(self._pg_type, (ctypes.Structure, ctypes.Union)):
+            raise AttributeError(name)
+        offset, length, _ = _field_span(self._pg_type, name)
+        raw = self._pg_view._read(self._pg_base + offset, length)
+        return self._wrap(offset, getattr(self._scratch(offset, raw), name))
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self._pg_view.check(True)
-        setattr(self._pg_obj, name, value)
+        if type(name) is not str or not issubclass(self._pg_type, (ctypes.Structure, ctypes.Union)):
+            raise AttributeError(name)
+        offset, length, bitfield = _field_span(self._pg_type, name)
+        # A bitfield shares its bytes with its neighbours: start from what is there.
+        raw = self._pg_view._read(self._pg_base + offset, length) if bitfield else b""
+        scratch = self._scratch(offset, raw)
+        setattr(scratch, name, value)  # ctypes converts the value here, on the copy
+        with memoryview(scratch).cast("B") as mv:
+            self._pg_view._write(self._pg_base + offset, mv[offset : offset + length])
+
+    # Arrays: elements and slices.
+    def _array(self) -> tuple[Any, int, int]:
+        if not issubclass(self._pg_type, ctypes.Array):
+            raise TypeError(f"{self._pg_type.__name__} is not an array: use its fields")
+        array: Any = self._pg_type
+        etype: Any = array._type_
+        return etype, ctypes.sizeof(etype), array._length_
+
+    def _indices(self, index: Any, length: int) -> range | int:
+        if isinstance(index, slice):
+            return range(*index.indices(length))
+        i = operator.index(index)
+        if i < 0:
+            i += length
+        if not 0 <= i < length:
+            raise IndexError("invalid index")
+        return i
 
     def __getitem__(self, index: Any) -> Any:
-        self._pg_view.check(False)
-        return _wrap(self._pg_view, self._pg_obj[index])
+        etype, esize, length = self._array()
+        where = self._indices(index, length)  # runs __index__ before any memory is read
+        if isinstance(where, int):
+            raw = self._pg_view._read(self._pg_base + where * esize, esize)
+            return self._wrap(where * esize, (etype * 1).from_buffer_copy(raw)[0])
+        if issubclass(etype, _COMPOSITES):
+            self._pg_view.check(False)
+            return [_Proxy(self._pg_view, self._pg_base + i * esize, etype) for i in where]
+        if where:
+            lo = min(where[0], where[-1])
+            span = abs(where[-1] - where[0]) + 1
+            raw = self._pg_view._read(self._pg_base + lo * esize, span * esize)
+            raw = b"".join(raw[(i - lo) * esize : (i - lo + 1) * esize] for i in where)
+        else:
+            raw = b""
+        # An array of the chosen elements, sliced whole: ctypes' own result (bytes for
+        # c_char, str for c_wchar, a list otherwise).
+        return (etype * len(where)).from_buffer_copy(raw)[:]
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        self._pg_view.check(True)
-        self._pg_obj[index] = value
+        etype, esize, length = self._array()
+        where = self._indices(index, length)
+        if isinstance(where, int):
+            scratch = (etype * 1)()
+            scratch[0] = value  # ctypes converts here, on the copy
+            self._pg_view._write(self._pg_base + where * esize, scratch)
+            return
+        scratch = (etype * len(where))()
+        scratch[:] = value  # the same length check and conversions as ctypes
+        with memoryview(scratch).cast("B") as mv:
+            if where.step == 1:
+                self._pg_view._write(self._pg_base + where.start * esize, mv)
+            else:
+                for n, i in enumerate(where):
+                    self._pg_view._write(self._pg_base + i * esize, mv[n * esize : (n + 1) * esize])
 
     def __len__(self) -> int:
-        return len(self._pg_obj)
+        return self._array()[2]
+
+    def __iter__(self) -> Any:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __dir__(self) -> list[str]:
+        names = [
+            field[0]
+            for klass in self._pg_type.__mro__
+            for field in klass.__dict__.get("_fields_", ())
+        ]
+        return sorted(set(names))
 
     def __repr__(self) -> str:
-        return f"<guarded {type(self._pg_obj).__name__}>"
+        return f"<guarded {self._pg_type.__name__}>"
 
-
-def _wrap(view: _core.View, value: Any) -> Any:
-    # Nested structures and arrays are ctypes objects over region memory: guard them too.
-    if isinstance(value, (ctypes.Structure, ctypes.Union, ctypes.Array)):
-        return _Guarded(view, value)
-    return value
+    def __reduce__(self) -> Any:
+        raise TypeError("a view's contents cannot be pickled: copy them with view.tobytes()")
 
 
 _COMPOSITE_BYTES = (
@@ -122,7 +250,7 @@ _COMPOSITE_BYTES = (
 )
 
 
-class CompositeRef(_core.View, Generic[S]):
+class CompositeRef(_ViewBase, Generic[S]):
     """Read view of a Structure/Union/array region: ``.contents`` reads the fields."""
 
     __slots__ = ()
@@ -146,11 +274,9 @@ class CompositeRef(_core.View, Generic[S]):
 
     @property
     def contents(self) -> S:
-        """The value, field by field; each access is checked against the guard."""
+        """The value, field by field; each access is a checked copy in or out."""
         self.check(False)
-        guard: Any = self.guard
-        obj = guard.owner.region._ctype_obj
-        proxy: S = _Guarded(self, obj)  # type: ignore[assignment]
+        proxy: S = _Proxy(self, 0, self._ctype)  # type: ignore[assignment]
         return proxy
 
 

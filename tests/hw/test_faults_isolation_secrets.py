@@ -8,6 +8,7 @@ import signal
 import threading
 from typing import Final
 
+import pkeyguard
 from pkeyguard import PkeyGuard, PkeyPermissions, RegionGuard, Secret, _core, isolated
 from tests.support import Child, run_child
 
@@ -101,19 +102,20 @@ def test_isolation_is_per_thread_and_restored() -> None:
 
 
 def test_secret_on_pku(faultprobe_path: str) -> None:
+    library_key = pkeyguard.secret._secrets_key()  # the library's own: not on Secret
     with Secret.from_bytes(b"hunter2") as secret:
-        assert secret.key.backend == "pku"
+        assert library_key.backend == "pku"
         with secret.reveal() as buf:
             assert bytes(buf) == b"hunter2"
-            assert secret.key.current_rights() is PkeyPermissions.ReadOnly
-        assert secret.key.current_rights() is PkeyPermissions.NoAccess
+            assert library_key.current_rights() is PkeyPermissions.ReadOnly
+        assert library_key.current_rights() is PkeyPermissions.NoAccess
     child = run_child(
         """
 import ctypes, pkeyguard
 from pkeyguard import Secret
 pkeyguard.faults.enable()
 s = Secret.from_bytes(b"hunter2", name="db-password")
-ctypes.string_at(s.region.address, 7)
+ctypes.string_at(s.address, 7)
 """,
         env={"PKEYGUARD_BACKEND": "pku"},
     )

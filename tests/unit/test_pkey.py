@@ -10,7 +10,6 @@ import pytest
 
 from pkeyguard import (
     AccessPermissions,
-    GuardStateError,
     PkeyGuard,
     PkeyGuardError,
     PkeyPermissions,
@@ -168,17 +167,14 @@ class TestAssociation:
                 assert perms_at(region.address) == "rw-p"
             assert perms_at(region.address) == "---p"
 
-    def test_c_core_refuses_when_a_guard_slips_in_after_the_python_check(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        # Another thread can enter a guard between the Python check and the change; the C
-        # call that makes the change checks again, atomically under the GIL.  Simulate the
-        # slip by switching the Python check off: each refusal must leave everything as it was.
-        monkeypatch.setattr(PkeyGuard, "_refuse_while_active", lambda *a, **k: None)
+    def test_each_refusal_leaves_everything_as_it_was(self) -> None:
+        # The refusals are made by the C call that makes the change (there is no separate
+        # Python check for another thread to slip past): each leaves keys, tags, page rights
+        # and associations as they were.
         with RegionGuard(8) as region, PkeyGuard() as key:
             assoc = key.associate(region)
             with assoc.set_access_rights(RW) as guard:
-                with pytest.raises(GuardStateError, match="still active"):
+                with pytest.raises(PkeyGuardError, match="still active"):
                     key.close()
                 with pytest.raises(RegionError, match="still active"):
                     region.close()
@@ -192,6 +188,20 @@ class TestAssociation:
                 assert perms_at(region.address) == "rw-p"
                 guard.mut_ref_guard().value = b"usable!!"
             assert perms_at(region.address) == "---p"
-            monkeypatch.undo()
             key.close()
             assert region.association is None and perms_at(region.address) == "rw-p"
+
+    def test_a_guard_pins_its_own_region_only(self) -> None:
+        # A region can be closed, detached or re-protected while a guard on *another* region
+        # of the same key is active: no view of it can exist.  The key itself stays pinned.
+        with RegionGuard(8) as busy, PkeyGuard() as key:
+            first = key.associate(busy)
+            other = RegionGuard(8)
+            second = key.associate(other)
+            with first.set_access_rights(RW):
+                other.protect(AccessPermissions.ReadOnly)
+                assert second.disassociate() is other
+                other.close()
+                with pytest.raises(PkeyGuardError, match="still active"):
+                    key.close()
+            assert key.regions == (first,)

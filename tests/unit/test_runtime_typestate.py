@@ -15,6 +15,7 @@ import pytest
 from pkeyguard import (
     AccessError,
     AssociatedRegion,
+    GuardStateError,
     MutScalarRef,
     NoAccessGuard,
     PkeyGuard,
@@ -57,11 +58,13 @@ def test_write_view_under_read_only_by_any_route(u32: AssociatedRegion[ctypes.c_
             lambda: cast(Any, guard).mut_ref_guard(),
             lambda: cast(WriteGuard[ctypes.c_uint32], guard).mut_ref_guard(),
             lambda: WriteGuard.mut_ref_guard(cast(Any, guard)),  # bypasses __getattr__
-            lambda: MutScalarRef(guard, u32.region.address, 4, "I", True),  # the C check
+            lambda: guard._new_view(True),  # the C check under them
         ]
         for route in routes:
             with pytest.raises(AccessError, match="ReadWrite"):
                 route()
+        with pytest.raises(TypeError, match="cannot create"):  # views come from guards only
+            cast(Any, MutScalarRef)(guard, u32.region.address, 4, "I", True)
         assert guard.ref_guard().value == 0  # reading is what it grants
     assert perms_at(u32.region.address) == "---p"
 
@@ -181,8 +184,9 @@ def test_rights_need_an_association(no_leaks: None) -> None:
         assoc.disassociate()
         with pytest.raises(RegionError, match="no longer associated"):
             assoc.set_access_rights(RW)
-        with guard, pytest.raises(RegionError, match="no longer associated"):
-            guard.mut_ref_guard()  # ... and useless once the association ended
+        with pytest.raises(GuardStateError, match="association has ended"):
+            guard.__enter__()  # ... and useless once the association ended
+        assert not guard.active
 
 
 # -- fail_region_value_type.py -----------------------------------------------------------
