@@ -12,7 +12,6 @@ import errno
 import itertools
 import os
 import platform
-import threading
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
@@ -123,16 +122,16 @@ class PkuBackend:
         return _core.live_key_count()
 
 
+_numbers = itertools.count(1)  # logical key numbers; next() is atomic under the GIL
+
+
 class MprotectBackend:
     """Logical keys; a switch mprotects every region of the key (process-wide)."""
 
     name: BackendName = "mprotect"
 
-    def __init__(self) -> None:
-        self._numbers = itertools.count(1)  # next() is atomic under the GIL
-
     def new_key(self, cls: type[K], rights: PkeyPermissions) -> K:
-        return _core.Key.__new__(cls, next(self._numbers), _core.MODE_MPROTECT, rights.level)
+        return _core.Key.__new__(cls, next(_numbers), _core.MODE_MPROTECT, rights.level)
 
     def current_rights(self, key: _core.Key) -> PkeyPermissions:
         return LEVEL_TO_PERMISSION[key._effective_level]
@@ -141,8 +140,7 @@ class MprotectBackend:
         return _core.live_key_count()
 
 
-_lock = threading.Lock()
-_selected: tuple[BackendInfo, Backend] | None = None
+_selected: dict[str, tuple[BackendInfo, Backend]] = {}
 
 
 def _select() -> tuple[BackendInfo, Backend]:
@@ -176,13 +174,16 @@ def _mprotect_info(reason: str, *, forced: bool) -> tuple[BackendInfo, Backend]:
 
 
 def active() -> tuple[BackendInfo, Backend]:
-    """The selected backend, chosen once per process on first use."""
-    global _selected
-    if _selected is None:
-        with _lock:
-            if _selected is None:
-                _selected = _select()
-    return _selected
+    """The selected backend, chosen once per process on first use.
+
+    No lock: a finalizer run by the garbage collector in the middle of the choice may need
+    the backend too, and would wait forever on a lock this thread holds.  Threads that choose
+    at the same time choose the same; the first result stored is the one every caller gets.
+    """
+    selected = _selected.get("backend")
+    if selected is None:
+        selected = _selected.setdefault("backend", _select())  # atomic under the GIL
+    return selected
 
 
 def backend() -> BackendInfo:

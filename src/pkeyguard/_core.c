@@ -726,9 +726,14 @@ mapping_release(MappingObject *m, int *canary_ok)
     wipe_unregister(m);
     int rc = 0;
     if (m->flags & MAP_F_WIPE) {
-        /* The pages may have closed page rights; they carry key 0 now (unbound). */
-        if (mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
-            raise_errno(errno, "mprotect");
+        /* Open the pages to this thread: their own rights may be closed, and on pku they may
+         * still carry the key of a binding that was just ended without untagging (the pages
+         * were about to go): back to key 0, which every thread may use. */
+        long r = pku_enabled
+                     ? syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_READ | PROT_WRITE, 0)
+                     : mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE);
+        if (r != 0) {
+            raise_errno(errno, pku_enabled ? "pkey_mprotect" : "mprotect");
             rc = -1;
         }
         else {
@@ -1538,7 +1543,12 @@ stack_abandon(ThreadStack *s)
         }
         g->ended = ENDED_THREAD;
     }
-    release_chain(released);
+    if (apply) {
+        release_chain(released);
+    }
+    /* else: the interpreter is finalizing and a daemon thread may still be running native
+     * code on these pages; keep the guards (and so their regions) alive until the process
+     * ends rather than unmap memory under it. */
     PyErr_Restore(et, ev, tb);
 }
 
