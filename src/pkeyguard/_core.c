@@ -332,6 +332,7 @@ struct KeyObject {
     BindingObject **bindings; /* borrowed: the live bindings of this key */
     Py_ssize_t nbindings, cap;
     int closed;            /* freed (or never allocated) */
+    int closing;           /* key_free() under way */
     int quarantined;       /* closed, but the number was not freed: some pages kept the tag */
     KeyObject *live_prev, *live_next; /* the registry of open keys (isolation) */
 };
@@ -389,7 +390,9 @@ key_unregister(KeyObject *k)
     }
 }
 
-/* mprotect every live binding's pages to prot ∩ level (mprotect backend). */
+/* mprotect every live binding's pages to prot ∩ level (mprotect backend).  Returns 0, or
+ * the errno of a failure after putting back what it changed; raises nothing (allocating an
+ * exception could run finalizers in the middle of its caller's change). */
 static int
 key_apply_level(KeyObject *k, int level)
 {
@@ -401,8 +404,7 @@ key_apply_level(KeyObject *k, int level)
                 MappingObject *q = k->bindings[j]->mapping;
                 (void)mprotect((void *)q->addr, q->len, prot_for_level(q->prot, k->effective_level));
             }
-            raise_errno(e, "mprotect");
-            return -1;
+            return e;
         }
     }
     k->effective_level = level;
@@ -490,6 +492,10 @@ binding_end(BindingObject *b, int untag)
 static int
 key_free(KeyObject *k)
 {
+    if (k->closing) {
+        return 0; /* re-entered from code that a release below ran: the outer call finishes */
+    }
+    k->closing = 1;
     int failed = 0;
     while (k->nbindings > 0) {
         BindingObject *b = k->bindings[k->nbindings - 1];
@@ -589,7 +595,7 @@ Key_dealloc(KeyObject *k)
 static PyObject *
 Key_close(KeyObject *k, PyObject *Py_UNUSED(ignored))
 {
-    if (k->closed) {
+    if (k->closed || k->closing) {
         Py_RETURN_NONE;
     }
     if (k->active > 0) {
@@ -1451,11 +1457,13 @@ guard_apply(GuardObject *g, ThreadStack *s)
         }
         k->counts[g->level]++;
         int want = key_wanted_level(k);
-        if (want != k->effective_level && key_apply_level(k, want) < 0) {
+        int e = want != k->effective_level ? key_apply_level(k, want) : 0;
+        if (e != 0) {
             k->counts[g->level]--;
             if (outer) {
                 k->counts[outer->level]++;
             }
+            raise_errno(e, "mprotect"); /* nothing changed: safe to allocate now */
             return -1;
         }
     }
@@ -1464,7 +1472,8 @@ guard_apply(GuardObject *g, ThreadStack *s)
 
 /* Undo g's rights: restore exactly the bits (pku) or the level count (mprotect) that its
  * entry changed.  write_pkru: only on the owning thread; apply: 0 while the interpreter
- * finalizes (other threads may still be in native code on those pages). */
+ * finalizes (other threads may still be in native code on those pages).  Returns 0 or the
+ * errno of a failed mprotect, and raises nothing. */
 static int
 guard_restore(GuardObject *g, int write_pkru, int apply)
 {
@@ -1493,9 +1502,17 @@ guard_restore(GuardObject *g, int write_pkru, int apply)
     return 0;
 }
 
+/* Raise for a failed restore (after the state change is complete). */
+static PyObject *
+raise_restore_failed(int e)
+{
+    return raise_errno(e, "mprotect");
+}
+
 /* Take g off the top of its stack and undo its rights.  The stack's reference to g is
  * handed to the caller (chained through g->prev on *released), to be dropped once the
- * state is consistent: dropping it can run arbitrary code. */
+ * state is consistent: dropping it can run arbitrary code.  Returns 0 or an errno (see
+ * guard_restore); raises nothing. */
 static int
 guard_pop(GuardObject *g, int write_pkru, int apply, GuardObject **released)
 {
@@ -1538,9 +1555,7 @@ stack_abandon(ThreadStack *s)
     PyErr_Fetch(&et, &ev, &tb);
     while (s->top != NULL) {
         GuardObject *g = s->top;
-        if (guard_pop(g, 0, apply, &released) < 0) {
-            write_unraisable("pkeyguard: ending the guards of a finished thread");
-        }
+        (void)guard_pop(g, 0, apply, &released); /* pages stay as open as they were */
         g->ended = ENDED_THREAD;
     }
     if (apply) {
@@ -1661,14 +1676,18 @@ static int
 stack_unwind_through(GuardObject *g, GuardObject **released)
 {
     ThreadStack *s = g->stack;
-    int rc = 0;
-    while (s->top != g) {
+    int e = 0;
+    while (s->top != NULL && s->top != g) {
         GuardObject *inner = s->top;
         inner->ended = ENDED_ORDER;
-        rc |= guard_pop(inner, 1, 1, released);
+        int r = guard_pop(inner, 1, 1, released);
+        e = e ? e : r;
     }
-    rc |= guard_pop(g, 1, 1, released);
-    return rc;
+    if (g->active) {
+        int r = guard_pop(g, 1, 1, released);
+        e = e ? e : r;
+    }
+    return e;
 }
 
 static PyObject *
@@ -1691,9 +1710,7 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
          * are exactly what they were before g was entered, then report it. */
         GuardObject *top = s->top;
         Py_INCREF(top);
-        if (stack_unwind_through(g, &released) < 0) {
-            PyErr_Clear();
-        }
+        (void)stack_unwind_through(g, &released); /* the order error says more */
         PyErr_Format(err(E_GUARD_ORDER),
                      "guards exited out of order: %R was exited while %R, entered after it, was "
                      "still active. Both are now exited and this thread's rights are as before "
@@ -1706,8 +1723,9 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
         return NULL;
     }
     Py_ssize_t exports = g->exports;
-    int rc = guard_pop(g, 1, 1, &released);
-    if (rc < 0) {
+    int e = guard_pop(g, 1, 1, &released);
+    if (e != 0) {
+        raise_restore_failed(e);
         release_chain(released);
         return NULL;
     }
@@ -2660,18 +2678,27 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
     if (s == NULL) {
         return NULL;
     }
-    /* Allocate a guard for every open key first (this can run the GC), then enter them all
-     * with nothing in between that could run Python code. */
-    Py_ssize_t n = 0;
-    for (KeyObject *k = live_keys.live_next; k != &live_keys; k = k->live_next) {
-        n++;
+    /* Snapshot the open keys without allocating while walking the list (an allocation can
+     * run finalizers that open or close keys), then make a guard for each (allocating), then
+     * enter them all with nothing in between that could run Python code. */
+    Py_ssize_t n = live_key_count;
+    PyObject *keys_now = PyTuple_New(n);
+    if (keys_now == NULL) {
+        return NULL;
     }
-    PyObject *all = PyTuple_New(n);
+    Py_ssize_t seen = 0;
+    for (KeyObject *k = live_keys.live_next; k != &live_keys && seen < n; k = k->live_next) {
+        Py_INCREF(k);
+        PyTuple_SET_ITEM(keys_now, seen++, (PyObject *)k);
+    }
+    PyObject *all = PyTuple_New(seen);
     if (all == NULL) {
+        Py_DECREF(keys_now);
         return NULL;
     }
     Py_ssize_t made = 0;
-    for (KeyObject *k = live_keys.live_next; k != &live_keys && made < n; k = k->live_next) {
+    for (Py_ssize_t j = 0; j < seen; j++) {
+        KeyObject *k = (KeyObject *)PyTuple_GET_ITEM(keys_now, j);
         int allowed = 0;
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(grp->allow); i++) {
             if (PyTuple_GET_ITEM(grp->allow, i) == (PyObject *)k) {
@@ -2681,15 +2708,16 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
         if (allowed) {
             continue;
         }
-        /* A key-wide NoAccess guard per key: same LIFO and per-thread rules as any guard.
-         * The tuple holds the key (strong) through the guard. */
+        /* A key-wide NoAccess guard per key: same LIFO and per-thread rules as any guard. */
         GuardObject *g = guard_create(&Guard_Type, k, NULL, LEVEL_NONE, NULL);
         if (g == NULL) {
+            Py_DECREF(keys_now);
             Py_DECREF(all);
             return NULL;
         }
         PyTuple_SET_ITEM(all, made++, (PyObject *)g);
     }
+    Py_DECREF(keys_now); /* each guard holds its key */
     /* The allocations above may have run finalizers that closed keys: skip those. */
     GuardObject **entered = PyMem_Calloc((size_t)(made ? made : 1), sizeof(GuardObject *));
     if (entered == NULL) {
@@ -2709,7 +2737,6 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
             while (count > 0) {
                 (void)guard_pop(entered[--count], 1, 1, &released);
             }
-            PyErr_Clear();
             PyErr_Restore(et, ev, tb);
             PyMem_Free(entered);
             release_chain(released);
@@ -2728,7 +2755,6 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
         while (count > 0) {
             (void)guard_pop(entered[--count], 1, 1, &released);
         }
-        PyErr_Clear();
         PyErr_Restore(et, ev, tb);
         PyMem_Free(entered);
         release_chain(released);
@@ -2779,8 +2805,8 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
     /* Pop down to the first guard; anything that is not ours means an out-of-order exit. */
     ThreadStack *s = first->stack;
     GuardObject *released = NULL;
-    int foreign = 0;
-    while (s->top != first) {
+    int foreign = 0, e = 0;
+    while (s->top != NULL && s->top != first) {
         GuardObject *top = s->top;
         int ours = 0;
         for (Py_ssize_t i = 1; i < n; i++) {
@@ -2792,16 +2818,19 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
             foreign = 1;
             top->ended = ENDED_ORDER;
         }
-        if (guard_pop(top, 1, 1, &released) < 0) {
-            write_unraisable("pkeyguard: leaving an isolated() block");
-        }
+        int r = guard_pop(top, 1, 1, &released);
+        e = e ? e : r;
     }
-    if (guard_pop(first, 1, 1, &released) < 0) {
-        write_unraisable("pkeyguard: leaving an isolated() block");
+    if (first->active) {
+        int r = guard_pop(first, 1, 1, &released);
+        e = e ? e : r;
     }
     grp->guards = NULL;
     Py_DECREF(guards);
     release_chain(released);
+    if (e != 0) {
+        return raise_restore_failed(e);
+    }
     if (foreign) {
         PyErr_SetString(err(E_GUARD_ORDER),
                         "an isolated() block was exited while guards entered inside it were "
