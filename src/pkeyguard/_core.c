@@ -333,6 +333,7 @@ struct KeyObject {
     Py_ssize_t nbindings, cap;
     int closed;            /* freed (or never allocated) */
     int closing;           /* key_free() under way */
+    int autoclose;         /* free the key when its last binding ends (a library key) */
     int quarantined;       /* closed, but the number was not freed: some pages kept the tag */
     KeyObject *live_prev, *live_next; /* the registry of open keys (isolation) */
 };
@@ -455,6 +456,8 @@ key_remove_binding(KeyObject *k, BindingObject *b)
 /* End a live binding: untag its pages (unless they are about to be unmapped), unlink it
  * from its key and its mapping.  The caller holds a reference to b.  Fails (nothing changed)
  * only if the untagging system call fails. */
+static int key_free(KeyObject *k);
+
 static int
 binding_end(BindingObject *b, int untag)
 {
@@ -483,6 +486,15 @@ binding_end(BindingObject *b, int untag)
     b->key = NULL;
     BindingObject *held = m->binding;
     m->binding = NULL;
+    if (k->autoclose && k->nbindings == 0 && k->active == 0 && !k->closed && !k->closing) {
+        /* A library key with nothing left to protect: give the hardware key back. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (key_free(k) < 0) {
+            write_unraisable("pkeyguard: freeing a library key");
+        }
+        PyErr_Restore(et, ev, tb);
+    }
     Py_DECREF(k);
     Py_XDECREF(held);
     return 0;
@@ -641,7 +653,16 @@ Key_repr(KeyObject *k)
 static PyObject *Key_bind(KeyObject *k, PyObject *args);
 static PyObject *Key_guard(KeyObject *k, PyObject *arg);
 
+static PyObject *
+Key_set_autoclose(KeyObject *k, PyObject *Py_UNUSED(ignored))
+{
+    k->autoclose = 1;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Key_methods[] = {
+    {"_set_autoclose", (PyCFunction)Key_set_autoclose, METH_NOARGS,
+     "Free the key as soon as its last association ends (library-owned keys)."},
     {"_bind", (PyCFunction)Key_bind, METH_VARARGS,
      "_bind(mapping, cls): tag the mapping's pages with this key; returns the binding."},
     {"_close", (PyCFunction)Key_close, METH_NOARGS,
@@ -2158,15 +2179,35 @@ bits_swap(Bits *x, Py_ssize_t n)
     }
 }
 
-/* Python int -> n-byte integer bits.  Takes int and its subclasses only, and runs no user
- * code (no __index__): PyLong_As* read the number directly. */
+/* An integer value -> n-byte integer bits.  Objects other than int (numpy integers, say)
+ * are converted with __index__, which is user code: this runs before the check. */
+static int
+convert_int_exact(PyObject *obj, int bytes, int is_signed, Bits *out);
+
 static int
 convert_int(PyObject *obj, int bytes, int is_signed, Bits *out)
 {
-    if (!PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "an int is required, not %.200s", Py_TYPE(obj)->tp_name);
+    if (PyLong_Check(obj)) {
+        return convert_int_exact(obj, bytes, is_signed, out);
+    }
+    if (!PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "an integer is required, not %.200s",
+                     Py_TYPE(obj)->tp_name);
         return -1;
     }
+    PyObject *n = PyNumber_Index(obj);
+    if (n == NULL) {
+        return -1;
+    }
+    int rc = convert_int_exact(n, bytes, is_signed, out);
+    Py_DECREF(n);
+    return rc;
+}
+
+/* int (or a subclass) -> bits; PyLong_As* read the number directly and run no user code. */
+static int
+convert_int_exact(PyObject *obj, int bytes, int is_signed, Bits *out)
+{
     if (is_signed) {
         long long x = PyLong_AsLongLong(obj);
         if (x == -1 && PyErr_Occurred()) {
@@ -3054,39 +3095,83 @@ core_live_key_count(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return PyLong_FromSsize_t(live_key_count);
 }
 
-/* At interpreter exit: zero every secure region still mapped.  Nothing is unmapped (a daemon
- * thread may still be reading one; it reads zeros).  Runs from an atexit hook. */
+/* Zero a secure region in place, for a thread that may have no rights to it right now. */
+static void
+mapping_zero_in_place(MappingObject *m)
+{
+    int applied = m->prot;
+    int pkey = -1;
+    BindingObject *b = m->binding;
+    if (b != NULL && b->key->mode == MODE_MPROTECT) {
+        applied = prot_for_level(m->prot, b->key->effective_level);
+    }
+    if (b != NULL && b->key->mode == MODE_PKU) {
+        pkey = b->key->pkey;
+    }
+    if (mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
+        return;
+    }
+    uint32_t pkru = 0;
+    if (pkey >= 0) {
+        pkru = pkru_read();
+        pkru_write(pkru & ~(3u << (2 * pkey)));
+    }
+    wipe_bytes((void *)m->addr, m->len);
+    if (pkey >= 0) {
+        pkru_write(pkru);
+    }
+    (void)mprotect((void *)m->addr, m->len, applied);
+    m->flags |= MAP_F_WIPED;
+}
+
+/* At interpreter exit (an atexit hook): every secure region still open is released (zeroed,
+ * then unmapped), except one that a guard is using right now (a daemon thread inside
+ * reveal(), say): that one is zeroed in place and left mapped, so the daemon reads zeros
+ * instead of faulting. */
 static PyObject *
 core_wipe_at_exit(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
+    /* Collect first: releasing runs the test hook (Python code), which may change the list. */
+    PyObject *all = PyList_New(0);
+    if (all == NULL) {
+        return NULL;
+    }
     for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
+        if (PyList_Append(all, (PyObject *)m) < 0) {
+            Py_DECREF(all);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(all); i++) {
+        MappingObject *m = (MappingObject *)PyList_GET_ITEM(all, i);
         if (m->base == 0 || (m->flags & MAP_F_WIPED)) {
             continue;
         }
-        int applied = m->prot;
-        int pkey = -1;
         BindingObject *b = m->binding;
-        if (b != NULL && b->key->mode == MODE_MPROTECT) {
-            applied = prot_for_level(m->prot, b->key->effective_level);
-        }
-        if (b != NULL && b->key->mode == MODE_PKU) {
-            pkey = b->key->pkey;
-        }
-        if (mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
+        if (b != NULL && b->active > 0) {
+            mapping_zero_in_place(m);
             continue;
         }
-        uint32_t pkru = 0;
-        if (pkey >= 0) {
-            pkru = pkru_read();
-            pkru_write(pkru & ~(3u << (2 * pkey)));
+        if (b != NULL) {
+            Py_INCREF(b);
+            int rc = binding_end(b, 0);
+            Py_DECREF(b);
+            if (rc < 0) {
+                write_unraisable("pkeyguard: releasing a secure region at exit");
+                mapping_zero_in_place(m);
+                continue;
+            }
         }
-        wipe_bytes((void *)m->addr, m->len);
-        if (pkey >= 0) {
-            pkru_write(pkru);
+        int canary_ok;
+        if (mapping_release(m, &canary_ok) < 0) {
+            write_unraisable("pkeyguard: releasing a secure region at exit");
         }
-        (void)mprotect((void *)m->addr, m->len, applied);
-        m->flags |= MAP_F_WIPED;
+        else if (!canary_ok) {
+            raise_canary(m);
+            write_unraisable("pkeyguard: releasing a secure region at exit");
+        }
     }
+    Py_DECREF(all);
     Py_RETURN_NONE;
 }
 

@@ -5,9 +5,9 @@ mlock, no core dump, wiped on fork, canary, zeroed on close), tagged with a key 
 NoAccess outside ``with secret.reveal() as buf:``.  ``buf`` is a read-only buffer that
 ``hashlib``, ``hmac`` and ``cryptography`` accept without a copy.
 
-All Secrets share one library-owned key (x86 has only 15), held for the life of the process
-once the first Secret exists: inside one secret's ``reveal()`` block the thread can read
-every secret.  Keep the blocks short.
+All Secrets share one library-owned key (x86 has only 15), freed when the last Secret is
+gone: inside one secret's ``reveal()`` block the thread can read every secret.  Keep the
+blocks short.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import PkeyguardError, RegionError
+from ._errors import PkeyGuardError, PkeyguardError, RegionError
 from ._owned import Unshareable
 from ._permissions import AccessPermissions, PkeyPermissions
 from .allocator import PAGE_SIZE, Secure
@@ -34,8 +34,9 @@ __all__ = ["Secret"]
 
 BytesLike = bytes | bytearray | memoryview
 
-# The library's key for secrets: made once, kept for the life of the process.  No lock: the
-# first of two racing threads to store its key wins, and the other key is simply dropped.
+# The library's key for secrets: made on first use and freed by the core when the last
+# secret is gone (x86 has only 15 keys).  No lock: the first of two racing threads to store
+# its key wins, and the other key is simply dropped.
 _shared: dict[str, PkeyGuard] = {}
 
 
@@ -43,10 +44,23 @@ def _secrets_key() -> PkeyGuard:
     key = _shared.get("key")
     if key is None or key.closed:
         made = PkeyGuard(PkeyPermissions.NoAccess, name="pkeyguard secrets")
+        made._set_autoclose()
         key = _shared.setdefault("key", made)
-        if key.closed:  # pragma: no cover - a closed key is never stored
+        if key.closed:
             _shared["key"] = key = made
     return key
+
+
+def _associate(region: RegionGuard[bytes]) -> AssociatedRegion[bytes]:
+    """Tag a secret's region with the library key.  The key frees itself when its last
+    secret closes, possibly between our fetching it and tagging with it: then use a new one."""
+    while True:
+        key = _secrets_key()
+        try:
+            return key.associate(region)
+        except PkeyGuardError:
+            if not key.closed:
+                raise
 
 
 def _check_size(size: object) -> int:
@@ -99,7 +113,7 @@ class Secret(Unshareable):
         self._region = RegionGuard(
             size, AccessPermissions.ReadWrite, allocator=allocator, name=name
         )
-        self._assoc = _secrets_key().associate(self._region)
+        self._assoc = _associate(self._region)
         self.name = name
 
     # -- constructors -------------------------------------------------------------------

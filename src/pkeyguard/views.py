@@ -212,6 +212,10 @@ class _Proxy:
             scratch[0] = value  # ctypes converts here, on the copy
             self._pg_view._write(self._pg_base + where * esize, scratch)
             return
+        if type(value) not in (bytes, str, list, tuple):
+            # Take the items once, here: ctypes would call __len__ and __getitem__ itself and
+            # replace an error they raise with its own "same size" ValueError.
+            value = list(value)
         scratch = (etype * len(where))()
         scratch[:] = value  # the same length check and conversions as ctypes
         with memoryview(scratch).cast("B") as mv:

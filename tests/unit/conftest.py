@@ -21,7 +21,6 @@ from tests.support import anon_mappings, new_anon_mappings
 def no_leaks() -> Iterator[None]:
     """Fail the test if it leaves a mapping, a key or a guard behind."""
     _warm_thread_stacks()
-    pkeyguard.secret._secrets_key()  # the library's key for secrets lives as long as the process
     gc.collect()
     before_maps = anon_mappings()
     before_keys = _backend.active()[1].live_keys()
