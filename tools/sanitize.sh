@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The unit suite and the state machine with the C core built under AddressSanitizer and
-# UndefinedBehaviorSanitizer (PKEYGUARD_SANITIZE=address,undefined, read by setup.py).
+# The unit suite, the state machine and the adversarial suite with the C core built under
+# AddressSanitizer and UndefinedBehaviorSanitizer (PKEYGUARD_SANITIZE=address,undefined, read
+# by setup.py).
 #
 # The build happens in a temporary copy of the working tree (tracked and untracked files that
 # git does not ignore), so the in-place extension that other runs use is never touched and
@@ -83,7 +84,7 @@ set +e
     export PKEYGUARD_STATE_EXAMPLES=${PKEYGUARD_STATE_EXAMPLES:-200}
     "$PY" -c 'import pkeyguard._core as c, sys; assert c.__file__.startswith(sys.argv[1]), c.__file__' \
         "$COPY/src/" || exit 3
-    "$PY" -m pytest -p no:cacheprovider -q tests/unit \
+    "$PY" -m pytest -p no:cacheprovider -q tests/unit tests/adversarial \
         --ignore=tests/unit/test_vm.py --ignore=tests/unit/test_typing.py "$@"
 )
 status=$?
