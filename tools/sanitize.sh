@@ -52,8 +52,11 @@ echo "=== build the C extensions with -fsanitize=address,undefined"
         "$PY" setup.py -q build_ext --inplace --build-temp "$WORK/build" >"$WORK/build.log" 2>&1 \
         || { cat "$WORK/build.log"; exit 1; }
 )
+# nm's output goes to a file first: `nm | grep -q` under pipefail fails whenever grep stops
+# reading at its first match before nm has written everything (SIGPIPE), at random.
 for so in "$COPY"/src/pkeyguard/*.so; do
-    if ! nm -D "$so" | grep -q '__asan_'; then
+    nm -D "$so" >"$WORK/symbols.txt"
+    if ! grep -q '__asan_' "$WORK/symbols.txt"; then
         echo "sanitize.sh: $so is not instrumented" >&2
         exit 1
     fi
@@ -62,7 +65,8 @@ done
 # ASan's runtime intercepts mlock()/munlock() and makes them no-ops; the core calls them
 # through syscall(2), so the secret tests that check locking run here too.  Say so plainly
 # if that ever changes, rather than let those tests fail on VmLck.
-if nm -D "$COPY"/src/pkeyguard/_core*.so | grep -Eq ' U (mlock|munlock)(@|$)'; then
+nm -D "$COPY"/src/pkeyguard/_core*.so >"$WORK/symbols.txt"
+if grep -Eq ' U (mlock|munlock)(@|$)' "$WORK/symbols.txt"; then
     echo "sanitize.sh: _core calls mlock/munlock through libc, which ASan makes no-ops;" \
         "call them through syscall(2)" >&2
     exit 1
