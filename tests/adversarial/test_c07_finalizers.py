@@ -251,9 +251,10 @@ def test_secrets_open_at_exit_are_wiped(daemon: bool) -> None:
     the two secrets stay unwiped)."""
     child = attack(_SECRETS_AT_EXIT, params={"daemon": daemon}, timeout=60, watchdog=30)
     assert_survived(child)
-    after = child.stdout.split("SECRETS 2", 1)[1]
-    wiped = re.findall(r"WIPED (\d)", after)
-    assert wiped.count("1") == 2 and "0" not in wiped, f"wipes at exit: {wiped}\n{child}"
+    # The one in a cycle may be collected (and wiped) before exit, by any GC run: count every
+    # wipe; each secret must be wiped exactly once, zeroed.
+    wiped = re.findall(r"WIPED (\d)", child.stdout)
+    assert wiped.count("1") == 2 and "0" not in wiped, f"wipes: {wiped}\n{child}"
 
 
 _QUIET_EXIT = """
