@@ -199,6 +199,7 @@ class _Proxy:
             raw = self._pg_view._read(self._pg_base + lo * esize, span * esize)
             raw = b"".join(raw[(i - lo) * esize : (i - lo + 1) * esize] for i in where)
         else:
+            self._pg_view.check(False)  # an empty slice of an expired view is refused too
             raw = b""
         # An array of the chosen elements, sliced whole: ctypes' own result (bytes for
         # c_char, str for c_wchar, a list otherwise).
@@ -218,6 +219,9 @@ class _Proxy:
             value = list(value)
         scratch = (etype * len(where))()
         scratch[:] = value  # the same length check and conversions as ctypes
+        if not where:
+            self._pg_view.check(True)  # nothing to write, but the view must be usable
+            return
         with memoryview(scratch).cast("B") as mv:
             if where.step == 1:
                 self._pg_view._write(self._pg_base + where.start * esize, mv)

@@ -18,6 +18,7 @@ from pkeyguard import (
     PkeyGuard,
     PkeyPermissions,
     RegionGuard,
+    RegionTypeError,
     ScalarRef,
     ViewError,
 )
@@ -303,3 +304,120 @@ def test_array_region() -> None:
             arr = g.mut_ref_guard().contents
             arr[3] = 42
             assert len(arr) == 4 and arr[3] == 42 and list(arr[:]) == [0, 0, 0, 42]
+
+
+class Flags(ctypes.Structure):
+    _fields_ = (("a", ctypes.c_uint32, 3), ("b", ctypes.c_uint32, 11), ("c", ctypes.c_uint16))
+
+
+class Pair(ctypes.Structure):
+    _fields_ = (("x", ctypes.c_int16), ("y", ctypes.c_uint8 * 3))
+
+
+class Either(ctypes.Union):
+    _fields_ = (("word", ctypes.c_uint32), ("half", ctypes.c_uint16 * 2), ("pair", Pair))
+
+
+class Record(ctypes.Structure):
+    _fields_ = (
+        ("flags", Flags),
+        ("pairs", Pair * 4),
+        ("either", Either),
+        ("text", ctypes.c_char * 6),
+        ("wide", ctypes.c_wchar * 3),
+        ("grid", (ctypes.c_int8 * 3) * 2),
+    )
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_composite_access_matches_ctypes_on_a_copy() -> None:
+    # The same writes through the view and on a plain ctypes object: every read agrees, and
+    # the region holds exactly the plain object's bytes.
+    plain = Record()
+    with RegionGuard(Record) as region, PkeyGuard() as key:
+        with key.associate(region).set_access_rights(RW) as g:
+            view = g.mut_ref_guard()
+            c: Any = view.contents
+            for target in (c, plain):
+                target.flags.a = 5
+                target.flags.b = 1029
+                target.flags.c = 65535
+                target.flags.a = 6  # a bitfield write keeps its neighbours
+                target.pairs[1].x = -3
+                target.pairs[2].y[1] = 200
+                target.pairs[3] = Pair(7, (ctypes.c_uint8 * 3)(1, 2, 3))
+                target.pairs[0:4:3] = [Pair(1), Pair(2)]
+                target.either.half[1] = 0xBEEF
+                target.text = b"hi"
+                target.wide = "ab"
+                target.grid[1][2] = -1
+                target.grid[0][::2] = [4, 5]
+            assert view.tobytes() == bytes(plain)
+            assert (c.flags.a, c.flags.b, c.flags.c) == (6, 1029, 65535)
+            assert c.either.word == plain.either.word and c.text == b"hi" and c.wide == "ab"
+            assert c.grid[0][:] == plain.grid[0][:] and c.grid[0][::-1] == plain.grid[0][::-1]
+            assert [p.x for p in c.pairs[::-1]] == [p.x for p in plain.pairs[::-1]]
+            assert bytes(c.pairs[3].y[:]) == bytes(plain.pairs[3].y[:])
+            assert dir(c)[:3] == ["either", "flags", "grid"]
+            with pytest.raises(AttributeError, match="no field"):
+                _ = c.nonexistent
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_nothing_from_a_composite_view_outlives_its_guard() -> None:
+    with RegionGuard(Pair * 3) as region, PkeyGuard() as key:
+        with key.associate(region).set_access_rights(RW) as g:
+            arr: Any = g.mut_ref_guard().contents
+            items = arr[0:3]  # proxies, not ctypes objects over the region
+            assert not any(isinstance(i, ctypes.Structure) for i in items)
+            items[1].x = 11
+            assert arr[1].x == 11
+            row = arr[2].y
+        stale: list[Callable[[], object]] = [
+            lambda: items[0].x,
+            lambda: row[0],
+            lambda: arr[1:1],  # even an empty slice
+            lambda: arr.__setitem__(slice(2, 2), []),
+            lambda: arr.__setitem__(slice(2, 0, 1), []),
+        ]
+        for use in stale:
+            with pytest.raises(ViewError):
+                use()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        ctypes.c_char_p,
+        ctypes.c_wchar_p,
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_int),
+        ctypes.py_object,
+    ],
+)
+def test_types_holding_pointers_are_refused(field: Any) -> None:
+    class Holder(ctypes.Structure):
+        _fields_ = (("n", ctypes.c_int), ("p", field))
+
+    class Outer(ctypes.Structure):
+        _fields_ = (("inner", Holder * 2),)
+
+    for value_type in (Holder, Outer, Holder * 2):
+        with pytest.raises(RegionTypeError, match="pointer"):
+            RegionGuard(value_type)
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_byte_swapped_scalars_keep_their_byte_order() -> None:
+    for ctype, value in (
+        (ctypes.c_uint32.__ctype_be__, 0x01020304),  # type: ignore[attr-defined]
+        (ctypes.c_int16.__ctype_be__, -2),  # type: ignore[attr-defined]
+        (ctypes.c_double.__ctype_be__, 2.5),  # type: ignore[attr-defined]
+    ):
+        with RegionGuard(ctype) as region, PkeyGuard() as key:
+            with key.associate(region).set_access_rights(RW) as g:
+                g.mut_ref_guard().value = value
+                assert ctype.from_address(region.address).value == value
+                raw = ctypes.string_at(region.address, ctypes.sizeof(ctype))
+                assert raw == bytes(ctype(value))
+                assert g.ref_guard().value == value
