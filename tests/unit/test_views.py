@@ -409,14 +409,16 @@ def test_types_holding_pointers_are_refused(field: Any) -> None:
 
 @pytest.mark.usefixtures("no_leaks")
 def test_byte_swapped_scalars_keep_their_byte_order() -> None:
-    for ctype, value in (
-        (ctypes.c_uint32.__ctype_be__, 0x01020304),  # type: ignore[attr-defined]
-        (ctypes.c_int16.__ctype_be__, -2),  # type: ignore[attr-defined]
-        (ctypes.c_double.__ctype_be__, 2.5),  # type: ignore[attr-defined]
-    ):
+    cases: list[tuple[Any, Any]] = [
+        (getattr(ctypes.c_uint32, "__ctype_be__"), 0x01020304),  # noqa: B009
+        (getattr(ctypes.c_int16, "__ctype_be__"), -2),  # noqa: B009
+        (getattr(ctypes.c_double, "__ctype_be__"), 2.5),  # noqa: B009
+    ]
+    for ctype, value in cases:
         with RegionGuard(ctype) as region, PkeyGuard() as key:
             with key.associate(region).set_access_rights(RW) as g:
-                g.mut_ref_guard().value = value
+                view: Any = g.mut_ref_guard()
+                view.value = value
                 assert ctype.from_address(region.address).value == value
                 raw = ctypes.string_at(region.address, ctypes.sizeof(ctype))
                 assert raw == bytes(ctype(value))
