@@ -115,11 +115,12 @@ is_finalizing(void)
 
 enum {
     E_GUARD_STATE, E_GUARD_ORDER, E_GUARD_THREAD, E_VIEW, E_ACCESS, E_PKU_UNAVAILABLE,
-    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_COUNT
+    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_COUNT
 };
 static const char *const err_names[E_COUNT] = {
     "GuardStateError", "GuardOrderError", "GuardThreadError", "ViewError", "AccessError",
-    "PkuUnavailableError", "MprotectError", "RegionError", "PkeyGuardError", "CanaryError",
+    "PkuUnavailableError", "MprotectError", "RegionError", "KeyStateError", "CanaryError",
+    "ArgumentTypeError",
 };
 static PyObject *err_classes[E_COUNT];
 
@@ -133,6 +134,7 @@ err(int which)
     case E_VIEW: case E_REGION: return PyExc_ValueError;
     case E_ACCESS: return PyExc_PermissionError;
     case E_MPROTECT: return PyExc_OSError;
+    case E_ARGTYPE: return PyExc_TypeError;
     default: return PyExc_RuntimeError;
     }
 }
@@ -1206,7 +1208,7 @@ level_of_rights(PyObject *rights)
             return i;
         }
     }
-    PyErr_Format(err(E_KEY), "rights must be a PkeyPermissions member, not %R", rights);
+    PyErr_Format(err(E_ARGTYPE), "rights must be a PkeyPermissions member, not %R", rights);
     return -1;
 }
 

@@ -14,9 +14,9 @@ import pytest
 from pkeyguard import (
     AccessPermissions,
     KeyExhaustedError,
+    KeyStateError,
     MprotectError,
     PkeyGuard,
-    PkeyGuardError,
     PkeyPermissions,
     RegionError,
     RegionGuard,
@@ -63,7 +63,7 @@ def test_refusals_leave_the_tags_alone() -> None:
     with RegionGuard(8) as region, PkeyGuard(NA) as key:
         assoc = key.associate(region)
         with assoc.set_access_rights(RW) as guard:
-            with pytest.raises(PkeyGuardError, match="still active"):
+            with pytest.raises(KeyStateError, match="still active"):
                 key.close()
             with pytest.raises(RegionError):
                 assoc.disassociate()

@@ -48,12 +48,12 @@ from pkeyguard import (
     GuardOrderError,
     GuardStateError,
     GuardThreadError,
+    KeyStateError,
     MutBytesRef,
     MutCompositeRef,
     MutScalarRef,
     NoAccessGuard,
     PkeyGuard,
-    PkeyGuardError,
     PkeyPermissions,
     ReadGuard,
     RegionError,
@@ -477,7 +477,7 @@ class PkeyguardMachine(RuleBasedStateMachine):
         self.tags_changed = True
         k: KeyM = self.pick(self.all_keys, i)
         busy = not k.closed and self.active_count(k) > 0
-        self.expect(t, k.obj.close, PkeyGuardError if busy else None, f"close {k!r}")
+        self.expect(t, k.obj.close, KeyStateError if busy else None, f"close {k!r}")
         if not busy and not k.closed:
             for a in list(k.assocs):
                 self.detach(a)
@@ -489,7 +489,7 @@ class PkeyguardMachine(RuleBasedStateMachine):
         self.tags_changed = True
         error: type[Exception] | None = None
         if k.closed:
-            error = PkeyGuardError
+            error = KeyStateError
         elif r.closed or r.assoc is not None:
             error = RegionError
         obj = self.expect(t, lambda: k.obj.associate(r.obj), error, f"associate {r!r} {k!r}")
