@@ -69,14 +69,10 @@ def probe_pku() -> tuple[bool, str]:
         return False, "cpu lacks pku (CPUID.7.0:ECX bit 3 is clear)"
     if not ospke:
         return False, "ospke off: the CPU has pku but the kernel did not enable it"
-    try:
-        # Access-disabled: pkey_alloc writes the new key's bits into this thread's PKRU and
-        # pkey_free leaves them there, so probing must not leave a key number open.
-        key = _core.pkey_alloc(0, PkeyPermissions.NoAccess.pkru_bits)
-    except OSError as exc:
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        return False, f"pkey_alloc: {name} ({exc.strerror})"
-    _core.pkey_free(key)
+    failed = _core.probe_pkey_alloc()  # allocates access-disabled and frees at once
+    if failed:
+        name = errno.errorcode.get(failed, str(failed))
+        return False, f"pkey_alloc: {name} ({os.strerror(failed)})"
     return True, "cpu has pku, kernel enabled it (ospke) and pkey_alloc works"
 
 

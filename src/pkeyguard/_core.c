@@ -2972,105 +2972,41 @@ core_rdpkru(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLong(pkru_read());
 }
 
+/* probe_pkey_alloc() -> 0 if pkey_alloc works here, else its errno.  The probe key is
+ * allocated access-disabled (pkey_alloc writes its bits into this thread's PKRU, and
+ * pkey_free leaves them) and freed at once. */
 static PyObject *
-core_wrpkru(PyObject *Py_UNUSED(m), PyObject *arg)
+core_probe_pkey_alloc(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
-    unsigned long v = PyLong_AsUnsignedLong(arg);
-    if (v == (unsigned long)-1 && PyErr_Occurred()) {
-        return NULL;
+    long k = syscall(SYS_pkey_alloc, 0, PKRU_AD);
+    if (k < 0) {
+        return PyLong_FromLong(errno);
     }
-    if (v > 0xffffffffUL) {
-        PyErr_SetString(PyExc_OverflowError, "PKRU is a 32-bit register");
-        return NULL;
-    }
+    (void)syscall(SYS_pkey_free, k);
+    return PyLong_FromLong(0);
+}
+
+/* count_free_keys() -> how many keys pkey_alloc can still hand out (each allocated
+ * access-disabled, then all freed). */
+static PyObject *
+core_count_free_keys(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
     if (require_pku() < 0) {
         return NULL;
     }
-    pkru_write((uint32_t)v);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_pkey_alloc(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned int flags, rights;
-    if (!PyArg_ParseTuple(args, "II:pkey_alloc", &flags, &rights)) {
-        return NULL;
+    long keys[32];
+    int n = 0;
+    while (n < 32) {
+        long k = syscall(SYS_pkey_alloc, 0, PKRU_AD);
+        if (k < 0) {
+            break;
+        }
+        keys[n++] = k;
     }
-    long k = syscall(SYS_pkey_alloc, flags, rights);
-    if (k < 0) {
-        return raise_errno(errno, "pkey_alloc");
+    for (int i = 0; i < n; i++) {
+        (void)syscall(SYS_pkey_free, keys[i]);
     }
-    return PyLong_FromLong(k);
-}
-
-static PyObject *
-core_pkey_free(PyObject *Py_UNUSED(m), PyObject *arg)
-{
-    long k = PyLong_AsLong(arg);
-    if (k == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (syscall(SYS_pkey_free, k) != 0) {
-        return raise_errno(errno, "pkey_free");
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_pkey_mprotect(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long addr, len;
-    int prot, pkey;
-    if (!PyArg_ParseTuple(args, "KKii:pkey_mprotect", &addr, &len, &prot, &pkey)) {
-        return NULL;
-    }
-    if (syscall(SYS_pkey_mprotect, (uintptr_t)addr, (size_t)len, prot, pkey) != 0) {
-        return raise_errno(errno, "pkey_mprotect");
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_mprotect(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long addr, len;
-    int prot;
-    if (!PyArg_ParseTuple(args, "KKi:mprotect", &addr, &len, &prot)) {
-        return NULL;
-    }
-    if (mprotect((void *)(uintptr_t)addr, (size_t)len, prot) != 0) {
-        return raise_errno(errno, "mprotect");
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_mmap_anon(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long len;
-    int prot;
-    if (!PyArg_ParseTuple(args, "Ki:mmap_anon", &len, &prot)) {
-        return NULL;
-    }
-    void *p = mmap(NULL, (size_t)len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        return raise_errno(errno, "mmap");
-    }
-    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)p);
-}
-
-static PyObject *
-core_munmap(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long addr, len;
-    if (!PyArg_ParseTuple(args, "KK:munmap", &addr, &len)) {
-        return NULL;
-    }
-    if (munmap((void *)(uintptr_t)addr, (size_t)len) != 0) {
-        return raise_errno(errno, "munmap");
-    }
-    Py_RETURN_NONE;
+    return PyLong_FromLong(n);
 }
 
 static PyObject *
@@ -3233,13 +3169,10 @@ static PyMethodDef core_methods[] = {
     {"enable_pku", core_enable_pku, METH_NOARGS, "Allow RDPKRU/WRPKRU (internal)."},
     {"pku_enabled", core_pku_enabled, METH_NOARGS, NULL},
     {"rdpkru", core_rdpkru, METH_NOARGS, "This thread's PKRU."},
-    {"wrpkru", core_wrpkru, METH_O, "Write this thread's PKRU."},
-    {"pkey_alloc", core_pkey_alloc, METH_VARARGS, NULL},
-    {"pkey_free", core_pkey_free, METH_O, NULL},
-    {"pkey_mprotect", core_pkey_mprotect, METH_VARARGS, NULL},
-    {"mprotect", core_mprotect, METH_VARARGS, NULL},
-    {"mmap_anon", core_mmap_anon, METH_VARARGS, NULL},
-    {"munmap", core_munmap, METH_VARARGS, NULL},
+    {"probe_pkey_alloc", core_probe_pkey_alloc, METH_NOARGS,
+     "0 if pkey_alloc works here, else its errno (no key is left allocated)."},
+    {"count_free_keys", core_count_free_keys, METH_NOARGS,
+     "How many keys pkey_alloc can still hand out (pku only)."},
     {"thread_guards", core_thread_guards, METH_NOARGS, "This thread's active guards, innermost first."},
     {"live_key_count", core_live_key_count, METH_NOARGS, "Open keys (pku and mprotect)."},
     {"isolation", core_isolation, METH_O, "isolation(allow): NoAccess on every other open key."},
