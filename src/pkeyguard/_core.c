@@ -3185,32 +3185,28 @@ static PyMethodDef core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "pkeyguard._core",
-    .m_doc = "Native core of pkeyguard: pkey syscalls, PKRU access, keys, memory, guards and "
-             "views.",
-    .m_size = -1,
-    .m_methods = core_methods,
-};
-
-PyMODINIT_FUNC
-PyInit__core(void)
+/* Multi-phase init.  The core's state (the types, the thread stacks, the registries of open
+ * keys and secure regions) is process-wide and relies on the GIL for atomicity, so the
+ * module says so: one interpreter only, and on a free-threaded build it keeps the GIL on. */
+static int
+core_exec(PyObject *m)
 {
     page_size = sysconf(_SC_PAGESIZE);
-    stack_dict_key = PyUnicode_InternFromString("pkeyguard._core.thread_stack");
     if (stack_dict_key == NULL) {
-        return NULL;
+        stack_dict_key = PyUnicode_InternFromString("pkeyguard._core.thread_stack");
+        if (stack_dict_key == NULL) {
+            return -1;
+        }
+    }
+    if (!(Guard_Type.tp_flags & Py_TPFLAGS_READY)) {
+        if (PyType_Ready(&Guard_Type) < 0 || guard_install_slots() < 0) {
+            return -1;
+        }
     }
     if (PyType_Ready(&Key_Type) < 0 || PyType_Ready(&Mapping_Type) < 0 ||
-        PyType_Ready(&Binding_Type) < 0 || PyType_Ready(&Guard_Type) < 0 ||
-        guard_install_slots() < 0 || PyType_Ready(&View_Type) < 0 ||
+        PyType_Ready(&Binding_Type) < 0 || PyType_Ready(&View_Type) < 0 ||
         PyType_Ready(&Group_Type) < 0 || PyType_Ready(&StackOwner_Type) < 0) {
-        return NULL;
-    }
-    PyObject *m = PyModule_Create(&core_module);
-    if (m == NULL) {
-        return NULL;
+        return -1;
     }
     if (PyModule_AddObjectRef(m, "Key", (PyObject *)&Key_Type) < 0 ||
         PyModule_AddObjectRef(m, "Mapping", (PyObject *)&Mapping_Type) < 0 ||
@@ -3224,11 +3220,41 @@ PyInit__core(void)
         PyModule_AddIntConstant(m, "PROT_NONE", PROT_NONE) < 0 ||
         PyModule_AddIntConstant(m, "PROT_READ", PROT_READ) < 0 ||
         PyModule_AddIntConstant(m, "PROT_WRITE", PROT_WRITE) < 0 ||
-        PyModule_AddIntConstant(m, "PROT_EXEC", PROT_EXEC) < 0 ||
-        PyModule_AddObject(m, "MAX_REGION_SIZE",
-                           PyLong_FromSize_t(MAX_REGION_SIZE)) < 0) {
-        Py_DECREF(m);
-        return NULL;
+        PyModule_AddIntConstant(m, "PROT_EXEC", PROT_EXEC) < 0) {
+        return -1;
     }
-    return m;
+    PyObject *max_size = PyLong_FromSize_t(MAX_REGION_SIZE);
+    if (max_size == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(m, "MAX_REGION_SIZE", max_size);
+    Py_DECREF(max_size);
+    return rc;
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pkeyguard._core",
+    .m_doc = "Native core of pkeyguard: pkey syscalls, PKRU access, keys, memory, guards and "
+             "views.",
+    .m_size = 0,
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&core_module);
 }

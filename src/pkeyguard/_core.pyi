@@ -2,6 +2,8 @@
 from contextlib import AbstractContextManager
 from typing import Any, Final, Self
 
+from typing_extensions import disjoint_base
+
 MODE_NOP: Final[int]
 MODE_PKU: Final[int]
 MODE_MPROTECT: Final[int]
@@ -16,6 +18,7 @@ MAX_REGION_SIZE: Final[int]
 # view_types, label, guard_pages, lock, dontdump, wipeonfork, canary_size, wipe, on_release);
 # they are declared loosely so that the public subclasses' __init__ signatures are the ones
 # type checkers read (PkeyGuard(...), RegionGuard(...)).
+@disjoint_base
 class Key:
     def __new__(cls, *args: Any, **kwargs: Any) -> Self: ...
     @property
@@ -37,6 +40,7 @@ class Key:
     def _set_autoclose(self) -> None: ...
     def _guard(self, level: int, /) -> Guard: ...
 
+@disjoint_base
 class Mapping:
     def __new__(cls, *args: Any, **kwargs: Any) -> Self: ...
     @property
@@ -56,6 +60,7 @@ class Mapping:
     def close(self) -> None: ...
     def _protect(self, prot: int, /) -> None: ...
 
+@disjoint_base
 class Binding:
     @property
     def associated(self) -> bool: ...
@@ -69,6 +74,7 @@ class Binding:
     def _guard(self, level: int, cls: type[Any], view_cls: type[View] | None = ..., /) -> Any: ...
     def _unbind(self) -> None: ...
 
+@disjoint_base
 class Guard:
     @property
     def key(self) -> Key: ...
@@ -86,6 +92,7 @@ class Guard:
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc: object) -> None: ...
 
+@disjoint_base
 class View:
     @property
     def writable(self) -> bool: ...
@@ -98,6 +105,10 @@ class View:
     @property
     def _ctype(self) -> Any: ...
     def __len__(self) -> int: ...
+    @property
+    def value(self) -> Any: ...  # read-only here: the write views' stubs add the setter
+    # The buffer protocol (bf_getbuffer).  CPython 3.12+ also shows it as __buffer__; the
+    # stub declares it on every version so that checkers see a Buffer (stubtest allowlist).
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def tobytes(self) -> bytes: ...
     def check(self, write: bool, /) -> None: ...
