@@ -12,7 +12,6 @@ blocks short.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import operator
 import os
@@ -254,13 +253,16 @@ class Secret(Unshareable):
         """
         self._region.close()
 
-    def __del__(self) -> None:
+    def __del__(self, _refused: type[Exception] = PkeyguardError) -> None:
         # Wipe as soon as the Secret is dropped.  A secret still being revealed is wiped when
-        # the garbage collector frees its memory, once the block has ended.
+        # the garbage collector frees its memory, once the block has ended.  (The error class
+        # is bound at definition: module globals may be gone at interpreter exit.)
         region: Any = getattr(self, "_region", None)
         if region is not None:
-            with contextlib.suppress(PkeyguardError):
+            try:  # noqa: SIM105 - not contextlib: it may be gone at exit
                 region.close()
+            except _refused:
+                pass
 
     def __enter__(self) -> Secret:
         self._check()
