@@ -221,10 +221,12 @@ class Child:
 
 
 def run_child(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> Child:
-    """Run a Python snippet in a fresh interpreter (for code that must crash)."""
+    """Run a Python snippet in a fresh interpreter (for code that must crash).
+
+    The child imports pkeyguard the way this process did (the installed package, or the one
+    PYTHONPATH points at): the suite tests what is installed, not the source tree.
+    """
     full_env = dict(os.environ)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    full_env["PYTHONPATH"] = src + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.pop("PYTHONFAULTHANDLER", None)
     if env:
         full_env.update(env)

@@ -38,7 +38,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -896,7 +895,8 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (canary_size > 0) {
         ssize_t got = 0;
         while (got < canary_size) {
-            ssize_t n = getrandom(m->canary + got, (size_t)(canary_size - got), 0);
+            /* The system call, not glibc's getrandom() (2.25): the wheel stays manylinux2014. */
+            long n = syscall(SYS_getrandom, m->canary + got, (size_t)(canary_size - got), 0);
             if (n < 0) {
                 if (errno == EINTR) {
                     continue;
