@@ -60,8 +60,11 @@ class KeyStateError(PkeyguardError, RuntimeError):
     """
 
 
-class KeyExhaustedError(KeyStateError, MprotectError):
-    """No protection key is free (``pkey_alloc`` gave ENOSPC): x86 has 15 allocatable keys."""
+class KeyExhaustedError(MprotectError, KeyStateError):
+    """No protection key is free (``pkey_alloc`` gave ENOSPC): x86 has 15 allocatable keys.
+
+    (OSError first among the bases: its constructor is the one that sets ``errno``.)
+    """
 
 
 class PkuUnavailableError(PkeyguardError, RuntimeError):

@@ -68,3 +68,11 @@ def test_wrong_types_raise_type_errors() -> None:
             assoc.set_access_rights("ReadWrite")  # type: ignore[call-overload]
         with pytest.raises(TypeError):
             key.associate(object())  # type: ignore[arg-type]
+
+
+def test_system_call_errors_carry_errno() -> None:
+    for cls in (pkeyguard.MprotectError, pkeyguard.KeyExhaustedError):
+        exc = cls(28, "No space left on device")
+        assert exc.errno == 28 and exc.strerror == "No space left on device", cls
+        assert isinstance(exc, OSError)
+    assert issubclass(pkeyguard.KeyExhaustedError, pkeyguard.KeyStateError)
