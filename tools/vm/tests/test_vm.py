@@ -1,4 +1,4 @@
-"""The PKU guest runner (pkeyguard.vm): the pieces on the host, then real boots under TCG.
+"""The PKU guest runner (pkeyguard_vm): the pieces on the host, then real boots under TCG.
 
 The boots are real (about 5 s each on a 2-core machine): they provision qemu and the Debian
 kernel on first use (root and apt needed) and are not skipped anywhere.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pkeyguard import vm
+import pkeyguard_vm as vm
 
-# Inside the guest (someone ran tests/unit there) the cache is read-only and qemu would nest.
+# Inside the guest (someone ran these tests there) the cache is read-only and qemu would nest.
 pytestmark = pytest.mark.skipif(
     os.environ.get("PKEYGUARD_VM_GUEST") == "1", reason="no VM inside the PKU guest"
 )
@@ -42,6 +42,9 @@ int main(void) {
     return syscall(331, key) == 0 ? 0 : 2; /* pkey_free */
 }
 """
+
+# Where pkeyguard_vm was imported from (the installed package or a source tree), for children.
+_SRC = os.path.dirname(os.path.dirname(vm.__file__))
 
 WEIRD = "two  spaces, 'single' \"double\"\nsecond line $HOME `x` \\ end\n"
 
@@ -252,8 +255,8 @@ def test_child_dies_with_a_hard_killed_runner() -> None:
     # What keeps qemu from outliving a runner killed with SIGKILL (no finally runs then).
     helper = textwrap.dedent(f"""
         import subprocess, sys
-        sys.path.insert(0, {os.path.dirname(os.path.dirname(vm.__file__))!r})
-        from pkeyguard import vm
+        sys.path.insert(0, {_SRC!r})
+        import pkeyguard_vm as vm
         child = subprocess.Popen(["sleep", "60"], start_new_session=True,
                                  preexec_fn=vm._die_with_parent())
         print(child.pid, flush=True)
@@ -397,10 +400,12 @@ def test_kernel_panic_is_reported() -> None:
 
 
 def test_sigterm_of_the_cli_kills_qemu() -> None:
+    path = os.environ.get("PYTHONPATH")
     runner = subprocess.Popen(
-        [sys.executable, vm.__file__, "--", "sh", "-c", "echo ready; sleep 60"],
+        [sys.executable, "-m", "pkeyguard_vm", "--", "sh", "-c", "echo ready; sleep 60"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=_SRC + (os.pathsep + path if path else "")),
     )
     assert runner.stdout is not None
     try:
