@@ -46,6 +46,7 @@ int main(void) {
 """
 
 # Where pkeyguard_vm was imported from (the installed package or a source tree), for children.
+assert vm.__file__ is not None
 _SRC = os.path.dirname(os.path.dirname(vm.__file__))
 
 WEIRD = "two  spaces, 'single' \"double\"\nsecond line $HOME `x` \\ end\n"
@@ -286,7 +287,7 @@ def test_child_dies_with_a_hard_killed_runner() -> None:
     # What keeps qemu from outliving a runner killed with SIGKILL (no finally runs then).
     helper = textwrap.dedent(f"""
         import subprocess, sys
-        sys.path.insert(0, {os.path.dirname(os.path.dirname(vm.__file__))!r})
+        sys.path.insert(0, {_SRC!r})
         import pkeyguard_vm as vm
         child = subprocess.Popen(["sleep", "60"], start_new_session=True,
                                  preexec_fn=vm._die_with_parent())
