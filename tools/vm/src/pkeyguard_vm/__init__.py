@@ -839,11 +839,11 @@ def provision(
         if not initramfs.is_file():
             log(f"building {initramfs}")
             build_initramfs(initramfs, busybox=tools.busybox, modules=image.modules)
-            for stale in cache.glob("initramfs-*.cpio.gz"):
-                # This kernel's older images, and those of the unnamed layout before --kernel.
-                mine = stale.name.startswith(f"initramfs-{kernel}-")
-                legacy = re.fullmatch(r"initramfs-[0-9a-f]{16}\.cpio\.gz", stale.name)
-                if stale != initramfs and (mine or legacy):
+            # This kernel's older images only. The image of the layout before --kernel
+            # (initramfs-<key>.cpio.gz) is left alone: a runner of that version may share the
+            # cache and boot it right now, and deleting it would make the two rebuild in turn.
+            for stale in cache.glob(f"initramfs-{kernel}-*.cpio.gz"):
+                if stale != initramfs:
                     stale.unlink(missing_ok=True)
     return Provisioned(tools, image, initramfs, time.monotonic() - start)
 
