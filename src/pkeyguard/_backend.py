@@ -157,8 +157,9 @@ def _select() -> tuple[BackendInfo, Backend]:
         raise PkuUnavailableError(
             f"PKEYGUARD_BACKEND=pku, but PKU cannot work here: {reason}. Run on a CPU with "
             "PKU (Intel Skylake-SP or newer, AMD Zen 3 or newer) and a kernel built with "
-            "CONFIG_X86_INTEL_MEMORY_PROTECTION_KEYS, or under `python -m pkeyguard.vm`, or "
-            "unset PKEYGUARD_BACKEND to use the mprotect backend"
+            "CONFIG_X86_INTEL_MEMORY_PROTECTION_KEYS, or under `pkeyguard-vm` (tools/vm in "
+            "pkeyguard's source repository), or unset PKEYGUARD_BACKEND to use the mprotect "
+            "backend"
         )
     return _mprotect_info(reason, forced=False)
 
