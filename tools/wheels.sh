@@ -10,6 +10,9 @@
 #   bash tools/wheels.sh                 # everything above; dist/ holds the results
 #   PYTHONS="3.12" bash tools/wheels.sh  # some interpreters only
 #
+# The first interpreter's unit suite runs at HYPOTHESIS_PROFILE (ci in tools/test.sh); the
+# others at OTHER_PROFILE (default dev: the stateful tests are smaller, the rest the same).
+#
 # A missing interpreter fails the run, with a line saying how to get it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,10 +101,17 @@ if bad:
     sys.exit("the runtime wheel must not ship these:\n  " + "\n  ".join(bad))
 EOF
 
-for v in "${!INTERP[@]}"; do
+first=""
+for v in $PYTHONS; do
+    [[ -n "${INTERP[$v]:-}" ]] || continue
+    profile=${OTHER_PROFILE:-dev}
+    if [[ -z "$first" ]]; then
+        first=$v
+        profile=${HYPOTHESIS_PROFILE:-dev}
+    fi
     tag="cp${v/./}"
     whl=$(ls dist/pkeyguard-*-"$tag"-"$tag"-*manylinux*.whl)
-    step "CPython $v: install $(basename "$whl") into a fresh venv and run the unit suite"
+    step "CPython $v: install $(basename "$whl") into a fresh venv, run the unit suite ($profile)"
     venv="$WORK/test-$v"
     "${INTERP[$v]}" -m venv "$venv"
     pip_quiet "$venv/bin/python" -m pip install "$whl" "pytest>=7" "hypothesis>=6"
@@ -110,6 +120,7 @@ for v in "${!INTERP[@]}"; do
         cd "$ROOT"
         unset PYTHONPATH
         "$venv/bin/python" -c 'import pkeyguard, sys; assert "site-packages" in pkeyguard.__file__, pkeyguard.__file__; print("testing", pkeyguard.__file__, pkeyguard.__version__)'
-        "$venv/bin/python" -m pytest -p no:cacheprovider -q -m "not typing" tests/unit
+        HYPOTHESIS_PROFILE=$profile "$venv/bin/python" -m pytest -p no:cacheprovider -q \
+            -m "not typing" tests/unit
     )
 done
