@@ -1,4 +1,4 @@
-"""``python -m pkeyguard bench``: what a rights switch costs, against floors from the same run.
+"""``python -m pkeyguard_bench``: what a rights switch costs, against floors from the same run.
 
 Every figure is measured interleaved with the others in one process: each round takes one
 timed sample of every case, in a fresh shuffled order (cases that work on the same memory
@@ -6,7 +6,7 @@ stay together, after one untimed warm-up iteration), and the table reports the m
 the minimum over the rounds.  A sample is a timeit-style tight loop calibrated to a target
 duration; the cost of an empty loop iteration is measured the same way and subtracted
 ("net").  Native floors (a raw
-``mprotect`` pair, RDPKRU/WRPKRU) loop and time themselves in C (``_benchfloor``), so they
+``mprotect`` pair, RDPKRU/WRPKRU) loop and time themselves in C (``_floor``), so they
 carry no interpreter cost at all.
 
 Each row is divided by its floor from the same run:
@@ -44,11 +44,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from . import _backend, _benchfloor, _core
-from ._permissions import AccessPermissions, PkeyPermissions
-from ._support import _cpuinfo
-from .pkey import AssociatedRegion, PkeyGuard, WriteGuard
-from .region import RegionGuard
+from pkeyguard import (
+    AccessPermissions,
+    AssociatedRegion,
+    PkeyGuard,
+    PkeyPermissions,
+    RegionGuard,
+    WriteGuard,
+    _core,
+)
+from pkeyguard import backend as active_backend
+
+from . import _floor
 
 __all__ = ["main", "run"]
 
@@ -190,6 +197,19 @@ def _read(path: str) -> str | None:
         return None
 
 
+def cpuinfo() -> tuple[str, set[str]]:
+    """The first ``model name`` and ``flags`` of /proc/cpuinfo."""
+    model, flags = "unknown", set[str]()
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        name, _, value = line.partition(":")
+        name = name.strip()
+        if name == "model name" and model == "unknown":
+            model = value.strip()
+        elif name == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
 def mem_available() -> int | None:
     text = _read("/proc/meminfo") or ""
     for line in text.splitlines():
@@ -199,9 +219,9 @@ def mem_available() -> int | None:
 
 
 def machine_info() -> dict[str, Any]:
-    model, flags = _cpuinfo()
-    pku, ospke = _core.cpuid_flags()
-    info = _backend.backend()
+    model, flags = cpuinfo()
+    pku, ospke = _floor.cpuid_flags()
+    info = active_backend()
     thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
     return {
         "cpu_model": model,
@@ -215,7 +235,7 @@ def machine_info() -> dict[str, Any]:
         "libc": " ".join(platform.libc_ver()),
         "transparent_hugepage": thp,
         "mem_available": mem_available(),
-        "page_size": _core.PAGE_SIZE,
+        "page_size": mmap.PAGESIZE,
         "backend": info.name,
         "backend_reason": info.reason,
         "backend_forced": info.forced,
@@ -231,8 +251,8 @@ class BusyWriter:
     def __init__(self, nbytes: int, cpu: int | None) -> None:
         self.nbytes = nbytes
         self.cpu = cpu
-        self.address = _core.mmap_anon(nbytes, _core.PROT_READ | _core.PROT_WRITE)
-        _benchfloor.touch_pages(self.address, nbytes, 1)
+        self.address = _floor.mmap_anon(nbytes, mmap.PROT_READ | mmap.PROT_WRITE)
+        _floor.touch_pages(self.address, nbytes, 1)
         self.sweeps = 0
         self._flag = ctypes.c_int(0)
         self._thread: threading.Thread | None = None
@@ -241,9 +261,7 @@ class BusyWriter:
         if self.cpu is not None:
             os.sched_setaffinity(0, {self.cpu})  # 0: this thread only
         started.set()
-        self.sweeps += _benchfloor.busy_writer(
-            self.address, self.nbytes, ctypes.addressof(self._flag)
-        )
+        self.sweeps += _floor.busy_writer(self.address, self.nbytes, ctypes.addressof(self._flag))
 
     def start(self) -> None:
         self._flag.value = 0
@@ -263,7 +281,7 @@ class BusyWriter:
 
     def close(self) -> None:
         self.stop()
-        _core.munmap(self.address, self.nbytes)
+        _floor.munmap(self.address, self.nbytes)
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -316,7 +334,7 @@ class Fixtures:
         item = Guarded(region, key, assoc, guard)
         self.items.append(item)
         with guard:
-            _benchfloor.touch_pages(item.address, item.length, 1)
+            _floor.touch_pages(item.address, item.length, 1)
         return item
 
     def close(self) -> None:
@@ -356,7 +374,7 @@ def _native(fn: Callable[..., int], *args: object) -> Runner:
 
 def _mprotect_runner(address: int, length: int, first: int, second: int) -> Runner:
     def run(n: int) -> int:
-        return _benchfloor.mprotect_pairs(address, length, n, first, second)
+        return _floor.mprotect_pairs(address, length, n, first, second)
 
     return run
 
@@ -426,14 +444,14 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
                 case_id("floor.rdpkru", t),
                 "C loop: RDPKRU",
                 "floor",
-                _native(_benchfloor.rdpkru_loop),
+                _native(_floor.rdpkru_loop),
                 native=True,
             )
             pair = add(
                 case_id("floor.wrpkru_pair", t),
                 "C loop: (RDPKRU, WRPKRU) x2, as a guard pair does",
                 "floor",
-                _native(_benchfloor.wrpkru_pairs, first.key.key),
+                _native(_floor.wrpkru_pairs, first.key.key),
                 native=True,
             )
             if hasattr(libc, "pkey_set"):
@@ -500,10 +518,10 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
                 floor=hw,
             )
             add(
-                case_id("alt.mprotect_core", t, size),
-                "Python: _core.mprotect(...) x2 (C calls, no guard)",
+                case_id("alt.mprotect_ext", t, size),
+                "Python: C-extension mprotect(...) x2 (no guard)",
                 "alt",
-                py_loop("mp(a, n, p1); mp(a, n, p2)", {"mp": _core.mprotect, **pages}),
+                py_loop("mp(a, n, p1); mp(a, n, p2)", {"mp": _floor.mprotect, **pages}),
                 size=size,
                 floor=mp_c,
             )
@@ -1168,7 +1186,7 @@ def run(mode: Mode, *, rounds: int | None = None, pin: bool = True) -> dict[str,
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pkeyguard bench",
+        prog="python -m pkeyguard_bench",
         description="Cost of rights switches, views and copies, as ratios to floors "
         "measured in the same run.",
     )
@@ -1203,7 +1221,7 @@ def main(argv: list[str]) -> int:
         except ImportError:
             print(
                 "--plot needs matplotlib, which is not installed: "
-                "pip install 'pkeyguard[plot]' (or pip install matplotlib)",
+                "pip install 'pkeyguard-bench[plot]' (or pip install matplotlib)",
                 file=sys.stderr,
             )
             return 2
