@@ -112,11 +112,11 @@ def test_mprotect_pairs_floor_restores_the_pages() -> None:
     address = _floor.mmap_anon(length, rw)
     try:
         _floor.touch_pages(address, length, 7)
-        ns = _floor.mprotect_pairs(address, length, 10, 0, rw)  # PROT_NONE, then RW
+        ns = _floor.mprotect_pairs(address, length, 0, rw, 10)  # PROT_NONE, then RW
         assert ns > 0
         _floor.touch_pages(address, length, 8)  # still writable: the pair ended on RW
         with pytest.raises(OSError, match="mprotect"):
-            _floor.mprotect_pairs(address + 1, length, 1)  # unaligned: EINVAL
+            _floor.mprotect_pairs(address + 1, length, rw, 0, 1)  # unaligned: EINVAL
     finally:
         _floor.munmap(address, length)
 

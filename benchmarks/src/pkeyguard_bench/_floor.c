@@ -5,9 +5,10 @@
  * Unsafe by design: the functions take raw addresses and trust them.  This is why they live
  * in the benchmark's own distribution (pkeyguard-bench) and not in pkeyguard, which exposes
  * no raw-address primitive.  Each timing loop runs entirely in C and times itself with
- * clock_gettime(CLOCK_MONOTONIC), so the figures carry no interpreter overhead:
+ * clock_gettime(CLOCK_MONOTONIC), so the figures carry no interpreter overhead.  The count
+ * comes last, so that the benchmark calls each loop as fn(*fixtures, n):
  *
- *   mprotect_pairs(addr, length, n[, first, second]) -> ns   n x (mprotect first; second)
+ *   mprotect_pairs(addr, length, first, second, n) -> ns     n x (mprotect first; second)
  *   rdpkru_loop(n) -> ns                                      n x RDPKRU
  *   wrpkru_pairs(pkey, n) -> ns    n x what a guard's enter+exit does to PKRU:
  *                                  (RDPKRU, WRPKRU open) then (RDPKRU, WRPKRU restore)
@@ -193,8 +194,8 @@ fl_mprotect_pairs(PyObject *Py_UNUSED(m), PyObject *args)
 {
     unsigned long long addr, len;
     Py_ssize_t n;
-    int first = PROT_READ | PROT_WRITE, second = PROT_NONE;
-    if (!PyArg_ParseTuple(args, "KKn|ii:mprotect_pairs", &addr, &len, &n, &first, &second)) {
+    int first, second;
+    if (!PyArg_ParseTuple(args, "KKiin:mprotect_pairs", &addr, &len, &first, &second, &n)) {
         return NULL;
     }
     if (check_count(n) < 0) {
@@ -319,7 +320,7 @@ static PyMethodDef fl_methods[] = {
     {"munmap", fl_munmap, METH_VARARGS, "munmap(address, length)."},
     {"mprotect", fl_mprotect, METH_VARARGS, "mprotect(address, length, prot)."},
     {"mprotect_pairs", fl_mprotect_pairs, METH_VARARGS,
-     "mprotect_pairs(address, length, n, first=RW, second=NONE) -> ns for n pairs."},
+     "mprotect_pairs(address, length, first, second, n) -> ns for n pairs."},
     {"rdpkru_loop", fl_rdpkru_loop, METH_O, "rdpkru_loop(n) -> ns for n RDPKRU."},
     {"wrpkru_pairs", fl_wrpkru_pairs, METH_VARARGS,
      "wrpkru_pairs(pkey, n) -> ns for n guard-like (RDPKRU+WRPKRU) x 2 pairs."},
