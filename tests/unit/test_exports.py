@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_every_export_is_documented_and_every_documented_name_exported() -> None
 
 def test_old_names_warn_but_work() -> None:
     with pytest.warns(DeprecationWarning, match="KeyStateError"):
-        old = pkeyguard.PkeyGuardError  # type: ignore[attr-defined]
+        old = pkeyguard.PkeyGuardError
     assert old is pkeyguard.KeyStateError
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -49,7 +50,7 @@ def test_old_names_warn_but_work() -> None:
 
 
 def test_wrong_types_raise_type_errors() -> None:
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: pkeyguard.PkeyGuard(rights="ReadWrite"),  # type: ignore[arg-type]
         lambda: pkeyguard.PkeyGuard(name=5),  # type: ignore[arg-type]
         lambda: pkeyguard.RegionGuard("8"),  # type: ignore[call-overload]
