@@ -3113,9 +3113,29 @@ core_wipe_at_exit(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* The errors and the rights are registered once per process, by the one pkeyguard package
+ * that imported this core.  A second registration (the package's modules removed from
+ * sys.modules and imported again, or a direct call) would swap the classes under every live
+ * object, so it is refused. */
+static int
+refuse_second_registration(const char *what, int already)
+{
+    if (already) {
+        PyErr_Format(PyExc_ImportError,
+                     "pkeyguard: %s already registered; pkeyguard can be imported only once per "
+                     "process (were its modules removed from sys.modules?)",
+                     what);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 core_set_error_module(PyObject *Py_UNUSED(m), PyObject *module)
 {
+    if (refuse_second_registration("the error classes are", err_classes[0] != NULL) < 0) {
+        return NULL;
+    }
     PyObject *found[E_COUNT];
     for (int i = 0; i < E_COUNT; i++) {
         found[i] = PyObject_GetAttrString(module, err_names[i]);
@@ -3142,6 +3162,9 @@ core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
     PyObject *members, *types;
     if (!PyArg_ParseTuple(args, "O!O!:_register_rights", &PyTuple_Type, &members, &PyTuple_Type,
                           &types)) {
+        return NULL;
+    }
+    if (refuse_second_registration("the rights are", rights_members[0] != NULL) < 0) {
         return NULL;
     }
     if (PyTuple_GET_SIZE(members) != 3 || PyTuple_GET_SIZE(types) != 3) {
@@ -3188,9 +3211,26 @@ static PyMethodDef core_methods[] = {
 /* Multi-phase init.  The core's state (the types, the thread stacks, the registries of open
  * keys and secure regions) is process-wide and relies on the GIL for atomicity, so the
  * module says so: one interpreter only, and on a free-threaded build it keeps the GIL on. */
+static int core_executed;
+
 static int
 core_exec(PyObject *m)
 {
+    /* Py_mod_multiple_interpreters only stops isolated subinterpreters; a legacy one (shared
+     * GIL) would run this again and re-register the errors and rights of its own copy of the
+     * package under the main interpreter's objects.  So: the main interpreter, once. */
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError,
+                        "pkeyguard._core can be imported only in the main interpreter (its state "
+                        "is process-wide); subinterpreters are not supported");
+        return -1;
+    }
+    if (core_executed) {
+        PyErr_SetString(PyExc_ImportError,
+                        "pkeyguard._core is already loaded in this process and cannot be loaded "
+                        "again (its state is process-wide; was it removed from sys.modules?)");
+        return -1;
+    }
     page_size = sysconf(_SC_PAGESIZE);
     if (stack_dict_key == NULL) {
         stack_dict_key = PyUnicode_InternFromString("pkeyguard._core.thread_stack");
@@ -3229,6 +3269,9 @@ core_exec(PyObject *m)
     }
     int rc = PyModule_AddObjectRef(m, "MAX_REGION_SIZE", max_size);
     Py_DECREF(max_size);
+    if (rc == 0) {
+        core_executed = 1;
+    }
     return rc;
 }
 
