@@ -28,4 +28,4 @@ def extension(name: str) -> Extension:
     )
 
 
-setup(ext_modules=[extension("_core"), extension("_benchfloor")])
+setup(ext_modules=[extension("_core")])

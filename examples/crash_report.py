@@ -1,6 +1,6 @@
 """What a protection fault looks like with pkeyguard.faults enabled.
 
-Run it where PKU exists (or under `python -m pkeyguard.vm -- python examples/crash_report.py`):
+Run it where PKU exists (or under `pkeyguard-vm -- python examples/crash_report.py`, from tools/vm):
 the process dies on purpose, writing through a read-only guard.
 """
 

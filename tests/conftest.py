@@ -4,13 +4,27 @@ conftest picks the backend before pkeyguard is imported)."""
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 NATIVE = Path(__file__).resolve().parent / "native"
+
+# Hypothesis profiles: `dev` (the default: a bare `pytest` stays under a minute), `ci` (what
+# tools/test.sh runs), `long` (for a night).  HYPOTHESIS_PROFILE picks one; the stateful tests
+# read their example counts from tests/profiles.py.
+for _name, _examples in (("dev", 50), ("ci", 200), ("long", 2000)):
+    settings.register_profile(
+        _name,
+        max_examples=_examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(scope="session")

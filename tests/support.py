@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import resource
 import subprocess
@@ -150,6 +152,67 @@ def pkey_at(address: int) -> int | None:
     return int(words[0]) if words else None
 
 
+class Syscalls:
+    """The raw system calls the tests need, through libc (the library has no raw entry point
+    for them).  Each raises OSError with the errno, like the library's own errors."""
+
+    SYS_pkey_mprotect, SYS_pkey_alloc, SYS_pkey_free = 329, 330, 331
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.syscall.restype = ctypes.c_long
+        self._libc.mmap.restype = ctypes.c_void_p
+        self._libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        ]
+        self._libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self._libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+    def _check(self, result: int, name: str) -> int:
+        if result == -1:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{os.strerror(err)} (from {name})")
+        return result
+
+    def _syscall(self, name: str, number: int, *args: int) -> int:
+        ctypes.set_errno(0)
+        c_args = [ctypes.c_ulong(a) for a in args]
+        return self._check(self._libc.syscall(ctypes.c_long(number), *c_args), name)
+
+    def pkey_alloc(self, flags: int, rights: int) -> int:
+        return self._syscall("pkey_alloc", self.SYS_pkey_alloc, flags, rights)
+
+    def pkey_free(self, key: int) -> None:
+        self._syscall("pkey_free", self.SYS_pkey_free, key)
+
+    def pkey_mprotect(self, address: int, length: int, prot: int, key: int) -> None:
+        self._syscall("pkey_mprotect", self.SYS_pkey_mprotect, address, length, prot, key)
+
+    def mprotect(self, address: int, length: int, prot: int) -> None:
+        ctypes.set_errno(0)
+        self._check(self._libc.mprotect(address, length, prot), "mprotect")
+
+    def mmap_anon(self, length: int, prot: int) -> int:
+        ctypes.set_errno(0)
+        address = self._libc.mmap(None, length, prot, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return int(address)
+
+    def munmap(self, address: int, length: int) -> None:
+        ctypes.set_errno(0)
+        self._check(self._libc.munmap(address, length), "munmap")
+
+
+syscalls = Syscalls()
+
+
 @dataclass
 class Child:
     returncode: int
@@ -158,10 +221,12 @@ class Child:
 
 
 def run_child(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> Child:
-    """Run a Python snippet in a fresh interpreter (for code that must crash)."""
+    """Run a Python snippet in a fresh interpreter (for code that must crash).
+
+    The child imports pkeyguard the way this process did (the installed package, or the one
+    PYTHONPATH points at): the suite tests what is installed, not the source tree.
+    """
     full_env = dict(os.environ)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    full_env["PYTHONPATH"] = src + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.pop("PYTHONFAULTHANDLER", None)
     if env:
         full_env.update(env)

@@ -9,13 +9,12 @@
 # preloaded.  Every report, from this process or any child it starts, is written under a log
 # directory; the run fails if any report exists, whatever the tests said.
 #
-#   bash tools/sanitize.sh                   # PKEYGUARD_STATE_EXAMPLES defaults to 200 here
+#   bash tools/sanitize.sh                   # the state machine runs 200 examples here
 #   KEEP=1 bash tools/sanitize.sh            # keep the temporary copy (its path is printed)
 #   bash tools/sanitize.sh -k state_machine  # extra arguments go to pytest
 #
-# Not run here: tests/unit/test_vm.py (boots QEMU: nothing of the C core runs, and qemu with
-# libasan preloaded is not what it tests) and tests/unit/test_typing.py (runs mypy and the
-# pyright engine on Node: nothing of the C core runs either).
+# Not run here: tests/unit/test_typing.py (runs mypy and the pyright engine on Node: nothing of
+# the C core runs).  The PKU guest runner's tests live in tools/vm/tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -89,7 +88,7 @@ set +e
     "$PY" -c 'import pkeyguard._core as c, sys; assert c.__file__.startswith(sys.argv[1]), c.__file__' \
         "$COPY/src/" || exit 3
     "$PY" -m pytest -p no:cacheprovider -q tests/unit tests/adversarial \
-        --ignore=tests/unit/test_vm.py --ignore=tests/unit/test_typing.py "$@"
+        --ignore=tests/unit/test_typing.py "$@"
 )
 status=$?
 set -e

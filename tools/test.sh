@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, then
-#   1. lint and types: ruff, mypy --strict, basedpyright;
+#   1. lint and types: ruff, mypy --strict, basedpyright, stubtest of the C core's stub, and
+#      the typing programs (tests/typing) under both checkers;
 #   2. the C core under ASan+UBSan: the unit and adversarial suites;
-#   3. the unit suite and the adversarial suite (mprotect backend, this machine);
-#   4. the hardware suite and the adversarial classes that depend on the backend (pku backend
-#      forced) inside a QEMU guest whose CPU has PKU;
-#   5. the benchmark in --quick mode (must run and print; no timing assertion).
+#   3. the packages users install: an sdist and manylinux wheels for CPython 3.11, 3.12 and
+#      3.13, checked (twine, check-wheel-contents, what they hold), each installed into a
+#      fresh virtual environment where the unit suite runs against it (tools/wheels.sh);
+#   4. the adversarial suite (mprotect backend, this machine);
+#   5. the PKU guest runner (tools/vm) and, through it, the hardware suite and the adversarial
+#      classes that depend on the backend (pku backend forced) inside a QEMU guest whose CPU
+#      has PKU, on Debian's release kernel (6.1) and its newest (6.12, bookworm-backports);
+#   6. the benchmark in --quick mode (must run and print; no timing assertion).
 # Any failure, or a guest without PKU, fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,36 +18,57 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # The real interpreter, not a pyenv shim: the shim costs seconds per call in the guest.
 PY=$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')
+export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 step() { printf '\n=== %s\n' "$*"; }
+pip_install() {
+    "$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"
+}
 
-step "install pkeyguard and its test tools"
-"$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-    -e ".[test,lint]"
+step "install pkeyguard (editable), its test tools, the PKU guest runner and the benchmark"
+pip_install --upgrade "setuptools>=77" build
+pip_install -e ".[test,lint]"
+pip_install ./tools/vm ./benchmarks
 
 step "ruff"
-"$PY" -m ruff check src tests benchmarks examples
-"$PY" -m ruff format --check src tests benchmarks examples
+"$PY" -m ruff check src tests examples tools/vm benchmarks
+"$PY" -m ruff format --check src tests examples tools/vm benchmarks
 step "mypy --strict"
-"$PY" -m mypy --strict src tests benchmarks examples
+"$PY" -m mypy --strict src tests examples tools/vm/src tools/vm/tests
+"$PY" -m mypy --strict benchmarks/src benchmarks/tests
 step "basedpyright"
-"$PY" -m basedpyright src tests benchmarks examples
+"$PY" -m basedpyright src tests examples
+"$PY" -m basedpyright -p tools/vm
+"$PY" -m basedpyright -p benchmarks
+step "stubtest (the C core's stub against the built module)"
+"$PY" -m mypy.stubtest pkeyguard._core --allowlist tools/stubtest-allowlist.txt \
+    --ignore-unused-allowlist
+step "typing programs (mypy --strict and basedpyright over tests/typing)"
+"$PY" -m pytest -p no:cacheprovider -m typing tests/unit
 
 step "sanitizers (ASan + UBSan build of the C core: unit suite, state machine, adversarial suite)"
 PYTHON="$PY" bash tools/sanitize.sh
 
-step "unit suite (this machine)"
-"$PY" -m pytest -p no:cacheprovider tests/unit
+step "wheels: build, check, and the unit suite against each installed wheel (3.11, 3.12, 3.13)"
+PYTHON="$PY" bash tools/wheels.sh
 
 step "adversarial suite (this machine: every attack in a child process)"
 "$PY" -m pytest -p no:cacheprovider tests/adversarial
 
+step "PKU guest runner (tools/vm: host side, and real boots of both kernels)"
+"$PY" -m pytest -p no:cacheprovider tools/vm/tests
+
 step "hardware suite and the pku-relevant attacks (QEMU guest with PKU, pku backend forced)"
 # Classes 1, 3, 4 and 7 of the adversarial suite depend on how rights are switched and
 # memory is released, so they run on pku too; the others are backend-independent.
-PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard.vm --timeout 1500 -- \
-    "$PY" -m pytest -p no:cacheprovider --color=no -rA tests/hw \
-    tests/adversarial/test_c01_view_conversions.py tests/adversarial/test_c03_thread_end_and_fork.py \
-    tests/adversarial/test_c04_buffer_exports.py tests/adversarial/test_c07_finalizers.py
+for kernel in release backports; do
+    printf -- '--- kernel: %s\n' "$kernel"
+    PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard_vm --kernel "$kernel" --timeout 1500 -- \
+        "$PY" -m pytest -p no:cacheprovider --color=no -rA tests/hw \
+        tests/adversarial/test_c01_view_conversions.py \
+        tests/adversarial/test_c03_thread_end_and_fork.py \
+        tests/adversarial/test_c04_buffer_exports.py tests/adversarial/test_c07_finalizers.py
+done
 
 step "benchmark (quick)"
-"$PY" -m pkeyguard bench --quick
+"$PY" -m pytest -p no:cacheprovider benchmarks/tests
+"$PY" -m pkeyguard_bench --quick

@@ -9,18 +9,24 @@ Without PKU, the ``mprotect`` backend keeps the same API with process-wide right
 
 from __future__ import annotations
 
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
 from . import allocator, faults
 from ._backend import BackendInfo, backend
 from ._errors import (
+    DEPRECATED_NAMES,
     AccessError,
+    ArgumentTypeError,
     CanaryError,
     GuardError,
     GuardOrderError,
     GuardStateError,
     GuardThreadError,
     KeyExhaustedError,
+    KeyStateError,
     MprotectError,
-    PkeyGuardError,
     PkeyguardError,
     PkuUnavailableError,
     RegionError,
@@ -41,12 +47,16 @@ from .region import RegionGuard
 from .secret import Secret
 from .views import BytesRef, CompositeRef, MutBytesRef, MutCompositeRef, MutScalarRef, ScalarRef
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("pkeyguard")  # one source: pyproject.toml, through the installed metadata
+except PackageNotFoundError:  # pragma: no cover - imported from a source tree never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AccessError",
     "AccessGuard",
     "AccessPermissions",
+    "ArgumentTypeError",
     "AssociatedRegion",
     "BackendInfo",
     "BytesRef",
@@ -57,13 +67,13 @@ __all__ = [
     "GuardStateError",
     "GuardThreadError",
     "KeyExhaustedError",
+    "KeyStateError",
     "MprotectError",
     "MutBytesRef",
     "MutCompositeRef",
     "MutScalarRef",
     "NoAccessGuard",
     "PkeyGuard",
-    "PkeyGuardError",
     "PkeyPermissions",
     "PkeyguardError",
     "PkuUnavailableError",
@@ -81,3 +91,27 @@ __all__ = [
     "isolate",
     "isolated",
 ]
+
+
+def _public_module_names() -> None:
+    """Tracebacks and reprs say ``pkeyguard.RegionError``, not ``pkeyguard._errors...``."""
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) and obj.__module__.startswith("pkeyguard."):
+            obj.__module__ = "pkeyguard"
+
+
+_public_module_names()
+
+
+def __getattr__(name: str) -> Any:
+    if name in DEPRECATED_NAMES:
+        new, obj = DEPRECATED_NAMES[name]
+        warnings.warn(
+            f"pkeyguard.{name} is deprecated: it is called pkeyguard.{new} now "
+            "(the old name will go in the next release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return obj
+    raise AttributeError(f"module 'pkeyguard' has no attribute {name!r}")

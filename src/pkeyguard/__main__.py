@@ -1,32 +1,79 @@
-"""Command line: ``python -m pkeyguard {info,demo,bench}``."""
+"""Command line: what this machine supports, and the seed example end to end."""
 
 from __future__ import annotations
 
 import argparse
 import ctypes
 import json
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from ._support import support_report
+
+DESCRIPTION = """\
+pkeyguard: hardware-enforced memory protection with Linux memory protection keys.
+
+commands:
+  info    what this CPU and kernel support, which backend pkeyguard uses and why
+  demo    the seed example end to end, on the backend in use
+"""
+
+
+def _prog() -> str:
+    """``pkeyguard`` for the console script, ``python -m pkeyguard`` for the module."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "pkeyguard"
+    return "python -m pkeyguard" if name in ("__main__.py", "-c", "") else name
+
+
+def _yes(flag: object) -> str:
+    return "yes" if flag else "no"
+
+
+def render_info(report: dict[str, Any], out: TextIO) -> None:
+    """The support report, for people."""
+    w = out.write
+    w(f"pkeyguard {report['version']} on {report['implementation']} {report['python']}, ")
+    w(f"Linux {report['kernel']} ({report['machine']})\n\n")
+    if report.get("backend") is None:
+        w(f"backend:          none: {report.get('error')}\n")
+    else:
+        forced = " (forced)" if report["forced"] else ""
+        w(f"backend:          {report['backend']}{forced}: {report['reason']}\n")
+        w(f"rights:           {'per thread' if report['per_thread'] else 'process-wide'}\n")
+        if report["backend"] == "pku":
+            w(f"keys:             {report['keys_free']} of 15 free, ")
+            w(f"{report['keys_open']} held by pkeyguard\n")
+            w(f"PKRU (this thread): {report['pkru']}\n")
+        else:
+            w(f"keys:             logical (no limit), {report['keys_open']} open\n")
+    w("\n")
+    w(f"CPU:              {report['cpu_model']}\n")
+    w(f"  pku (CPUID):    {_yes(report['cpuid']['pku'])}, ")
+    w(f"in /proc/cpuinfo: {_yes(report['cpuinfo_flags']['pku'])}\n")
+    w(f"  ospke (CPUID):  {_yes(report['cpuid']['ospke'])}, ")
+    w(f"in /proc/cpuinfo: {_yes(report['cpuinfo_flags']['ospke'])}\n")
+    config = report["kernel_config"] or "unknown (no readable kernel config)"
+    w(f"kernel config:    {config}\n")
+    if report["env_backend"]:
+        w(f"PKEYGUARD_BACKEND={report['env_backend']}\n")
+    if report.get("guarantees"):
+        w("\nwhat this backend guarantees:\n")
+        for line in report["guarantees"]:
+            w(f"  - {line}\n")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     report = support_report()
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0 if report.get("backend") else 1
-    width = max(len(k) for k in report)
-    for name, value in report.items():
-        if name == "guarantees":
-            continue
-        print(f"{name:<{width}}  {value}")
-    for line in report.get("guarantees", []):
-        print(f"  - {line}")
+    else:
+        render_info(report, sys.stdout)
     return 0 if report.get("backend") else 1
 
 
-def demo(out: object = None) -> int:
+def demo() -> int:
     """The seed README's example, end to end, on whatever backend is active."""
     from . import AccessPermissions, PkeyGuard, PkeyPermissions, RegionGuard, backend
 
@@ -55,22 +102,36 @@ def demo(out: object = None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pkeyguard", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _run(argv: Sequence[str] | None) -> int:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=_prog(),
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pkeyguard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,demo}")
     p_info = sub.add_parser("info", help="what this machine supports and which backend is used")
     p_info.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("demo", help="run the seed example on the active backend")
-    sub.add_parser("bench", help="benchmarks (see --help of the subcommand)", add_help=False)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        from . import _bench
-
-        return _bench.main(argv[1:])
-    args = parser.parse_args(argv)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command == "info":
         return _cmd_info(args)
     return demo()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`pkeyguard info | head -1`): that is not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return code
 
 
 if __name__ == "__main__":

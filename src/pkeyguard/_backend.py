@@ -69,14 +69,10 @@ def probe_pku() -> tuple[bool, str]:
         return False, "cpu lacks pku (CPUID.7.0:ECX bit 3 is clear)"
     if not ospke:
         return False, "ospke off: the CPU has pku but the kernel did not enable it"
-    try:
-        # Access-disabled: pkey_alloc writes the new key's bits into this thread's PKRU and
-        # pkey_free leaves them there, so probing must not leave a key number open.
-        key = _core.pkey_alloc(0, PkeyPermissions.NoAccess.pkru_bits)
-    except OSError as exc:
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        return False, f"pkey_alloc: {name} ({exc.strerror})"
-    _core.pkey_free(key)
+    failed = _core.probe_pkey_alloc()  # allocates access-disabled and frees at once
+    if failed:
+        name = errno.errorcode.get(failed, str(failed))
+        return False, f"pkey_alloc: {name} ({os.strerror(failed)})"
     return True, "cpu has pku, kernel enabled it (ospke) and pkey_alloc works"
 
 
@@ -161,8 +157,9 @@ def _select() -> tuple[BackendInfo, Backend]:
         raise PkuUnavailableError(
             f"PKEYGUARD_BACKEND=pku, but PKU cannot work here: {reason}. Run on a CPU with "
             "PKU (Intel Skylake-SP or newer, AMD Zen 3 or newer) and a kernel built with "
-            "CONFIG_X86_INTEL_MEMORY_PROTECTION_KEYS, or under `python -m pkeyguard.vm`, or "
-            "unset PKEYGUARD_BACKEND to use the mprotect backend"
+            "CONFIG_X86_INTEL_MEMORY_PROTECTION_KEYS, or under `pkeyguard-vm` (tools/vm in "
+            "pkeyguard's source repository), or unset PKEYGUARD_BACKEND to use the mprotect "
+            "backend"
         )
     return _mprotect_info(reason, forced=False)
 

@@ -38,7 +38,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -115,11 +114,12 @@ is_finalizing(void)
 
 enum {
     E_GUARD_STATE, E_GUARD_ORDER, E_GUARD_THREAD, E_VIEW, E_ACCESS, E_PKU_UNAVAILABLE,
-    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_COUNT
+    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_COUNT
 };
 static const char *const err_names[E_COUNT] = {
     "GuardStateError", "GuardOrderError", "GuardThreadError", "ViewError", "AccessError",
-    "PkuUnavailableError", "MprotectError", "RegionError", "PkeyGuardError", "CanaryError",
+    "PkuUnavailableError", "MprotectError", "RegionError", "KeyStateError", "CanaryError",
+    "ArgumentTypeError",
 };
 static PyObject *err_classes[E_COUNT];
 
@@ -133,6 +133,7 @@ err(int which)
     case E_VIEW: case E_REGION: return PyExc_ValueError;
     case E_ACCESS: return PyExc_PermissionError;
     case E_MPROTECT: return PyExc_OSError;
+    case E_ARGTYPE: return PyExc_TypeError;
     default: return PyExc_RuntimeError;
     }
 }
@@ -894,7 +895,8 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (canary_size > 0) {
         ssize_t got = 0;
         while (got < canary_size) {
-            ssize_t n = getrandom(m->canary + got, (size_t)(canary_size - got), 0);
+            /* The system call, not glibc's getrandom() (2.25): the wheel stays manylinux2014. */
+            long n = syscall(SYS_getrandom, m->canary + got, (size_t)(canary_size - got), 0);
             if (n < 0) {
                 if (errno == EINTR) {
                     continue;
@@ -1206,7 +1208,7 @@ level_of_rights(PyObject *rights)
             return i;
         }
     }
-    PyErr_Format(err(E_KEY), "rights must be a PkeyPermissions member, not %R", rights);
+    PyErr_Format(err(E_ARGTYPE), "rights must be a PkeyPermissions member, not %R", rights);
     return -1;
 }
 
@@ -2970,105 +2972,41 @@ core_rdpkru(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLong(pkru_read());
 }
 
+/* probe_pkey_alloc() -> 0 if pkey_alloc works here, else its errno.  The probe key is
+ * allocated access-disabled (pkey_alloc writes its bits into this thread's PKRU, and
+ * pkey_free leaves them) and freed at once. */
 static PyObject *
-core_wrpkru(PyObject *Py_UNUSED(m), PyObject *arg)
+core_probe_pkey_alloc(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
-    unsigned long v = PyLong_AsUnsignedLong(arg);
-    if (v == (unsigned long)-1 && PyErr_Occurred()) {
-        return NULL;
+    long k = syscall(SYS_pkey_alloc, 0, PKRU_AD);
+    if (k < 0) {
+        return PyLong_FromLong(errno);
     }
-    if (v > 0xffffffffUL) {
-        PyErr_SetString(PyExc_OverflowError, "PKRU is a 32-bit register");
-        return NULL;
-    }
+    (void)syscall(SYS_pkey_free, k);
+    return PyLong_FromLong(0);
+}
+
+/* count_free_keys() -> how many keys pkey_alloc can still hand out (each allocated
+ * access-disabled, then all freed). */
+static PyObject *
+core_count_free_keys(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
     if (require_pku() < 0) {
         return NULL;
     }
-    pkru_write((uint32_t)v);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_pkey_alloc(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned int flags, rights;
-    if (!PyArg_ParseTuple(args, "II:pkey_alloc", &flags, &rights)) {
-        return NULL;
+    long keys[32];
+    int n = 0;
+    while (n < 32) {
+        long k = syscall(SYS_pkey_alloc, 0, PKRU_AD);
+        if (k < 0) {
+            break;
+        }
+        keys[n++] = k;
     }
-    long k = syscall(SYS_pkey_alloc, flags, rights);
-    if (k < 0) {
-        return raise_errno(errno, "pkey_alloc");
+    for (int i = 0; i < n; i++) {
+        (void)syscall(SYS_pkey_free, keys[i]);
     }
-    return PyLong_FromLong(k);
-}
-
-static PyObject *
-core_pkey_free(PyObject *Py_UNUSED(m), PyObject *arg)
-{
-    long k = PyLong_AsLong(arg);
-    if (k == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (syscall(SYS_pkey_free, k) != 0) {
-        return raise_errno(errno, "pkey_free");
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_pkey_mprotect(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long addr, len;
-    int prot, pkey;
-    if (!PyArg_ParseTuple(args, "KKii:pkey_mprotect", &addr, &len, &prot, &pkey)) {
-        return NULL;
-    }
-    if (syscall(SYS_pkey_mprotect, (uintptr_t)addr, (size_t)len, prot, pkey) != 0) {
-        return raise_errno(errno, "pkey_mprotect");
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_mprotect(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long addr, len;
-    int prot;
-    if (!PyArg_ParseTuple(args, "KKi:mprotect", &addr, &len, &prot)) {
-        return NULL;
-    }
-    if (mprotect((void *)(uintptr_t)addr, (size_t)len, prot) != 0) {
-        return raise_errno(errno, "mprotect");
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_mmap_anon(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long len;
-    int prot;
-    if (!PyArg_ParseTuple(args, "Ki:mmap_anon", &len, &prot)) {
-        return NULL;
-    }
-    void *p = mmap(NULL, (size_t)len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        return raise_errno(errno, "mmap");
-    }
-    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)p);
-}
-
-static PyObject *
-core_munmap(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    unsigned long long addr, len;
-    if (!PyArg_ParseTuple(args, "KK:munmap", &addr, &len)) {
-        return NULL;
-    }
-    if (munmap((void *)(uintptr_t)addr, (size_t)len) != 0) {
-        return raise_errno(errno, "munmap");
-    }
-    Py_RETURN_NONE;
+    return PyLong_FromLong(n);
 }
 
 static PyObject *
@@ -3175,9 +3113,29 @@ core_wipe_at_exit(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* The errors and the rights are registered once per process, by the one pkeyguard package
+ * that imported this core.  A second registration (the package's modules removed from
+ * sys.modules and imported again, or a direct call) would swap the classes under every live
+ * object, so it is refused. */
+static int
+refuse_second_registration(const char *what, int already)
+{
+    if (already) {
+        PyErr_Format(PyExc_ImportError,
+                     "pkeyguard: %s already registered; pkeyguard can be imported only once per "
+                     "process (were its modules removed from sys.modules?)",
+                     what);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 core_set_error_module(PyObject *Py_UNUSED(m), PyObject *module)
 {
+    if (refuse_second_registration("the error classes are", err_classes[0] != NULL) < 0) {
+        return NULL;
+    }
     PyObject *found[E_COUNT];
     for (int i = 0; i < E_COUNT; i++) {
         found[i] = PyObject_GetAttrString(module, err_names[i]);
@@ -3206,6 +3164,9 @@ core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
                           &types)) {
         return NULL;
     }
+    if (refuse_second_registration("the rights are", rights_members[0] != NULL) < 0) {
+        return NULL;
+    }
     if (PyTuple_GET_SIZE(members) != 3 || PyTuple_GET_SIZE(types) != 3) {
         PyErr_SetString(PyExc_ValueError, "three rights and three guard types");
         return NULL;
@@ -3231,13 +3192,10 @@ static PyMethodDef core_methods[] = {
     {"enable_pku", core_enable_pku, METH_NOARGS, "Allow RDPKRU/WRPKRU (internal)."},
     {"pku_enabled", core_pku_enabled, METH_NOARGS, NULL},
     {"rdpkru", core_rdpkru, METH_NOARGS, "This thread's PKRU."},
-    {"wrpkru", core_wrpkru, METH_O, "Write this thread's PKRU."},
-    {"pkey_alloc", core_pkey_alloc, METH_VARARGS, NULL},
-    {"pkey_free", core_pkey_free, METH_O, NULL},
-    {"pkey_mprotect", core_pkey_mprotect, METH_VARARGS, NULL},
-    {"mprotect", core_mprotect, METH_VARARGS, NULL},
-    {"mmap_anon", core_mmap_anon, METH_VARARGS, NULL},
-    {"munmap", core_munmap, METH_VARARGS, NULL},
+    {"probe_pkey_alloc", core_probe_pkey_alloc, METH_NOARGS,
+     "0 if pkey_alloc works here, else its errno (no key is left allocated)."},
+    {"count_free_keys", core_count_free_keys, METH_NOARGS,
+     "How many keys pkey_alloc can still hand out (pku only)."},
     {"thread_guards", core_thread_guards, METH_NOARGS, "This thread's active guards, innermost first."},
     {"live_key_count", core_live_key_count, METH_NOARGS, "Open keys (pku and mprotect)."},
     {"isolation", core_isolation, METH_O, "isolation(allow): NoAccess on every other open key."},
@@ -3250,32 +3208,45 @@ static PyMethodDef core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "pkeyguard._core",
-    .m_doc = "Native core of pkeyguard: pkey syscalls, PKRU access, keys, memory, guards and "
-             "views.",
-    .m_size = -1,
-    .m_methods = core_methods,
-};
+/* Multi-phase init.  The core's state (the types, the thread stacks, the registries of open
+ * keys and secure regions) is process-wide and relies on the GIL for atomicity, so the
+ * module says so: one interpreter only, and on a free-threaded build it keeps the GIL on. */
+static int core_executed;
 
-PyMODINIT_FUNC
-PyInit__core(void)
+static int
+core_exec(PyObject *m)
 {
+    /* Py_mod_multiple_interpreters only stops isolated subinterpreters; a legacy one (shared
+     * GIL) would run this again and re-register the errors and rights of its own copy of the
+     * package under the main interpreter's objects.  So: the main interpreter, once. */
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError,
+                        "pkeyguard._core can be imported only in the main interpreter (its state "
+                        "is process-wide); subinterpreters are not supported");
+        return -1;
+    }
+    if (core_executed) {
+        PyErr_SetString(PyExc_ImportError,
+                        "pkeyguard._core is already loaded in this process and cannot be loaded "
+                        "again (its state is process-wide; was it removed from sys.modules?)");
+        return -1;
+    }
     page_size = sysconf(_SC_PAGESIZE);
-    stack_dict_key = PyUnicode_InternFromString("pkeyguard._core.thread_stack");
     if (stack_dict_key == NULL) {
-        return NULL;
+        stack_dict_key = PyUnicode_InternFromString("pkeyguard._core.thread_stack");
+        if (stack_dict_key == NULL) {
+            return -1;
+        }
+    }
+    if (!(Guard_Type.tp_flags & Py_TPFLAGS_READY)) {
+        if (PyType_Ready(&Guard_Type) < 0 || guard_install_slots() < 0) {
+            return -1;
+        }
     }
     if (PyType_Ready(&Key_Type) < 0 || PyType_Ready(&Mapping_Type) < 0 ||
-        PyType_Ready(&Binding_Type) < 0 || PyType_Ready(&Guard_Type) < 0 ||
-        guard_install_slots() < 0 || PyType_Ready(&View_Type) < 0 ||
+        PyType_Ready(&Binding_Type) < 0 || PyType_Ready(&View_Type) < 0 ||
         PyType_Ready(&Group_Type) < 0 || PyType_Ready(&StackOwner_Type) < 0) {
-        return NULL;
-    }
-    PyObject *m = PyModule_Create(&core_module);
-    if (m == NULL) {
-        return NULL;
+        return -1;
     }
     if (PyModule_AddObjectRef(m, "Key", (PyObject *)&Key_Type) < 0 ||
         PyModule_AddObjectRef(m, "Mapping", (PyObject *)&Mapping_Type) < 0 ||
@@ -3289,11 +3260,44 @@ PyInit__core(void)
         PyModule_AddIntConstant(m, "PROT_NONE", PROT_NONE) < 0 ||
         PyModule_AddIntConstant(m, "PROT_READ", PROT_READ) < 0 ||
         PyModule_AddIntConstant(m, "PROT_WRITE", PROT_WRITE) < 0 ||
-        PyModule_AddIntConstant(m, "PROT_EXEC", PROT_EXEC) < 0 ||
-        PyModule_AddObject(m, "MAX_REGION_SIZE",
-                           PyLong_FromSize_t(MAX_REGION_SIZE)) < 0) {
-        Py_DECREF(m);
-        return NULL;
+        PyModule_AddIntConstant(m, "PROT_EXEC", PROT_EXEC) < 0) {
+        return -1;
     }
-    return m;
+    PyObject *max_size = PyLong_FromSize_t(MAX_REGION_SIZE);
+    if (max_size == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(m, "MAX_REGION_SIZE", max_size);
+    Py_DECREF(max_size);
+    if (rc == 0) {
+        core_executed = 1;
+    }
+    return rc;
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pkeyguard._core",
+    .m_doc = "Native core of pkeyguard: pkey syscalls, PKRU access, keys, memory, guards and "
+             "views.",
+    .m_size = 0,
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&core_module);
 }

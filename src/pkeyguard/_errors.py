@@ -2,7 +2,9 @@
 
 Every error is a :class:`PkeyguardError`; each family also inherits the builtin a caller
 would naturally catch (``OSError`` for failed system calls, ``RuntimeError`` for misuse of
-guards, ``ValueError`` for bad arguments and closed objects), as msgspec and trio do.
+keys and guards, ``ValueError`` for bad values and closed objects, ``TypeError`` for an
+argument of the wrong type), as msgspec and trio do.  The C core raises these same classes,
+looked up here by name: one refusal raises one class, whichever layer makes it.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from . import _core
 
 __all__ = [
     "AccessError",
+    "ArgumentTypeError",
     "CanaryError",
     "GuardError",
     "GuardOrderError",
     "GuardStateError",
     "GuardThreadError",
     "KeyExhaustedError",
+    "KeyStateError",
     "MprotectError",
-    "PkeyGuardError",
     "PkeyguardError",
     "PkuUnavailableError",
     "RegionError",
@@ -31,6 +34,10 @@ __all__ = [
 
 class PkeyguardError(Exception):
     """Root of every error pkeyguard raises."""
+
+
+class ArgumentTypeError(PkeyguardError, TypeError):
+    """An argument has the wrong type (rights that are not a PkeyPermissions member, say)."""
 
 
 class MprotectError(PkeyguardError, OSError):
@@ -46,12 +53,18 @@ class MprotectError(PkeyguardError, OSError):
         return f"{base} (originated from {self.syscall})" if self.syscall else base
 
 
-class PkeyGuardError(PkeyguardError):
-    """A protection key was misused (closed, still in use, wrong backend)."""
+class KeyStateError(PkeyguardError, RuntimeError):
+    """A protection key was misused: used after close, or closed while guards are active.
+
+    (Called ``PkeyGuardError`` before 0.2; that name is a deprecated alias.)
+    """
 
 
-class KeyExhaustedError(PkeyGuardError, MprotectError):
-    """No protection key is free (``pkey_alloc`` gave ENOSPC): x86 has 15 allocatable keys."""
+class KeyExhaustedError(MprotectError, KeyStateError):
+    """No protection key is free (``pkey_alloc`` gave ENOSPC): x86 has 15 allocatable keys.
+
+    (OSError first among the bases: its constructor is the one that sets ``errno``.)
+    """
 
 
 class PkuUnavailableError(PkeyguardError, RuntimeError):
@@ -59,10 +72,10 @@ class PkuUnavailableError(PkeyguardError, RuntimeError):
 
 
 class RegionError(PkeyguardError, ValueError):
-    """A region was misused: bad type or size, closed, associated twice, in use."""
+    """A region was misused: bad size, closed, associated twice, in use."""
 
 
-class RegionTypeError(RegionError, TypeError):
+class RegionTypeError(RegionError, ArgumentTypeError):
     """A region was asked for with a value type or argument of the wrong type."""
 
 
@@ -93,6 +106,9 @@ class ViewError(PkeyguardError, ValueError):
 class CanaryError(PkeyguardError, RuntimeError):
     """The bytes after a secure region's value were overwritten (a buffer overflow)."""
 
+
+#: Old names kept for one release; using them warns (see ``pkeyguard.__getattr__``).
+DEPRECATED_NAMES = {"PkeyGuardError": ("KeyStateError", KeyStateError)}
 
 # The C core raises these classes, looked up here by name.
 _core._set_error_module(sys.modules[__name__])

@@ -48,25 +48,20 @@ def _kernel_config() -> str | None:
 
 
 def count_free_keys() -> int:
-    """Hardware keys pkey_alloc can still hand out (allocates them all, then frees them)."""
-    keys: list[int] = []
-    try:
-        while len(keys) < 32:
-            try:
-                keys.append(_core.pkey_alloc(0, 1))  # access-disabled: leaves PKRU closed
-            except OSError:
-                break
-    finally:
-        for k in keys:
-            _core.pkey_free(k)
-    return len(keys)
+    """Hardware keys pkey_alloc can still hand out (the core allocates them all, closed,
+    then frees them)."""
+    return _core.count_free_keys()
 
 
 def support_report() -> dict[str, Any]:
     """Everything that decides the backend, as plain data."""
     model, flags = _cpuinfo()
     pku, ospke = _core.cpuid_flags()
+    from . import __version__
+
     report: dict[str, Any] = {
+        "version": __version__,
+        "implementation": platform.python_implementation(),
         "python": sys.version.split()[0],
         "machine": platform.machine(),
         "kernel": platform.release(),
@@ -89,6 +84,7 @@ def support_report() -> dict[str, Any]:
     report["hardware_keys"] = info.hardware_keys
     report["max_keys"] = info.max_keys
     report["guarantees"] = list(info.guarantees)
+    report["keys_open"] = _core.live_key_count()
     if info.name == "pku":
         report["keys_free"] = count_free_keys()
         report["pkru"] = f"{_core.rdpkru():#010x}"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core
-from ._errors import CanaryError, MprotectError
+from ._errors import ArgumentTypeError, CanaryError, MprotectError
 
 __all__ = [
     "PAGE_SIZE",
@@ -100,12 +100,12 @@ class Secure(Allocator):
         on_before_unmap: Callable[[int, int], None] | None = None,
     ) -> None:
         if isinstance(canary_size, bool) or not isinstance(canary_size, int):
-            raise TypeError(f"canary_size must be an int, not {canary_size!r}")
+            raise ArgumentTypeError(f"canary_size must be an int, not {canary_size!r}")
         canary_size = int(canary_size)
         if not 0 <= canary_size <= MAX_CANARY:
             raise ValueError(f"canary_size must be within 0..{MAX_CANARY}, got {canary_size}")
         if on_before_unmap is not None and not callable(on_before_unmap):
-            raise TypeError("on_before_unmap must be callable")
+            raise ArgumentTypeError("on_before_unmap must be callable")
         self.lock = bool(lock)
         self.canary_size = canary_size
         self.on_before_unmap = on_before_unmap

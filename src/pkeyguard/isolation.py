@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager
 from typing import ParamSpec, TypeVar
 
 from . import _core
-from ._errors import PkeyGuardError
+from ._errors import ArgumentTypeError
 from .pkey import PkeyGuard
 
 __all__ = ["isolate", "isolated"]
@@ -40,7 +40,7 @@ def isolated(*, allow: Iterable[PkeyGuard] = ()) -> AbstractContextManager[tuple
     allowed = tuple(allow)
     for key in allowed:
         if type(key) is not PkeyGuard:
-            raise PkeyGuardError(f"allow= takes PkeyGuard objects, not {key!r}")
+            raise ArgumentTypeError(f"allow= takes PkeyGuard objects, not {key!r}")
     group: AbstractContextManager[tuple[PkeyGuard, ...]] = _core.isolation(allowed)
     return group
 

@@ -12,7 +12,7 @@ import ctypes
 from typing import TYPE_CHECKING, Any, Generic, Literal, Never, TypeVar, overload
 
 from . import _backend, _core
-from ._errors import AccessError, PkeyGuardError, RegionError, RegionTypeError
+from ._errors import AccessError, ArgumentTypeError, KeyStateError, RegionError, RegionTypeError
 from ._owned import Unshareable
 from ._permissions import LEVEL_TO_PERMISSION, PkeyPermissions
 from .region import RegionGuard, _check_name
@@ -48,7 +48,7 @@ C = TypeVar("C", bound="ctypes.Structure | ctypes.Union | ctypes.Array[Any]")
 
 def _check_rights(rights: object) -> PkeyPermissions:
     if type(rights) is not PkeyPermissions:
-        raise PkeyGuardError(f"rights must be a PkeyPermissions member, not {rights!r}")
+        raise ArgumentTypeError(f"rights must be a PkeyPermissions member, not {rights!r}")
     return rights
 
 
@@ -104,7 +104,7 @@ class PkeyGuard(_core.Key, Unshareable):
 
     def _check_open(self) -> None:
         if self.closed:
-            raise PkeyGuardError(f"{self!r} is closed")
+            raise KeyStateError(f"{self!r} is closed")
 
     def associate(self, region: RegionGuard[T]) -> AssociatedRegion[T]:
         """Tag the region's pages with this key (``pkey_mprotect``) and return the association.
@@ -134,7 +134,7 @@ class PkeyGuard(_core.Key, Unshareable):
     def close(self) -> None:
         """Untag every region still associated, then free the key. Idempotent.
 
-        Refused (PkeyGuardError, nothing changed) while a guard on the key is active.
+        Refused (KeyStateError, nothing changed) while a guard on the key is active.
         """
         self._close()
 
@@ -156,7 +156,7 @@ class PkeyGuard(_core.Key, Unshareable):
 def _new_key(cls: type[PkeyGuard], rights: object, name: object) -> PkeyGuard:
     """PkeyGuard(...): check the arguments, then allocate the key in one step."""
     rights = _check_rights(rights)
-    name = _check_name(name, PkeyGuardError)
+    name = _check_name(name, ArgumentTypeError)
     self = _backend.active()[1].new_key(cls, rights)
     self._name = name  # if interrupted before this, the key is dropped and freed
     return self

@@ -18,7 +18,13 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import PkeyGuardError, PkeyguardError, RegionError
+from ._errors import (
+    ArgumentTypeError,
+    KeyStateError,
+    PkeyguardError,
+    RegionError,
+    RegionTypeError,
+)
 from ._owned import Unshareable
 from ._permissions import AccessPermissions, PkeyPermissions
 from .allocator import PAGE_SIZE, Secure
@@ -57,14 +63,14 @@ def _associate(region: RegionGuard[bytes]) -> AssociatedRegion[bytes]:
         key = _secrets_key()
         try:
             return key.associate(region)
-        except PkeyGuardError:
+        except KeyStateError:
             if not key.closed:
                 raise
 
 
 def _check_size(size: object) -> int:
     if isinstance(size, bool) or not isinstance(size, int):
-        raise RegionError(f"a secret needs a positive size in bytes, got {size!r}")
+        raise RegionTypeError(f"a secret needs a positive size in bytes (an int), got {size!r}")
     n = operator.index(size)  # an exact int
     if n <= 0:
         raise RegionError(f"a secret needs a positive size in bytes, got {n}")
@@ -100,11 +106,11 @@ class Secret(Unshareable):
         """An all-zero secret of ``size`` bytes; fill it with :meth:`write` or use a
         ``from_*`` constructor."""
         size = _check_size(size)
-        name = _check_name(name, RegionError)
+        name = _check_name(name, RegionTypeError)
         if allocator is None:
             allocator = Secure()
         elif type(allocator) is not Secure:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"a Secret's allocator must be allocator.Secure(...), not {allocator!r}"
             )
         # Each step hands its resource to an object that releases it when dropped, so an
@@ -209,7 +215,7 @@ class Secret(Unshareable):
     def write(self, offset: int, data: BytesLike) -> None:
         """Copy ``data`` into the secret at ``offset``."""
         if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"offset must be an int, not {offset!r}")
+            raise ArgumentTypeError(f"offset must be an int, not {offset!r}")
         offset = operator.index(offset)
         self._check()
         with memoryview(data) as raw, raw.cast("B") as src:

@@ -52,7 +52,7 @@ import ctypes, gc, threading, time, warnings
 import pkeyguard
 from pkeyguard import (
     AccessError, AccessPermissions, GuardError, GuardOrderError, GuardStateError,
-    GuardThreadError, PkeyGuard, PkeyGuardError, PkeyPermissions, PkeyguardError,
+    GuardThreadError, PkeyGuard, KeyStateError, PkeyPermissions, PkeyguardError,
     RegionError, RegionGuard, RegionTypeError, Secret, ViewError, allocator, isolated,
 )
 from pkeyguard import _core

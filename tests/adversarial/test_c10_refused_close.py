@@ -142,7 +142,7 @@ with assoc.set_access_rights(RW) as g:
     raises(RegionError, region.close)
     raises(RegionError, assoc.disassociate)
     raises(RegionError, region.protect, AccessPermissions.ReadOnly)
-    raises(PkeyGuardError, key.close)
+    raises(KeyStateError, key.close)
     assert not region.closed and not key.closed and assoc.associated
     assert g.mut_ref_guard().value == 77
 with assoc.set_access_rights(RO) as g:
@@ -172,7 +172,7 @@ with a.set_access_rights(RW) as g:
     raises(RegionError, a_region.close)
     raises(RegionError, a.disassociate)
     raises(RegionError, a_region.protect, AccessPermissions.ReadOnly)
-    raises(PkeyGuardError, key.close)
+    raises(KeyStateError, key.close)
     g.mut_ref_guard()[0] = 1
 a_region.close()
 c_region.close()
@@ -184,7 +184,7 @@ assert_clean(snap, "refusal granularity")
 def test_refusal_is_per_association() -> None:
     """Class 10 (granularity paragraph): while a guard of region A's association is active,
     region B of the same key can be closed and C disassociated and re-protected; only A's
-    close/disassociate/protect (RegionError) and key.close() (PkeyGuardError) are refused
+    close/disassociate/protect (RegionError) and key.close() (KeyStateError) are refused
     (the old code refuses everything on the key)."""
     assert_survived(attack(_GRANULARITY, timeout=60, watchdog=30))
 

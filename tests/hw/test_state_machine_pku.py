@@ -3,20 +3,20 @@
 Same rules and invariants; the model switches to per-thread rights (each thread's PKRU bits,
 compared with the whole register after every step) and checks the key tag of every region in
 ``/proc/self/smaps``.  Raw accesses are made only where the model says PKRU and the page rights
-allow them, so a wrong model is a ``SEGV_PKUERR``.  ``PKEYGUARD_STATE_EXAMPLES`` sets the
-number of examples (default 100: the guest emulates the CPU).
+allow them, so a wrong model is a ``SEGV_PKUERR``.  The number of examples
+follows HYPOTHESIS_PROFILE (tests/profiles.py; the guest emulates the CPU, so they are fewer).
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 
 from hypothesis import HealthCheck, settings
 
 import pkeyguard
 from pkeyguard import PkeyGuard, PkeyPermissions, RegionGuard
+from tests.profiles import state_examples
 from tests.unit.test_state_machine import (
     PkeyguardMachine,
     test_guard_of_an_ended_association_gives_no_view,
@@ -39,7 +39,7 @@ class PkuMachine(PkeyguardMachine):
 
 TestPkeyguardStateMachinePku = PkuMachine.TestCase
 TestPkeyguardStateMachinePku.settings = settings(
-    max_examples=int(os.environ.get("PKEYGUARD_STATE_EXAMPLES", "100")),
+    max_examples=state_examples(guest=True),
     stateful_step_count=50,
     deadline=None,
     database=None,

@@ -101,3 +101,17 @@ faultprobe_write(volatile int *p, int v)
 {
     *p = v;
 }
+
+/* Raw PKRU access for tests that play "someone else changed PKRU" (the library itself has
+ * no such entry point). */
+uint32_t
+faultprobe_rdpkru(void)
+{
+    return rdpkru();
+}
+
+void
+faultprobe_wrpkru(uint32_t value)
+{
+    __asm__ volatile(".byte 0x0f,0x01,0xef" : : "a"(value), "c"(0), "d"(0) : "memory");
+}

@@ -9,9 +9,9 @@ from typing import Final
 import pytest
 
 from pkeyguard import (
+    ArgumentTypeError,
     AssociatedRegion,
     PkeyGuard,
-    PkeyGuardError,
     PkeyPermissions,
     RegionGuard,
     _core,
@@ -61,7 +61,7 @@ def test_allow_list_and_exceptions(
         assert perms_at(a2.region.address) == "rw-p"
         _ = 1 / 0
     assert perms_at(a1.region.address) == "rw-p"
-    with pytest.raises(PkeyGuardError, match="allow="), isolated(allow=[object()]):  # type: ignore[list-item]
+    with pytest.raises(ArgumentTypeError, match="allow="), isolated(allow=[object()]):  # type: ignore[list-item]
         pass
 
 

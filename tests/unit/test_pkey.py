@@ -10,8 +10,9 @@ import pytest
 
 from pkeyguard import (
     AccessPermissions,
+    ArgumentTypeError,
+    KeyStateError,
     PkeyGuard,
-    PkeyGuardError,
     PkeyPermissions,
     RegionError,
     RegionGuard,
@@ -55,7 +56,7 @@ class TestKeyLifecycle:
     @pytest.mark.parametrize("rights", [0, "ReadWrite", None, AccessPermissions.ReadWrite])
     def test_bad_rights(self, rights: object) -> None:
         before = live_keys()
-        with pytest.raises(PkeyGuardError, match="PkeyPermissions"):
+        with pytest.raises(ArgumentTypeError, match="PkeyPermissions"):
             PkeyGuard(rights)  # type: ignore[arg-type]
         assert live_keys() == before
 
@@ -69,12 +70,12 @@ class TestKeyLifecycle:
         key = PkeyGuard()
         key.close()
         with RegionGuard(8) as region:
-            with pytest.raises(PkeyGuardError, match="closed"):
+            with pytest.raises(KeyStateError, match="closed"):
                 key.associate(region)
             assert perms_at(region.address) == "rw-p"
-        with pytest.raises(PkeyGuardError, match="closed"):
+        with pytest.raises(KeyStateError, match="closed"):
             key.current_rights()
-        with pytest.raises(PkeyGuardError, match="closed"), key:
+        with pytest.raises(KeyStateError, match="closed"), key:
             pass
 
 
@@ -157,7 +158,7 @@ class TestAssociation:
         with RegionGuard(8) as region, PkeyGuard() as key:
             assoc = key.associate(region)
             with assoc.set_access_rights(RW):
-                with pytest.raises(PkeyGuardError, match="still active"):
+                with pytest.raises(KeyStateError, match="still active"):
                     key.close()
                 with pytest.raises(RegionError, match="active"):
                     region.close()
@@ -174,7 +175,7 @@ class TestAssociation:
         with RegionGuard(8) as region, PkeyGuard() as key:
             assoc = key.associate(region)
             with assoc.set_access_rights(RW) as guard:
-                with pytest.raises(PkeyGuardError, match="still active"):
+                with pytest.raises(KeyStateError, match="still active"):
                     key.close()
                 with pytest.raises(RegionError, match="still active"):
                     region.close()
@@ -202,6 +203,6 @@ class TestAssociation:
                 other.protect(AccessPermissions.ReadOnly)
                 assert second.disassociate() is other
                 other.close()
-                with pytest.raises(PkeyGuardError, match="still active"):
+                with pytest.raises(KeyStateError, match="still active"):
                     key.close()
             assert key.regions == (first,)

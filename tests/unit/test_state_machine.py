@@ -19,7 +19,8 @@ The model knows both backends (``pkeyguard.backend().name``):
     access-disabled by closing the key (calling thread only); a thread starts with its
     creator's PKRU.  Pages keep their own rights.
 
-``PKEYGUARD_STATE_EXAMPLES`` sets the number of examples (default 1000).
+The number of examples follows HYPOTHESIS_PROFILE (tests/profiles.py: 100 for a bare
+``pytest``, 1000 in CI); ``PKEYGUARD_STATE_EXAMPLES`` overrides it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import os
 import queue
 import re
 import threading
@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -48,12 +49,12 @@ from pkeyguard import (
     GuardOrderError,
     GuardStateError,
     GuardThreadError,
+    KeyStateError,
     MutBytesRef,
     MutCompositeRef,
     MutScalarRef,
     NoAccessGuard,
     PkeyGuard,
-    PkeyGuardError,
     PkeyPermissions,
     ReadGuard,
     RegionError,
@@ -65,6 +66,7 @@ from pkeyguard import (
     _core,
 )
 from pkeyguard.pkey import AccessGuard, AssociatedRegion
+from tests.profiles import state_examples
 from tests.support import anon_mappings, new_anon_mappings, run_child
 
 R = TypeVar("R")
@@ -72,7 +74,7 @@ R = TypeVar("R")
 N_THREADS = 3  # this thread (0) and two workers
 MAX_KEYS = 4
 MAX_REGIONS = 6
-EXAMPLES = int(os.environ.get("PKEYGUARD_STATE_EXAMPLES", "1000"))
+EXAMPLES = state_examples()
 INDEX = st.integers(0, 15)
 THREAD = st.integers(0, N_THREADS - 1)
 VALUE = st.integers(0, 2**31 - 1)
@@ -477,7 +479,7 @@ class PkeyguardMachine(RuleBasedStateMachine):
         self.tags_changed = True
         k: KeyM = self.pick(self.all_keys, i)
         busy = not k.closed and self.active_count(k) > 0
-        self.expect(t, k.obj.close, PkeyGuardError if busy else None, f"close {k!r}")
+        self.expect(t, k.obj.close, KeyStateError if busy else None, f"close {k!r}")
         if not busy and not k.closed:
             for a in list(k.assocs):
                 self.detach(a)
@@ -489,7 +491,7 @@ class PkeyguardMachine(RuleBasedStateMachine):
         self.tags_changed = True
         error: type[Exception] | None = None
         if k.closed:
-            error = PkeyGuardError
+            error = KeyStateError
         elif r.closed or r.assoc is not None:
             error = RegionError
         obj = self.expect(t, lambda: k.obj.associate(r.obj), error, f"associate {r!r} {k!r}")
@@ -822,7 +824,7 @@ class PkeyguardMachine(RuleBasedStateMachine):
         assert not problems, "teardown: " + "; ".join(problems)
 
 
-TestPkeyguardStateMachine = PkeyguardMachine.TestCase
+TestPkeyguardStateMachine = pytest.mark.slow(PkeyguardMachine.TestCase)
 TestPkeyguardStateMachine.settings = settings(
     max_examples=EXAMPLES,
     stateful_step_count=50,

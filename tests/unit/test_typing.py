@@ -13,6 +13,7 @@ per program and checker.  A must-fail program that starts passing fails here.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TYPING = ROOT / "tests" / "typing"
 PROGRAMS = sorted(TYPING.glob("pass_*.py")) + sorted(TYPING.glob("fail_*.py"))
 CHECKERS = ("mypy", "pyright")
+pytestmark = pytest.mark.typing
 Checker = Literal["mypy", "pyright"]
 
 _MARK = re.compile(r"#\s*(E|reveal)(?:\[(mypy|pyright)\])?:\s*(.*?)\s*(?=#\s*(?:E|reveal)\b|$)")
@@ -164,6 +166,20 @@ def diagnostics(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, dict[str, list[Diagnostic]]]]:
     """{checker: {program name: diagnostics}}, from one run of each checker."""
+    missing = [
+        name
+        for name, present in (
+            ("mypy", importlib.util.find_spec("mypy") is not None),
+            ("basedpyright", importlib.util.find_spec("basedpyright") is not None),
+        )
+        if not present
+    ]
+    if missing:
+        pytest.fail(
+            f"the typing tests need {' and '.join(missing)}: pip install -e '.[test,lint]' "
+            "(a bare `pytest` leaves these tests out: they are marked `typing`)",
+            pytrace=False,
+        )
     tmp = tmp_path_factory.mktemp("typing")
     env = dict(os.environ, MYPY_FORCE_COLOR="0", NO_COLOR="1")
     procs = {

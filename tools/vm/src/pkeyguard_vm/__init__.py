@@ -1,17 +1,22 @@
 """PKU guest runner: run one command inside a throw-away QEMU guest whose CPU has PKU.
 
-The development and CI machines have no memory protection keys, so the hardware test suite runs
-in a QEMU TCG guest with ``-cpu max`` (TCG emulates PKU/OSPKE). This module makes that one
-command::
+Machines without memory protection keys (most development and CI machines, most VMs) can still
+run code that needs them: in a QEMU TCG guest with ``-cpu max``, which emulates PKU/OSPKE. This
+package makes that one command::
 
-    python -m pkeyguard.vm --timeout 900 -- python -m pytest --color=no tests/hw
+    pkeyguard-vm --timeout 900 -- python -m pytest --color=no tests/hw
+    python -m pkeyguard_vm --kernel backports -- python -m pkeyguard info
 
 What happens:
 
 1. Provisioning (cached in ``$PKEYGUARD_VM_CACHE`` or ``~/.cache/pkeyguard-vm``): qemu, a static
    busybox and cpio are installed with apt when missing and we are root; the Debian kernel
    ``linux-image-amd64`` is downloaded and unpacked into the cache (nothing is installed into
-   /boot); an initramfs (busybox, ``/init``, the 9p/virtio/overlay modules) is built.
+   /boot); an initramfs (busybox, ``/init``, the 9p/virtio/overlay modules) is built. Which
+   kernel (``--kernel``, ``kernel=``): ``release``, the one this machine's apt sources offer
+   (6.1 on Debian 12), or ``backports``, the newest Debian builds for this release, from
+   ``<codename>-backports`` through a private apt configuration in the cache (6.12 on Debian 12;
+   the machine's apt setup is not touched and this needs no root).
 2. QEMU boots that kernel with the host's ``/`` shared read-only over 9p. The guest puts a
    tmpfs overlay on top (writable, discarded at power-off), mounts proc/sys/dev, ``chroot``\\ s
    into it, ``cd``\\ s to the host's current directory, takes over the host's environment and runs
@@ -48,7 +53,7 @@ Notes for callers:
   writes do not come back, except what it puts under ``$PKEYGUARD_VM_OUT``, which is copied to
   ``--out DIR`` (``out_dir=``) when the run ends, e.g. ``pytest --junitxml=$PKEYGUARD_VM_OUT/j.xml``
   (inside ``sh -c``, so that the guest expands the variable).
-* To refresh the cached kernel, delete the cache directory.
+* To refresh a cached kernel, delete the cache directory (or its ``kernel*`` folder).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ import dataclasses
 import fcntl
 import gzip
 import hashlib
+import importlib.metadata
 import json
 import lzma
 import os
@@ -82,12 +88,14 @@ from typing import BinaryIO, Final
 
 __all__ = [
     "APT_PACKAGES",
+    "DEFAULT_KERNEL",
     "EXIT_NO_CWD",
     "EXIT_NO_PKU",
     "EXIT_TIMEOUT",
     "EXIT_VM_ERROR",
     "GUEST_MODULES",
     "INIT_SCRIPT",
+    "KERNELS",
     "Kernel",
     "NoPKUError",
     "ProvisionError",
@@ -122,6 +130,13 @@ EXIT_NO_CWD: Final = 125
 
 APT_PACKAGES: Final = ("qemu-system-x86", "busybox-static", "cpio")
 KERNEL_META_PACKAGE: Final = "linux-image-amd64"
+# Which Debian kernel the guest boots: "release" comes from this machine's apt sources (today's
+# default; 6.1 on Debian 12), "backports" from <codename>-backports, the newest kernel Debian
+# builds for this release (6.12 on Debian 12).
+KERNELS: Final = ("release", "backports")
+DEFAULT_KERNEL: Final = "release"
+DEBIAN_ARCHIVE: Final = "http://deb.debian.org/debian"
+DEBIAN_KEYRING: Final = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 # Loaded in dependency order; anything built into the kernel is skipped.
 GUEST_MODULES: Final = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 # Bump when the initramfs layout changes so cached images are rebuilt.
@@ -437,9 +452,10 @@ def _has_pvh_note(elf: bytes) -> bool:
 def extract_pvh_vmlinux(bzimage: bytes) -> bytes | None:
     """The uncompressed kernel inside a bzImage, if qemu can boot it through PVH.
 
-    Under TCG the kernel's own xz decompressor takes about 3 s of every boot; decompressing
-    once here and booting the ELF through its PVH entry point skips that. None when the payload
-    format is unknown or the kernel lacks PVH (then the bzImage is booted as is).
+    Under TCG the kernel's own decompressor takes about 3 s of every boot; decompressing once
+    here and booting the ELF through its PVH entry point skips that. None when the payload
+    format is unknown (zstd needs the ``zstd`` program) or the kernel lacks PVH (then the bzImage
+    is booted as is).
     """
     if len(bzimage) < 0x250 or bzimage[0x202:0x206] != b"HdrS":
         return None
@@ -454,6 +470,11 @@ def extract_pvh_vmlinux(bzimage: bytes) -> bytes | None:
             elf = zlib.decompressobj(wbits=31).decompress(payload)
         elif payload.startswith(b"\x5d\x00\x00"):
             elf = lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(payload)
+        elif payload.startswith(b"\x28\xb5\x2f\xfd"):  # zstd (Debian's 6.12 kernels)
+            unpacked = _unzstd(payload)
+            if unpacked is None:
+                return None
+            elf = unpacked
         else:
             return None
     except (lzma.LZMAError, zlib.error):
@@ -461,21 +482,94 @@ def extract_pvh_vmlinux(bzimage: bytes) -> bytes | None:
     return elf if _has_pvh_note(elf) else None
 
 
-def _kernel_package(log: Log) -> str:
-    """The versioned package that linux-image-amd64 currently depends on."""
+def _unzstd(payload: bytes) -> bytes | None:
+    """A zstd bzImage payload, decompressed with the zstd program; None without one.
+
+    The kernel's build appends the uncompressed size (4 bytes, little endian) after the zstd
+    frame, which zstd would reject as a second frame: it is checked and cut off.
+    """
+    zstd = shutil.which("zstd")
+    if zstd is None or len(payload) < 8:
+        return None
+    size = struct.unpack_from("<I", payload, len(payload) - 4)[0]
+    proc = subprocess.run([zstd, "-dcq"], input=payload[:-4], capture_output=True, check=False)
+    if proc.returncode != 0 or len(proc.stdout) != size:
+        return None
+    return proc.stdout
+
+
+def _debian_codename(os_release: Path = Path("/etc/os-release")) -> str:
+    """This machine's Debian release codename (``bookworm``), from os-release(5)."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in os_release.read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep:
+                fields[name.strip()] = value.strip().strip("\"'")
+    codename = fields.get("VERSION_CODENAME", "")
+    if fields.get("ID") != "debian" or not re.fullmatch(r"[a-z]+", codename):
+        raise ProvisionError(
+            "--kernel backports needs a Debian host (it downloads from <codename>-backports); "
+            f"/etc/os-release says ID={fields.get('ID', '?')} VERSION_CODENAME={codename or '?'}"
+        )
+    return codename
+
+
+def _backports_apt(cache: Path) -> list[str]:
+    """apt options for a private configuration that sees only <codename>-backports.
+
+    Everything lives in ``cache/apt-backports``: the machine's sources, lists and preferences are
+    neither read nor changed, and no root is needed.
+    """
+    codename = _debian_codename()
+    if not DEBIAN_KEYRING.is_file():
+        raise ProvisionError(
+            f"{DEBIAN_KEYRING} is missing (package debian-archive-keyring); "
+            "it verifies the backports archive"
+        )
+    base = cache / "apt-backports"
+    for sub in ("lists/partial", "archives/partial", "sources.list.d", "preferences.d"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    sources = base / "sources.list"
+    sources.write_text(
+        f"deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_ARCHIVE} {codename}-backports main\n"
+    )
+    options = {
+        "Dir::Etc::SourceList": sources,
+        "Dir::Etc::SourceParts": base / "sources.list.d",
+        "Dir::Etc::Preferences": base / "preferences",
+        "Dir::Etc::PreferencesParts": base / "preferences.d",
+        "Dir::State::Lists": base / "lists",
+        "Dir::Cache": base,
+        "Dir::Cache::Archives": base / "archives",
+        "Acquire::Languages": "none",
+    }
+    return [arg for name, value in options.items() for arg in ("-o", f"{name}={value}")]
+
+
+def _kernel_package(log: Log, apt_options: Sequence[str] = ()) -> str:
+    """The versioned package that linux-image-amd64 currently depends on.
+
+    With ``apt_options`` (a private configuration), its package lists are refreshed first;
+    without, the machine's lists are used and refreshed only if they lack the package (as root).
+    """
 
     def show() -> str:
         proc = subprocess.run(
-            ["apt-cache", "show", "--no-all-versions", KERNEL_META_PACKAGE],
+            ["apt-cache", *apt_options, "show", "--no-all-versions", KERNEL_META_PACKAGE],
             capture_output=True,
             check=False,
         )
         return proc.stdout.decode(errors="replace") if proc.returncode == 0 else ""
 
-    text = show()
-    if "Depends:" not in text and _is_root():
-        _run_logged(["apt-get", "update"], log)
+    if apt_options:
+        _run_logged(["apt-get", *apt_options, "update"], log)
         text = show()
+    else:
+        text = show()
+        if "Depends:" not in text and _is_root():
+            _run_logged(["apt-get", "update"], log)
+            text = show()
     match = re.search(r"^Depends:.*?\b(linux-image-\d[\w.+-]*)", text, re.MULTILINE)
     if match is None:
         raise ProvisionError(
@@ -485,27 +579,40 @@ def _kernel_package(log: Log) -> str:
     return match.group(1)
 
 
-def ensure_kernel(cache: Path, *, log: Log = _stderr_log) -> Kernel:
-    """The guest kernel and its modules, downloaded and unpacked into ``cache`` once."""
-    kdir = cache / "kernel"
+def _kernel_dir(cache: Path, kernel: str) -> Path:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    return cache / ("kernel" if kernel == DEFAULT_KERNEL else f"kernel-{kernel}")
+
+
+def ensure_kernel(cache: Path, *, kernel: str = DEFAULT_KERNEL, log: Log = _stderr_log) -> Kernel:
+    """The guest kernel and its modules, downloaded and unpacked into ``cache`` once.
+
+    ``kernel`` is one of :data:`KERNELS` (see there); each has its own folder in the cache.
+    """
+    kdir = _kernel_dir(cache, kernel)
     meta = kdir / "kernel.json"
     with contextlib.suppress(OSError, ValueError, KeyError):
         data = json.loads(meta.read_text())
-        kernel = Kernel(
+        cached = Kernel(
             str(data["version"]),
             kdir / str(data["image"]),
             tuple(kdir / str(m) for m in data["modules"]),
         )
-        if kernel.image.is_file() and all(m.is_file() for m in kernel.modules):
-            return kernel
-    package = _kernel_package(log)
+        if cached.image.is_file() and all(m.is_file() for m in cached.modules):
+            return cached
+    apt_options = _backports_apt(cache) if kernel == "backports" else []
+    package = _kernel_package(log, apt_options)
     version = package.removeprefix("linux-image-")
     log(f"downloading guest kernel {package} into {cache}")
     with tempfile.TemporaryDirectory(dir=cache, prefix=".kernel-") as tmp_name:
         tmp = Path(tmp_name)
         download = tmp / "deb"
         download.mkdir()
-        _apt(["apt-get", "download", package], log, cwd=download)
+        if apt_options:
+            _run_logged(["apt-get", *apt_options, "download", package], log, cwd=download)
+        else:
+            _apt(["apt-get", "download", package], log, cwd=download)
         debs = sorted(download.glob("*.deb"))
         if len(debs) != 1:
             raise ProvisionError(f"apt-get download {package} left {len(debs)} .deb files")
@@ -527,6 +634,11 @@ def ensure_kernel(cache: Path, *, log: Log = _stderr_log) -> Kernel:
         else:
             image = "vmlinuz"
             (staged / image).write_bytes(bzimage)
+            log(
+                f"cannot unpack {vmlinuz.name} for a direct (PVH) boot: booting the bzImage, "
+                "about 3 s slower per boot (for a zstd kernel, install zstd and delete "
+                f"{kdir} to retry)"
+            )
         names = []
         for path in ordered:
             name = f"modules/{_module_name(path.name)}.ko"
@@ -692,8 +804,14 @@ def provision(
     cache_dir: str | os.PathLike[str] | None = None,
     allow_install: bool = True,
     log: Log = _stderr_log,
+    kernel: str = DEFAULT_KERNEL,
 ) -> Provisioned:
-    """Make sure qemu, the guest kernel and the initramfs exist; cheap when cached."""
+    """Make sure qemu, the guest kernel and the initramfs exist; cheap when cached.
+
+    ``kernel`` is one of :data:`KERNELS`: which Debian kernel the guest boots.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     start = time.monotonic()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
@@ -702,7 +820,7 @@ def provision(
         raise ProvisionError(f"cannot create the cache directory {cache}: {exc}") from exc
     with _locked(cache):
         tools = ensure_tools(allow_install=allow_install, log=log)
-        kernel = ensure_kernel(cache, log=log)
+        image = ensure_kernel(cache, kernel=kernel, log=log)
         bb = tools.busybox.stat()
         key = hashlib.sha256(
             json.dumps(
@@ -712,19 +830,22 @@ def provision(
                     str(tools.busybox),
                     bb.st_size,
                     bb.st_mtime_ns,
-                    kernel.version,
-                    [m.name for m in kernel.modules],
+                    image.version,
+                    [m.name for m in image.modules],
                 ]
             ).encode()
         ).hexdigest()[:16]
-        initramfs = cache / f"initramfs-{key}.cpio.gz"
+        initramfs = cache / f"initramfs-{kernel}-{key}.cpio.gz"
         if not initramfs.is_file():
             log(f"building {initramfs}")
-            build_initramfs(initramfs, busybox=tools.busybox, modules=kernel.modules)
-            for stale in cache.glob("initramfs-*.cpio.gz"):
+            build_initramfs(initramfs, busybox=tools.busybox, modules=image.modules)
+            # This kernel's older images only. The image of the layout before --kernel
+            # (initramfs-<key>.cpio.gz) is left alone: a runner of that version may share the
+            # cache and boot it right now, and deleting it would make the two rebuild in turn.
+            for stale in cache.glob(f"initramfs-{kernel}-*.cpio.gz"):
                 if stale != initramfs:
                     stale.unlink(missing_ok=True)
-    return Provisioned(tools, kernel, initramfs, time.monotonic() - start)
+    return Provisioned(tools, image, initramfs, time.monotonic() - start)
 
 
 # --------------------------------------------------------------------------- the command
@@ -767,7 +888,7 @@ def _quote(value: str) -> str:
 
 def env_script(env: Mapping[str, str]) -> bytes:
     """``export NAME='value'`` lines for ``env``; sourced by /bin/sh in the guest."""
-    lines = ["# environment of the host process, written by pkeyguard.vm"]
+    lines = ["# environment of the host process, written by pkeyguard-vm"]
     for name, value in sorted(env.items()):
         if name in _DROPPED_ENV or not _ENV_NAME.match(name):
             continue
@@ -781,7 +902,7 @@ def command_script(argv: Sequence[str], *, cwd: str, env_file: str, out_dir: str
         raise ValueError("empty command")
     msg = _quote(f"pkeyguard-vm: cannot cd to {cwd} in the guest")
     text = (
-        "# written by pkeyguard.vm\n"
+        "# written by pkeyguard-vm\n"
         f". {_quote(env_file)}\n"
         "export PKEYGUARD_VM_GUEST=1\n"
         f"export PKEYGUARD_VM_OUT={_quote(out_dir)}\n"
@@ -1086,6 +1207,7 @@ def run(
     allow_install: bool = True,
     cpu: str | None = None,
     out_dir: str | os.PathLike[str] | None = None,
+    kernel: str = DEFAULT_KERNEL,
 ) -> VMResult:
     """Run ``argv`` in a fresh PKU guest and return its exit status and output.
 
@@ -1094,7 +1216,8 @@ def run(
     ``sys.stdout.buffer``). Raises :class:`VMTimeoutError`, :class:`NoPKUError` (``pku=True``
     but the guest has none), :class:`ProvisionError` or :class:`VMError`. ``cpu`` overrides
     qemu's CPU model (see :func:`qemu_argv`). What the command writes under
-    ``$PKEYGUARD_VM_OUT`` is copied to ``out_dir`` at the end, also after a failure.
+    ``$PKEYGUARD_VM_OUT`` is copied to ``out_dir`` at the end, also after a failure. ``kernel``
+    picks the guest kernel, one of :data:`KERNELS`.
     """
     if not argv:
         raise ValueError("empty command")
@@ -1103,7 +1226,9 @@ def run(
     start = time.monotonic()
     log = _stderr_log if verbose else _quiet_log
     # Slow provisioning steps (apt, kernel download) are always announced.
-    prov = provision(cache_dir=cache_dir, allow_install=allow_install, log=_stderr_log)
+    prov = provision(
+        cache_dir=cache_dir, allow_install=allow_install, log=_stderr_log, kernel=kernel
+    )
     timings = {"provision": time.monotonic() - start}
     environ = dict(os.environ if env is None else env)
     work_dir = os.path.abspath(cwd if cwd is not None else os.getcwd())
@@ -1166,15 +1291,32 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise _Terminated(signum)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pkeyguard-vm")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
+
+
+def _prog() -> str:
+    """How we were started: ``pkeyguard-vm`` (console script) or ``python -m pkeyguard_vm``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name in ("", "-c", "__main__.py", "__init__.py"):
+        return "python -m pkeyguard_vm"
+    return name
+
+
 def _parser() -> argparse.ArgumentParser:
+    prog = _prog()
     parser = argparse.ArgumentParser(
-        prog="python -m pkeyguard.vm",
+        prog=prog,
         description="Run a command in a throw-away QEMU guest whose CPU has PKU "
         "(memory protection keys). Exits with the command's status; 124 on timeout, "
         f"{EXIT_NO_PKU} if the guest has no PKU, {EXIT_VM_ERROR} if the VM failed.",
-        epilog="example: python -m pkeyguard.vm --timeout 900 -- "
+        epilog=f"example: {prog} --timeout 900 -- "
         "python -m pytest -p no:cacheprovider --color=no tests/hw",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--timeout",
         type=float,
@@ -1186,6 +1328,14 @@ def _parser() -> argparse.ArgumentParser:
         "--no-pku",
         action="store_true",
         help="boot -cpu max,-pku and skip the PKU check (tests the fallback)",
+    )
+    parser.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default=DEFAULT_KERNEL,
+        help="the Debian kernel the guest boots: 'release' (default), linux-image-amd64 from this "
+        "machine's apt sources (Debian 12: 6.1); 'backports', the newest Debian builds for this "
+        "release, from <codename>-backports (Debian 12: 6.12)",
     )
     parser.add_argument("--smp", type=int, default=2, metavar="N", help="guest CPUs (default 2)")
     parser.add_argument("--mem", default="2G", metavar="SIZE", help="guest memory (default 2G)")
@@ -1231,6 +1381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prov = provision(
                 allow_install=not args.no_install,
                 log=_stderr_log,
+                kernel=args.kernel,
             )
             print(f"kernel     {prov.kernel.version} {prov.kernel.image}")
             print(f"initramfs  {prov.initramfs}")
@@ -1247,6 +1398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             verbose=args.verbose,
             allow_install=not args.no_install,
             out_dir=args.out,
+            kernel=args.kernel,
         )
         if args.verbose:
             _stderr_log(
@@ -1272,7 +1424,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

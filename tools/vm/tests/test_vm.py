@@ -1,7 +1,9 @@
-"""The PKU guest runner (pkeyguard.vm): the pieces on the host, then real boots under TCG.
+"""The PKU guest runner (pkeyguard_vm): the pieces on the host, then real boots under TCG.
 
-The boots are real (about 5 s each on a 2-core machine): they provision qemu and the Debian
-kernel on first use (root and apt needed) and are not skipped anywhere.
+The boots are real (about 5 s each on a 2-core machine; marked ``boot``): they provision qemu
+and the Debian kernels on first use (root and apt needed for qemu) and are not skipped anywhere.
+``-m "not boot"`` runs the host-side tests alone (they still provision, which is cheap when
+cached).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from pkeyguard import vm
+import pkeyguard_vm as vm
 
-# Inside the guest (someone ran tests/unit there) the cache is read-only and qemu would nest.
+# Inside the guest (someone ran these tests there) the cache is read-only and qemu would nest.
 pytestmark = pytest.mark.skipif(
     os.environ.get("PKEYGUARD_VM_GUEST") == "1", reason="no VM inside the PKU guest"
 )
@@ -43,12 +45,43 @@ int main(void) {
 }
 """
 
+# Where pkeyguard_vm was imported from (the installed package or a source tree), for children.
+assert vm.__file__ is not None
+_SRC = os.path.dirname(os.path.dirname(vm.__file__))
+
 WEIRD = "two  spaces, 'single' \"double\"\nsecond line $HOME `x` \\ end\n"
 
 
 @pytest.fixture(scope="module")
 def prov() -> vm.Provisioned:
     return vm.provision()
+
+
+@pytest.fixture(scope="module")
+def prov_backports() -> vm.Provisioned:
+    return vm.provision(kernel="backports")
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with pkeyguard_vm importable by a child Python from where we got it."""
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=_SRC + (os.pathsep + path if path else ""))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pkeyguard_vm", *args],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+        check=False,
+    )
+
+
+def _release(version: str) -> tuple[int, int]:
+    """(6, 12) of "6.12.43+bpo-amd64"."""
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
 
 
 def _ppid_and_comm(pid: str) -> tuple[int, str]:
@@ -108,10 +141,12 @@ def test_modules_in_dependency_order(prov: vm.Provisioned) -> None:
             assert dep.replace("-", "_") in order[:index], f"{module.name} needs {dep} first"
 
 
-def test_kernel_image_boots_without_decompression(prov: vm.Provisioned) -> None:
-    # The decompressed PVH vmlinux saves ~3 s of every TCG boot.
-    assert prov.kernel.image.name == "vmlinux"
-    with open(prov.kernel.image, "rb") as f:
+@pytest.mark.parametrize("kernel", vm.KERNELS)
+def test_kernel_image_boots_without_decompression(kernel: str) -> None:
+    # The decompressed PVH vmlinux saves ~3 s of every TCG boot (6.1: xz, 6.12: zstd payload).
+    image = vm.provision(kernel=kernel).kernel.image
+    assert image.name == "vmlinux"
+    with open(image, "rb") as f:
         assert f.read(4) == b"\x7fELF"
 
 
@@ -252,8 +287,8 @@ def test_child_dies_with_a_hard_killed_runner() -> None:
     # What keeps qemu from outliving a runner killed with SIGKILL (no finally runs then).
     helper = textwrap.dedent(f"""
         import subprocess, sys
-        sys.path.insert(0, {os.path.dirname(os.path.dirname(vm.__file__))!r})
-        from pkeyguard import vm
+        sys.path.insert(0, {_SRC!r})
+        import pkeyguard_vm as vm
         child = subprocess.Popen(["sleep", "60"], start_new_session=True,
                                  preexec_fn=vm._die_with_parent())
         print(child.pid, flush=True)
@@ -298,6 +333,113 @@ def test_missing_qemu_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monke
         vm.provision(cache_dir=tmp_path / "cache", allow_install=False, log=lambda _: None)
 
 
+def test_cli_help_version_and_bad_options() -> None:
+    helped = _cli("--help")
+    assert helped.returncode == 0
+    assert helped.stdout.startswith("usage: python -m pkeyguard_vm ")
+    for option in ("--timeout", "--no-pku", "--kernel", "--smp", "--mem", "--out", "--verbose"):
+        assert option in helped.stdout
+    version = _cli("--version")
+    assert version.returncode == 0
+    assert version.stdout.split()[:3] == ["python", "-m", "pkeyguard_vm"]
+    bad_kernel = _cli("--kernel", "4.19", "--", "true")
+    assert bad_kernel.returncode == 2
+    assert "invalid choice: '4.19'" in bad_kernel.stderr
+    no_command = _cli("--timeout", "5")
+    assert no_command.returncode == 2
+    assert "no command given" in no_command.stderr
+
+
+def test_runner_does_not_need_pkeyguard() -> None:
+    # A separate distribution with no dependencies: importing it pulls in no pkeyguard code.
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, pkeyguard_vm; print(*sys.modules)"],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+        check=True,
+    )
+    loaded = proc.stdout.split()
+    assert "pkeyguard_vm" in loaded
+    assert not [m for m in loaded if m == "pkeyguard" or m.startswith("pkeyguard.")]
+
+
+def test_unknown_kernel_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="kernel must be one of release, backports"):
+        vm.provision(cache_dir=tmp_path, kernel="newest")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        vm.run(["true"], timeout=5, cache_dir=tmp_path, kernel="6.1")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("text", "codename"),
+    [
+        ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_CODENAME=bookworm\n',
+         "bookworm"),
+        ("ID=debian\nVERSION_CODENAME='trixie'\n", "trixie"),
+        ('ID=ubuntu\nID_LIKE=debian\nVERSION_CODENAME=noble\n', None),
+        ("ID=debian\n", None),  # sid names no codename
+        ("", None),
+    ],
+    ids=["bookworm", "quoted", "ubuntu", "sid", "empty"],
+)  # fmt: skip
+def test_debian_codename(tmp_path: Path, text: str, codename: str | None) -> None:
+    os_release = tmp_path / "os-release"
+    os_release.write_text(text)
+    if codename is not None:
+        assert vm._debian_codename(os_release) == codename
+    else:
+        with pytest.raises(vm.ProvisionError, match="needs a Debian host"):
+            vm._debian_codename(os_release)
+
+
+def test_backports_apt_configuration_is_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(b"")
+    monkeypatch.setattr(vm, "_debian_codename", lambda: "bookworm")
+    monkeypatch.setattr(vm, "DEBIAN_KEYRING", keyring)
+    argv = vm._backports_apt(tmp_path)
+    assert argv[::2] == ["-o"] * (len(argv) // 2)
+    options = dict(item.split("=", 1) for item in argv[1::2])
+    base = tmp_path / "apt-backports"
+    assert Path(options["Dir::Etc::SourceList"]).read_text() == (
+        f"deb [signed-by={keyring}] http://deb.debian.org/debian bookworm-backports main\n"
+    )
+    # Nothing of the machine's apt configuration or state is read or written.
+    for name in (
+        "Dir::Etc::SourceParts",
+        "Dir::Etc::Preferences",
+        "Dir::Etc::PreferencesParts",
+        "Dir::State::Lists",
+        "Dir::Cache",
+        "Dir::Cache::Archives",
+    ):
+        assert Path(options[name]).is_relative_to(base), name
+    assert Path(options["Dir::Etc::SourceParts"]).is_dir()
+    assert not list(Path(options["Dir::Etc::SourceParts"]).iterdir())
+
+    monkeypatch.setattr(vm, "DEBIAN_KEYRING", tmp_path / "missing.gpg")
+    with pytest.raises(vm.ProvisionError, match="debian-archive-keyring"):
+        vm._backports_apt(tmp_path)
+
+
+def test_kernels_are_cached_apart(prov: vm.Provisioned, prov_backports: vm.Provisioned) -> None:
+    cache = vm.default_cache_dir()
+    assert prov.kernel.image.parent == cache / "kernel"
+    assert prov_backports.kernel.image.parent == cache / "kernel-backports"
+    assert prov.initramfs.name.startswith("initramfs-release-")
+    assert prov_backports.initramfs.name.startswith("initramfs-backports-")
+    assert prov.initramfs.is_file() and prov_backports.initramfs.is_file()
+    # backports is the newer kernel (Debian 12: 6.12 against 6.1), booted the same way.
+    assert _release(prov_backports.kernel.version) > _release(prov.kernel.version)
+    assert prov_backports.kernel.image.name == "vmlinux"  # zstd-compressed: unpacked with zstd
+    names = [m.name.removesuffix(".ko") for m in prov_backports.kernel.modules]
+    assert {"9pnet_virtio", "9p", "overlay"} <= set(names)
+
+
 def test_console_splits_output_from_markers() -> None:
     nonce = "0123abcd"
     stream = (
@@ -335,6 +477,44 @@ def test_console_tail_keeps_the_panic_message() -> None:
 # --------------------------------------------------------------------------- real boots
 
 
+@pytest.fixture(scope="module")
+def pkey_alloc_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PKEY_ALLOC_C, built on the host (the guest runs the host's files)."""
+    directory = tmp_path_factory.mktemp("pkey_alloc")
+    source = directory / "pkey_alloc.c"
+    source.write_text(PKEY_ALLOC_C)
+    subprocess.run(["gcc", "-O2", "-o", str(directory / "pkey_alloc"), str(source)], check=True)
+    return directory / "pkey_alloc"
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("kernel", vm.KERNELS)
+def test_each_kernel_boots_with_pku_and_pkey_alloc_works(
+    kernel: str, pkey_alloc_program: Path
+) -> None:
+    expected = vm.provision(kernel=kernel).kernel.version
+    result = vm.run(
+        [
+            "sh",
+            "-c",
+            'uname -r; grep -m1 "^flags" /proc/cpuinfo | tr " " "\\n" | grep -x -e pku -e ospke;'
+            ' "$0"',
+            str(pkey_alloc_program),
+        ],
+        timeout=300,
+        kernel=kernel,
+    )
+    assert result.returncode == 0, result.output
+    release, *flags, pkey = result.output.split()
+    assert release == expected
+    assert flags == ["pku", "ospke"]
+    assert pkey.startswith("pkey=")
+    assert int(pkey.removeprefix("pkey=")) >= 1
+    assert not _qemu_children()
+    print(f"{kernel} {release}: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()))
+
+
+@pytest.mark.boot
 def test_end_to_end_pku() -> None:
     result = vm.run(["sh", "-c", "grep -o -w pku /proc/cpuinfo | head -1; exit 7"], timeout=300)
     assert result.returncode == 7
@@ -343,12 +523,14 @@ def test_end_to_end_pku() -> None:
     assert not _qemu_children()
 
 
+@pytest.mark.boot
 def test_end_to_end_without_pku() -> None:
     result = vm.run(["sh", "-c", "grep -c -w pku /proc/cpuinfo; exit 0"], timeout=300, pku=False)
     assert result.returncode == 0
     assert result.output.split() == ["0"]
 
 
+@pytest.mark.boot
 def test_pkey_alloc_in_guest_with_host_cwd_and_env(tmp_path: Path) -> None:
     source = tmp_path / "pkey_alloc.c"
     source.write_text(PKEY_ALLOC_C)
@@ -376,12 +558,14 @@ def test_pkey_alloc_in_guest_with_host_cwd_and_env(tmp_path: Path) -> None:
     assert not (tmp_path / "lost.txt").exists()  # the host's / is read-only in the guest
 
 
+@pytest.mark.boot
 def test_guest_without_pku_refuses_to_run_the_command() -> None:
     with pytest.raises(vm.NoPKUError, match="no usable PKU") as info:
         vm.run(["sh", "-c", "echo must-not-run"], timeout=300, cpu="max,-pku")
     assert "must-not-run" not in str(info.value)
 
 
+@pytest.mark.boot
 def test_timeout_kills_qemu(capsys: pytest.CaptureFixture[str]) -> None:
     start = time.monotonic()
     assert vm.main(["--timeout", "4", "--", "sleep", "60"]) == vm.EXIT_TIMEOUT
@@ -390,17 +574,20 @@ def test_timeout_kills_qemu(capsys: pytest.CaptureFixture[str]) -> None:
     assert not _qemu_children()
 
 
+@pytest.mark.boot
 def test_kernel_panic_is_reported() -> None:
     with pytest.raises(vm.VMError, match="panicked") as info:
         vm.run(["sh", "-c", "echo c > /proc/sysrq-trigger"], timeout=300)
     assert "Kernel panic - not syncing" in str(info.value)
 
 
+@pytest.mark.boot
 def test_sigterm_of_the_cli_kills_qemu() -> None:
     runner = subprocess.Popen(
-        [sys.executable, vm.__file__, "--", "sh", "-c", "echo ready; sleep 60"],
+        [sys.executable, "-m", "pkeyguard_vm", "--", "sh", "-c", "echo ready; sleep 60"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=_child_env(),
     )
     assert runner.stdout is not None
     try:

@@ -1,4 +1,4 @@
-"""``python -m pkeyguard bench``: every case runs and reports positive numbers.
+"""``python -m pkeyguard_bench``: every case runs and reports positive numbers.
 
 No timing assertions: the figures depend on the machine.  The run is in-process (the
 unit suite's backend, mprotect), in the quick mode the CI uses.
@@ -7,12 +7,14 @@ unit suite's backend, mprotect), in the quick mode the CI uses.
 from __future__ import annotations
 
 import json
+import mmap
 import sys
 from pathlib import Path
 
 import pytest
+from pkeyguard_bench import _floor, bench
 
-from pkeyguard import _bench, _benchfloor, _core
+from pkeyguard import _core
 
 SIZES = ("4KiB", "1MiB", "64MiB")  # --quick: no 1 GiB region
 
@@ -21,7 +23,7 @@ PER_SIZE = [
     "floor.mprotect_c",
     "switch.guard",
     "switch.set_access_rights",
-    "alt.mprotect_core",
+    "alt.mprotect_ext",
     "alt.mprotect_ctypes",
 ]
 ONE_THREAD = [
@@ -57,7 +59,7 @@ def expected_ids(backend: str) -> set[str]:
 def test_quick_json_has_every_case_with_positive_numbers(
     capsys: pytest.CaptureFixture[str], no_leaks: None, backend_name: str
 ) -> None:
-    assert _bench.main(["--quick", "--json"]) == 0
+    assert bench.main(["--quick", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
 
     ids = {c["id"] for c in data["cases"]}
@@ -87,7 +89,7 @@ def test_quick_json_has_every_case_with_positive_numbers(
 
 
 def test_table_output_names_machine_and_goals(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _bench.main(["--quick", "--rounds", "1", "--no-pin"]) == 0
+    assert bench.main(["--quick", "--rounds", "1", "--no-pin"]) == 0
     out = capsys.readouterr().out
     assert "machine:" in out and "backend:" in out
     assert "## switch pairs, 1 thread" in out and "## switch pairs, 2 threads" in out
@@ -98,31 +100,31 @@ def test_plot_without_matplotlib_says_what_to_install(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # None: "import matplotlib" fails
-    assert _bench.main(["--quick", "--plot", str(tmp_path / "p.png")]) == 2
+    assert bench.main(["--quick", "--plot", str(tmp_path / "p.png")]) == 2
     err = capsys.readouterr().err
     assert "matplotlib" in err and "pip install" in err
     assert not (tmp_path / "p.png").exists()
 
 
 def test_mprotect_pairs_floor_restores_the_pages() -> None:
-    length = 2 * _core.PAGE_SIZE
-    rw = _core.PROT_READ | _core.PROT_WRITE
-    address = _core.mmap_anon(length, rw)
+    length = 2 * mmap.PAGESIZE
+    rw = mmap.PROT_READ | mmap.PROT_WRITE
+    address = _floor.mmap_anon(length, rw)
     try:
-        _benchfloor.touch_pages(address, length, 7)
-        ns = _benchfloor.mprotect_pairs(address, length, 10, _core.PROT_NONE, rw)
+        _floor.touch_pages(address, length, 7)
+        ns = _floor.mprotect_pairs(address, length, 0, rw, 10)  # PROT_NONE, then RW
         assert ns > 0
-        _benchfloor.touch_pages(address, length, 8)  # still writable: the pair ended on RW
+        _floor.touch_pages(address, length, 8)  # still writable: the pair ended on RW
         with pytest.raises(OSError, match="mprotect"):
-            _benchfloor.mprotect_pairs(address + 1, length, 1)  # unaligned: EINVAL
+            _floor.mprotect_pairs(address + 1, length, rw, 0, 1)  # unaligned: EINVAL
     finally:
-        _core.munmap(address, length)
+        _floor.munmap(address, length)
 
 
 def test_pkru_floors_refuse_without_ospke() -> None:
-    if _core.cpuid_flags()[1]:
+    if _floor.cpuid_flags()[1]:
         pytest.skip("the OS enabled PKU here (OSPKE): the refusal path does not apply")
     with pytest.raises(RuntimeError, match="OSPKE"):
-        _benchfloor.rdpkru_loop(1)
+        _floor.rdpkru_loop(1)
     with pytest.raises((RuntimeError, ValueError)):
-        _benchfloor.wrpkru_pairs(1, 1)
+        _floor.wrpkru_pairs(1, 1)

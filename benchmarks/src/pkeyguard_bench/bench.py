@@ -1,15 +1,16 @@
-"""``python -m pkeyguard bench``: what a rights switch costs, against floors from the same run.
+"""``python -m pkeyguard_bench``: what a rights switch costs, against floors from the same run.
 
 Every figure is measured interleaved with the others in one process: each round takes one
 timed sample of every case, in a fresh shuffled order (cases that work on the same memory
 stay together, after one untimed warm-up iteration), and the table reports the median and
 the minimum over the rounds.  A sample is a timeit-style tight loop calibrated to a target
 duration; the cost of an empty loop iteration is measured the same way and subtracted
-("net").  Native floors (a raw
-``mprotect`` pair, RDPKRU/WRPKRU) loop and time themselves in C (``_benchfloor``), so they
-carry no interpreter cost at all.
+("net").  Native floors (a raw ``mprotect`` pair, RDPKRU/WRPKRU) loop and time themselves
+in C (``_floor``), so they carry no interpreter cost at all.
 
-Each row is divided by its floor from the same run:
+The cases and goals are data (:mod:`pkeyguard_bench.specs`); this module builds the fixtures
+they name, measures, judges the goals and reports.  Each case is divided by its floor from
+the same run:
 
 * a switch pair (``with guard:``) by the hardware operation it wraps: a raw C ``mprotect``
   pair on the same pages (mprotect backend) or the RDPKRU/WRPKRU pair a guard executes (pku);
@@ -44,11 +45,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from . import _backend, _benchfloor, _core
-from ._permissions import AccessPermissions, PkeyPermissions
-from ._support import _cpuinfo
-from .pkey import AssociatedRegion, PkeyGuard, WriteGuard
-from .region import RegionGuard
+from pkeyguard import (
+    AccessPermissions,
+    AssociatedRegion,
+    PkeyGuard,
+    PkeyPermissions,
+    RegionGuard,
+    WriteGuard,
+    _core,
+)
+from pkeyguard import backend as active_backend
+
+from . import _floor
+from .specs import CASES, GOALS, CaseSpec, Native, Ratio, resolve
 
 __all__ = ["main", "run"]
 
@@ -105,15 +114,17 @@ def size_label(n: int | None) -> str:
 
 @dataclass
 class Case:
-    """One measured row."""
+    """One measured row: a row of :data:`specs.CASES` for one thread count (and size)."""
 
     id: str
+    slug: str  # the row's id in specs.CASES
     label: str
     group: str
     threads: int
     size: int | None
     floor: str | None  # id of the row this one is divided by
     native: bool  # timed inside C: no interpreter loop to subtract
+    block: str  # cases on the same memory (see measure())
     run: Runner = field(repr=False)
     iterations: int = 0
     samples: list[float] = field(default_factory=list)  # ns per iteration, one per round
@@ -190,6 +201,19 @@ def _read(path: str) -> str | None:
         return None
 
 
+def cpuinfo() -> tuple[str, set[str]]:
+    """The first ``model name`` and ``flags`` of /proc/cpuinfo."""
+    model, flags = "unknown", set[str]()
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        name, _, value = line.partition(":")
+        name = name.strip()
+        if name == "model name" and model == "unknown":
+            model = value.strip()
+        elif name == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
 def mem_available() -> int | None:
     text = _read("/proc/meminfo") or ""
     for line in text.splitlines():
@@ -199,9 +223,9 @@ def mem_available() -> int | None:
 
 
 def machine_info() -> dict[str, Any]:
-    model, flags = _cpuinfo()
-    pku, ospke = _core.cpuid_flags()
-    info = _backend.backend()
+    model, flags = cpuinfo()
+    pku, ospke = _floor.cpuid_flags()
+    info = active_backend()
     thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
     return {
         "cpu_model": model,
@@ -215,7 +239,7 @@ def machine_info() -> dict[str, Any]:
         "libc": " ".join(platform.libc_ver()),
         "transparent_hugepage": thp,
         "mem_available": mem_available(),
-        "page_size": _core.PAGE_SIZE,
+        "page_size": mmap.PAGESIZE,
         "backend": info.name,
         "backend_reason": info.reason,
         "backend_forced": info.forced,
@@ -231,8 +255,8 @@ class BusyWriter:
     def __init__(self, nbytes: int, cpu: int | None) -> None:
         self.nbytes = nbytes
         self.cpu = cpu
-        self.address = _core.mmap_anon(nbytes, _core.PROT_READ | _core.PROT_WRITE)
-        _benchfloor.touch_pages(self.address, nbytes, 1)
+        self.address = _floor.mmap_anon(nbytes, mmap.PROT_READ | mmap.PROT_WRITE)
+        _floor.touch_pages(self.address, nbytes, 1)
         self.sweeps = 0
         self._flag = ctypes.c_int(0)
         self._thread: threading.Thread | None = None
@@ -241,9 +265,7 @@ class BusyWriter:
         if self.cpu is not None:
             os.sched_setaffinity(0, {self.cpu})  # 0: this thread only
         started.set()
-        self.sweeps += _benchfloor.busy_writer(
-            self.address, self.nbytes, ctypes.addressof(self._flag)
-        )
+        self.sweeps += _floor.busy_writer(self.address, self.nbytes, ctypes.addressof(self._flag))
 
     def start(self) -> None:
         self._flag.value = 0
@@ -263,7 +285,7 @@ class BusyWriter:
 
     def close(self) -> None:
         self.stop()
-        _core.munmap(self.address, self.nbytes)
+        _floor.munmap(self.address, self.nbytes)
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -316,7 +338,7 @@ class Fixtures:
         item = Guarded(region, key, assoc, guard)
         self.items.append(item)
         with guard:
-            _benchfloor.touch_pages(item.address, item.length, 1)
+            _floor.touch_pages(item.address, item.length, 1)
         return item
 
     def close(self) -> None:
@@ -347,40 +369,79 @@ class Plan:
     fixtures: Fixtures
 
 
-def _native(fn: Callable[..., int], *args: object) -> Runner:
-    def run(n: int) -> int:
-        return fn(*args, n)
+@dataclass(frozen=True)
+class Missing:
+    """A fixture this machine cannot provide: the cases that bind it are skipped."""
 
-    return run
+    reason: str
 
 
-def _mprotect_runner(address: int, length: int, first: int, second: int) -> Runner:
-    def run(n: int) -> int:
-        return _benchfloor.mprotect_pairs(address, length, n, first, second)
+def _pkey_set(libc: ctypes.CDLL) -> object:
+    if not hasattr(libc, "pkey_set"):
+        return Missing("glibc has no pkey_set")
+    pkey_set = libc.pkey_set
+    pkey_set.argtypes = [ctypes.c_int, ctypes.c_uint]
+    pkey_set.restype = ctypes.c_int
+    return pkey_set
 
-    return run
+
+def _runner(spec: CaseSpec, env: Mapping[str, object]) -> Runner:
+    timing = spec.timing
+    if isinstance(timing, Native):
+        fn: Callable[..., int] = getattr(_floor, timing.fn)
+        args = [env[name] for name in timing.args]
+
+        def run(n: int) -> int:
+            return fn(*args, n)
+
+        return run
+    names = {local: env[fixture] for local, fixture in timing.names}
+    if timing.view == "value":
+        return py_loop(timing.stmt, names, enter="g", pre="v = g.mut_ref_guard()")
+    if timing.view == "memoryview":
+        return py_loop(
+            timing.stmt,
+            names,
+            enter="g",
+            pre="m = memoryview(g.mut_ref_guard())",
+            post="m.release()",
+        )
+    return py_loop(timing.stmt, names)
+
+
+def _specs(backend: str) -> list[CaseSpec]:
+    return [spec for spec in CASES if backend in spec.backends]
+
+
+def _instance_id(scope: str, slug: str, threads: int, size: int | None) -> str:
+    """The case id of a row of ``scope`` for a case that runs on ``threads`` and ``size``."""
+    if scope in ("scalar", "bulk"):
+        return case_id(slug, 1)
+    return case_id(slug, threads, size if scope == "size" else None)
 
 
 def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
-    """Regions, keys, buffers and every case of the run."""
+    """Regions, keys, buffers, and every case of :data:`specs.CASES` for this run.
+
+    The fixtures that the rows name:
+
+    ``nop_guard``         a guard on a ``MODE_NOP`` key: the C context manager, no hardware
+    ``no_syscall_guard``  a guard on a ``MODE_MPROTECT`` key with no regions: the mprotect
+                          switch path with nothing to protect, so no system call
+    ``first.*``           the smallest region's association (``assoc``) and key (``pkey``)
+    ``region.*``          (per size) a touched region with its own key: its reusable
+                          ReadWrite ``guard``, its ``assoc``, its ``address`` and ``length``
+    ``prot.first/second`` the pair a switch performs on the pages: RW then NONE (mprotect); on
+                          pku the pages stay RW, so the alternative closes and reopens them
+    ``floor.mprotect``    ``_floor.mprotect``; ``libc.*``: ctypes ``mprotect``, ``pkey_set``
+    ``mv.u8``, ``mv.u32`` a memoryview of a bytearray, format B and cast to ``I``
+    ``scalar.guard``      the ReadWrite guard of a ``c_uint32`` region
+    ``bulk.*``            the bulk region's ``guard``; bytearray ``src`` and memoryviews
+                          ``src_mv``, ``dst_mv`` of the bulk size; ``aligned``: a page-aligned
+                          anonymous ``mmap`` of that size
+    """
     pku = backend == "pku"
-    cases: list[Case] = []
     skipped: list[dict[str, str]] = []
-
-    def add(
-        cid: str,
-        label: str,
-        group: str,
-        run: Runner,
-        *,
-        size: int | None = None,
-        floor: str | None = None,
-        native: bool = False,
-    ) -> str:
-        threads = int(cid.rsplit("/", 1)[1].rstrip("t"))
-        cases.append(Case(cid, label, group, threads, size, floor, native, run))
-        return cid
-
     sizes = list(mode.sizes)
     if GiB in sizes and not gib_ok:
         sizes.remove(GiB)
@@ -395,246 +456,91 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
         fixtures.close()
         raise
     libc = _libc()
-    prot_rw, prot_none = int(AccessPermissions.ReadWrite), _core.PROT_NONE
-    # The pair a switch performs on the pages: open, then back to rest (mprotect backend:
-    # RW then NONE).  On pku the pages stay RW, so the mprotect alternative closes them and
-    # opens them again.
-    p1, p2 = (prot_none, prot_rw) if pku else (prot_rw, prot_none)
-    nop = _core.Key(0, _core.MODE_NOP, 2)._guard(2)
-    # The mprotect switch path with nothing to protect: a MODE_MPROTECT key with no regions
-    # runs exactly the bookkeeping of a real switch and makes no system call.
-    no_syscall = _core.Key(0x7FFF, _core.MODE_MPROTECT, 0)._guard(2)
-    first = by_size[sizes[0]]
-    rw = "P.ReadWrite"
-    P = PkeyPermissions
-
-    for t in (1, 2):
-        add(
-            case_id("floor.loop", t),
-            "empty loop iteration (timeit overhead)",
-            "floor",
-            py_loop("pass", {}),
-        )
-        nop_id = add(
-            case_id("floor.nop_cm", t),
-            "with C guard on a MODE_NOP key (empty C CM)",
-            "floor",
-            py_loop("with g: pass", {"g": nop}),
-        )
-        if pku:
-            add(
-                case_id("floor.rdpkru", t),
-                "C loop: RDPKRU",
-                "floor",
-                _native(_benchfloor.rdpkru_loop),
-                native=True,
-            )
-            pair = add(
-                case_id("floor.wrpkru_pair", t),
-                "C loop: (RDPKRU, WRPKRU) x2, as a guard pair does",
-                "floor",
-                _native(_benchfloor.wrpkru_pairs, first.key.key),
-                native=True,
-            )
-            if hasattr(libc, "pkey_set"):
-                pkey_set = libc.pkey_set
-                pkey_set.argtypes = [ctypes.c_int, ctypes.c_uint]
-                pkey_set.restype = ctypes.c_int
-                add(
-                    case_id("alt.pkey_set", t),
-                    "ctypes glibc pkey_set(k, 0); pkey_set(k, AD)",
-                    "alt",
-                    py_loop("ps(k, 0); ps(k, 1)", {"ps": pkey_set, "k": first.key.key}),
-                    floor=pair,
-                )
-            else:
-                skipped.append({"case": "alt.pkey_set", "reason": "glibc has no pkey_set"})
-        else:
-            add(
-                case_id("switch.no_syscall", t),
-                "with C guard on a MODE_MPROTECT key with no regions",
-                "switch",
-                py_loop("with g: pass", {"g": no_syscall}),
-                floor=nop_id,
-            )
-        add(
-            case_id("switch.lookup", t),
-            "assoc.set_access_rights(ReadWrite) alone (no with)",
-            "switch",
-            py_loop(f"x = assoc.set_access_rights({rw})", {"assoc": first.assoc, "P": P}),
-            floor=nop_id,
-        )
-        add(
-            case_id("switch.enum_attr", t),
-            "PkeyPermissions.ReadWrite (enum attribute)",
-            "switch",
-            py_loop(f"x = {rw}", {"P": P}),
-            floor=nop_id,
-        )
-        for size in sizes:
-            item = by_size[size]
-            pages = {"a": item.address, "n": item.length, "p1": p1, "p2": p2}
-            mp_c = add(
-                case_id("floor.mprotect_c", t, size),
-                "C loop: mprotect pair on the same pages",
-                "alt" if pku else "floor",
-                _mprotect_runner(item.address, item.length, p1, p2),
-                size=size,
-                native=True,
-            )
-            hw = case_id("floor.wrpkru_pair", t) if pku else mp_c
-            add(
-                case_id("switch.guard", t, size),
-                "with g: (reused guard)",
-                "switch",
-                py_loop("with g: pass", {"g": item.guard}),
-                size=size,
-                floor=hw,
-            )
-            add(
-                case_id("switch.set_access_rights", t, size),
-                "with assoc.set_access_rights(ReadWrite):",
-                "switch",
-                py_loop(f"with assoc.set_access_rights({rw}): pass", {"assoc": item.assoc, "P": P}),
-                size=size,
-                floor=hw,
-            )
-            add(
-                case_id("alt.mprotect_core", t, size),
-                "Python: _core.mprotect(...) x2 (C calls, no guard)",
-                "alt",
-                py_loop("mp(a, n, p1); mp(a, n, p2)", {"mp": _core.mprotect, **pages}),
-                size=size,
-                floor=mp_c,
-            )
-            add(
-                case_id("alt.mprotect_ctypes", t, size),
-                "ctypes libc.mprotect pair",
-                "alt",
-                py_loop("mp(a, n, p1); mp(a, n, p2)", {"mp": libc.mprotect, **pages}),
-                size=size,
-                floor=mp_c,
-            )
-
-    # Scalar access (one thread): a c_uint32 view against memoryview element access.
+    prot_rw, prot_none = int(AccessPermissions.ReadWrite), 0
     mv = memoryview(bytearray(4096))
-    mvi = mv.cast("I")
-    sg = {"g": scalar.guard}
-    view = {"enter": "g", "pre": "v = g.mut_ref_guard()"}
-    read = add(
-        case_id("scalar.mv_typed_read", 1),
-        "x = mv.cast('I')[0] (memoryview)",
-        "scalar",
-        py_loop("x = m[0]", {"m": mvi}),
-    )
-    write = add(
-        case_id("scalar.mv_typed_write", 1),
-        "mv.cast('I')[0] = 1 (memoryview)",
-        "scalar",
-        py_loop("m[0] = 1", {"m": mvi}),
-    )
-    add(
-        case_id("scalar.mv_read", 1),
-        "x = mv[0] (memoryview, format B)",
-        "scalar",
-        py_loop("x = m[0]", {"m": mv}),
-        floor=read,
-    )
-    add(
-        case_id("scalar.mv_write", 1),
-        "mv[0] = 1 (memoryview, format B)",
-        "scalar",
-        py_loop("m[0] = 1", {"m": mv}),
-        floor=write,
-    )
-    add(
-        case_id("scalar.view_read", 1),
-        "x = v.value (c_uint32 view)",
-        "scalar",
-        py_loop("x = v.value", sg, **view),
-        floor=read,
-    )
-    add(
-        case_id("scalar.view_write", 1),
-        "v.value = 1 (c_uint32 view)",
-        "scalar",
-        py_loop("v.value = 1", sg, **view),
-        floor=write,
-    )
-
-    # Bulk copies (one thread).  A bytearray's data starts 16 bytes into a page, and memcpy
-    # between two of them is measurably slower than to or from page-aligned memory, so the
-    # plain copies are measured both ways.
     n = mode.bulk_bytes
-    sz = size_label(n)
     src = bytearray(b"\xa5") * n
     src_mv, dst_mv = memoryview(src), memoryview(bytearray(n))
     dst_mv[:] = src_mv  # fault the destination in
     aligned[:] = src_mv
-    bg = {"g": bulk.guard}
-    mview = {"enter": "g", "pre": "m = memoryview(g.mut_ref_guard())", "post": "m.release()"}
-    plain = add(
-        case_id("bulk.plain_copy", 1),
-        f"plain copy {sz}: dst_mv[:] = src_mv (two bytearrays)",
-        "bulk",
-        py_loop("d[:] = s", {"d": dst_mv, "s": src_mv}),
-        size=n,
-    )
-    add(
-        case_id("bulk.plain_copy_in", 1),
-        f"plain copy {sz}: bytearray -> page-aligned mmap",
-        "bulk",
-        py_loop("d[:] = s", {"d": aligned, "s": src_mv}),
-        size=n,
-        floor=plain,
-    )
-    add(
-        case_id("bulk.plain_copy_out", 1),
-        f"plain copy {sz}: page-aligned mmap -> bytearray",
-        "bulk",
-        py_loop("d[:] = s", {"d": dst_mv, "s": aligned}),
-        size=n,
-        floor=plain,
-    )
-    plain_bytes = add(
-        case_id("bulk.plain_bytes", 1),
-        f"plain bytes(bytearray) {sz}",
-        "bulk",
-        py_loop("x = bytes(s)", {"s": src}),
-        size=n,
-    )
-    add(
-        case_id("bulk.copy_in_mv", 1),
-        f"copy in {sz}: memoryview(view)[:] = src_mv",
-        "bulk",
-        py_loop("m[:] = s", {**bg, "s": src_mv}, **mview),
-        size=n,
-        floor=plain,
-    )
-    add(
-        case_id("bulk.copy_in_value", 1),
-        f"copy in {sz}: view.value = src_mv",
-        "bulk",
-        py_loop("v.value = s", {**bg, "s": src_mv}, **view),
-        size=n,
-        floor=plain,
-    )
-    add(
-        case_id("bulk.copy_out_mv", 1),
-        f"copy out {sz}: dst_mv[:] = memoryview(view)",
-        "bulk",
-        py_loop("d[:] = m", {**bg, "d": dst_mv}, **mview),
-        size=n,
-        floor=plain,
-    )
-    add(
-        case_id("bulk.copy_out_bytes", 1),
-        f"copy out {sz}: bytes(view)",
-        "bulk",
-        py_loop("x = bytes(v)", bg, **view),
-        size=n,
-        floor=plain_bytes,
-    )
+    first = by_size[sizes[0]]
+    common: dict[str, object] = {
+        "nop_guard": _core.Key(0, _core.MODE_NOP, 2)._guard(2),
+        "no_syscall_guard": _core.Key(0x7FFF, _core.MODE_MPROTECT, 0)._guard(2),
+        "PkeyPermissions": PkeyPermissions,
+        "first.assoc": first.assoc,
+        "first.pkey": first.key.key,
+        "prot.first": prot_none if pku else prot_rw,
+        "prot.second": prot_rw if pku else prot_none,
+        "floor.mprotect": _floor.mprotect,
+        "libc.mprotect": libc.mprotect,
+        "libc.pkey_set": _pkey_set(libc),
+        "mv.u8": mv,
+        "mv.u32": mv.cast("I"),
+        "scalar.guard": scalar.guard,
+        "bulk.guard": bulk.guard,
+        "bulk.src": src,
+        "bulk.src_mv": src_mv,
+        "bulk.dst_mv": dst_mv,
+        "bulk.aligned": aligned,
+    }
+    per_size = {
+        size: {
+            **common,
+            "region.guard": item.guard,
+            "region.assoc": item.assoc,
+            "region.address": item.address,
+            "region.length": item.length,
+        }
+        for size, item in by_size.items()
+    }
+    unknown = sorted({f for spec in CASES for f in spec.fixtures} - set(per_size[sizes[0]]))
+    if unknown:
+        fixtures.close()
+        raise LookupError(f"specs.CASES names fixtures that build() does not make: {unknown}")
+    specs = _specs(backend)
+    scope_of = {spec.slug: spec.scope for spec in specs}
+    cases: list[Case] = []
+
+    def add(spec: CaseSpec, threads: int, size: int | None, env: Mapping[str, object]) -> None:
+        missing = [m for f in spec.fixtures if isinstance(m := env[f], Missing)]
+        if missing:
+            if not any(s["case"] == spec.slug for s in skipped):
+                skipped.append({"case": spec.slug, "reason": missing[0].reason})
+            return
+        floor = None
+        if spec.floor is not None:
+            slug = resolve(spec.floor, backend)
+            floor = _instance_id(scope_of[slug], slug, threads, size)
+        block = {"thread": "no region", "size": f"region {size}"}.get(spec.scope, spec.scope)
+        cases.append(
+            Case(
+                _instance_id(spec.scope, spec.slug, threads, size),
+                spec.slug,
+                spec.label.replace("{bulk}", size_label(n)),
+                spec.group,
+                threads,
+                size,
+                floor,
+                isinstance(spec.timing, Native),
+                block,
+                _runner(spec, env),
+            )
+        )
+
+    for t in (1, 2):
+        for spec in specs:
+            if spec.scope == "thread":
+                add(spec, t, None, common)
+        for size in sizes:
+            for spec in specs:
+                if spec.scope == "size":
+                    add(spec, t, size, per_size[size])
+    one_thread: tuple[tuple[str, int | None], ...] = (("scalar", None), ("bulk", n))
+    for scope, bulk_size in one_thread:
+        for spec in specs:
+            if spec.scope == scope:
+                add(spec, 1, bulk_size, common)
     return Plan(cases, skipped, fixtures)
 
 
@@ -675,13 +581,7 @@ def _blocks(cases: list[Case]) -> list[list[Case]]:
     """Cases that work on the same memory, kept together (see :func:`measure`)."""
     blocks: dict[str, list[Case]] = {}
     for case in cases:
-        if case.group in ("scalar", "bulk"):
-            key = case.group
-        elif case.size is not None:
-            key = f"region {case.size}"
-        else:
-            key = "no region"
-        blocks.setdefault(key, []).append(case)
+        blocks.setdefault(case.block, []).append(case)
     return list(blocks.values())
 
 
@@ -766,12 +666,10 @@ class Row:
 
 def summarize(cases: list[Case]) -> dict[str, Row]:
     rows: dict[str, Row] = {}
-    loops = {
-        c.threads: statistics.median(c.samples) for c in cases if c.id.startswith("floor.loop")
-    }
+    loops = {c.threads: statistics.median(c.samples) for c in cases if c.slug == "floor.loop"}
     for c in cases:
         med = statistics.median(c.samples)
-        net = med if c.native or c.id.startswith("floor.loop") else med - loops[c.threads]
+        net = med if c.native or c.slug == "floor.loop" else med - loops[c.threads]
         rows[c.id] = Row(c, med, min(c.samples), net)
     for row in rows.values():
         floor = rows.get(row.case.floor) if row.case.floor else None
@@ -810,121 +708,72 @@ def _status(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "MISSED")
 
 
-def goals(
-    rows: dict[str, Row], over: list[dict[str, Any]], backend: str, sizes: Sequence[int]
-) -> list[dict[str, Any]]:
+def _family(
+    ratio: Ratio, rows: Mapping[str, Row], backend: str, sizes: Sequence[int]
+) -> dict[str, float]:
+    """The values of one :class:`specs.Ratio`, for every size and thread count it covers."""
+    scope_of = {spec.slug: spec.scope for spec in _specs(backend)}
+    terms = [
+        (-1.0 if t.startswith("-") else 1.0, resolve(t.lstrip("-"), backend), part)
+        for part, ts in (("num", ratio.num), ("den", ratio.den))
+        for t in ts
+    ]
+    scopes = {scope_of.get(slug) for _, slug, _ in terms}
+    if None in scopes:
+        return {}  # a case that this backend does not run
+    threads = (1,) if scopes <= {"scalar", "bulk"} else (1, 2)
+    where: Sequence[int | None] = sizes if "size" in scopes else (None,)
+    out: dict[str, float] = {}
+    for t in threads:
+        for size in where:
+            sums = {"num": 0.0, "den": 0.0}
+            for sign, slug, part in terms:
+                row = rows.get(_instance_id(scope_of[slug], slug, t, size))
+                if row is None:
+                    break
+                sums[part] += sign * row.net
+            else:
+                if ratio.den and sums["den"] <= 0:
+                    continue
+                key = ratio.key.format(size=size_label(size), threads=t)
+                out[key] = sums["num"] / sums["den"] if ratio.den else sums["num"]
+    return out
+
+
+def goals(rows: Mapping[str, Row], backend: str, sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """Every goal of :data:`specs.GOALS`, judged on this run."""
     out: list[dict[str, Any]] = []
-
-    def add(goal: str, values: dict[str, float], ok: bool | None, note: str = "") -> None:
-        out.append({"goal": goal, "values": values, "status": _status(ok), "note": note})
-
-    def ratio(cid: str) -> float | None:
-        row = rows.get(cid)
-        return row.ratio if row is not None else None
-
-    pairs = {
-        f"{size_label(s)} {t}t": r
-        for t in (1, 2)
-        for s in sizes
-        if (r := ratio(case_id("switch.guard", t, s))) is not None
-    }
-    if backend == "mprotect":
-        add(
-            "mprotect switch pair <= 1.15x raw C mprotect pair on the same pages",
-            pairs,
-            all(v <= 1.15 for v in pairs.values()),
-        )
-    else:
-        add(
-            "mprotect switch pair <= 1.15x raw C mprotect pair",
-            {},
-            None,
-            "pku backend: switches do not call mprotect",
-        )
-    nop = {t: rows[case_id("floor.nop_cm", t)].net for t in (1, 2)}
-    fw: dict[str, float] = {}
-    fw_sar: dict[str, float] = {}
-    if backend == "mprotect":
-        # Clean: the same switch path with no system call to subtract.
-        for t in (1, 2):
-            clean = rows[case_id("switch.no_syscall", t)]
-            lookup = rows[case_id("switch.lookup", t)]
-            if nop[t] > 0:
-                fw[f"no-syscall switch {t}t"] = clean.net / nop[t]
-                fw_sar[f"no-syscall switch + lookup {t}t"] = (clean.net + lookup.net) / nop[t]
-    for d in over:
-        if d["ratio"] is None or backend == "mprotect":
-            continue
-        name = f"{size_label(d['size'])} {d['threads']}t"
-        (fw if d["of"].startswith("switch.guard") else fw_sar)[name] = d["ratio"]
-    clean_note = (
-        "on mprotect: the same switch path on a key with no regions, so no system call; "
-        "subtracting a separately timed system call of microseconds per size (the JSON's "
-        "'derived' entries) is noise-dominated"
-        if backend == "mprotect"
-        else ""
-    )
-
-    def judged(values: dict[str, float]) -> bool | None:
-        return all(v <= 1.3 for v in values.values()) if values else None
-
-    add(
-        "framework overhead (with g: minus hardware) <= 1.3x empty C CM", fw, judged(fw), clean_note
-    )
-    add(
-        "framework overhead of with assoc.set_access_rights(RW): <= 1.3x empty C CM",
-        fw_sar,
-        judged(fw_sar),
-        "includes the Python-level guard lookup and the enum attribute",
-    )
-    scalar: dict[str, float] = {}
-    for op in ("read", "write"):
-        view = rows[case_id(f"scalar.view_{op}", 1)]
-        for floor in (f"scalar.mv_typed_{op}", f"scalar.mv_{op}"):
-            base = rows[case_id(floor, 1)]
-            if base.net > 0:
-                scalar[f"{op} vs {base.case.label.split(' (')[0]}"] = view.net / base.net
-    add(
-        "scalar view read/write <= 1.3x memoryview element access",
-        scalar,
-        all(v <= 1.3 for v in scalar.values()),
-    )
-    bulk: dict[str, float] = {}
-    same = {
-        "copy_in_mv": "plain_copy_in",
-        "copy_in_value": "plain_copy_in",
-        "copy_out_mv": "plain_copy_out",
-        "copy_out_bytes": "plain_bytes",
-    }
-    for slug, floor in same.items():
-        row = rows[case_id(f"bulk.{slug}", 1)]
-        if row.ratio:
-            bulk[slug] = 1 / row.ratio
-        base = rows[case_id(f"bulk.{floor}", 1)]
-        if floor != "plain_bytes" and row.net > 0:
-            bulk[f"{slug} vs page-aligned plain"] = base.net / row.net
-    add(
-        "bulk copy >= 90% of the throughput of a plain copy",
-        bulk,
-        all(v >= 0.9 for v in bulk.values()),
-        "against two bytearrays, and against a plain copy with the region's alignment",
-    )
-    if backend == "pku":
-        whole = {
-            f"{size_label(s)} {t}t": rows[case_id("switch.guard", t, s)].net
-            for t in (1, 2)
-            for s in sizes
+    for goal in GOALS:
+        entry: dict[str, Any] = {
+            "id": goal.id,
+            "goal": goal.text,
+            "compare": goal.compare,
+            "threshold": goal.threshold,
+            "unit": goal.unit,
+            "reads": list(goal.reads),
         }
-        add("pku: whole pair <= 80 ns (current Xeon)", whole, all(v <= 80 for v in whole.values()))
-        values = list(whole.values())
-        spread = max(values) / min(values) if min(values) > 0 else float("inf")
-        add(
-            "pku: whole pair flat within 10% across region sizes, 1 and 2 threads",
-            {"max/min": spread},
-            spread <= 1.10,
+        if backend not in goal.backends:
+            out.append({**entry, "values": {}, "status": "n/a", "note": goal.na_note})
+            continue
+        values: dict[str, float] = {}
+        notes: list[str] = []
+        for ratio in goal.values:
+            if backend in ratio.backends:
+                values.update(_family(ratio, rows, backend, sizes))
+                notes += [ratio.note] if ratio.note else []
+        if goal.combine == "spread" and values:
+            low = min(values.values())
+            values = {"max/min": max(values.values()) / low if low > 0 else float("inf")}
+        ok = (
+            None
+            if not values
+            else all(
+                v <= goal.threshold if goal.compare == "<=" else v >= goal.threshold
+                for v in values.values()
+            )
         )
-    else:
-        add("pku: whole pair <= 80 ns, flat across sizes and threads", {}, None, "mprotect backend")
+        note = "; ".join([*notes, goal.note] if goal.note else notes)
+        out.append({**entry, "values": values, "status": _status(ok), "note": note})
     return out
 
 
@@ -937,12 +786,13 @@ def to_json(
     skipped: list[dict[str, str]],
 ) -> dict[str, Any]:
     return {
-        "schema": 1,
+        "schema": 2,
         "machine": machine,
         "config": config,
         "cases": [
             {
                 "id": r.case.id,
+                "slug": r.case.slug,
                 "label": r.case.label,
                 "group": r.case.group,
                 "threads": r.case.threads,
@@ -1053,14 +903,14 @@ def render(data: dict[str, Any], out: TextIO) -> None:
                     file=out,
                 )
     print("\n## goals", file=out)
+    show: dict[str, Callable[[float], str]] = {
+        "%": lambda v: f"{v * 100:.0f}%",
+        "ns": lambda v: f"{v:.1f} ns",
+        "x": _x,
+    }
     for g in data["goals"]:
-        if "bulk" in g["goal"]:
-            vals = [f"{k}: {v * 100:.0f}%" for k, v in g["values"].items()]
-        elif "80 ns" in g["goal"]:
-            vals = [f"{k}: {v:.1f} ns" for k, v in g["values"].items()]
-        else:
-            vals = [f"{k}: {_x(v)}" for k, v in g["values"].items()]
-        print(f"[{g['status']}] {g['goal']}", file=out)
+        vals = [f"{k}: {show[g['unit']](v)}" for k, v in g["values"].items()]
+        print(f"[{g['status']}] {g['id']}: {g['goal']}", file=out)
         if vals:
             print(f"    {', '.join(vals)}", file=out)
         if g["note"]:
@@ -1146,7 +996,7 @@ def run(mode: Mode, *, rounds: int | None = None, pin: bool = True) -> dict[str,
     rows = summarize(plan.cases)
     over = derived(rows)
     sizes = sorted({c.size for c in plan.cases if c.group == "switch" and c.size is not None})
-    goal_list = goals(rows, over, backend, sizes)
+    goal_list = goals(rows, backend, sizes)
     config = {
         "mode": mode.name,
         "rounds": len(others),
@@ -1168,7 +1018,7 @@ def run(mode: Mode, *, rounds: int | None = None, pin: bool = True) -> dict[str,
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pkeyguard bench",
+        prog="python -m pkeyguard_bench",
         description="Cost of rights switches, views and copies, as ratios to floors "
         "measured in the same run.",
     )
@@ -1203,7 +1053,7 @@ def main(argv: list[str]) -> int:
         except ImportError:
             print(
                 "--plot needs matplotlib, which is not installed: "
-                "pip install 'pkeyguard[plot]' (or pip install matplotlib)",
+                "pip install 'pkeyguard-bench[plot]' (or pip install matplotlib)",
                 file=sys.stderr,
             )
             return 2
