@@ -43,6 +43,7 @@
 
 #include "_faults.h"
 #include "_pkru.h"
+#include "_rights.h"
 
 #ifndef SYS_pkey_mprotect
 #define SYS_pkey_mprotect 329
@@ -62,16 +63,7 @@
 
 /* Modes of a Key: how a Guard applies rights. */
 enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2 };
-/* Rights levels, from least to most permissive (the mprotect backend grants the most
- * permissive of all threads' current levels). */
-enum { LEVEL_NONE = 0, LEVEL_READ = 1, LEVEL_WRITE = 2 };
-/* PKRU bits per key, as pkey_alloc(2) takes them. */
-#define PKRU_AD 1u /* access disable */
-#define PKRU_WD 2u /* write disable */
-
-/* The one table of rights: level -> PKRU bits, name. */
-static const unsigned level_to_bits[3] = {PKRU_AD, PKRU_WD, 0u};
-static const char *const level_names[3] = {"NoAccess", "ReadOnly", "ReadWrite"};
+/* Rights levels, PKRU bits and their names: the RIGHTS table in _rights.h. */
 
 /* Why a guard stopped being active without its own __exit__. */
 enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2 };
@@ -567,7 +559,7 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     k->base_level = base_level;
     k->effective_level = base_level;
     if (mode == MODE_PKU) {
-        long r = syscall(SYS_pkey_alloc, 0, level_to_bits[base_level]);
+        long r = syscall(SYS_pkey_alloc, 0, RIGHTS[base_level].bits);
         if (r < 0) {
             raise_errno(errno, "pkey_alloc");
             Py_DECREF(k);
@@ -1462,7 +1454,7 @@ guard_apply(GuardObject *g, ThreadStack *s)
     if (k->mode == MODE_PKU) {
         unsigned shift = 2u * (unsigned)k->pkey;
         uint32_t pkru = pkru_read();
-        uint32_t want = (pkru & ~(3u << shift)) | (level_to_bits[g->level] << shift);
+        uint32_t want = (pkru & ~(3u << shift)) | (RIGHTS[g->level].bits << shift);
         g->saved_bits = (int)((pkru >> shift) & 3u);
         if (want != pkru) {
             pkru_write(want);
@@ -1798,7 +1790,7 @@ static PyObject *
 Guard_repr(GuardObject *g)
 {
     return PyUnicode_FromFormat("<%s key=%d rights=%s %s>", Py_TYPE(g)->tp_name, g->key->pkey,
-                                level_names[g->level], g->active ? "active" : "inactive");
+                                RIGHTS[g->level].name, g->active ? "active" : "inactive");
 }
 
 /* _view(writable): a view of the guard's region for this activation (ref_guard and
@@ -1901,163 +1893,7 @@ Key_guard(KeyObject *k, PyObject *arg)
     return (PyObject *)guard_create(&Guard_Type, k, NULL, (int)level, NULL);
 }
 
-/* __enter__/__exit__ without CPython's bound-method objects: those are GC-tracked, so each
- * 'with' paid an allocation plus GC track/untrack twice.  The type's slots are descriptors
- * whose __get__ returns a small untracked callable holding a strong reference to the guard,
- * recycled through a freelist. */
-typedef struct BoundSlotObject {
-    PyObject_HEAD
-    GuardObject *guard; /* strong */
-    int which;          /* 0: __enter__, 1: __exit__ */
-    vectorcallfunc vectorcall;
-    struct BoundSlotObject *next_free;
-} BoundSlotObject;
-
-#define BOUNDSLOT_FREELIST_MAX 16
-static BoundSlotObject *boundslot_free = NULL; /* protected by the GIL */
-static int boundslot_nfree = 0;
-
-static PyObject *
-BoundSlot_vectorcall(BoundSlotObject *b, PyObject *const *args, size_t nargsf,
-                     PyObject *kwnames)
-{
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
-        PyErr_SetString(PyExc_TypeError, "guard methods take no keyword arguments");
-        return NULL;
-    }
-    if (b->which == 0) {
-        if (nargs != 0) {
-            PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
-            return NULL;
-        }
-        return Guard_enter(b->guard, NULL);
-    }
-    return Guard_exit(b->guard, args, nargs);
-}
-
-static void
-BoundSlot_dealloc(BoundSlotObject *b)
-{
-    Py_CLEAR(b->guard);
-    if (boundslot_nfree < BOUNDSLOT_FREELIST_MAX) {
-        b->next_free = boundslot_free;
-        boundslot_free = b;
-        boundslot_nfree++;
-        return;
-    }
-    PyObject_Free(b);
-}
-
-static PyObject *
-BoundSlot_repr(BoundSlotObject *b)
-{
-    return PyUnicode_FromFormat("<%s of %R>", b->which ? "__exit__" : "__enter__",
-                                (PyObject *)b->guard);
-}
-
-static PyTypeObject BoundSlot_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pkeyguard._core.guard_method",
-    .tp_basicsize = sizeof(BoundSlotObject),
-    .tp_dealloc = (destructor)BoundSlot_dealloc,
-    .tp_repr = (reprfunc)BoundSlot_repr,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(BoundSlotObject, vectorcall),
-    .tp_call = PyVectorcall_Call,
-};
-
-typedef struct {
-    PyObject_HEAD
-    int which;
-    vectorcallfunc vectorcall;
-} SlotDescrObject;
-
-static PyObject *
-SlotDescr_get(SlotDescrObject *d, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    if (obj == NULL || obj == Py_None) {
-        Py_INCREF(d);
-        return (PyObject *)d;
-    }
-    if (!PyObject_TypeCheck(obj, &Guard_Type)) {
-        PyErr_Format(PyExc_TypeError, "guard method bound to a non-guard %.200s",
-                     Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    BoundSlotObject *b = boundslot_free;
-    if (b != NULL) {
-        boundslot_free = b->next_free;
-        boundslot_nfree--;
-        (void)PyObject_Init((PyObject *)b, &BoundSlot_Type);
-    }
-    else {
-        b = PyObject_New(BoundSlotObject, &BoundSlot_Type);
-        if (b == NULL) {
-            return NULL;
-        }
-    }
-    Py_INCREF(obj);
-    b->guard = (GuardObject *)obj;
-    b->which = d->which;
-    b->vectorcall = (vectorcallfunc)BoundSlot_vectorcall;
-    b->next_free = NULL;
-    return (PyObject *)b;
-}
-
-static PyObject *
-SlotDescr_vectorcall(SlotDescrObject *d, PyObject *const *args, size_t nargsf,
-                     PyObject *Py_UNUSED(kwnames))
-{
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs < 1 || !PyObject_TypeCheck(args[0], &Guard_Type)) {
-        PyErr_SetString(PyExc_TypeError, "unbound guard method needs a guard");
-        return NULL;
-    }
-    GuardObject *g = (GuardObject *)args[0];
-    if (d->which == 0) {
-        if (nargs != 1) {
-            PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
-            return NULL;
-        }
-        return Guard_enter(g, NULL);
-    }
-    return Guard_exit(g, args + 1, nargs - 1);
-}
-
-static PyTypeObject SlotDescr_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pkeyguard._core.guard_slot",
-    .tp_basicsize = sizeof(SlotDescrObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(SlotDescrObject, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_descr_get = (descrgetfunc)SlotDescr_get,
-};
-
-static int
-guard_install_slots(void)
-{
-    static const char *names[2] = {"__enter__", "__exit__"};
-    if (PyType_Ready(&BoundSlot_Type) < 0 || PyType_Ready(&SlotDescr_Type) < 0) {
-        return -1;
-    }
-    for (int i = 0; i < 2; i++) {
-        SlotDescrObject *d = PyObject_New(SlotDescrObject, &SlotDescr_Type);
-        if (d == NULL) {
-            return -1;
-        }
-        d->which = i;
-        d->vectorcall = (vectorcallfunc)SlotDescr_vectorcall;
-        int rc = PyDict_SetItemString(Guard_Type.tp_dict, names[i], (PyObject *)d);
-        Py_DECREF(d);
-        if (rc < 0) {
-            return -1;
-        }
-    }
-    PyType_Modified(&Guard_Type);
-    return 0;
-}
+#include "_guardslots.h"
 
 /* ------------------------------------------------------------------------------------ */
 /* View                                                                                 */
@@ -2140,7 +1976,7 @@ view_check(ViewObject *v, int write)
             PyErr_Format(err(E_ACCESS),
                          "%s through this view is not allowed now: a %s guard on the same key, "
                          "entered after the view's guard, restricts this thread's rights",
-                         write ? "writing" : "reading", level_names[level]);
+                         write ? "writing" : "reading", RIGHTS[level].name);
             return -1;
         }
     }
@@ -3229,6 +3065,24 @@ core_exec(PyObject *m)
     }
     int rc = PyModule_AddObjectRef(m, "MAX_REGION_SIZE", max_size);
     Py_DECREF(max_size);
+    if (rc < 0) {
+        return -1;
+    }
+    /* RIGHTS: ((name, pkru_bits), ...) by level, from the one table in _rights.h. */
+    PyObject *rights = PyTuple_New(LEVEL_COUNT);
+    if (rights == NULL) {
+        return -1;
+    }
+    for (int level = 0; level < LEVEL_COUNT; level++) {
+        PyObject *row = Py_BuildValue("(sI)", RIGHTS[level].name, RIGHTS[level].bits);
+        if (row == NULL) {
+            Py_DECREF(rights);
+            return -1;
+        }
+        PyTuple_SET_ITEM(rights, level, row);
+    }
+    rc = PyModule_AddObjectRef(m, "RIGHTS", rights);
+    Py_DECREF(rights);
     return rc;
 }
 

@@ -13,6 +13,8 @@ PROT_READ: Final[int]
 PROT_WRITE: Final[int]
 PROT_EXEC: Final[int]
 MAX_REGION_SIZE: Final[int]
+# ((name, pkru_bits), ...) by rights level, least permissive first (_rights.h).
+RIGHTS: Final[tuple[tuple[str, int], ...]]
 
 # The constructors take (pkey, mode, base_level) and (size, prot, *, fmt, swap, ctype,
 # view_types, label, guard_pages, lock, dontdump, wipeonfork, canary_size, wipe, on_release);
