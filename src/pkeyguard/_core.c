@@ -1171,13 +1171,100 @@ struct GuardObject {
 };
 
 /* The rights members and guard classes, registered by pkeyguard at import. */
-static PyObject *rights_members[3];
-static PyTypeObject *guard_types[3];
+static PyObject *rights_members[LEVEL_COUNT];
+static PyTypeObject *guard_types[LEVEL_COUNT];
+
+/* Recycled guard memory.  set_access_rights() returns a new guard on every call (callers
+ * must never share one), so its cost is an allocation and, when the caller drops the guard,
+ * a deallocation.  A dropped guard of a registered class keeps its memory here instead, and
+ * the next guard of that class is built in it: a new object (refcount 1, fields zeroed)
+ * that nobody else can hold, since the old one was unreachable when it was freed.  Only
+ * classes whose instances are exactly a GuardObject behind a GC header qualify (checked at
+ * registration).  Protected by the GIL. */
+#define GUARD_FREELIST_MAX 8
+static GuardObject *guard_free[LEVEL_COUNT][GUARD_FREELIST_MAX];
+static int guard_nfree[LEVEL_COUNT];
+static int guard_recyclable[LEVEL_COUNT];
+
+static int
+guard_type_recyclable(PyTypeObject *t)
+{
+    unsigned long managed = 0;
+#ifdef Py_TPFLAGS_MANAGED_DICT
+    managed |= Py_TPFLAGS_MANAGED_DICT;
+#endif
+#ifdef Py_TPFLAGS_MANAGED_WEAKREF
+    managed |= Py_TPFLAGS_MANAGED_WEAKREF;
+#endif
+    return PyType_IS_GC(t) && (t->tp_flags & Py_TPFLAGS_HEAPTYPE) && !(t->tp_flags & managed) &&
+           t->tp_basicsize == Guard_Type.tp_basicsize && t->tp_itemsize == 0 &&
+           t->tp_dictoffset == 0 && t->tp_weaklistoffset == 0 && t->tp_finalize == NULL &&
+           t->tp_del == NULL && t->tp_alloc == PyType_GenericAlloc &&
+           t->tp_free == PyObject_GC_Del;
+}
+
+static void
+guard_freelist_drain(void)
+{
+    for (int level = 0; level < LEVEL_COUNT; level++) {
+        while (guard_nfree[level] > 0) {
+            PyObject_GC_Del(guard_free[level][--guard_nfree[level]]);
+        }
+    }
+}
+
+static GuardObject *
+guard_alloc(PyTypeObject *cls, int level)
+{
+    if (cls == guard_types[level] && guard_nfree[level] > 0) {
+        GuardObject *g = guard_free[level][--guard_nfree[level]];
+        memset((char *)g + sizeof(PyObject), 0, sizeof(GuardObject) - sizeof(PyObject));
+        (void)PyObject_Init((PyObject *)g, cls); /* refcount 1, holds its heap type */
+        PyObject_GC_Track(g);
+        return g;
+    }
+    return (GuardObject *)cls->tp_alloc(cls, 0);
+}
+
+/* From the deallocator, after the fields are cleared: 1 if g's memory was kept. */
+static int
+guard_recycle(GuardObject *g)
+{
+    int level = g->level;
+    if (level < 0 || level >= LEVEL_COUNT || Py_TYPE(g) != guard_types[level] ||
+        !guard_recyclable[level] || guard_nfree[level] >= GUARD_FREELIST_MAX ||
+        Py_TYPE(g)->tp_finalize != NULL || PyObject_GC_IsTracked((PyObject *)g)) {
+        return 0;
+    }
+    guard_free[level][guard_nfree[level]++] = g;
+    return 1;
+}
+
+static void Guard_dealloc(GuardObject *g);
+
+/* The deallocator of the registered guard classes.  CPython gives a Python class
+ * subtype_dealloc, which walks the bases, checks for finalizers, weak references, __dict__
+ * and __slots__, and guards against deep recursion, on every guard that set_access_rights()
+ * made and its caller dropped.  The registered classes have no weak references, __dict__ or
+ * __slots__ (checked at registration).  A __del__ can still be set on the class later: it
+ * runs here as subtype_dealloc would run it. */
+static void
+guard_class_dealloc(GuardObject *g)
+{
+    if (Py_TYPE(g)->tp_finalize != NULL &&
+        PyObject_CallFinalizerFromDealloc((PyObject *)g) < 0) {
+        return; /* the finalizer resurrected it */
+    }
+    PyTypeObject *t = Py_TYPE(g); /* read again: a finalizer may have changed it */
+    PyObject_GC_UnTrack(g);
+    Guard_dealloc(g);
+    Py_DECREF(t); /* an instance of a heap type holds its type */
+}
 
 static GuardObject *
 guard_create(PyTypeObject *cls, KeyObject *k, BindingObject *b, int level, PyObject *enter_view)
 {
-    GuardObject *g = (GuardObject *)cls->tp_alloc(cls, 0);
+    GuardObject *g = guard_alloc(cls, level);
     if (g == NULL) {
         return NULL;
     }
@@ -1760,10 +1847,15 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
 static void
 Guard_dealloc(GuardObject *g)
 {
-    /* An active guard is held by its thread's stack: none reaches this point active. */
+    /* An active guard is held by its thread's stack: none reaches this point active.  A
+     * registered guard class's instance arrives here untracked, from guard_class_dealloc or
+     * subtype_dealloc; they drop the reference to the class after this returns. */
     Py_CLEAR(g->key);
     Py_CLEAR(g->binding);
     Py_CLEAR(g->enter_view);
+    if (guard_recycle(g)) {
+        return;
+    }
     Py_TYPE(g)->tp_free((PyObject *)g);
 }
 
@@ -2991,11 +3083,17 @@ core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
             return NULL;
         }
     }
+    guard_freelist_drain(); /* memory laid out for the classes registered before */
     for (int i = 0; i < 3; i++) {
+        PyTypeObject *t = (PyTypeObject *)PyTuple_GET_ITEM(types, i);
+        guard_recyclable[i] = guard_type_recyclable(t);
+        if (guard_recyclable[i]) {
+            t->tp_dealloc = (destructor)guard_class_dealloc;
+        }
         Py_INCREF(PyTuple_GET_ITEM(members, i));
         Py_XSETREF(rights_members[i], PyTuple_GET_ITEM(members, i));
-        Py_INCREF(PyTuple_GET_ITEM(types, i));
-        Py_XSETREF(guard_types[i], (PyTypeObject *)PyTuple_GET_ITEM(types, i));
+        Py_INCREF(t);
+        Py_XSETREF(guard_types[i], t);
     }
     Py_RETURN_NONE;
 }
