@@ -2574,6 +2574,42 @@ View_dealloc(ViewObject *v)
     Py_TYPE(v)->tp_free((PyObject *)v);
 }
 
+/* v.value through the type's getattro/setattro slots rather than the generic path: CPython
+ * (3.11 to 3.13) does not specialise attribute access to a C getset, so the generic path
+ * looks the name up in the type's MRO and calls the descriptor on every access.  The name
+ * in 'v.value' is the interned "value", so one pointer comparison finds the scalar fast path;
+ * every other name (and every non-scalar view) takes the generic path, which reaches the
+ * same getset. */
+static PyObject *str_value; /* interned "value" */
+
+static PyObject *
+View_getattro(ViewObject *v, PyObject *name)
+{
+    if (name == str_value && v->fmt != 's') {
+        if (view_check(v, 0) < 0) {
+            return NULL;
+        }
+        Bits x;
+        load_bits(v, &x);
+        return bits_to_object(v->fmt, &x);
+    }
+    return PyObject_GenericGetAttr((PyObject *)v, name);
+}
+
+static int
+View_setattro(ViewObject *v, PyObject *name, PyObject *value)
+{
+    if (name == str_value && value != NULL && v->fmt != 's') {
+        Bits x;
+        if (convert_scalar(v->fmt, value, &x) < 0 || view_check(v, 1) < 0) {
+            return -1;
+        }
+        store_bits(v, x);
+        return 0;
+    }
+    return PyObject_GenericSetAttr((PyObject *)v, name, value);
+}
+
 static PyMethodDef View_methods[] = {
     {"tobytes", (PyCFunction)View_tobytes, METH_NOARGS, "Copy the bytes out."},
     {"check", (PyCFunction)View_check, METH_O, "Raise unless usable (write=True: writable)."},
@@ -2620,6 +2656,8 @@ static PyTypeObject View_Type = {
     .tp_as_sequence = &View_as_sequence,
     .tp_as_mapping = &View_as_mapping,
     .tp_as_buffer = &View_as_buffer,
+    .tp_getattro = (getattrofunc)View_getattro,
+    .tp_setattro = (setattrofunc)View_setattro,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Access to a region, valid only while its guard is active on this thread.",
     .tp_methods = View_methods,
@@ -3129,6 +3167,12 @@ core_exec(PyObject *m)
     if (stack_dict_key == NULL) {
         stack_dict_key = PyUnicode_InternFromString("pkeyguard._core.thread_stack");
         if (stack_dict_key == NULL) {
+            return -1;
+        }
+    }
+    if (str_value == NULL) {
+        str_value = PyUnicode_InternFromString("value");
+        if (str_value == NULL) {
             return -1;
         }
     }
