@@ -2898,6 +2898,93 @@ core_isolation(PyObject *Py_UNUSED(m), PyObject *allow)
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* RightsType: the metaclass of PkeyPermissions                                         */
+/*
+ * 'PkeyPermissions.ReadWrite' is a class attribute lookup on an Enum class.  CPython 3.11's
+ * EnumType defines __getattr__, so every such lookup goes through slot_tp_getattr_hook and a
+ * Python-level call of type.__getattribute__ (~70 ns); 3.12 and 3.13 dropped the hook but do
+ * not specialise attribute loads on classes with a custom metaclass (~20 ns).  RightsType is
+ * EnumType with one C slot added: a member is an entry of its class's own dict whose type is
+ * the class, and a name that finds one returns it after one dict lookup.  Every other name
+ * takes EnumType's own path, so nothing else about the enum changes.
+ */
+
+static PyObject *enum_type_getattr; /* EnumType.__getattr__ (3.11), or NULL (3.12+) */
+
+static PyObject *
+RightsType_getattro(PyObject *cls, PyObject *name)
+{
+    if (PyUnicode_CheckExact(name)) {
+        /* A type's dict has str keys only, and str hashing and comparison run no user code. */
+        PyObject *member = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict, name);
+        if (member != NULL && Py_IS_TYPE(member, (PyTypeObject *)cls)) {
+            Py_INCREF(member);
+            return member;
+        }
+        if (member == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    /* EnumType's own path, as slot_tp_getattr_hook takes it (calling that hook itself would
+     * find this slot again through RightsType.__getattribute__): type.__getattribute__, then
+     * EnumType.__getattr__ for a name it did not find. */
+    PyObject *res = PyType_Type.tp_getattro(cls, name);
+    if (res == NULL && enum_type_getattr != NULL &&
+        PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        res = PyObject_CallFunctionObjArgs(enum_type_getattr, cls, name, NULL);
+    }
+    return res;
+}
+
+static int
+rights_type_add(PyObject *m)
+{
+    PyObject *enum_mod = PyImport_ImportModule("enum");
+    if (enum_mod == NULL) {
+        return -1;
+    }
+    PyObject *enum_type = PyObject_GetAttrString(enum_mod, "EnumType");
+    Py_DECREF(enum_mod);
+    if (enum_type == NULL) {
+        return -1;
+    }
+    if (!PyType_Check(enum_type) ||
+        !PyType_IsSubtype((PyTypeObject *)enum_type, &PyType_Type)) {
+        Py_DECREF(enum_type);
+        PyErr_SetString(PyExc_TypeError, "enum.EnumType is not a metaclass");
+        return -1;
+    }
+    /* Its own __getattr__ only, not one inherited from type (there is none). */
+    PyObject *hook = PyDict_GetItemString(((PyTypeObject *)enum_type)->tp_dict, "__getattr__");
+    Py_XINCREF(hook);
+    Py_XSETREF(enum_type_getattr, hook);
+    PyType_Slot slots[] = {
+        {Py_tp_getattro, (void *)RightsType_getattro},
+        {Py_tp_doc, (void *)"EnumType whose member lookups are one C dict lookup."},
+        {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = "pkeyguard._core.RightsType",
+        .flags = Py_TPFLAGS_DEFAULT,
+        .slots = slots,
+    };
+    PyObject *bases = PyTuple_Pack(1, enum_type);
+    Py_DECREF(enum_type);
+    if (bases == NULL) {
+        return -1;
+    }
+    PyObject *t = PyType_FromSpecWithBases(&spec, bases);
+    Py_DECREF(bases);
+    if (t == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(m, "RightsType", t);
+    Py_DECREF(t);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* Module functions                                                                     */
 
 static PyObject *
@@ -3175,6 +3262,9 @@ core_exec(PyObject *m)
         if (str_value == NULL) {
             return -1;
         }
+    }
+    if (rights_type_add(m) < 0) {
+        return -1;
     }
     if (!(Guard_Type.tp_flags & Py_TPFLAGS_READY)) {
         if (PyType_Ready(&Guard_Type) < 0 || guard_install_slots() < 0) {

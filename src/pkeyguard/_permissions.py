@@ -30,7 +30,7 @@ class AccessPermissions(enum.IntEnum):
         return bool(self & _core.PROT_WRITE)
 
 
-class PkeyPermissions(enum.Enum):
+class PkeyPermissions(enum.Enum, metaclass=_core.RightsType):
     """Rights a thread has through a protection key (the PKRU bits of ``pkey_alloc(2)``)."""
 
     NoAccess = "NoAccess"
