@@ -43,6 +43,7 @@
 
 #include "_faults.h"
 #include "_pkru.h"
+#include "_rights.h"
 
 #ifndef SYS_pkey_mprotect
 #define SYS_pkey_mprotect 329
@@ -62,16 +63,7 @@
 
 /* Modes of a Key: how a Guard applies rights. */
 enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2 };
-/* Rights levels, from least to most permissive (the mprotect backend grants the most
- * permissive of all threads' current levels). */
-enum { LEVEL_NONE = 0, LEVEL_READ = 1, LEVEL_WRITE = 2 };
-/* PKRU bits per key, as pkey_alloc(2) takes them. */
-#define PKRU_AD 1u /* access disable */
-#define PKRU_WD 2u /* write disable */
-
-/* The one table of rights: level -> PKRU bits, name. */
-static const unsigned level_to_bits[3] = {PKRU_AD, PKRU_WD, 0u};
-static const char *const level_names[3] = {"NoAccess", "ReadOnly", "ReadWrite"};
+/* Rights levels, PKRU bits and their names: the RIGHTS table in _rights.h. */
 
 /* Why a guard stopped being active without its own __exit__. */
 enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2 };
@@ -567,7 +559,7 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     k->base_level = base_level;
     k->effective_level = base_level;
     if (mode == MODE_PKU) {
-        long r = syscall(SYS_pkey_alloc, 0, level_to_bits[base_level]);
+        long r = syscall(SYS_pkey_alloc, 0, RIGHTS[base_level].bits);
         if (r < 0) {
             raise_errno(errno, "pkey_alloc");
             Py_DECREF(k);
@@ -1179,13 +1171,100 @@ struct GuardObject {
 };
 
 /* The rights members and guard classes, registered by pkeyguard at import. */
-static PyObject *rights_members[3];
-static PyTypeObject *guard_types[3];
+static PyObject *rights_members[LEVEL_COUNT];
+static PyTypeObject *guard_types[LEVEL_COUNT];
+
+/* Recycled guard memory.  set_access_rights() returns a new guard on every call (callers
+ * must never share one), so its cost is an allocation and, when the caller drops the guard,
+ * a deallocation.  A dropped guard of a registered class keeps its memory here instead, and
+ * the next guard of that class is built in it: a new object (refcount 1, fields zeroed)
+ * that nobody else can hold, since the old one was unreachable when it was freed.  Only
+ * classes whose instances are exactly a GuardObject behind a GC header qualify (checked at
+ * registration).  Protected by the GIL. */
+#define GUARD_FREELIST_MAX 8
+static GuardObject *guard_free[LEVEL_COUNT][GUARD_FREELIST_MAX];
+static int guard_nfree[LEVEL_COUNT];
+static int guard_recyclable[LEVEL_COUNT];
+
+static int
+guard_type_recyclable(PyTypeObject *t)
+{
+    unsigned long managed = 0;
+#ifdef Py_TPFLAGS_MANAGED_DICT
+    managed |= Py_TPFLAGS_MANAGED_DICT;
+#endif
+#ifdef Py_TPFLAGS_MANAGED_WEAKREF
+    managed |= Py_TPFLAGS_MANAGED_WEAKREF;
+#endif
+    return PyType_IS_GC(t) && (t->tp_flags & Py_TPFLAGS_HEAPTYPE) && !(t->tp_flags & managed) &&
+           t->tp_basicsize == Guard_Type.tp_basicsize && t->tp_itemsize == 0 &&
+           t->tp_dictoffset == 0 && t->tp_weaklistoffset == 0 && t->tp_finalize == NULL &&
+           t->tp_del == NULL && t->tp_alloc == PyType_GenericAlloc &&
+           t->tp_free == PyObject_GC_Del;
+}
+
+static void
+guard_freelist_drain(void)
+{
+    for (int level = 0; level < LEVEL_COUNT; level++) {
+        while (guard_nfree[level] > 0) {
+            PyObject_GC_Del(guard_free[level][--guard_nfree[level]]);
+        }
+    }
+}
+
+static GuardObject *
+guard_alloc(PyTypeObject *cls, int level)
+{
+    if (cls == guard_types[level] && guard_nfree[level] > 0) {
+        GuardObject *g = guard_free[level][--guard_nfree[level]];
+        memset((char *)g + sizeof(PyObject), 0, sizeof(GuardObject) - sizeof(PyObject));
+        (void)PyObject_Init((PyObject *)g, cls); /* refcount 1, holds its heap type */
+        PyObject_GC_Track(g);
+        return g;
+    }
+    return (GuardObject *)cls->tp_alloc(cls, 0);
+}
+
+/* From the deallocator, after the fields are cleared: 1 if g's memory was kept. */
+static int
+guard_recycle(GuardObject *g)
+{
+    int level = g->level;
+    if (level < 0 || level >= LEVEL_COUNT || Py_TYPE(g) != guard_types[level] ||
+        !guard_recyclable[level] || guard_nfree[level] >= GUARD_FREELIST_MAX ||
+        Py_TYPE(g)->tp_finalize != NULL || PyObject_GC_IsTracked((PyObject *)g)) {
+        return 0;
+    }
+    guard_free[level][guard_nfree[level]++] = g;
+    return 1;
+}
+
+static void Guard_dealloc(GuardObject *g);
+
+/* The deallocator of the registered guard classes.  CPython gives a Python class
+ * subtype_dealloc, which walks the bases, checks for finalizers, weak references, __dict__
+ * and __slots__, and guards against deep recursion, on every guard that set_access_rights()
+ * made and its caller dropped.  The registered classes have no weak references, __dict__ or
+ * __slots__ (checked at registration).  A __del__ can still be set on the class later: it
+ * runs here as subtype_dealloc would run it. */
+static void
+guard_class_dealloc(GuardObject *g)
+{
+    if (Py_TYPE(g)->tp_finalize != NULL &&
+        PyObject_CallFinalizerFromDealloc((PyObject *)g) < 0) {
+        return; /* the finalizer resurrected it */
+    }
+    PyTypeObject *t = Py_TYPE(g); /* read again: a finalizer may have changed it */
+    PyObject_GC_UnTrack(g);
+    Guard_dealloc(g);
+    Py_DECREF(t); /* an instance of a heap type holds its type */
+}
 
 static GuardObject *
 guard_create(PyTypeObject *cls, KeyObject *k, BindingObject *b, int level, PyObject *enter_view)
 {
-    GuardObject *g = (GuardObject *)cls->tp_alloc(cls, 0);
+    GuardObject *g = guard_alloc(cls, level);
     if (g == NULL) {
         return NULL;
     }
@@ -1462,7 +1541,7 @@ guard_apply(GuardObject *g, ThreadStack *s)
     if (k->mode == MODE_PKU) {
         unsigned shift = 2u * (unsigned)k->pkey;
         uint32_t pkru = pkru_read();
-        uint32_t want = (pkru & ~(3u << shift)) | (level_to_bits[g->level] << shift);
+        uint32_t want = (pkru & ~(3u << shift)) | (RIGHTS[g->level].bits << shift);
         g->saved_bits = (int)((pkru >> shift) & 3u);
         if (want != pkru) {
             pkru_write(want);
@@ -1768,10 +1847,15 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
 static void
 Guard_dealloc(GuardObject *g)
 {
-    /* An active guard is held by its thread's stack: none reaches this point active. */
+    /* An active guard is held by its thread's stack: none reaches this point active.  A
+     * registered guard class's instance arrives here untracked, from guard_class_dealloc or
+     * subtype_dealloc; they drop the reference to the class after this returns. */
     Py_CLEAR(g->key);
     Py_CLEAR(g->binding);
     Py_CLEAR(g->enter_view);
+    if (guard_recycle(g)) {
+        return;
+    }
     Py_TYPE(g)->tp_free((PyObject *)g);
 }
 
@@ -1798,7 +1882,7 @@ static PyObject *
 Guard_repr(GuardObject *g)
 {
     return PyUnicode_FromFormat("<%s key=%d rights=%s %s>", Py_TYPE(g)->tp_name, g->key->pkey,
-                                level_names[g->level], g->active ? "active" : "inactive");
+                                RIGHTS[g->level].name, g->active ? "active" : "inactive");
 }
 
 /* _view(writable): a view of the guard's region for this activation (ref_guard and
@@ -1901,163 +1985,7 @@ Key_guard(KeyObject *k, PyObject *arg)
     return (PyObject *)guard_create(&Guard_Type, k, NULL, (int)level, NULL);
 }
 
-/* __enter__/__exit__ without CPython's bound-method objects: those are GC-tracked, so each
- * 'with' paid an allocation plus GC track/untrack twice.  The type's slots are descriptors
- * whose __get__ returns a small untracked callable holding a strong reference to the guard,
- * recycled through a freelist. */
-typedef struct BoundSlotObject {
-    PyObject_HEAD
-    GuardObject *guard; /* strong */
-    int which;          /* 0: __enter__, 1: __exit__ */
-    vectorcallfunc vectorcall;
-    struct BoundSlotObject *next_free;
-} BoundSlotObject;
-
-#define BOUNDSLOT_FREELIST_MAX 16
-static BoundSlotObject *boundslot_free = NULL; /* protected by the GIL */
-static int boundslot_nfree = 0;
-
-static PyObject *
-BoundSlot_vectorcall(BoundSlotObject *b, PyObject *const *args, size_t nargsf,
-                     PyObject *kwnames)
-{
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
-        PyErr_SetString(PyExc_TypeError, "guard methods take no keyword arguments");
-        return NULL;
-    }
-    if (b->which == 0) {
-        if (nargs != 0) {
-            PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
-            return NULL;
-        }
-        return Guard_enter(b->guard, NULL);
-    }
-    return Guard_exit(b->guard, args, nargs);
-}
-
-static void
-BoundSlot_dealloc(BoundSlotObject *b)
-{
-    Py_CLEAR(b->guard);
-    if (boundslot_nfree < BOUNDSLOT_FREELIST_MAX) {
-        b->next_free = boundslot_free;
-        boundslot_free = b;
-        boundslot_nfree++;
-        return;
-    }
-    PyObject_Free(b);
-}
-
-static PyObject *
-BoundSlot_repr(BoundSlotObject *b)
-{
-    return PyUnicode_FromFormat("<%s of %R>", b->which ? "__exit__" : "__enter__",
-                                (PyObject *)b->guard);
-}
-
-static PyTypeObject BoundSlot_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pkeyguard._core.guard_method",
-    .tp_basicsize = sizeof(BoundSlotObject),
-    .tp_dealloc = (destructor)BoundSlot_dealloc,
-    .tp_repr = (reprfunc)BoundSlot_repr,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(BoundSlotObject, vectorcall),
-    .tp_call = PyVectorcall_Call,
-};
-
-typedef struct {
-    PyObject_HEAD
-    int which;
-    vectorcallfunc vectorcall;
-} SlotDescrObject;
-
-static PyObject *
-SlotDescr_get(SlotDescrObject *d, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    if (obj == NULL || obj == Py_None) {
-        Py_INCREF(d);
-        return (PyObject *)d;
-    }
-    if (!PyObject_TypeCheck(obj, &Guard_Type)) {
-        PyErr_Format(PyExc_TypeError, "guard method bound to a non-guard %.200s",
-                     Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    BoundSlotObject *b = boundslot_free;
-    if (b != NULL) {
-        boundslot_free = b->next_free;
-        boundslot_nfree--;
-        (void)PyObject_Init((PyObject *)b, &BoundSlot_Type);
-    }
-    else {
-        b = PyObject_New(BoundSlotObject, &BoundSlot_Type);
-        if (b == NULL) {
-            return NULL;
-        }
-    }
-    Py_INCREF(obj);
-    b->guard = (GuardObject *)obj;
-    b->which = d->which;
-    b->vectorcall = (vectorcallfunc)BoundSlot_vectorcall;
-    b->next_free = NULL;
-    return (PyObject *)b;
-}
-
-static PyObject *
-SlotDescr_vectorcall(SlotDescrObject *d, PyObject *const *args, size_t nargsf,
-                     PyObject *Py_UNUSED(kwnames))
-{
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs < 1 || !PyObject_TypeCheck(args[0], &Guard_Type)) {
-        PyErr_SetString(PyExc_TypeError, "unbound guard method needs a guard");
-        return NULL;
-    }
-    GuardObject *g = (GuardObject *)args[0];
-    if (d->which == 0) {
-        if (nargs != 1) {
-            PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
-            return NULL;
-        }
-        return Guard_enter(g, NULL);
-    }
-    return Guard_exit(g, args + 1, nargs - 1);
-}
-
-static PyTypeObject SlotDescr_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pkeyguard._core.guard_slot",
-    .tp_basicsize = sizeof(SlotDescrObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(SlotDescrObject, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_descr_get = (descrgetfunc)SlotDescr_get,
-};
-
-static int
-guard_install_slots(void)
-{
-    static const char *names[2] = {"__enter__", "__exit__"};
-    if (PyType_Ready(&BoundSlot_Type) < 0 || PyType_Ready(&SlotDescr_Type) < 0) {
-        return -1;
-    }
-    for (int i = 0; i < 2; i++) {
-        SlotDescrObject *d = PyObject_New(SlotDescrObject, &SlotDescr_Type);
-        if (d == NULL) {
-            return -1;
-        }
-        d->which = i;
-        d->vectorcall = (vectorcallfunc)SlotDescr_vectorcall;
-        int rc = PyDict_SetItemString(Guard_Type.tp_dict, names[i], (PyObject *)d);
-        Py_DECREF(d);
-        if (rc < 0) {
-            return -1;
-        }
-    }
-    PyType_Modified(&Guard_Type);
-    return 0;
-}
+#include "_guardslots.h"
 
 /* ------------------------------------------------------------------------------------ */
 /* View                                                                                 */
@@ -2140,7 +2068,7 @@ view_check(ViewObject *v, int write)
             PyErr_Format(err(E_ACCESS),
                          "%s through this view is not allowed now: a %s guard on the same key, "
                          "entered after the view's guard, restricts this thread's rights",
-                         write ? "writing" : "reading", level_names[level]);
+                         write ? "writing" : "reading", RIGHTS[level].name);
             return -1;
         }
     }
@@ -2646,6 +2574,42 @@ View_dealloc(ViewObject *v)
     Py_TYPE(v)->tp_free((PyObject *)v);
 }
 
+/* v.value through the type's getattro/setattro slots rather than the generic path: CPython
+ * (3.11 to 3.13) does not specialise attribute access to a C getset, so the generic path
+ * looks the name up in the type's MRO and calls the descriptor on every access.  The name
+ * in 'v.value' is the interned "value", so one pointer comparison finds the scalar fast path;
+ * every other name (and every non-scalar view) takes the generic path, which reaches the
+ * same getset. */
+static PyObject *str_value; /* interned "value" */
+
+static PyObject *
+View_getattro(ViewObject *v, PyObject *name)
+{
+    if (name == str_value && v->fmt != 's') {
+        if (view_check(v, 0) < 0) {
+            return NULL;
+        }
+        Bits x;
+        load_bits(v, &x);
+        return bits_to_object(v->fmt, &x);
+    }
+    return PyObject_GenericGetAttr((PyObject *)v, name);
+}
+
+static int
+View_setattro(ViewObject *v, PyObject *name, PyObject *value)
+{
+    if (name == str_value && value != NULL && v->fmt != 's') {
+        Bits x;
+        if (convert_scalar(v->fmt, value, &x) < 0 || view_check(v, 1) < 0) {
+            return -1;
+        }
+        store_bits(v, x);
+        return 0;
+    }
+    return PyObject_GenericSetAttr((PyObject *)v, name, value);
+}
+
 static PyMethodDef View_methods[] = {
     {"tobytes", (PyCFunction)View_tobytes, METH_NOARGS, "Copy the bytes out."},
     {"check", (PyCFunction)View_check, METH_O, "Raise unless usable (write=True: writable)."},
@@ -2692,6 +2656,8 @@ static PyTypeObject View_Type = {
     .tp_as_sequence = &View_as_sequence,
     .tp_as_mapping = &View_as_mapping,
     .tp_as_buffer = &View_as_buffer,
+    .tp_getattro = (getattrofunc)View_getattro,
+    .tp_setattro = (setattrofunc)View_setattro,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Access to a region, valid only while its guard is active on this thread.",
     .tp_methods = View_methods,
@@ -2929,6 +2895,93 @@ core_isolation(PyObject *Py_UNUSED(m), PyObject *allow)
     grp->allow = allow;
     grp->guards = NULL;
     return (PyObject *)grp;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* RightsType: the metaclass of PkeyPermissions                                         */
+/*
+ * 'PkeyPermissions.ReadWrite' is a class attribute lookup on an Enum class.  CPython 3.11's
+ * EnumType defines __getattr__, so every such lookup goes through slot_tp_getattr_hook and a
+ * Python-level call of type.__getattribute__ (~70 ns); 3.12 and 3.13 dropped the hook but do
+ * not specialise attribute loads on classes with a custom metaclass (~20 ns).  RightsType is
+ * EnumType with one C slot added: a member is an entry of its class's own dict whose type is
+ * the class, and a name that finds one returns it after one dict lookup.  Every other name
+ * takes EnumType's own path, so nothing else about the enum changes.
+ */
+
+static PyObject *enum_type_getattr; /* EnumType.__getattr__ (3.11), or NULL (3.12+) */
+
+static PyObject *
+RightsType_getattro(PyObject *cls, PyObject *name)
+{
+    if (PyUnicode_CheckExact(name)) {
+        /* A type's dict has str keys only, and str hashing and comparison run no user code. */
+        PyObject *member = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict, name);
+        if (member != NULL && Py_IS_TYPE(member, (PyTypeObject *)cls)) {
+            Py_INCREF(member);
+            return member;
+        }
+        if (member == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    /* EnumType's own path, as slot_tp_getattr_hook takes it (calling that hook itself would
+     * find this slot again through RightsType.__getattribute__): type.__getattribute__, then
+     * EnumType.__getattr__ for a name it did not find. */
+    PyObject *res = PyType_Type.tp_getattro(cls, name);
+    if (res == NULL && enum_type_getattr != NULL &&
+        PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        res = PyObject_CallFunctionObjArgs(enum_type_getattr, cls, name, NULL);
+    }
+    return res;
+}
+
+static int
+rights_type_add(PyObject *m)
+{
+    PyObject *enum_mod = PyImport_ImportModule("enum");
+    if (enum_mod == NULL) {
+        return -1;
+    }
+    PyObject *enum_type = PyObject_GetAttrString(enum_mod, "EnumType");
+    Py_DECREF(enum_mod);
+    if (enum_type == NULL) {
+        return -1;
+    }
+    if (!PyType_Check(enum_type) ||
+        !PyType_IsSubtype((PyTypeObject *)enum_type, &PyType_Type)) {
+        Py_DECREF(enum_type);
+        PyErr_SetString(PyExc_TypeError, "enum.EnumType is not a metaclass");
+        return -1;
+    }
+    /* Its own __getattr__ only, not one inherited from type (there is none). */
+    PyObject *hook = PyDict_GetItemString(((PyTypeObject *)enum_type)->tp_dict, "__getattr__");
+    Py_XINCREF(hook);
+    Py_XSETREF(enum_type_getattr, hook);
+    PyType_Slot slots[] = {
+        {Py_tp_getattro, (void *)RightsType_getattro},
+        {Py_tp_doc, (void *)"EnumType whose member lookups are one C dict lookup."},
+        {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = "pkeyguard._core.RightsType",
+        .flags = Py_TPFLAGS_DEFAULT,
+        .slots = slots,
+    };
+    PyObject *bases = PyTuple_Pack(1, enum_type);
+    Py_DECREF(enum_type);
+    if (bases == NULL) {
+        return -1;
+    }
+    PyObject *t = PyType_FromSpecWithBases(&spec, bases);
+    Py_DECREF(bases);
+    if (t == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(m, "RightsType", t);
+    Py_DECREF(t);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -3178,11 +3231,17 @@ core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
             return NULL;
         }
     }
+    guard_freelist_drain(); /* memory laid out for the classes registered before */
     for (int i = 0; i < 3; i++) {
+        PyTypeObject *t = (PyTypeObject *)PyTuple_GET_ITEM(types, i);
+        guard_recyclable[i] = guard_type_recyclable(t);
+        if (guard_recyclable[i]) {
+            t->tp_dealloc = (destructor)guard_class_dealloc;
+        }
         Py_INCREF(PyTuple_GET_ITEM(members, i));
         Py_XSETREF(rights_members[i], PyTuple_GET_ITEM(members, i));
-        Py_INCREF(PyTuple_GET_ITEM(types, i));
-        Py_XSETREF(guard_types[i], (PyTypeObject *)PyTuple_GET_ITEM(types, i));
+        Py_INCREF(t);
+        Py_XSETREF(guard_types[i], t);
     }
     Py_RETURN_NONE;
 }
@@ -3238,6 +3297,15 @@ core_exec(PyObject *m)
             return -1;
         }
     }
+    if (str_value == NULL) {
+        str_value = PyUnicode_InternFromString("value");
+        if (str_value == NULL) {
+            return -1;
+        }
+    }
+    if (rights_type_add(m) < 0) {
+        return -1;
+    }
     if (!(Guard_Type.tp_flags & Py_TPFLAGS_READY)) {
         if (PyType_Ready(&Guard_Type) < 0 || guard_install_slots() < 0) {
             return -1;
@@ -3269,6 +3337,24 @@ core_exec(PyObject *m)
     }
     int rc = PyModule_AddObjectRef(m, "MAX_REGION_SIZE", max_size);
     Py_DECREF(max_size);
+    if (rc < 0) {
+        return -1;
+    }
+    /* RIGHTS: ((name, pkru_bits), ...) by level, from the one table in _rights.h. */
+    PyObject *rights = PyTuple_New(LEVEL_COUNT);
+    if (rights == NULL) {
+        return -1;
+    }
+    for (int level = 0; level < LEVEL_COUNT; level++) {
+        PyObject *row = Py_BuildValue("(sI)", RIGHTS[level].name, RIGHTS[level].bits);
+        if (row == NULL) {
+            Py_DECREF(rights);
+            return -1;
+        }
+        PyTuple_SET_ITEM(rights, level, row);
+    }
+    rc = PyModule_AddObjectRef(m, "RIGHTS", rights);
+    Py_DECREF(rights);
     if (rc == 0) {
         core_executed = 1;
     }

@@ -1,6 +1,7 @@
 # Typed surface of the C core (pkeyguard/_core.c).  Internal: the public API is in Python.
+import enum
 from contextlib import AbstractContextManager
-from typing import Any, Final, Self
+from typing import Any, Final, Self, final
 
 from typing_extensions import disjoint_base
 
@@ -13,6 +14,8 @@ PROT_READ: Final[int]
 PROT_WRITE: Final[int]
 PROT_EXEC: Final[int]
 MAX_REGION_SIZE: Final[int]
+# ((name, pkru_bits), ...) by rights level, least permissive first (_rights.h).
+RIGHTS: Final[tuple[tuple[str, int], ...]]
 
 # The constructors take (pkey, mode, base_level) and (size, prot, *, fmt, swap, ctype,
 # view_types, label, guard_pages, lock, dontdump, wipeonfork, canary_size, wipe, on_release);
@@ -114,6 +117,10 @@ class View:
     def check(self, write: bool, /) -> None: ...
     def _read(self, offset: int, length: int, /) -> bytes: ...
     def _write(self, offset: int, data: Any, /) -> None: ...
+
+# EnumType with a C slot that finds members in one dict lookup (PkeyPermissions' metaclass).
+@final
+class RightsType(enum.EnumType): ...
 
 def cpuid_flags() -> tuple[bool, bool]: ...
 def enable_pku() -> bool: ...

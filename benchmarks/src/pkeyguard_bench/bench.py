@@ -420,6 +420,12 @@ def _instance_id(scope: str, slug: str, threads: int, size: int | None) -> str:
     return case_id(slug, threads, size if scope == "size" else None)
 
 
+class _Plain:
+    """The cheapest class attribute: ``_Plain.a`` (metaclass ``type``)."""
+
+    a = 1
+
+
 def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
     """Regions, keys, buffers, and every case of :data:`specs.CASES` for this run.
 
@@ -434,6 +440,9 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
     ``prot.first/second`` the pair a switch performs on the pages: RW then NONE (mprotect); on
                           pku the pages stay RW, so the alternative closes and reopens them
     ``floor.mprotect``    ``_floor.mprotect``; ``libc.*``: ctypes ``mprotect``, ``pkey_set``
+    ``call.table``        ``{call.key: nop_guard}``: ``with d.get(k):`` is a C method call
+                          returning the empty C CM
+    ``plain.class``       a plain class (metaclass ``type``) with a class attribute ``a``
     ``mv.u8``, ``mv.u32`` a memoryview of a bytearray, format B and cast to ``I``
     ``scalar.guard``      the ReadWrite guard of a ``c_uint32`` region
     ``bulk.*``            the bulk region's ``guard``; bytearray ``src`` and memoryviews
@@ -464,10 +473,14 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
     dst_mv[:] = src_mv  # fault the destination in
     aligned[:] = src_mv
     first = by_size[sizes[0]]
+    nop_guard = _core.Key(0, _core.MODE_NOP, 2)._guard(2)
     common: dict[str, object] = {
-        "nop_guard": _core.Key(0, _core.MODE_NOP, 2)._guard(2),
+        "nop_guard": nop_guard,
         "no_syscall_guard": _core.Key(0x7FFF, _core.MODE_MPROTECT, 0)._guard(2),
         "PkeyPermissions": PkeyPermissions,
+        "call.table": {PkeyPermissions.ReadWrite: nop_guard},
+        "call.key": PkeyPermissions.ReadWrite,
+        "plain.class": _Plain,
         "first.assoc": first.assoc,
         "first.pkey": first.key.key,
         "prot.first": prot_none if pku else prot_rw,
