@@ -17,12 +17,17 @@ def maps() -> list[str]:
         return f.read().splitlines()
 
 
+#: What /proc/PID/maps calls memfd_secret(2) memory: anonymous in all but name.
+SECRETMEM = "/secretmem"
+
+
 def anon_mappings() -> set[tuple[int, int, str]]:
-    """(start, end, perms) of every mapping without a backing file name."""
+    """(start, end, perms) of every mapping without a backing file name (memfd_secret
+    memory counts as anonymous)."""
     out = set()
     for line in maps():
         parts = line.split()
-        if len(parts) == 5:  # no path: anonymous
+        if len(parts) == 5 or parts[5] == SECRETMEM:  # no path: anonymous
             start, end = (int(x, 16) for x in parts[0].split("-"))
             out.add((start, end, parts[1]))
     return out

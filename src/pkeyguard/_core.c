@@ -34,6 +34,8 @@
 #include <pythread.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -59,6 +61,15 @@
 #ifndef MADV_WIPEONFORK
 #define MADV_WIPEONFORK 18
 #endif
+#ifndef MADV_DONTFORK
+#define MADV_DONTFORK 10
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#if !defined(SYS_memfd_secret) && (defined(__x86_64__) || defined(__aarch64__))
+#define SYS_memfd_secret 447
+#endif
 
 /* Modes of a Key: how a Guard applies rights. */
 enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2 };
@@ -83,6 +94,8 @@ enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2 };
 #define MAP_F_WIPEONFORK 0x08  /* MADV_WIPEONFORK applied */
 #define MAP_F_GUARDED 0x10     /* a PROT_NONE guard page before and after */
 #define MAP_F_WIPED 0x20       /* zeroed at interpreter exit: the canary is gone too */
+#define MAP_F_SECRETMEM 0x40   /* memfd_secret(2) pages: MAP_SHARED, so MADV_DONTFORK */
+#define MAP_F_LOST 0x80        /* a fork child could not map zero pages in its place */
 #define CANARY_MAX 64
 
 #define MAX_REGION_SIZE ((size_t)1 << 46)
@@ -349,6 +362,7 @@ struct MappingObject {
     int prot;              /* the region's own page rights */
     int flags;
     pid_t pid;             /* the process that mapped it (fork children inherit a copy) */
+    unsigned long forks;   /* fork_count when it was mapped: a child has a larger count */
     unsigned char canary[CANARY_MAX];
     Py_ssize_t canary_len;
     BindingObject *binding; /* strong while bound */
@@ -728,6 +742,63 @@ wipe_unregister(MappingObject *m)
     }
 }
 
+/* Fork.  A secure region's bytes never reach a fork child.  Private anonymous pages are
+ * MADV_WIPEONFORK: the child gets zero pages at the same address.  memfd_secret pages must be
+ * MAP_SHARED, where the kernel refuses WIPEONFORK, and a shared copy would let the child read
+ * the parent's secret and zero it (the parent's close() would then report a false canary
+ * overflow): they are MADV_DONTFORK, and fork_child() fills the child's hole with zero pages
+ * before anything else in the child runs, so the core's bookkeeping (release, re-tagging,
+ * the mprotect backend's switches) stays true in both processes.  fork_count tells a mapping a
+ * child inherited from one it made itself; a pid alone cannot (pids are reused, and a pid
+ * namespace counts from 1 again). */
+static volatile unsigned long fork_count = 0;
+
+static int
+mapping_inherited(MappingObject *m)
+{
+    return m->forks != fork_count || m->pid != getpid();
+}
+
+static void
+mapping_fill_hole(MappingObject *m)
+{
+    void *p = mmap((void *)m->base, m->total, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p != (void *)m->base) {
+        if (p != MAP_FAILED) { /* a kernel before 4.17 took the address as a hint */
+            (void)munmap(p, m->total);
+        }
+        m->flags |= MAP_F_LOST;
+        return;
+    }
+    (void)madvise(p, m->total, MADV_DONTDUMP);
+    (void)madvise(p, m->total, MADV_DONTFORK);
+    BindingObject *b = m->binding;
+    KeyObject *k = b != NULL ? b->key : NULL;
+    if (k != NULL && k->mode == MODE_PKU) {
+        (void)syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, k->pkey);
+    }
+    else {
+        int prot = k != NULL && k->mode == MODE_MPROTECT
+                       ? prot_for_level(m->prot, k->effective_level)
+                       : m->prot;
+        (void)mprotect((void *)m->addr, m->len, prot);
+    }
+}
+
+/* pthread_atfork child handler: only system calls, and the wipe list is stable (it changes
+ * with the GIL held, and fork() runs with the GIL held). */
+static void
+fork_child(void)
+{
+    fork_count++;
+    for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
+        if (m->base != 0 && (m->flags & MAP_F_SECRETMEM) && !(m->flags & MAP_F_LOST)) {
+            mapping_fill_hole(m);
+        }
+    }
+}
+
 static int
 mapping_check_open(MappingObject *m)
 {
@@ -752,6 +823,9 @@ mapping_release(MappingObject *m, int *canary_ok)
     m->base = 0;
     fault_table_remove(m->addr);
     wipe_unregister(m);
+    if (m->flags & MAP_F_LOST) { /* nothing of it in this process: the address is not ours */
+        return 0;
+    }
     int rc = 0;
     if (m->flags & MAP_F_WIPE) {
         /* Open the pages to this thread: their own rights may be closed, and on pku they may
@@ -765,8 +839,9 @@ mapping_release(MappingObject *m, int *canary_ok)
             rc = -1;
         }
         else {
-            int inherited = m->pid != getpid() && (m->flags & MAP_F_WIPEONFORK);
-            if (m->canary_len > 0 && !inherited && !(m->flags & MAP_F_WIPED)) {
+            /* A fork child has zero pages here (or, on a kernel without WIPEONFORK, an
+             * intact copy): no canary to check either way. */
+            if (m->canary_len > 0 && !mapping_inherited(m) && !(m->flags & MAP_F_WIPED)) {
                 *canary_ok = memcmp((void *)(m->addr + m->size), m->canary,
                                     (size_t)m->canary_len) == 0;
             }
@@ -808,16 +883,16 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"size", "prot", "fmt", "swap", "ctype", "view_types", "label",
                              "guard_pages", "lock", "dontdump", "wipeonfork", "canary_size",
-                             "wipe", "on_release", NULL};
+                             "wipe", "on_release", "secretmem", NULL};
     Py_ssize_t size, canary_size = 0;
     int prot, fmt = 's', swap = 0, guard_pages = 0, lock = 0, dontdump = 0, wipeonfork = 0,
-        wipe = 0;
+        wipe = 0, secretmem = 0;
     PyObject *ctype = Py_None, *view_types, *on_release = Py_None;
     const char *label = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ni|$CpOO!sppppnpO:Mapping", kwlist, &size,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ni|$CpOO!sppppnpOp:Mapping", kwlist, &size,
                                      &prot, &fmt, &swap, &ctype, &PyTuple_Type, &view_types,
                                      &label, &guard_pages, &lock, &dontdump, &wipeonfork,
-                                     &canary_size, &wipe, &on_release)) {
+                                     &canary_size, &wipe, &on_release, &secretmem)) {
         return NULL;
     }
     if (size <= 0 || (size_t)size > MAX_REGION_SIZE) {
@@ -859,10 +934,50 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     uintptr_t addr = (uintptr_t)base + (guard_pages ? page : 0);
+    if (secretmem) {
+        wipe = 1; /* on the wipe list: fork_child() finds it there */
+    }
     int flags = (wipe ? MAP_F_WIPE : 0) | (guard_pages ? MAP_F_GUARDED : 0);
     const char *failed = NULL;
     int e = 0;
-    if (guard_pages && mprotect((void *)addr, len, PROT_READ | PROT_WRITE) != 0) {
+    if (secretmem) {
+        /* memfd_secret(2): pages removed from the kernel's direct map, locked (they count
+         * against RLIMIT_MEMLOCK) and left out of core dumps by the kernel.  They replace the
+         * usable pages of the reservation; the descriptor is closed at once (the mapping
+         * keeps the memory) and never leaves this call. */
+#ifdef SYS_memfd_secret
+        int fd = (int)syscall(SYS_memfd_secret, O_CLOEXEC);
+#else
+        int fd = -1;
+        errno = ENOSYS;
+#endif
+        if (fd < 0) {
+            failed = "memfd_secret";
+            goto fail;
+        }
+        if (ftruncate(fd, (off_t)len) != 0) {
+            e = errno;
+            (void)close(fd);
+            errno = e;
+            failed = "ftruncate";
+            goto fail;
+        }
+        void *p = mmap((void *)addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+        e = errno;
+        (void)close(fd);
+        errno = e;
+        if (p == MAP_FAILED) {
+            failed = "mmap";
+            goto fail;
+        }
+        flags |= MAP_F_SECRETMEM;
+        if (madvise(base, total, MADV_DONTFORK) != 0) {
+            failed = "madvise";
+            goto fail;
+        }
+        lock = wipeonfork = 0; /* locked by the kernel; WIPEONFORK is for private pages */
+    }
+    else if (guard_pages && mprotect((void *)addr, len, PROT_READ | PROT_WRITE) != 0) {
         failed = "mprotect";
         goto fail;
     }
@@ -920,6 +1035,7 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     m->prot = prot;
     m->flags = flags;
     m->pid = getpid();
+    m->forks = fork_count;
     m->canary_len = canary_size;
     m->fmt = (char)fmt;
     m->swap = (char)swap;
@@ -1105,6 +1221,12 @@ Mapping_get_prot(MappingObject *m, void *Py_UNUSED(c))
 }
 
 static PyObject *
+Mapping_get_inherited(MappingObject *m, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(m->base != 0 && mapping_inherited(m));
+}
+
+static PyObject *
 Mapping_get_binding(MappingObject *m, void *Py_UNUSED(c))
 {
     if (m->binding == NULL) {
@@ -1117,10 +1239,13 @@ Mapping_get_binding(MappingObject *m, void *Py_UNUSED(c))
 static PyObject *
 Mapping_get_advice(MappingObject *m, void *Py_UNUSED(c))
 {
-    return Py_BuildValue("{sOsOsOsO}", "dontdump", (m->flags & MAP_F_DONTDUMP) ? Py_True : Py_False,
-                         "wipeonfork", (m->flags & MAP_F_WIPEONFORK) ? Py_True : Py_False,
-                         "locked", (m->flags & MAP_F_LOCKED) ? Py_True : Py_False,
-                         "guard_pages", (m->flags & MAP_F_GUARDED) ? Py_True : Py_False);
+    int f = m->flags;
+    return Py_BuildValue("{sOsOsOsOsOsO}", "dontdump", (f & MAP_F_DONTDUMP) ? Py_True : Py_False,
+                         "wipeonfork", (f & MAP_F_WIPEONFORK) ? Py_True : Py_False,
+                         "locked", (f & (MAP_F_LOCKED | MAP_F_SECRETMEM)) ? Py_True : Py_False,
+                         "guard_pages", (f & MAP_F_GUARDED) ? Py_True : Py_False,
+                         "secretmem", (f & MAP_F_SECRETMEM) ? Py_True : Py_False,
+                         "dontfork", (f & MAP_F_SECRETMEM) ? Py_True : Py_False);
 }
 
 static PyMethodDef Mapping_methods[] = {
@@ -1141,6 +1266,8 @@ static PyGetSetDef Mapping_getset[] = {
     {"_prot", (getter)Mapping_get_prot, NULL, NULL, NULL},
     {"_binding", (getter)Mapping_get_binding, NULL, NULL, NULL},
     {"_advice", (getter)Mapping_get_advice, NULL, NULL, NULL},
+    {"_inherited", (getter)Mapping_get_inherited, NULL,
+     "mapped by the parent before a fork: the bytes did not come along", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -3046,7 +3173,7 @@ mapping_zero_in_place(MappingObject *m)
     if (b != NULL && b->key->mode == MODE_PKU) {
         pkey = b->key->pkey;
     }
-    if (mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
+    if ((m->flags & MAP_F_LOST) || mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
         return;
     }
     uint32_t pkru = 0;
@@ -3192,6 +3319,15 @@ static int
 core_exec(PyObject *m)
 {
     page_size = sysconf(_SC_PAGESIZE);
+    static int atfork_registered = 0;
+    if (!atfork_registered) {
+        int e = pthread_atfork(NULL, NULL, fork_child);
+        if (e != 0) {
+            raise_errno(e, "pthread_atfork");
+            return -1;
+        }
+        atfork_registered = 1;
+    }
     if (stack_dict_key == NULL) {
         stack_dict_key = PyUnicode_InternFromString("pkeyguard._core.thread_stack");
         if (stack_dict_key == NULL) {

@@ -15,7 +15,8 @@ PROT_EXEC: Final[int]
 MAX_REGION_SIZE: Final[int]
 
 # The constructors take (pkey, mode, base_level) and (size, prot, *, fmt, swap, ctype,
-# view_types, label, guard_pages, lock, dontdump, wipeonfork, canary_size, wipe, on_release);
+# view_types, label, guard_pages, lock, dontdump, wipeonfork, canary_size, wipe, on_release,
+# secretmem);
 # they are declared loosely so that the public subclasses' __init__ signatures are the ones
 # type checkers read (PkeyGuard(...), RegionGuard(...)).
 @disjoint_base
@@ -57,6 +58,8 @@ class Mapping:
     def _binding(self) -> Any: ...
     @property
     def _advice(self) -> dict[str, bool]: ...
+    @property
+    def _inherited(self) -> bool: ...
     def close(self) -> None: ...
     def _protect(self, prot: int, /) -> None: ...
 

@@ -14,7 +14,7 @@ import atexit
 import errno
 import resource
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
 from . import _core
 from ._errors import ArgumentTypeError, CanaryError, MprotectError
@@ -34,6 +34,24 @@ PAGE_SIZE: int = _core.PAGE_SIZE
 MAX_CANARY = 64
 
 _RLIMIT_HINT = "raise it with `ulimit -l` (or LimitMEMLOCK= in systemd), or pass lock=False"
+
+Backing = Literal["auto", "memfd_secret", "mmap"]
+_BACKINGS: tuple[str, ...] = get_args(Backing)
+
+#: memfd_secret(2) errors that mean "not here" (not "not now"): ENOSYS where the kernel lacks
+#: it or has it switched off (5.14 to 6.4 need ``secretmem.enable=1``), EPERM or ENOSYS from a
+#: seccomp filter (container runtimes), EINVAL/EOPNOTSUPP from an architecture without it.
+_SECRETMEM_MISSING = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP})
+_SECRETMEM_HINT = (
+    "memfd_secret(2) is not available here: Linux 5.14 to 6.4 need secretmem.enable=1 on the "
+    "kernel command line, older kernels lack it, and seccomp filters (containers) may block "
+    "it; use backing='auto' to fall back to private mmap memory"
+)
+# Whether memfd_secret failed with one of those errors in this process (then "auto" stops
+# trying: the answer does not change while the process runs).
+_secretmem_missing: list[int] = []
+
+R = TypeVar("R")
 
 
 def round_to_pages(size: int) -> int:
@@ -62,6 +80,13 @@ class Allocator(abc.ABC):
         """A clearer error for a failed mapping (the default: unchanged)."""
         return exc
 
+    def _map(self, make: Callable[..., R]) -> R:
+        """``make(**options)``: the core's mapping, with a clearer error if it fails."""
+        try:
+            return make(**self._options())
+        except MprotectError as exc:
+            raise self._explain(exc) from None
+
 
 class Mmap(Allocator):
     """Private anonymous ``mmap``: zero-filled pages, unmapped with ``munmap``."""
@@ -87,16 +112,29 @@ class Secure(Allocator):
     - the pages are zeroed before they are unmapped, whoever releases them (``close()``, the
       garbage collector); at interpreter exit, secure regions still open are zeroed.
 
+    ``backing`` says where the pages come from:
+
+    - ``"memfd_secret"``: :manpage:`memfd_secret(2)` pages, removed from the kernel's direct
+      map: ``/proc/PID/mem``, ``process_vm_readv`` and ``ptrace`` of the same user cannot read
+      them (EIO), and neither can kernel code that would go through the direct map.  Always
+      locked (they count against ``RLIMIT_MEMLOCK``) and left out of core dumps.  The mapping
+      is shared, so it is ``MADV_DONTFORK``: a fork child gets zero pages in its place.
+      Raises :class:`MprotectError` (``syscall='memfd_secret'``) where the kernel has none.
+    - ``"mmap"``: private anonymous pages, ``mlock``-ed, ``MADV_WIPEONFORK``.
+    - ``"auto"`` (the default): ``memfd_secret`` where the kernel offers it, else ``mmap``;
+      with ``lock=False`` always ``mmap`` (secret memory is always locked).
+
     ``on_before_unmap(address, length)`` is a test hook called after zeroing.
     """
 
-    __slots__ = ("canary_size", "lock", "on_before_unmap")
+    __slots__ = ("backing", "canary_size", "lock", "on_before_unmap")
 
     def __init__(
         self,
         *,
         lock: bool = True,
         canary_size: int = 16,
+        backing: Backing = "auto",
         on_before_unmap: Callable[[int, int], None] | None = None,
     ) -> None:
         if isinstance(canary_size, bool) or not isinstance(canary_size, int):
@@ -106,9 +144,18 @@ class Secure(Allocator):
             raise ValueError(f"canary_size must be within 0..{MAX_CANARY}, got {canary_size}")
         if on_before_unmap is not None and not callable(on_before_unmap):
             raise ArgumentTypeError("on_before_unmap must be callable")
-        self.lock = bool(lock)
-        self.canary_size = canary_size
-        self.on_before_unmap = on_before_unmap
+        if type(backing) is not str:
+            raise ArgumentTypeError(f"backing must be one of {_BACKINGS}, not {backing!r}")
+        if backing not in _BACKINGS:
+            raise ValueError(f"backing must be one of {_BACKINGS}, got {backing!r}")
+        if backing == "memfd_secret" and not lock:
+            raise ValueError(
+                "memfd_secret memory is always locked: lock=False needs backing='mmap'"
+            )
+        self.backing: Backing = backing
+        self.lock: bool = bool(lock)
+        self.canary_size: int = canary_size
+        self.on_before_unmap: Callable[[int, int], None] | None = on_before_unmap
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -119,23 +166,47 @@ class Secure(Allocator):
             "canary_size": self.canary_size,
             "wipe": True,
             "on_release": self.on_before_unmap,
+            "secretmem": self.backing == "memfd_secret",
         }
 
+    def _map(self, make: Callable[..., R]) -> R:
+        """``auto``: memfd_secret first, then private memory if the kernel has none."""
+        if self.backing != "auto" or not self.lock or _secretmem_missing:
+            return super()._map(make)
+        try:
+            return make(**{**self._options(), "secretmem": True})
+        except MprotectError as exc:
+            if exc.syscall != "memfd_secret" or exc.errno not in _SECRETMEM_MISSING:
+                raise self._explain(exc) from None
+            _secretmem_missing.append(exc.errno)
+        return super()._map(make)
+
     def _explain(self, exc: MprotectError) -> MprotectError:
-        if exc.syscall != "mlock" or exc.errno not in (errno.ENOMEM, errno.EPERM, errno.EAGAIN):
+        if exc.syscall == "memfd_secret" and exc.errno in _SECRETMEM_MISSING:
+            err = MprotectError(exc.errno, f"{exc.strerror}: {_SECRETMEM_HINT}")
+        elif exc.syscall in ("mlock", "mmap") and exc.errno in (
+            errno.ENOMEM,
+            errno.EPERM,
+            errno.EAGAIN,
+        ):
+            soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+            limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+            what = "mlock" if exc.syscall == "mlock" else "map locked secret memory for"
+            err = MprotectError(
+                exc.errno,
+                f"cannot {what} a secure region: RLIMIT_MEMLOCK is "
+                f"{limit} and locked memory counts against it; {_RLIMIT_HINT}",
+            )
+        else:
             return exc
-        soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-        limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
-        err = MprotectError(
-            exc.errno,
-            "cannot mlock a secure region: RLIMIT_MEMLOCK is "
-            f"{limit} and locked memory counts against it; {_RLIMIT_HINT}",
-        )
-        err.syscall = "mlock"
+        err.syscall = exc.syscall
         return err
 
     def __repr__(self) -> str:
-        return f"allocator.Secure(lock={self.lock}, canary_size={self.canary_size})"
+        return (
+            f"allocator.Secure(lock={self.lock}, canary_size={self.canary_size}, "
+            f"backing={self.backing!r})"
+        )
 
 
 # Secure regions still open when the interpreter exits are zeroed (not unmapped: a daemon
