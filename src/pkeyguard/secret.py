@@ -8,6 +8,10 @@ NoAccess outside ``with secret.reveal() as buf:``.  ``buf`` is a read-only buffe
 All Secrets share one library-owned key (x86 has only 15), freed when the last Secret is
 gone: inside one secret's ``reveal()`` block the thread can read every secret.  Keep the
 blocks short.
+
+A fork child never gets a parent's secret bytes: there, every use of an inherited Secret
+raises :class:`SecretUnavailableError` (closing it works).  Streams are read with
+``readinto``/``readv`` straight into protected memory, never through a ``bytes`` object.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from __future__ import annotations
 import hmac
 import operator
 import os
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+import stat
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._errors import (
     ArgumentTypeError,
@@ -24,6 +29,9 @@ from ._errors import (
     PkeyguardError,
     RegionError,
     RegionTypeError,
+    SecretUnavailableError,
+    StreamError,
+    ViewError,
 )
 from ._owned import Unshareable
 from ._permissions import AccessPermissions, PkeyPermissions
@@ -38,6 +46,18 @@ if TYPE_CHECKING:
 __all__ = ["Secret"]
 
 BytesLike = bytes | bytearray | memoryview
+
+#: The most a stream may give a Secret unless ``max_size`` says otherwise: secrets are small,
+#: and their memory is locked (it counts against RLIMIT_MEMLOCK).
+DEFAULT_MAX_SIZE = 1 << 20
+
+
+class SupportsReadinto(Protocol):
+    """A binary stream: ``readinto(buffer)`` fills a prefix of ``buffer`` and returns its length
+    (0 at end of stream; None when a non-blocking stream has no data now)."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
 
 # The library's key for secrets: made on first use and freed by the core when the last
 # secret is gone (x86 has only 15 keys).  No lock: the first of two racing threads to store
@@ -74,6 +94,17 @@ def _check_size(size: object) -> int:
     n = operator.index(size)  # an exact int
     if n <= 0:
         raise RegionError(f"a secret needs a positive size in bytes, got {n}")
+    return n
+
+
+def _check_max_size(max_size: object) -> int | None:
+    if max_size is None:
+        return None
+    if isinstance(max_size, bool) or not isinstance(max_size, int):
+        raise ArgumentTypeError(f"max_size must be an int or None, not {max_size!r}")
+    n = operator.index(max_size)
+    if n <= 0:
+        raise ValueError(f"max_size must be positive, got {n}")
     return n
 
 
@@ -139,22 +170,140 @@ class Secret(Unshareable):
         return secret
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, name: str | None = None) -> Secret:
-        """Read a file straight into protected memory (no intermediate Python copy)."""
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        name: str | None = None,
+    ) -> Secret:
+        """Read a file to its end straight into protected memory (no Python copy).
+
+        Any readable file: a regular file, a pipe or FIFO, ``/dev/stdin``, a ``/proc`` file
+        (which reports size 0).  See :meth:`from_fd` for ``max_size``.
+        """
         with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            secret = cls(size, name=name)
-            with secret._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
-                with memoryview(g.mut_ref_guard()) as target:
-                    filled = 0
-                    while filled < size:
-                        n = f.readinto(target[filled:])
-                        if not n:
-                            raise RegionError(f"{path} shrank while it was read")
-                        filled += n
-            if f.read(1):
-                raise RegionError(f"{path} grew while it was read")
+            return cls.from_fd(f.fileno(), max_size=max_size, name=name)
+
+    @classmethod
+    def from_fd(
+        cls, fd: int, *, max_size: int | None = DEFAULT_MAX_SIZE, name: str | None = None
+    ) -> Secret:
+        """Read file descriptor ``fd`` to end of file with ``os.readv`` straight into
+        protected memory.  The descriptor stays open; it is read from its current offset.
+
+        More than ``max_size`` bytes (default 1 MiB; None for no limit) raise
+        :class:`StreamError`.  The size of a regular file is only a hint: a file that grows
+        or shrinks while it is read gives the bytes that were read.  Any failure wipes and
+        unmaps what was read.
+        """
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise ArgumentTypeError(f"fd must be an int (a file descriptor), not {fd!r}")
+        fd = operator.index(fd)
+        max_size = _check_max_size(max_size)
+        st = os.fstat(fd)
+        hint = st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+        def read(target: memoryview) -> int:
+            return os.readv(fd, [target])
+
+        return cls._from_reader(read, hint, max_size, name, f"file descriptor {fd}")
+
+    @classmethod
+    def from_stream(
+        cls,
+        stream: SupportsReadinto,
+        *,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        name: str | None = None,
+    ) -> Secret:
+        """Read a binary stream to its end with ``stream.readinto()`` straight into protected
+        memory: ``sys.stdin.buffer``, a socket's ``makefile("rb")``, a ``subprocess`` pipe.
+
+        ``readinto`` is handed a memoryview over the secret; it must return how many bytes it
+        wrote there (0 at the end), and must not keep the memoryview.  A stream that breaks
+        those rules, or gives more than ``max_size`` bytes, raises :class:`StreamError`.
+        A buffered stream (``open(path, "rb")``, ``sys.stdin.buffer``) keeps a plain copy of
+        what it buffered: prefer :meth:`from_fd` or unbuffered streams (``buffering=0``).
+        """
+        readinto = getattr(stream, "readinto", None)
+        if not callable(readinto):
+            raise ArgumentTypeError(
+                f"{type(stream).__name__} has no readinto(): from_stream reads binary streams "
+                "straight into protected memory (for sys.stdin use Secret.from_fd(0), or "
+                "sys.stdin.buffer)"
+            )
+        max_size = _check_max_size(max_size)
+        return cls._from_reader(readinto, 0, max_size, name, f"{type(stream).__name__} stream")
+
+    @classmethod
+    def _from_reader(
+        cls,
+        read: Callable[[memoryview], object],
+        hint: int,
+        max_size: int | None,
+        name: str | None,
+        what: str,
+    ) -> Secret:
+        """Read to the end: into a secret with room for one byte more than expected (so the
+        end shows without a plain copy), doubling it (secure to secure) when it fills up,
+        and trimming it to what came at the end."""
+        limit = max_size + 1 if max_size is not None else None  # room to see one byte too many
+        capacity = max(PAGE_SIZE, hint + 1)
+        if limit is not None:
+            capacity = min(capacity, limit)
+        secret = cls(capacity, name=name)
+        used = 0
+        try:
+            while True:
+                if used == len(secret):
+                    if limit is not None and used >= limit:
+                        raise StreamError(f"{what} gave more than max_size={max_size} bytes")
+                    grown = 2 * used if limit is None else min(2 * used, limit)
+                    secret = secret._moved(grown, used)
+                n = secret._read_into(read, used, what)
+                if n == 0:
+                    break
+                used += n
+            if used == 0:
+                raise RegionError(f"{what} gave no bytes: a secret cannot be empty")
+            if used != len(secret):
+                secret = secret._moved(used, used)
+        except BaseException:
+            secret.close()  # wiped now, not when the traceback lets go of it
+            raise
         return secret
+
+    def _read_into(self, read: Callable[[memoryview], object], offset: int, what: str) -> int:
+        """One ``read(buffer)`` into this secret from ``offset``; the byte count it gave."""
+        self._check()
+        try:
+            with self._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
+                with memoryview(g.mut_ref_guard()) as whole, whole[offset:] as target:
+                    room = target.nbytes
+                    n = read(target)
+        except ViewError as exc:
+            if self._region._binding is None or self._region.closed:
+                raise
+            raise StreamError(
+                f"{what} kept the memoryview its readinto() was given: the secret was wiped; "
+                "touching that memoryview now faults"
+            ) from exc
+        if self._region._inherited:
+            raise SecretUnavailableError(
+                f"the process forked while {what} was being read into a secret; the child has "
+                "no copy of it (read the secret again in the child)"
+            )
+        if n is None:
+            raise StreamError(
+                f"{what} has no data now (a non-blocking stream): make it blocking, or read "
+                "the secret once it has all arrived"
+            )
+        if type(n) is not int:
+            raise StreamError(f"{what}: readinto() returned {type(n).__name__}, not a byte count")
+        if not 0 <= n <= room:
+            raise StreamError(f"{what}: readinto() returned {n} for a {room}-byte buffer")
+        return n
 
     @classmethod
     def from_chunks(
@@ -208,6 +357,12 @@ class Secret(Unshareable):
         return self._region.closed
 
     @property
+    def backing(self) -> Literal["memfd_secret", "mmap"]:
+        """Where the bytes live: ``memfd_secret`` pages (out of the kernel's direct map) or
+        private ``mmap`` pages (see :class:`pkeyguard.allocator.Secure`)."""
+        return "memfd_secret" if self._region._advice["secretmem"] else "mmap"
+
+    @property
     def address(self) -> int:
         """Where the bytes are (for diagnostics: reading it outside reveal() faults)."""
         return self._region.address
@@ -242,8 +397,16 @@ class Secret(Unshareable):
             return hmac.compare_digest(buf, theirs)
 
     def _check(self) -> None:
-        if self._region.closed:
+        region = self._region
+        if region.closed:
             raise RegionError(f"{self!r} is closed")
+        if region._inherited:
+            raise SecretUnavailableError(
+                f"{self!r} was made before this process forked: a fork child never gets a "
+                "parent's secret bytes (it sees zero pages there). Make or load the secret in "
+                "the child, or use a 'spawn' or 'forkserver' multiprocessing context and pass "
+                "the child what it needs to load it (close() works here)"
+            )
 
     def close(self) -> None:
         """Wipe and unmap the secret (idempotent).
@@ -275,5 +438,10 @@ class Secret(Unshareable):
         name = getattr(self, "name", None)
         label = f" {name!r}" if name else ""
         region = getattr(self, "_region", None)
-        state = "closed" if region is None or region.closed else f"{len(self)} bytes"
+        if region is None or region.closed:
+            state = "closed"
+        elif region._inherited:
+            state = "inherited across fork: unavailable"
+        else:
+            state = f"{len(self)} bytes"
         return f"<Secret{label} {state}>"  # never the content
