@@ -62,7 +62,9 @@ step "hardware suite and the pku-relevant attacks (QEMU guest with PKU, pku back
 # memory is released, so they run on pku too; the others are backend-independent.
 for kernel in release backports; do
     printf -- '--- kernel: %s\n' "$kernel"
-    PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard_vm --kernel "$kernel" --timeout 1500 -- \
+    # secretmem.enable=1: memfd_secret is off by default before Linux 6.5 (6.1 says ENOSYS).
+    PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard_vm --kernel "$kernel" --timeout 1500 \
+        --kernel-arg secretmem.enable=1 -- \
         "$PY" -m pytest -p no:cacheprovider --color=no -rA tests/hw \
         tests/adversarial/test_c01_view_conversions.py \
         tests/adversarial/test_c03_thread_end_and_fork.py \
