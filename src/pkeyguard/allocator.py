@@ -177,18 +177,19 @@ class Secure(Allocator):
             return make(**{**self._options(), "secretmem": True})
         except MprotectError as exc:
             if exc.syscall != "memfd_secret" or exc.errno not in _SECRETMEM_MISSING:
-                raise self._explain(exc) from None
+                raise self._explain(exc, secretmem=True) from None
             _secretmem_missing.append(exc.errno)
         return super()._map(make)
 
-    def _explain(self, exc: MprotectError) -> MprotectError:
+    def _explain(self, exc: MprotectError, *, secretmem: bool | None = None) -> MprotectError:
+        if secretmem is None:
+            secretmem = self.backing == "memfd_secret"
+        locking = exc.syscall == "mlock" and exc.errno in (errno.ENOMEM, errno.EPERM, errno.EAGAIN)
+        # mapping secret memory over RLIMIT_MEMLOCK: EAGAIN (the kernel locks it at mmap)
+        locking |= secretmem and exc.syscall == "mmap" and exc.errno == errno.EAGAIN
         if exc.syscall == "memfd_secret" and exc.errno in _SECRETMEM_MISSING:
             err = MprotectError(exc.errno, f"{exc.strerror}: {_SECRETMEM_HINT}")
-        elif exc.syscall in ("mlock", "mmap") and exc.errno in (
-            errno.ENOMEM,
-            errno.EPERM,
-            errno.EAGAIN,
-        ):
+        elif locking:
             soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
             limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
             what = "mlock" if exc.syscall == "mlock" else "map locked secret memory for"

@@ -218,7 +218,8 @@ class Secret(Unshareable):
         name: str | None = None,
     ) -> Secret:
         """Read a binary stream to its end with ``stream.readinto()`` straight into protected
-        memory: ``sys.stdin.buffer``, a socket's ``makefile("rb")``, a ``subprocess`` pipe.
+        memory: ``io.BytesIO``, ``open(path, "rb", buffering=0)``, a socket's
+        ``makefile("rb", buffering=0)``.
 
         ``readinto`` is handed a memoryview over the secret; it must return how many bytes it
         wrote there (0 at the end), and must not keep the memoryview.  A stream that breaks
