@@ -11,6 +11,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +188,49 @@ def test_region_guard_with_secret_memory() -> None:
 
 def test_strict_backing_error_is_an_oserror() -> None:
     assert issubclass(MprotectError, OSError)
+
+
+def test_left_out_of_a_core_dump(tmp_path: Path) -> None:
+    """A real core dump of a process holding secrets in both backings: neither secret's bytes
+    are in it, and the same bytes in a bytearray are (the test can see them).  The child reads
+    the bytes from a file with readv/readinto, so no other copy is in its memory."""
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    assert not pattern.startswith("|"), f"core_pattern pipes dumps elsewhere: {pattern}"
+    values = {name: os.urandom(32) for name in ("memfd_secret", "mmap", "plain")}
+    for name, value in values.items():
+        (tmp_path / name).write_bytes(value)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            """
+import os, resource
+from pkeyguard import PkeyPermissions, Secret, allocator
+resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+kept = []
+for backing in ("memfd_secret", "mmap"):
+    fd = os.open(backing, os.O_RDONLY)
+    s = Secret(32, allocator=allocator.Secure(backing=backing))
+    with s._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
+        with memoryview(g.mut_ref_guard()) as m:
+            assert os.readv(fd, [m]) == 32
+    assert s.backing == backing
+    kept.append(s)
+plain = bytearray(32)
+with open("plain", "rb", buffering=0) as f:
+    f.readinto(plain)
+os.abort()
+""",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == -signal.SIGABRT, child
+    cores = [p for p in tmp_path.iterdir() if p.name.startswith("core")]
+    assert cores, f"no core file written (core_pattern {pattern!r}): {child}"
+    dump = cores[0].read_bytes()
+    assert values["plain"] in dump, "the control is missing: the dump cannot be searched"
+    assert values["memfd_secret"] not in dump
+    assert values["mmap"] not in dump
