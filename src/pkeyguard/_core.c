@@ -3240,6 +3240,23 @@ core_wipe_at_exit(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* memfd_secret_errno(): 0 if memfd_secret(2) works here, else its errno.  The descriptor is
+ * closed at once; whether to use secret memory is decided in Python (allocator.py). */
+static PyObject *
+core_memfd_secret_errno(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+#ifdef SYS_memfd_secret
+    int fd = (int)syscall(SYS_memfd_secret, O_CLOEXEC);
+    if (fd >= 0) {
+        (void)close(fd);
+        return PyLong_FromLong(0);
+    }
+    return PyLong_FromLong(errno);
+#else
+    return PyLong_FromLong(ENOSYS);
+#endif
+}
+
 static PyObject *
 core_set_error_module(PyObject *Py_UNUSED(m), PyObject *module)
 {
@@ -3304,6 +3321,8 @@ static PyMethodDef core_methods[] = {
     {"live_key_count", core_live_key_count, METH_NOARGS, "Open keys (pku and mprotect)."},
     {"isolation", core_isolation, METH_O, "isolation(allow): NoAccess on every other open key."},
     {"wipe_at_exit", core_wipe_at_exit, METH_NOARGS, NULL},
+    {"memfd_secret_errno", core_memfd_secret_errno, METH_NOARGS,
+     "0 if memfd_secret(2) works here, else the errno it gave."},
     {"_set_error_module", core_set_error_module, METH_O, NULL},
     {"_register_rights", core_register_rights, METH_VARARGS, NULL},
     {"faults_install", faults_install, METH_NOARGS, "Install the fault reporter."},

@@ -42,14 +42,30 @@ _BACKINGS: tuple[str, ...] = get_args(Backing)
 #: it or has it switched off (5.14 to 6.4 need ``secretmem.enable=1``), EPERM or ENOSYS from a
 #: seccomp filter (container runtimes), EINVAL/EOPNOTSUPP from an architecture without it.
 _SECRETMEM_MISSING = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP})
+_SECRETMEM_WHY = (
+    "Linux 5.14 to 6.4 need secretmem.enable=1 on the kernel command line, older kernels lack "
+    "it, and seccomp filters (containers) may block it"
+)
 _SECRETMEM_HINT = (
-    "memfd_secret(2) is not available here: Linux 5.14 to 6.4 need secretmem.enable=1 on the "
-    "kernel command line, older kernels lack it, and seccomp filters (containers) may block "
-    "it; use backing='auto' to fall back to private mmap memory"
+    f"memfd_secret(2) is not available here: {_SECRETMEM_WHY}; use backing='auto' to fall "
+    "back to private mmap memory"
 )
 # Whether memfd_secret failed with one of those errors in this process (then "auto" stops
 # trying: the answer does not change while the process runs).
 _secretmem_missing: list[int] = []
+_secretmem_probe: list[int] = []
+
+
+def secret_memory() -> tuple[Literal["memfd_secret", "mmap"], str]:
+    """What ``Secure(backing="auto")`` uses in this process, and why (asked once)."""
+    if not _secretmem_probe:
+        _secretmem_probe.append(_core.memfd_secret_errno())
+    failed = _secretmem_missing[0] if _secretmem_missing else _secretmem_probe[0]
+    if not failed:
+        return "memfd_secret", "the kernel has memfd_secret(2): pages out of its direct map"
+    name = errno.errorcode.get(failed, str(failed))
+    return "mmap", f"private mmap pages: memfd_secret(2) failed with {name} ({_SECRETMEM_WHY})"
+
 
 R = TypeVar("R")
 
@@ -171,7 +187,7 @@ class Secure(Allocator):
 
     def _map(self, make: Callable[..., R]) -> R:
         """``auto``: memfd_secret first, then private memory if the kernel has none."""
-        if self.backing != "auto" or not self.lock or _secretmem_missing:
+        if self.backing != "auto" or not self.lock or secret_memory()[0] == "mmap":
             return super()._map(make)
         try:
             return make(**{**self._options(), "secretmem": True})

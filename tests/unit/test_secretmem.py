@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import pkeyguard
 from pkeyguard import MprotectError, RegionGuard, Secret, allocator
 from tests.support import SECRETMEM, maps, run_child
 
@@ -44,6 +45,9 @@ def test_this_kernel_has_it_and_auto_uses_it() -> None:
         "memfd_secret(2) is missing: Linux 5.14 to 6.4 need secretmem.enable=1 on the kernel "
         "command line (this suite expects the kernel to have it)"
     )
+    info = pkeyguard.backend()
+    assert info.secret_memory == "memfd_secret", info.secret_memory_reason
+    assert "memfd_secret(2)" in info.secret_memory_reason
     with Secret.from_bytes(b"k") as secret:
         assert secret.backing == "memfd_secret"
         line = next(m for m in maps() if m.startswith(f"{secret.address:x}-"))
@@ -122,6 +126,7 @@ def test_falls_back_where_memfd_secret_is_missing(err: str) -> None:
         SECCOMP
         + f"""
 refuse_memfd_secret(errno.{err})
+import pkeyguard
 from pkeyguard import MprotectError, RegionGuard, Secret, allocator
 from tests.support import anon_mappings
 before = anon_mappings()
@@ -133,13 +138,20 @@ print("leftovers:", len(anon_mappings() - before))
 a = Secret.from_bytes(b"one")
 b = Secret.from_bytes(b"two")
 print("auto:", a.backing, b.backing, a.equals(b"one"), b.equals(b"two"))
+info = pkeyguard.backend()
+print("backend():", info.secret_memory, "failed with {err}" in info.secret_memory_reason)
+import subprocess, sys
+print(subprocess.run([sys.executable, "-m", "pkeyguard", "info"], capture_output=True,
+                     text=True).stdout.count("secret memory:    mmap: private mmap pages"))
 """
     )
     assert child.returncode == 0, child
-    assert child.stdout.split("\n")[:3] == [
+    assert child.stdout.split("\n")[:5] == [
         f"strict: {err} memfd_secret True",
         "leftovers: 0",
         "auto: mmap mmap True True",
+        "backend(): mmap True",
+        "1",  # the filter is inherited by the child process that prints the report
     ], child
 
 
@@ -172,8 +184,6 @@ print(Secret(100).backing)
 
 def test_region_guard_with_secret_memory() -> None:
     """Any RegionGuard can live in it, with the usual key and guards."""
-    import pkeyguard
-
     with (
         RegionGuard(ctypes.c_uint64, allocator=allocator.Secure(backing="memfd_secret")) as r,
         pkeyguard.PkeyGuard() as key,
