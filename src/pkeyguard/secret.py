@@ -16,7 +16,7 @@ raises :class:`SecretUnavailableError` (closing it works).  Streams are read wit
 
 from __future__ import annotations
 
-import hmac
+import hmac as _hmac
 import operator
 import os
 import stat
@@ -238,6 +238,42 @@ class Secret(Unshareable):
         return cls._from_reader(readinto, 0, max_size, name, f"{type(stream).__name__} stream")
 
     @classmethod
+    def from_prompt(
+        cls, prompt: str = "Password: ", *, max_size: int = 4096, name: str | None = None
+    ) -> Secret:
+        """Ask for a password on the controlling terminal, without echo, and read the line
+        straight into protected memory (``getpass.getpass()`` returns a ``str``, a copy that
+        cannot be wiped).  The newline is not kept; an empty line is refused.
+
+        The terminal's own line buffer (in the kernel) and the terminal emulator have seen
+        the keystrokes; this process holds them only in the secret.  Raises ``OSError`` when
+        there is no terminal (``ENXIO``): read from a file or pipe with :meth:`from_fd`.
+        """
+        if not isinstance(prompt, str):
+            raise ArgumentTypeError(f"prompt must be a str, not {prompt!r}")
+        limit = _check_max_size(max_size)
+        import termios
+
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            old = termios.tcgetattr(fd)
+            quiet = list(old)
+            quiet[3] &= ~termios.ECHO  # lflag: no echo; canonical mode: one line per read
+            termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+            try:
+                os.write(fd, prompt.encode())
+
+                def read(target: memoryview) -> int:
+                    return os.readv(fd, [target])
+
+                return cls._from_reader(read, 0, limit, name, "the terminal", line=True)
+            finally:
+                termios.tcsetattr(fd, termios.TCSAFLUSH, old)
+                os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+
+    @classmethod
     def _from_reader(
         cls,
         read: Callable[[memoryview], object],
@@ -245,10 +281,13 @@ class Secret(Unshareable):
         max_size: int | None,
         name: str | None,
         what: str,
+        *,
+        line: bool = False,
     ) -> Secret:
-        """Read to the end: into a secret with room for one byte more than expected (so the
-        end shows without a plain copy), doubling it (secure to secure) when it fills up,
-        and trimming it to what came at the end."""
+        """Read to the end (``line``: to the first newline, which is not kept): into a
+        secret with room for one byte more than expected (so the end shows without a plain
+        copy), doubling it (secure to secure) when it fills up, and trimming it to what came
+        at the end."""
         limit = max_size + 1 if max_size is not None else None  # room to see one byte too many
         capacity = max(PAGE_SIZE, hint + 1)
         if limit is not None:
@@ -266,6 +305,9 @@ class Secret(Unshareable):
                 if n == 0:
                     break
                 used += n
+                if line and secret._newline_at(used - 1):
+                    used -= 1
+                    break
             if used == 0:
                 raise RegionError(f"{what} gave no bytes: a secret cannot be empty")
             if used != len(secret):
@@ -274,6 +316,33 @@ class Secret(Unshareable):
             secret.close()  # wiped now, not when the traceback lets go of it
             raise
         return secret
+
+    @classmethod
+    def from_writer(
+        cls, size: int, write: Callable[[memoryview], object], *, name: str | None = None
+    ) -> Secret:
+        """A secret of ``size`` bytes filled in place by ``write(buffer)``: a writable
+        memoryview over the secret, valid during the call only (keeping it raises
+        :class:`StreamError`).  For APIs that write their output into a buffer, so that it
+        never exists as ``bytes``::
+
+            with ikm_secret.reveal() as ikm:      # reveal inputs first, outside the call
+                key = Secret.from_writer(32, lambda out: hkdf.derive_into(ikm, out))
+
+        Whatever ``write`` returns is ignored; if it raises, the secret is wiped.
+        """
+        secret = cls(size, name=name)
+        try:
+            secret._read_into(lambda target: (write(target), 0)[1], 0, "the writer")
+        except BaseException:
+            secret.close()
+            raise
+        return secret
+
+    def _newline_at(self, offset: int) -> bool:
+        with self.reveal() as buf, memoryview(buf) as whole:
+            # one byte as a small int: CPython's preallocated singletons, nothing is allocated
+            return whole[offset] == 0x0A
 
     def _read_into(self, read: Callable[[memoryview], object], offset: int, what: str) -> int:
         """One ``read(buffer)`` into this secret from ``offset``; the byte count it gave."""
@@ -287,8 +356,8 @@ class Secret(Unshareable):
             if self._region._binding is None or self._region.closed:
                 raise
             raise StreamError(
-                f"{what} kept the memoryview its readinto() was given: the secret was wiped; "
-                "touching that memoryview now faults"
+                f"{what} kept the memoryview it was given (a buffer over the secret): the "
+                "secret was wiped; touching that memoryview now faults"
             ) from exc
         if self._region._inherited:
             raise SecretUnavailableError(
@@ -392,10 +461,16 @@ class Secret(Unshareable):
         guard: AbstractContextManager[BytesRef] = self._assoc._guard(1, ReadGuard, BytesRef)
         return guard
 
+    def hmac(self, msg: BytesLike, digest: str = "sha256") -> bytes:
+        """HMAC of ``msg`` with this secret as the key (``hmac.digest`` on the revealed bytes:
+        no copy; ``hmac.new`` would insist on a ``bytes`` copy of the key)."""
+        with self.reveal() as key:
+            return _hmac.digest(key, msg, digest)
+
     def equals(self, other: BytesLike) -> bool:
         """Constant-time comparison with ``other``."""
         with memoryview(other) as theirs, self.reveal() as buf:
-            return hmac.compare_digest(buf, theirs)
+            return _hmac.compare_digest(buf, theirs)
 
     def _check(self) -> None:
         region = self._region

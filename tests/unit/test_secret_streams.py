@@ -9,6 +9,7 @@ an unexpected exception fails them.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import io
 import os
 import subprocess
@@ -458,3 +459,75 @@ print(len(a), a.equals(b"piped secret\\n"))
         check=False,
     )
     assert proc.stdout.split() == [b"13", b"True"], proc
+
+
+PROMPT_CHILD = """
+import hmac, sys, termios
+from pkeyguard import Secret
+try:
+    s = Secret.from_prompt("Key: ")
+except BaseException as exc:
+    print("ERR", type(exc).__name__, exc, flush=True)
+    s = None
+if sys.stdin.isatty():
+    print("ECHO", bool(termios.tcgetattr(0)[3] & termios.ECHO), flush=True)
+if s is None:
+    sys.exit(3)
+print("LEN", len(s), "MAC", s.hmac(b"m").hex(), flush=True)
+"""
+
+
+def _prompt(typed: bytes) -> tuple[int, bytes]:
+    """Run Secret.from_prompt() in a child whose terminal is a pty we type into."""
+    import pty
+    import time
+
+    pid, master = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execv(sys.executable, [sys.executable, "-c", PROMPT_CHILD])
+    out = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"Key: " not in out and time.monotonic() < deadline:
+            out += os.read(master, 1024)
+        time.sleep(0.1)  # the child switches echo off before it prompts; let it block in read
+        os.write(master, typed)
+        while True:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:  # EIO: the child is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out
+
+
+def test_password_prompt_without_echo_or_copy() -> None:
+    code, out = _prompt(b"hunter2-pw\n")
+    assert code == 0, out
+    assert b"hunter2-pw" not in out, "the password was echoed"
+    expected = hmac.new(b"hunter2-pw", b"m", "sha256").hexdigest()
+    assert f"LEN 10 MAC {expected}".encode() in out, out
+    assert b"ECHO True" in out, out
+
+
+def test_password_prompt_refuses_an_empty_line_and_restores_echo() -> None:
+    code, out = _prompt(b"\n")
+    assert code == 3 and b"ERR RegionError" in out, out
+    assert b"ECHO True" in out, out
+
+
+def test_password_prompt_without_a_terminal() -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", PROMPT_CHILD],
+        capture_output=True,
+        text=True,
+        start_new_session=True,  # no controlling terminal
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 3 and "ERR OSError" in child.stdout, child
