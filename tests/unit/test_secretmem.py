@@ -143,7 +143,8 @@ print("backend():", info.secret_memory, "failed with {err}" in info.secret_memor
 import subprocess, sys
 print(subprocess.run([sys.executable, "-m", "pkeyguard", "info"], capture_output=True,
                      text=True).stdout.count("secret memory:    mmap: private mmap pages"))
-"""
+""",
+        env={"PYTHONPATH": os.pathsep.join(sys.path)},  # tests.support, from any directory
     )
     assert child.returncode == 0, child
     assert child.stdout.split("\n")[:5] == [
