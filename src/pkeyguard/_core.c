@@ -3338,15 +3338,6 @@ static int
 core_exec(PyObject *m)
 {
     page_size = sysconf(_SC_PAGESIZE);
-    static int atfork_registered = 0;
-    if (!atfork_registered) {
-        int e = pthread_atfork(NULL, NULL, fork_child);
-        if (e != 0) {
-            raise_errno(e, "pthread_atfork");
-            return -1;
-        }
-        atfork_registered = 1;
-    }
     if (stack_dict_key == NULL) {
         stack_dict_key = PyUnicode_InternFromString("pkeyguard._core.thread_stack");
         if (stack_dict_key == NULL) {
@@ -3377,6 +3368,16 @@ core_exec(PyObject *m)
         PyModule_AddIntConstant(m, "PROT_WRITE", PROT_WRITE) < 0 ||
         PyModule_AddIntConstant(m, "PROT_EXEC", PROT_EXEC) < 0) {
         return -1;
+    }
+    /* fork_child(): zero pages in a fork child where secret memory was (see "Fork"). */
+    static int atfork_registered = 0;
+    if (!atfork_registered) {
+        int e = pthread_atfork(NULL, NULL, fork_child);
+        if (e != 0) {
+            raise_errno(e, "pthread_atfork");
+            return -1;
+        }
+        atfork_registered = 1;
     }
     PyObject *max_size = PyLong_FromSize_t(MAX_REGION_SIZE);
     if (max_size == NULL) {
