@@ -3160,6 +3160,23 @@ core_live_key_count(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return PyLong_FromSsize_t(live_key_count);
 }
 
+/* memfd_secret_errno(): 0 if memfd_secret(2) works here, else its errno.  The descriptor is
+ * closed at once; whether to use secret memory is decided in Python (allocator.py). */
+static PyObject *
+core_memfd_secret_errno(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+#ifdef SYS_memfd_secret
+    int fd = (int)syscall(SYS_memfd_secret, O_CLOEXEC);
+    if (fd >= 0) {
+        (void)close(fd);
+        return PyLong_FromLong(0);
+    }
+    return PyLong_FromLong(errno);
+#else
+    return PyLong_FromLong(ENOSYS);
+#endif
+}
+
 /* Zero a secure region in place, for a thread that may have no rights to it right now. */
 static void
 mapping_zero_in_place(MappingObject *m)
@@ -3238,23 +3255,6 @@ core_wipe_at_exit(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     }
     Py_DECREF(all);
     Py_RETURN_NONE;
-}
-
-/* memfd_secret_errno(): 0 if memfd_secret(2) works here, else its errno.  The descriptor is
- * closed at once; whether to use secret memory is decided in Python (allocator.py). */
-static PyObject *
-core_memfd_secret_errno(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
-{
-#ifdef SYS_memfd_secret
-    int fd = (int)syscall(SYS_memfd_secret, O_CLOEXEC);
-    if (fd >= 0) {
-        (void)close(fd);
-        return PyLong_FromLong(0);
-    }
-    return PyLong_FromLong(errno);
-#else
-    return PyLong_FromLong(ENOSYS);
-#endif
 }
 
 static PyObject *
