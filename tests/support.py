@@ -127,6 +127,18 @@ def new_anon_mappings(
     }
 
 
+def proc_mem_read(address: int, n: int) -> bytes | int:
+    """What /proc/self/mem gives for ``n`` bytes at ``address`` (it ignores page and key
+    rights), or the errno it fails with (EIO for memfd_secret memory)."""
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        return os.pread(fd, n, address)
+    except OSError as exc:
+        return exc.errno or -1
+    finally:
+        os.close(fd)
+
+
 def perms_at(address: int) -> str:
     """The rwxp string of the mapping containing ``address`` ("" if unmapped)."""
     for line in maps():

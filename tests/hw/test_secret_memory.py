@@ -9,27 +9,16 @@ memfd_secret switched off without it.  A kernel that cannot offer it fails here.
 from __future__ import annotations
 
 import errno
-import os
 import signal
 
 import pkeyguard
 from pkeyguard import Secret, allocator
-from tests.support import SECRETMEM, maps, pkey_at, run_child
+from tests.support import SECRETMEM, maps, pkey_at, proc_mem_read, run_child
 
 NEEDS = (
     "memfd_secret(2) is unavailable in this guest: Linux 5.14 to 6.4 need secretmem.enable=1 "
     "(pkeyguard-vm --kernel-arg secretmem.enable=1)"
 )
-
-
-def proc_mem(address: int, n: int) -> bytes | int:
-    fd = os.open("/proc/self/mem", os.O_RDONLY)
-    try:
-        return os.pread(fd, n, address)
-    except OSError as exc:
-        return exc.errno or -1
-    finally:
-        os.close(fd)
 
 
 def test_secrets_use_secret_memory_tagged_with_the_key() -> None:
@@ -49,12 +38,12 @@ def test_proc_self_mem_reads_mmap_secrets_but_not_secret_memory() -> None:
     plain = Secret(7, allocator=allocator.Secure(backing="mmap"))
     plain.write(0, b"hunter2")
     with plain:
-        assert proc_mem(plain.address, 7) == b"hunter2"
+        assert proc_mem_read(plain.address, 7) == b"hunter2"
     with Secret.from_bytes(b"hunter2") as secret:
         assert secret.backing == "memfd_secret", NEEDS
-        assert proc_mem(secret.address, 7) == errno.EIO
+        assert proc_mem_read(secret.address, 7) == errno.EIO
         with secret.reveal():
-            assert proc_mem(secret.address, 7) == errno.EIO
+            assert proc_mem_read(secret.address, 7) == errno.EIO
 
 
 def test_stray_read_of_secret_memory_dies_with_pkuerr() -> None:

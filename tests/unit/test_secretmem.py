@@ -20,7 +20,7 @@ import pytest
 
 import pkeyguard
 from pkeyguard import MprotectError, RegionGuard, Secret, allocator
-from tests.support import SECRETMEM, maps, run_child
+from tests.support import SECRETMEM, maps, proc_mem_read, run_child
 
 SECRET = b"correct horse battery staple"
 
@@ -58,16 +58,6 @@ def test_this_kernel_has_it_and_auto_uses_it() -> None:
             for fd in os.listdir("/proc/self/fd")
             if os.path.exists(f"/proc/self/fd/{fd}")
         )
-
-
-def proc_mem_read(address: int, n: int) -> bytes | int:
-    fd = os.open("/proc/self/mem", os.O_RDONLY)
-    try:
-        return os.pread(fd, n, address)
-    except OSError as exc:
-        return exc.errno or -1
-    finally:
-        os.close(fd)
 
 
 class IOVec(ctypes.Structure):
