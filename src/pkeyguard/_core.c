@@ -127,12 +127,12 @@ is_finalizing(void)
 
 enum {
     E_GUARD_STATE, E_GUARD_ORDER, E_GUARD_THREAD, E_VIEW, E_ACCESS, E_PKU_UNAVAILABLE,
-    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_COUNT
+    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_SECRET_UNAVAILABLE, E_COUNT
 };
 static const char *const err_names[E_COUNT] = {
     "GuardStateError", "GuardOrderError", "GuardThreadError", "ViewError", "AccessError",
     "PkuUnavailableError", "MprotectError", "RegionError", "KeyStateError", "CanaryError",
-    "ArgumentTypeError",
+    "ArgumentTypeError", "SecretUnavailableError",
 };
 static PyObject *err_classes[E_COUNT];
 
@@ -383,6 +383,8 @@ struct BindingObject {
 };
 
 static KeyObject live_keys = {.live_prev = &live_keys, .live_next = &live_keys};
+
+static int mapping_absent(MappingObject *m);
 static Py_ssize_t live_key_count = 0;
 
 static void
@@ -414,11 +416,17 @@ key_apply_level(KeyObject *k, int level)
 {
     for (Py_ssize_t i = 0; i < k->nbindings; i++) {
         MappingObject *m = k->bindings[i]->mapping;
+        if (mapping_absent(m)) {
+            continue;
+        }
         if (mprotect((void *)m->addr, m->len, prot_for_level(m->prot, level)) != 0) {
             int e = errno;
             for (Py_ssize_t j = 0; j < i; j++) { /* put back: the pages agree on one level */
                 MappingObject *q = k->bindings[j]->mapping;
-                (void)mprotect((void *)q->addr, q->len, prot_for_level(q->prot, k->effective_level));
+                if (!mapping_absent(q)) {
+                    (void)mprotect((void *)q->addr, q->len,
+                                   prot_for_level(q->prot, k->effective_level));
+                }
             }
             return e;
         }
@@ -481,7 +489,7 @@ binding_end(BindingObject *b, int untag)
     }
     KeyObject *k = b->key;
     MappingObject *m = b->mapping;
-    if (untag) {
+    if (untag && !mapping_absent(m)) {
         long rc = 0;
         if (k->mode == MODE_PKU) {
             /* back to key 0, so a later key that reuses the number cannot reach the pages */
@@ -759,6 +767,25 @@ mapping_inherited(MappingObject *m)
     return m->forks != fork_count || m->pid != getpid();
 }
 
+/* Whether this process has none of the mapping's pages at its address: the fork handler could
+ * not fill the hole (MAP_F_LOST), or the process is a child made without fork handlers (a raw
+ * clone(2): the pid changed but fork_count did not), where DONTFORK left a hole that anything
+ * may have been mapped into since.  The address is not ours then: never touch it. */
+static int
+mapping_absent(MappingObject *m)
+{
+    if (m->flags & MAP_F_LOST) {
+        return 1;
+    }
+    if ((m->flags & MAP_F_SECRETMEM) && m->forks == fork_count && m->pid != getpid()) {
+        m->flags |= MAP_F_LOST;
+        return 1;
+    }
+    return 0;
+}
+
+static void fork_child_expire_secure_views(void);
+
 static void
 mapping_fill_hole(MappingObject *m)
 {
@@ -792,6 +819,7 @@ static void
 fork_child(void)
 {
     fork_count++;
+    fork_child_expire_secure_views();
     for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
         if (m->base != 0 && (m->flags & MAP_F_SECRETMEM) && !(m->flags & MAP_F_LOST)) {
             mapping_fill_hole(m);
@@ -823,7 +851,7 @@ mapping_release(MappingObject *m, int *canary_ok)
     m->base = 0;
     fault_table_remove(m->addr);
     wipe_unregister(m);
-    if (m->flags & MAP_F_LOST) { /* nothing of it in this process: the address is not ours */
+    if (mapping_absent(m)) { /* nothing of it in this process: the address is not ours */
         return 0;
     }
     int rc = 0;
@@ -1177,7 +1205,7 @@ Mapping_protect(MappingObject *m, PyObject *arg)
             applied = prot_for_level((int)prot, b->key->effective_level);
         }
     }
-    if (mprotect((void *)m->addr, m->len, applied) != 0) {
+    if (!mapping_absent(m) && mprotect((void *)m->addr, m->len, applied) != 0) {
         return raise_errno(errno, "mprotect");
     }
     m->prot = (int)prot;
@@ -1305,6 +1333,25 @@ struct GuardObject {
     GuardObject *prev;         /* next-outer guard of the same thread */
 };
 
+/* Fork child (from fork_child, so only memory writes): the forking thread keeps its guards,
+ * but a guard over secure memory (WIPEONFORK or memfd_secret) now covers zero pages, so the
+ * views it handed out must not read them as if they were the secret: a new generation
+ * expires them, and view_check says why.  The guards stay active, so the 'with' blocks still
+ * exit normally in the child; a memoryview taken before the fork is a leftover export, as
+ * after any guard's exit. */
+static void
+fork_child_expire_secure_views(void)
+{
+    for (GuardObject *g = tls_stack != NULL ? tls_stack->top : NULL; g != NULL; g = g->prev) {
+        MappingObject *m = g->binding != NULL ? g->binding->mapping : NULL;
+        if (m != NULL && (m->flags & (MAP_F_WIPEONFORK | MAP_F_SECRETMEM))) {
+            g->generation++;
+            g->exports = 0; /* the old activation's exports no longer count (their releases
+                               see the old generation and leave this count alone) */
+        }
+    }
+}
+
 /* The rights members and guard classes, registered by pkeyguard at import. */
 static PyObject *rights_members[3];
 static PyTypeObject *guard_types[3];
@@ -1387,7 +1434,10 @@ Key_bind(KeyObject *k, PyObject *args)
         goto fail;
     }
     long rc = 0;
-    if (k->mode == MODE_PKU) {
+    if (mapping_absent(m)) {
+        /* nothing of it here to tag */
+    }
+    else if (k->mode == MODE_PKU) {
         rc = syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, k->pkey);
     }
     else if (k->mode == MODE_MPROTECT) {
@@ -2244,6 +2294,15 @@ view_check(ViewObject *v, int write)
 {
     GuardObject *g = v->guard;
     if (!g->active || g->generation != v->generation) {
+        MappingObject *m = g->binding != NULL ? g->binding->mapping : NULL;
+        if (g->active && m != NULL && (m->flags & (MAP_F_WIPEONFORK | MAP_F_SECRETMEM)) &&
+            mapping_inherited(m)) {
+            PyErr_SetString(err(E_SECRET_UNAVAILABLE),
+                            "this view was made before the process forked: a fork child never "
+                            "gets a parent's secret bytes (it has zero pages there); read the "
+                            "secret again in the child");
+            return -1;
+        }
         PyErr_SetString(err(E_VIEW),
                         "view used after its guard exited: views are valid only inside the "
                         "'with' block that created them");
@@ -3190,7 +3249,7 @@ mapping_zero_in_place(MappingObject *m)
     if (b != NULL && b->key->mode == MODE_PKU) {
         pkey = b->key->pkey;
     }
-    if ((m->flags & MAP_F_LOST) || mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
+    if (mapping_absent(m) || mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
         return;
     }
     uint32_t pkru = 0;

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar, get_args
 
 from . import _core
-from ._errors import ArgumentTypeError, CanaryError, MprotectError
+from ._errors import ArgumentTypeError, CanaryError, MprotectError, RegionError
 
 __all__ = [
     "PAGE_SIZE",
@@ -59,7 +59,17 @@ _secretmem_probe: list[int] = []
 def secret_memory() -> tuple[Literal["memfd_secret", "mmap"], str]:
     """What ``Secure(backing="auto")`` uses in this process, and why (asked once)."""
     if not _secretmem_probe:
-        _secretmem_probe.append(_core.memfd_secret_errno())
+        probed = _core.memfd_secret_errno()
+        if probed and probed not in _SECRETMEM_MISSING:
+            # EMFILE, ENFILE, ENOMEM: the kernel has memfd_secret and the process is short of
+            # something for now. Not an answer to keep: ask again next time, and let a secret
+            # made meanwhile fail with that error instead of falling back to weaker memory.
+            return "memfd_secret", (
+                f"the kernel has memfd_secret(2) (the probe just now failed with "
+                f"{errno.errorcode.get(probed, str(probed))}, which is not a missing kernel "
+                "feature)"
+            )
+        _secretmem_probe.append(probed)
     failed = _secretmem_missing[0] if _secretmem_missing else _secretmem_probe[0]
     if not failed:
         return "memfd_secret", "the kernel has memfd_secret(2): pages out of its direct map"
@@ -157,15 +167,15 @@ class Secure(Allocator):
             raise ArgumentTypeError(f"canary_size must be an int, not {canary_size!r}")
         canary_size = int(canary_size)
         if not 0 <= canary_size <= MAX_CANARY:
-            raise ValueError(f"canary_size must be within 0..{MAX_CANARY}, got {canary_size}")
+            raise RegionError(f"canary_size must be within 0..{MAX_CANARY}, got {canary_size}")
         if on_before_unmap is not None and not callable(on_before_unmap):
             raise ArgumentTypeError("on_before_unmap must be callable")
         if type(backing) is not str:
             raise ArgumentTypeError(f"backing must be one of {_BACKINGS}, not {backing!r}")
         if backing not in _BACKINGS:
-            raise ValueError(f"backing must be one of {_BACKINGS}, got {backing!r}")
+            raise RegionError(f"backing must be one of {_BACKINGS}, got {backing!r}")
         if backing == "memfd_secret" and not lock:
-            raise ValueError(
+            raise RegionError(
                 "memfd_secret memory is always locked: lock=False needs backing='mmap'"
             )
         self.backing: Backing = backing

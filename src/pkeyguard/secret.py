@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac as _hmac
 import operator
 import os
+import select
 import stat
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -104,8 +105,26 @@ def _check_max_size(max_size: object) -> int | None:
         raise ArgumentTypeError(f"max_size must be an int or None, not {max_size!r}")
     n = operator.index(max_size)
     if n <= 0:
-        raise ValueError(f"max_size must be positive, got {n}")
+        raise RegionError(f"max_size must be positive, got {n}")
     return n
+
+
+def _readiness(fd: int) -> Callable[[], None] | None:
+    """For a blocking descriptor: wait until ``fd`` has data, outside any guard.
+
+    All secrets share one key, and on the mprotect backend a guard's rights are the whole
+    process's: a read that blocks inside the guard would leave every secret open for as long
+    as the peer stalls. Waiting first keeps that window to the read itself.
+    """
+    if not os.get_blocking(fd):
+        return None  # readv gives EAGAIN at once; nothing to wait for
+
+    def wait() -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        poller.poll()  # retried on EINTR (PEP 475); a signal handler's exception propagates
+
+    return wait
 
 
 def _wipe(buffer: object) -> None:
@@ -115,6 +134,34 @@ def _wipe(buffer: object) -> None:
     elif isinstance(buffer, memoryview) and not buffer.readonly:
         with buffer.cast("B") as flat:
             flat[:] = bytes(flat.nbytes)
+
+
+# OpenSSL's one-shot HMAC, which hmac.digest() tries first. Called directly so that an
+# unsupported digest raises (UnsupportedDigestmodError, a ValueError) instead of falling back
+# to hmac's pure-Python path, which builds padded copies of the key as plain bytes.
+_openssl_hmac: Callable[[Any, Any, str], bytes] | None
+try:
+    from _hashlib import hmac_digest as _openssl_hmac
+except ImportError:  # a Python built without OpenSSL
+    _openssl_hmac = None
+
+
+def _digest_name(digest: object) -> str:
+    """The OpenSSL name of ``digest``: a name, or what a hashlib constructor's object is called
+    (the constructor is called with no data, before anything is revealed)."""
+    if type(digest) is str:
+        return digest
+    if not callable(digest):
+        raise ArgumentTypeError(
+            f"digest must be a hash name such as 'sha256' or a hashlib constructor, not {digest!r}"
+        )
+    name = getattr(digest(), "name", None)
+    if type(name) is not str:
+        raise ArgumentTypeError(
+            f"digest {digest!r} made an object without a str .name: pass a hash name such as "
+            "'sha256'"
+        )
+    return name
 
 
 class Secret(Unshareable):
@@ -207,7 +254,9 @@ class Secret(Unshareable):
         def read(target: memoryview) -> int:
             return os.readv(fd, [target])
 
-        return cls._from_reader(read, hint, max_size, name, f"file descriptor {fd}")
+        return cls._from_reader(
+            read, hint, max_size, name, f"file descriptor {fd}", ready=_readiness(fd)
+        )
 
     @classmethod
     def from_stream(
@@ -266,7 +315,9 @@ class Secret(Unshareable):
                 def read(target: memoryview) -> int:
                     return os.readv(fd, [target])
 
-                return cls._from_reader(read, 0, limit, name, "the terminal", line=True)
+                return cls._from_reader(
+                    read, 0, limit, name, "the terminal", line=True, ready=_readiness(fd)
+                )
             finally:
                 termios.tcsetattr(fd, termios.TCSAFLUSH, old)
                 os.write(fd, b"\n")
@@ -283,6 +334,7 @@ class Secret(Unshareable):
         what: str,
         *,
         line: bool = False,
+        ready: Callable[[], None] | None = None,
     ) -> Secret:
         """Read to the end (``line``: to the first newline, which is not kept): into a
         secret with room for one byte more than expected (so the end shows without a plain
@@ -301,7 +353,7 @@ class Secret(Unshareable):
                         raise StreamError(f"{what} gave more than max_size={max_size} bytes")
                     grown = 2 * used if limit is None else min(2 * used, limit)
                     secret = secret._moved(grown, used)
-                n = secret._read_into(read, used, what)
+                n = secret._read_into(read, used, what, ready)
                 if n == 0:
                     break
                 used += n
@@ -344,9 +396,18 @@ class Secret(Unshareable):
             # one byte as a small int: CPython's preallocated singletons, nothing is allocated
             return whole[offset] == 0x0A
 
-    def _read_into(self, read: Callable[[memoryview], object], offset: int, what: str) -> int:
-        """One ``read(buffer)`` into this secret from ``offset``; the byte count it gave."""
+    def _read_into(
+        self,
+        read: Callable[[memoryview], object],
+        offset: int,
+        what: str,
+        ready: Callable[[], None] | None = None,
+    ) -> int:
+        """One ``read(buffer)`` into this secret from ``offset``; the byte count it gave.
+        ``ready`` (if given) waits for data before the secret is opened."""
         self._check()
+        if ready is not None:
+            ready()
         try:
             with self._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
                 with memoryview(g.mut_ref_guard()) as whole, whole[offset:] as target:
@@ -461,11 +522,25 @@ class Secret(Unshareable):
         guard: AbstractContextManager[BytesRef] = self._assoc._guard(1, ReadGuard, BytesRef)
         return guard
 
-    def hmac(self, msg: BytesLike, digest: str = "sha256") -> bytes:
-        """HMAC of ``msg`` with this secret as the key (``hmac.digest`` on the revealed bytes:
-        no copy; ``hmac.new`` would insist on a ``bytes`` copy of the key)."""
-        with self.reveal() as key:
-            return _hmac.digest(key, msg, digest)
+    def hmac(self, msg: BytesLike, digest: str | Callable[..., Any] = "sha256") -> bytes:
+        """HMAC of ``msg`` with this secret as the key, computed by OpenSSL on the revealed
+        bytes: no copy (``hmac.new`` would insist on a ``bytes`` copy of the key).
+
+        ``digest`` is a hash name OpenSSL knows (``"sha256"``, ``"blake2b"``, ...) or a
+        hashlib constructor (``hashlib.sha256``), which is only asked for its name: handing it
+        to ``hmac`` would take hmac's pure-Python path, which pads and XORs the key into plain
+        ``bytes``. A name OpenSSL does not know raises ValueError.
+        """
+        name = _digest_name(digest)
+        if _openssl_hmac is None:
+            raise PkeyguardError(
+                "this Python has no OpenSSL HMAC (_hashlib): Secret.hmac() cannot run without "
+                "copying the key"
+            )
+        # The message's buffer first: its __buffer__ is user code (it may fork, or close this
+        # secret), and nothing but OpenSSL may run while the secret is open.
+        with memoryview(msg) as message, self.reveal() as key:
+            return _openssl_hmac(key, message, name)
 
     def equals(self, other: BytesLike) -> bool:
         """Constant-time comparison with ``other``."""

@@ -187,15 +187,23 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("backing", BACKINGS)
 def test_fork_inside_reveal(backing: str) -> None:
     """The forking thread's reveal() stays active in the child, over zero pages: the child
-    can leave the block, and its view holds nothing of the parent's."""
+    can leave the block, but its view refuses to be read (it would read zeros as if they were
+    the secret: an HMAC with an all-zero key), as a buffer export too."""
     out, _ = run(
         """
+import hmac
+from pkeyguard import SecretUnavailableError
 s = make()
 with s.reveal() as buf:
     pid = os.fork()
     if pid == 0:
-        ok = bytes(buf) == bytes(15)
-        os._exit(0 if ok else 1)
+        refused = 0
+        for use in (lambda: bytes(buf), lambda: hmac.digest(buf, b"m", "sha256")):
+            try:
+                use()
+            except SecretUnavailableError:
+                refused += 1
+        os._exit(0 if refused == 2 else 1)
     print("child", wait(pid))
     print("parent", bytes(buf))
 s.close()
