@@ -48,6 +48,7 @@ def render_info(report: dict[str, Any], out: TextIO) -> None:
             w(f"PKRU (this thread): {report['pkru']}\n")
         else:
             w(f"keys:             logical (no limit), {report['keys_open']} open\n")
+        w(f"secret memory:    {report['secret_memory']}: {report['secret_memory_reason']}\n")
     w("\n")
     w(f"CPU:              {report['cpu_model']}\n")
     w(f"  pku (CPUID):    {_yes(report['cpuid']['pku'])}, ")

@@ -34,6 +34,8 @@
 #include <pythread.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -60,6 +62,15 @@
 #ifndef MADV_WIPEONFORK
 #define MADV_WIPEONFORK 18
 #endif
+#ifndef MADV_DONTFORK
+#define MADV_DONTFORK 10
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#if !defined(SYS_memfd_secret) && (defined(__x86_64__) || defined(__aarch64__))
+#define SYS_memfd_secret 447
+#endif
 
 /* Modes of a Key: how a Guard applies rights. */
 enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2 };
@@ -75,6 +86,8 @@ enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2 };
 #define MAP_F_WIPEONFORK 0x08  /* MADV_WIPEONFORK applied */
 #define MAP_F_GUARDED 0x10     /* a PROT_NONE guard page before and after */
 #define MAP_F_WIPED 0x20       /* zeroed at interpreter exit: the canary is gone too */
+#define MAP_F_SECRETMEM 0x40   /* memfd_secret(2) pages: MAP_SHARED, so MADV_DONTFORK */
+#define MAP_F_LOST 0x80        /* a fork child could not map zero pages in its place */
 #define CANARY_MAX 64
 
 #define MAX_REGION_SIZE ((size_t)1 << 46)
@@ -106,12 +119,12 @@ is_finalizing(void)
 
 enum {
     E_GUARD_STATE, E_GUARD_ORDER, E_GUARD_THREAD, E_VIEW, E_ACCESS, E_PKU_UNAVAILABLE,
-    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_COUNT
+    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_SECRET_UNAVAILABLE, E_COUNT
 };
 static const char *const err_names[E_COUNT] = {
     "GuardStateError", "GuardOrderError", "GuardThreadError", "ViewError", "AccessError",
     "PkuUnavailableError", "MprotectError", "RegionError", "KeyStateError", "CanaryError",
-    "ArgumentTypeError",
+    "ArgumentTypeError", "SecretUnavailableError",
 };
 static PyObject *err_classes[E_COUNT];
 
@@ -341,6 +354,7 @@ struct MappingObject {
     int prot;              /* the region's own page rights */
     int flags;
     pid_t pid;             /* the process that mapped it (fork children inherit a copy) */
+    unsigned long forks;   /* fork_count when it was mapped: a child has a larger count */
     unsigned char canary[CANARY_MAX];
     Py_ssize_t canary_len;
     BindingObject *binding; /* strong while bound */
@@ -361,6 +375,8 @@ struct BindingObject {
 };
 
 static KeyObject live_keys = {.live_prev = &live_keys, .live_next = &live_keys};
+
+static int mapping_absent(MappingObject *m);
 static Py_ssize_t live_key_count = 0;
 
 static void
@@ -392,11 +408,17 @@ key_apply_level(KeyObject *k, int level)
 {
     for (Py_ssize_t i = 0; i < k->nbindings; i++) {
         MappingObject *m = k->bindings[i]->mapping;
+        if (mapping_absent(m)) {
+            continue;
+        }
         if (mprotect((void *)m->addr, m->len, prot_for_level(m->prot, level)) != 0) {
             int e = errno;
             for (Py_ssize_t j = 0; j < i; j++) { /* put back: the pages agree on one level */
                 MappingObject *q = k->bindings[j]->mapping;
-                (void)mprotect((void *)q->addr, q->len, prot_for_level(q->prot, k->effective_level));
+                if (!mapping_absent(q)) {
+                    (void)mprotect((void *)q->addr, q->len,
+                                   prot_for_level(q->prot, k->effective_level));
+                }
             }
             return e;
         }
@@ -459,7 +481,7 @@ binding_end(BindingObject *b, int untag)
     }
     KeyObject *k = b->key;
     MappingObject *m = b->mapping;
-    if (untag) {
+    if (untag && !mapping_absent(m)) {
         long rc = 0;
         if (k->mode == MODE_PKU) {
             /* back to key 0, so a later key that reuses the number cannot reach the pages */
@@ -720,6 +742,83 @@ wipe_unregister(MappingObject *m)
     }
 }
 
+/* Fork.  A secure region's bytes never reach a fork child.  Private anonymous pages are
+ * MADV_WIPEONFORK: the child gets zero pages at the same address.  memfd_secret pages must be
+ * MAP_SHARED, where the kernel refuses WIPEONFORK, and a shared copy would let the child read
+ * the parent's secret and zero it (the parent's close() would then report a false canary
+ * overflow): they are MADV_DONTFORK, and fork_child() fills the child's hole with zero pages
+ * before anything else in the child runs, so the core's bookkeeping (release, re-tagging,
+ * the mprotect backend's switches) stays true in both processes.  fork_count tells a mapping a
+ * child inherited from one it made itself; a pid alone cannot (pids are reused, and a pid
+ * namespace counts from 1 again). */
+static volatile unsigned long fork_count = 0;
+
+static int
+mapping_inherited(MappingObject *m)
+{
+    return m->forks != fork_count || m->pid != getpid();
+}
+
+/* Whether this process has none of the mapping's pages at its address: the fork handler could
+ * not fill the hole (MAP_F_LOST), or the process is a child made without fork handlers (a raw
+ * clone(2): the pid changed but fork_count did not), where DONTFORK left a hole that anything
+ * may have been mapped into since.  The address is not ours then: never touch it. */
+static int
+mapping_absent(MappingObject *m)
+{
+    if (m->flags & MAP_F_LOST) {
+        return 1;
+    }
+    if ((m->flags & MAP_F_SECRETMEM) && m->forks == fork_count && m->pid != getpid()) {
+        m->flags |= MAP_F_LOST;
+        return 1;
+    }
+    return 0;
+}
+
+static void fork_child_expire_secure_views(void);
+
+static void
+mapping_fill_hole(MappingObject *m)
+{
+    void *p = mmap((void *)m->base, m->total, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p != (void *)m->base) {
+        if (p != MAP_FAILED) { /* a kernel before 4.17 took the address as a hint */
+            (void)munmap(p, m->total);
+        }
+        m->flags |= MAP_F_LOST;
+        return;
+    }
+    (void)madvise(p, m->total, MADV_DONTDUMP);
+    (void)madvise(p, m->total, MADV_DONTFORK);
+    BindingObject *b = m->binding;
+    KeyObject *k = b != NULL ? b->key : NULL;
+    if (k != NULL && k->mode == MODE_PKU) {
+        (void)syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, k->pkey);
+    }
+    else {
+        int prot = k != NULL && k->mode == MODE_MPROTECT
+                       ? prot_for_level(m->prot, k->effective_level)
+                       : m->prot;
+        (void)mprotect((void *)m->addr, m->len, prot);
+    }
+}
+
+/* pthread_atfork child handler: only system calls, and the wipe list is stable (it changes
+ * with the GIL held, and fork() runs with the GIL held). */
+static void
+fork_child(void)
+{
+    fork_count++;
+    fork_child_expire_secure_views();
+    for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
+        if (m->base != 0 && (m->flags & MAP_F_SECRETMEM) && !(m->flags & MAP_F_LOST)) {
+            mapping_fill_hole(m);
+        }
+    }
+}
+
 static int
 mapping_check_open(MappingObject *m)
 {
@@ -744,6 +843,9 @@ mapping_release(MappingObject *m, int *canary_ok)
     m->base = 0;
     fault_table_remove(m->addr);
     wipe_unregister(m);
+    if (mapping_absent(m)) { /* nothing of it in this process: the address is not ours */
+        return 0;
+    }
     int rc = 0;
     if (m->flags & MAP_F_WIPE) {
         /* Open the pages to this thread: their own rights may be closed, and on pku they may
@@ -757,8 +859,9 @@ mapping_release(MappingObject *m, int *canary_ok)
             rc = -1;
         }
         else {
-            int inherited = m->pid != getpid() && (m->flags & MAP_F_WIPEONFORK);
-            if (m->canary_len > 0 && !inherited && !(m->flags & MAP_F_WIPED)) {
+            /* A fork child has zero pages here (or, on a kernel without WIPEONFORK, an
+             * intact copy): no canary to check either way. */
+            if (m->canary_len > 0 && !mapping_inherited(m) && !(m->flags & MAP_F_WIPED)) {
                 *canary_ok = memcmp((void *)(m->addr + m->size), m->canary,
                                     (size_t)m->canary_len) == 0;
             }
@@ -800,16 +903,16 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"size", "prot", "fmt", "swap", "ctype", "view_types", "label",
                              "guard_pages", "lock", "dontdump", "wipeonfork", "canary_size",
-                             "wipe", "on_release", NULL};
+                             "wipe", "on_release", "secretmem", NULL};
     Py_ssize_t size, canary_size = 0;
     int prot, fmt = 's', swap = 0, guard_pages = 0, lock = 0, dontdump = 0, wipeonfork = 0,
-        wipe = 0;
+        wipe = 0, secretmem = 0;
     PyObject *ctype = Py_None, *view_types, *on_release = Py_None;
     const char *label = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ni|$CpOO!sppppnpO:Mapping", kwlist, &size,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ni|$CpOO!sppppnpOp:Mapping", kwlist, &size,
                                      &prot, &fmt, &swap, &ctype, &PyTuple_Type, &view_types,
                                      &label, &guard_pages, &lock, &dontdump, &wipeonfork,
-                                     &canary_size, &wipe, &on_release)) {
+                                     &canary_size, &wipe, &on_release, &secretmem)) {
         return NULL;
     }
     if (size <= 0 || (size_t)size > MAX_REGION_SIZE) {
@@ -851,10 +954,50 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     uintptr_t addr = (uintptr_t)base + (guard_pages ? page : 0);
+    if (secretmem) {
+        wipe = 1; /* on the wipe list: fork_child() finds it there */
+    }
     int flags = (wipe ? MAP_F_WIPE : 0) | (guard_pages ? MAP_F_GUARDED : 0);
     const char *failed = NULL;
     int e = 0;
-    if (guard_pages && mprotect((void *)addr, len, PROT_READ | PROT_WRITE) != 0) {
+    if (secretmem) {
+        /* memfd_secret(2): pages removed from the kernel's direct map, locked (they count
+         * against RLIMIT_MEMLOCK) and left out of core dumps by the kernel.  They replace the
+         * usable pages of the reservation; the descriptor is closed at once (the mapping
+         * keeps the memory) and never leaves this call. */
+#ifdef SYS_memfd_secret
+        int fd = (int)syscall(SYS_memfd_secret, O_CLOEXEC);
+#else
+        int fd = -1;
+        errno = ENOSYS;
+#endif
+        if (fd < 0) {
+            failed = "memfd_secret";
+            goto fail;
+        }
+        if (ftruncate(fd, (off_t)len) != 0) {
+            e = errno;
+            (void)close(fd);
+            errno = e;
+            failed = "ftruncate";
+            goto fail;
+        }
+        void *p = mmap((void *)addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+        e = errno;
+        (void)close(fd);
+        errno = e;
+        if (p == MAP_FAILED) {
+            failed = "mmap";
+            goto fail;
+        }
+        flags |= MAP_F_SECRETMEM;
+        if (madvise(base, total, MADV_DONTFORK) != 0) {
+            failed = "madvise";
+            goto fail;
+        }
+        lock = wipeonfork = 0; /* locked by the kernel; WIPEONFORK is for private pages */
+    }
+    else if (guard_pages && mprotect((void *)addr, len, PROT_READ | PROT_WRITE) != 0) {
         failed = "mprotect";
         goto fail;
     }
@@ -912,6 +1055,7 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     m->prot = prot;
     m->flags = flags;
     m->pid = getpid();
+    m->forks = fork_count;
     m->canary_len = canary_size;
     m->fmt = (char)fmt;
     m->swap = (char)swap;
@@ -1053,7 +1197,7 @@ Mapping_protect(MappingObject *m, PyObject *arg)
             applied = prot_for_level((int)prot, b->key->effective_level);
         }
     }
-    if (mprotect((void *)m->addr, m->len, applied) != 0) {
+    if (!mapping_absent(m) && mprotect((void *)m->addr, m->len, applied) != 0) {
         return raise_errno(errno, "mprotect");
     }
     m->prot = (int)prot;
@@ -1097,6 +1241,12 @@ Mapping_get_prot(MappingObject *m, void *Py_UNUSED(c))
 }
 
 static PyObject *
+Mapping_get_inherited(MappingObject *m, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(m->base != 0 && mapping_inherited(m));
+}
+
+static PyObject *
 Mapping_get_binding(MappingObject *m, void *Py_UNUSED(c))
 {
     if (m->binding == NULL) {
@@ -1109,10 +1259,13 @@ Mapping_get_binding(MappingObject *m, void *Py_UNUSED(c))
 static PyObject *
 Mapping_get_advice(MappingObject *m, void *Py_UNUSED(c))
 {
-    return Py_BuildValue("{sOsOsOsO}", "dontdump", (m->flags & MAP_F_DONTDUMP) ? Py_True : Py_False,
-                         "wipeonfork", (m->flags & MAP_F_WIPEONFORK) ? Py_True : Py_False,
-                         "locked", (m->flags & MAP_F_LOCKED) ? Py_True : Py_False,
-                         "guard_pages", (m->flags & MAP_F_GUARDED) ? Py_True : Py_False);
+    int f = m->flags;
+    return Py_BuildValue("{sOsOsOsOsOsO}", "dontdump", (f & MAP_F_DONTDUMP) ? Py_True : Py_False,
+                         "wipeonfork", (f & MAP_F_WIPEONFORK) ? Py_True : Py_False,
+                         "locked", (f & (MAP_F_LOCKED | MAP_F_SECRETMEM)) ? Py_True : Py_False,
+                         "guard_pages", (f & MAP_F_GUARDED) ? Py_True : Py_False,
+                         "secretmem", (f & MAP_F_SECRETMEM) ? Py_True : Py_False,
+                         "dontfork", (f & MAP_F_SECRETMEM) ? Py_True : Py_False);
 }
 
 static PyMethodDef Mapping_methods[] = {
@@ -1133,6 +1286,8 @@ static PyGetSetDef Mapping_getset[] = {
     {"_prot", (getter)Mapping_get_prot, NULL, NULL, NULL},
     {"_binding", (getter)Mapping_get_binding, NULL, NULL, NULL},
     {"_advice", (getter)Mapping_get_advice, NULL, NULL, NULL},
+    {"_inherited", (getter)Mapping_get_inherited, NULL,
+     "mapped by the parent before a fork: the bytes did not come along", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1169,6 +1324,25 @@ struct GuardObject {
     Py_ssize_t exports;        /* live buffer exports of this activation's views */
     GuardObject *prev;         /* next-outer guard of the same thread */
 };
+
+/* Fork child (from fork_child, so only memory writes): the forking thread keeps its guards,
+ * but a guard over secure memory (WIPEONFORK or memfd_secret) now covers zero pages, so the
+ * views it handed out must not read them as if they were the secret: a new generation
+ * expires them, and view_check says why.  The guards stay active, so the 'with' blocks still
+ * exit normally in the child; a memoryview taken before the fork is a leftover export, as
+ * after any guard's exit. */
+static void
+fork_child_expire_secure_views(void)
+{
+    for (GuardObject *g = tls_stack != NULL ? tls_stack->top : NULL; g != NULL; g = g->prev) {
+        MappingObject *m = g->binding != NULL ? g->binding->mapping : NULL;
+        if (m != NULL && (m->flags & (MAP_F_WIPEONFORK | MAP_F_SECRETMEM))) {
+            g->generation++;
+            g->exports = 0; /* the old activation's exports no longer count (their releases
+                               see the old generation and leave this count alone) */
+        }
+    }
+}
 
 /* The rights members and guard classes, registered by pkeyguard at import. */
 static PyObject *rights_members[LEVEL_COUNT];
@@ -1339,7 +1513,10 @@ Key_bind(KeyObject *k, PyObject *args)
         goto fail;
     }
     long rc = 0;
-    if (k->mode == MODE_PKU) {
+    if (mapping_absent(m)) {
+        /* nothing of it here to tag */
+    }
+    else if (k->mode == MODE_PKU) {
         rc = syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, k->pkey);
     }
     else if (k->mode == MODE_MPROTECT) {
@@ -2045,6 +2222,15 @@ view_check(ViewObject *v, int write)
 {
     GuardObject *g = v->guard;
     if (!g->active || g->generation != v->generation) {
+        MappingObject *m = g->binding != NULL ? g->binding->mapping : NULL;
+        if (g->active && m != NULL && (m->flags & (MAP_F_WIPEONFORK | MAP_F_SECRETMEM)) &&
+            mapping_inherited(m)) {
+            PyErr_SetString(err(E_SECRET_UNAVAILABLE),
+                            "this view was made before the process forked: a fork child never "
+                            "gets a parent's secret bytes (it has zero pages there); read the "
+                            "secret again in the child");
+            return -1;
+        }
         PyErr_SetString(err(E_VIEW),
                         "view used after its guard exited: views are valid only inside the "
                         "'with' block that created them");
@@ -3086,6 +3272,23 @@ core_live_key_count(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return PyLong_FromSsize_t(live_key_count);
 }
 
+/* memfd_secret_errno(): 0 if memfd_secret(2) works here, else its errno.  The descriptor is
+ * closed at once; whether to use secret memory is decided in Python (allocator.py). */
+static PyObject *
+core_memfd_secret_errno(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+#ifdef SYS_memfd_secret
+    int fd = (int)syscall(SYS_memfd_secret, O_CLOEXEC);
+    if (fd >= 0) {
+        (void)close(fd);
+        return PyLong_FromLong(0);
+    }
+    return PyLong_FromLong(errno);
+#else
+    return PyLong_FromLong(ENOSYS);
+#endif
+}
+
 /* Zero a secure region in place, for a thread that may have no rights to it right now. */
 static void
 mapping_zero_in_place(MappingObject *m)
@@ -3099,7 +3302,7 @@ mapping_zero_in_place(MappingObject *m)
     if (b != NULL && b->key->mode == MODE_PKU) {
         pkey = b->key->pkey;
     }
-    if (mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
+    if (mapping_absent(m) || mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
         return;
     }
     uint32_t pkru = 0;
@@ -3259,6 +3462,8 @@ static PyMethodDef core_methods[] = {
     {"live_key_count", core_live_key_count, METH_NOARGS, "Open keys (pku and mprotect)."},
     {"isolation", core_isolation, METH_O, "isolation(allow): NoAccess on every other open key."},
     {"wipe_at_exit", core_wipe_at_exit, METH_NOARGS, NULL},
+    {"memfd_secret_errno", core_memfd_secret_errno, METH_NOARGS,
+     "0 if memfd_secret(2) works here, else the errno it gave."},
     {"_set_error_module", core_set_error_module, METH_O, NULL},
     {"_register_rights", core_register_rights, METH_VARARGS, NULL},
     {"faults_install", faults_install, METH_NOARGS, "Install the fault reporter."},
@@ -3330,6 +3535,16 @@ core_exec(PyObject *m)
         PyModule_AddIntConstant(m, "PROT_WRITE", PROT_WRITE) < 0 ||
         PyModule_AddIntConstant(m, "PROT_EXEC", PROT_EXEC) < 0) {
         return -1;
+    }
+    /* fork_child(): zero pages in a fork child where secret memory was (see "Fork"). */
+    static int atfork_registered = 0;
+    if (!atfork_registered) {
+        int e = pthread_atfork(NULL, NULL, fork_child);
+        if (e != 0) {
+            raise_errno(e, "pthread_atfork");
+            return -1;
+        }
+        atfork_registered = 1;
     }
     PyObject *max_size = PyLong_FromSize_t(MAX_REGION_SIZE);
     if (max_size == NULL) {

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import operator
 import sys
 from _ctypes import CFuncPtr
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from . import _core
-from ._errors import MprotectError, RegionError, RegionTypeError
+from ._errors import RegionError, RegionTypeError
 from ._owned import Unshareable
 from ._permissions import AccessPermissions
 from .allocator import Allocator, Mmap
@@ -271,8 +272,9 @@ def _new_region(
     name = _check_name(name, RegionTypeError)
     vt = None if isinstance(value_type, int) else value_type
     what = vt.__name__ if vt is not None else "bytes"
-    try:
-        self = _core.Mapping.__new__(
+    self = allocator._map(
+        functools.partial(
+            _core.Mapping.__new__,
             cls,
             size,
             int(access),
@@ -281,10 +283,8 @@ def _new_region(
             ctype=vt if kind == "composite" else None,
             view_types=_VIEW_TYPES[kind],
             label=f"{name} ({what})" if name else what,
-            **allocator._options(),
         )
-    except MprotectError as exc:
-        raise allocator._explain(exc) from None
+    )
     # If anything interrupts us from here on, the object is dropped and its memory unmapped.
     self._kind = kind
     self._name = name

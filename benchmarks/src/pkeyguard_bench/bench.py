@@ -48,11 +48,14 @@ from typing import Any, TextIO
 from pkeyguard import (
     AccessPermissions,
     AssociatedRegion,
+    MprotectError,
     PkeyGuard,
     PkeyPermissions,
     RegionGuard,
+    Secret,
     WriteGuard,
     _core,
+    allocator,
 )
 from pkeyguard import backend as active_backend
 
@@ -313,6 +316,16 @@ class Fixtures:
     def __init__(self) -> None:
         self.items: list[Guarded] = []
         self._buffers: list[tuple[memoryview, mmap.mmap]] = []
+        self._secrets: list[Secret] = []
+
+    def secret(self, backing: allocator.Backing) -> Secret | Missing:
+        """A 32-byte Secret in ``backing`` memory (Missing where the kernel has none)."""
+        try:
+            secret = Secret(32, allocator=allocator.Secure(backing=backing))
+        except MprotectError as exc:
+            return Missing(f"no {backing} memory here: {exc}")
+        self._secrets.append(secret)
+        return secret
 
     def buffer(self, nbytes: int) -> memoryview:
         """A page-aligned anonymous buffer (plain memory, no key)."""
@@ -346,6 +359,9 @@ class Fixtures:
             view.release()
             m.close()
         self._buffers.clear()
+        for secret in self._secrets:
+            secret.close()
+        self._secrets.clear()
         for item in reversed(self.items):
             item.key.close()
             item.region.close()
@@ -448,6 +464,9 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
     ``bulk.*``            the bulk region's ``guard``; bytearray ``src`` and memoryviews
                           ``src_mv``, ``dst_mv`` of the bulk size; ``aligned``: a page-aligned
                           anonymous ``mmap`` of that size
+    ``Secret``            the class; ``secure.mmap``/``secure.memfd``: ``allocator.Secure``
+                          for each backing; ``secret.mmap``/``secret.memfd``: a 32-byte Secret
+                          in each (memfd_secret cases are skipped where the kernel has none)
     """
     pku = backend == "pku"
     skipped: list[dict[str, str]] = []
@@ -461,6 +480,8 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
         scalar = fixtures.make(ctypes.c_uint32, "bench scalar")
         bulk = fixtures.make(mode.bulk_bytes, "bench bulk")
         aligned = fixtures.buffer(mode.bulk_bytes)
+        secret_mmap = fixtures.secret("mmap")
+        secret_memfd = fixtures.secret("memfd_secret")
     except BaseException:
         fixtures.close()
         raise
@@ -496,6 +517,13 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
         "bulk.src_mv": src_mv,
         "bulk.dst_mv": dst_mv,
         "bulk.aligned": aligned,
+        "Secret": Secret,
+        "secure.mmap": allocator.Secure(backing="mmap"),
+        "secure.memfd": secret_memfd
+        if isinstance(secret_memfd, Missing)
+        else allocator.Secure(backing="memfd_secret"),
+        "secret.mmap": secret_mmap,
+        "secret.memfd": secret_memfd,
     }
     per_size = {
         size: {
@@ -846,6 +874,7 @@ _SECTIONS = (
     ("alt", "what a user would write instead"),
     ("scalar", "scalar access"),
     ("bulk", "bulk copy"),
+    ("secret", "secrets: memfd_secret against private mmap"),
 )
 
 

@@ -69,7 +69,7 @@ def py(stmt: str, view: Literal["", "value", "memoryview"] = "", **names: str) -
 class CaseSpec:
     slug: str
     label: str  # ``{bulk}`` is replaced by the bulk size
-    group: Literal["floor", "switch", "alt", "scalar", "bulk"]
+    group: Literal["floor", "switch", "alt", "scalar", "bulk", "secret"]
     timing: Py | Native
     floor: str | None = None  # slug (or HW); same threads, and same size where both have one
     scope: Scope = "thread"
@@ -324,6 +324,38 @@ CASES: tuple[CaseSpec, ...] = (
         py("x = bytes(v)", "value", g="bulk.guard"),
         floor="bulk.plain_bytes",
         scope="bulk",
+    ),
+    # Secrets, one thread: memfd_secret memory against private mmap memory (each case's floor
+    # is the same operation on the other backing).  A cycle maps, tags, wipes and unmaps.
+    CaseSpec(
+        "secret.cycle_mmap",
+        "Secret(32) + close(): private mmap",
+        "secret",
+        py("s = S(32, allocator=a); s.close()", S="Secret", a="secure.mmap"),
+        scope="scalar",
+    ),
+    CaseSpec(
+        "secret.cycle_memfd",
+        "Secret(32) + close(): memfd_secret",
+        "secret",
+        py("s = S(32, allocator=a); s.close()", S="Secret", a="secure.memfd"),
+        floor="secret.cycle_mmap",
+        scope="scalar",
+    ),
+    CaseSpec(
+        "secret.reveal_mmap",
+        "with s.reveal() as b: b[0]: private mmap",
+        "secret",
+        py("with s.reveal() as b: x = b[0]", s="secret.mmap"),
+        scope="scalar",
+    ),
+    CaseSpec(
+        "secret.reveal_memfd",
+        "with s.reveal() as b: b[0]: memfd_secret",
+        "secret",
+        py("with s.reveal() as b: x = b[0]", s="secret.memfd"),
+        floor="secret.reveal_mmap",
+        scope="scalar",
     ),
 )
 
