@@ -1407,7 +1407,10 @@ guard_recycle(GuardObject *g)
     int level = g->level;
     if (level < 0 || level >= LEVEL_COUNT || Py_TYPE(g) != guard_types[level] ||
         !guard_recyclable[level] || guard_nfree[level] >= GUARD_FREELIST_MAX ||
-        Py_TYPE(g)->tp_finalize != NULL || PyObject_GC_IsTracked((PyObject *)g)) {
+        Py_TYPE(g)->tp_finalize != NULL || PyObject_GC_IsTracked((PyObject *)g) ||
+        PyObject_GC_IsFinalized((PyObject *)g)) {
+        /* finalized: the GC header keeps that bit, and a guard recycled with it would never
+         * run a __del__ set on its class later */
         return 0;
     }
     guard_free[level][guard_nfree[level]++] = g;
