@@ -22,7 +22,12 @@ def extension(name: str) -> Extension:
     return Extension(
         f"pkeyguard.{name}",
         sources=[f"src/pkeyguard/{name}.c", *extra_sources.get(name, [])],
-        depends=["src/pkeyguard/_pkru.h", "src/pkeyguard/_faults.h"],
+        depends=[
+            "src/pkeyguard/_pkru.h",
+            "src/pkeyguard/_faults.h",
+            "src/pkeyguard/_rights.h",
+            "src/pkeyguard/_guardslots.h",
+        ],
         extra_compile_args=extra,
         extra_link_args=link,
     )

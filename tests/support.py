@@ -17,12 +17,17 @@ def maps() -> list[str]:
         return f.read().splitlines()
 
 
+#: What /proc/PID/maps calls memfd_secret(2) memory: anonymous in all but name.
+SECRETMEM = "/secretmem"
+
+
 def anon_mappings() -> set[tuple[int, int, str]]:
-    """(start, end, perms) of every mapping without a backing file name."""
+    """(start, end, perms) of every mapping without a backing file name (memfd_secret
+    memory counts as anonymous)."""
     out = set()
     for line in maps():
         parts = line.split()
-        if len(parts) == 5:  # no path: anonymous
+        if len(parts) == 5 or parts[5] == SECRETMEM:  # no path: anonymous
             start, end = (int(x, 16) for x in parts[0].split("-"))
             out.add((start, end, parts[1]))
     return out
@@ -120,6 +125,18 @@ def new_anon_mappings(
         # protected leftovers count; the plain unit run keeps the full check.
         and m[2] != "rw-p"
     }
+
+
+def proc_mem_read(address: int, n: int) -> bytes | int:
+    """What /proc/self/mem gives for ``n`` bytes at ``address`` (it ignores page and key
+    rights), or the errno it fails with (EIO for memfd_secret memory)."""
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        return os.pread(fd, n, address)
+    except OSError as exc:
+        return exc.errno or -1
+    finally:
+        os.close(fd)
 
 
 def perms_at(address: int) -> str:

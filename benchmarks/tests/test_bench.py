@@ -18,7 +18,14 @@ from pkeyguard import _core
 
 SIZES = ("4KiB", "1MiB", "64MiB")  # --quick: no 1 GiB region
 
-PER_THREAD = ["floor.loop", "floor.nop_cm", "switch.lookup", "switch.enum_attr"]
+PER_THREAD = [
+    "floor.loop",
+    "floor.nop_cm",
+    "floor.call_cm",
+    "floor.class_attr",
+    "switch.lookup",
+    "switch.enum_attr",
+]
 PER_SIZE = [
     "floor.mprotect_c",
     "switch.guard",

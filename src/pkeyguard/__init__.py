@@ -31,6 +31,8 @@ from ._errors import (
     PkuUnavailableError,
     RegionError,
     RegionTypeError,
+    SecretUnavailableError,
+    StreamError,
     ViewError,
 )
 from ._permissions import AccessPermissions, PkeyPermissions
@@ -83,6 +85,8 @@ __all__ = [
     "RegionTypeError",
     "ScalarRef",
     "Secret",
+    "SecretUnavailableError",
+    "StreamError",
     "ViewError",
     "WriteGuard",
     "allocator",

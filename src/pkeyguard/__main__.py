@@ -48,6 +48,7 @@ def render_info(report: dict[str, Any], out: TextIO) -> None:
             w(f"PKRU (this thread): {report['pkru']}\n")
         else:
             w(f"keys:             logical (no limit), {report['keys_open']} open\n")
+        w(f"secret memory:    {report['secret_memory']}: {report['secret_memory_reason']}\n")
     w("\n")
     w(f"CPU:              {report['cpu_model']}\n")
     w(f"  pku (CPUID):    {_yes(report['cpuid']['pku'])}, ")
@@ -121,16 +122,30 @@ def _run(argv: Sequence[str] | None) -> int:
     return demo()
 
 
+def _drop_stdout() -> None:
+    # Point stdout at /dev/null so that the interpreter's final flush cannot fail again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from ._errors import PkeyguardError
+
     try:
         code = _run(argv)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (`pkeyguard info | head -1`): that is not an error of ours.
-        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _drop_stdout()
         return 0
+    except OSError as exc:
+        if isinstance(exc, PkeyguardError):
+            raise  # the library's own error (an mprotect that failed): show all of it
+        # Writing the output failed (`pkeyguard info > /dev/full`): say so in one line.
+        _drop_stdout()
+        print(f"{_prog()}: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -15,7 +15,7 @@ import platform
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
-from . import _core
+from . import _core, allocator
 from ._errors import KeyExhaustedError, MprotectError, PkeyguardError, PkuUnavailableError
 from ._permissions import LEVEL_TO_PERMISSION, PkeyPermissions
 
@@ -57,6 +57,17 @@ class BackendInfo:
     def max_keys(self) -> int | None:
         """Keys that can exist at once (``None``: limited only by memory)."""
         return self.hardware_keys if self.name == "pku" else None
+
+    @property
+    def secret_memory(self) -> Literal["memfd_secret", "mmap"]:
+        """What a Secret's memory is (``allocator.Secure(backing="auto")``): ``memfd_secret``
+        pages, or private ``mmap`` pages where the kernel has none."""
+        return allocator.secret_memory()[0]
+
+    @property
+    def secret_memory_reason(self) -> str:
+        """Why :attr:`secret_memory` is what it is."""
+        return allocator.secret_memory()[1]
 
 
 def probe_pku() -> tuple[bool, str]:

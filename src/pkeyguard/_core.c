@@ -34,6 +34,8 @@
 #include <pythread.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -43,6 +45,7 @@
 
 #include "_faults.h"
 #include "_pkru.h"
+#include "_rights.h"
 
 #ifndef SYS_pkey_mprotect
 #define SYS_pkey_mprotect 329
@@ -59,19 +62,19 @@
 #ifndef MADV_WIPEONFORK
 #define MADV_WIPEONFORK 18
 #endif
+#ifndef MADV_DONTFORK
+#define MADV_DONTFORK 10
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#if !defined(SYS_memfd_secret) && (defined(__x86_64__) || defined(__aarch64__))
+#define SYS_memfd_secret 447
+#endif
 
 /* Modes of a Key: how a Guard applies rights. */
 enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2 };
-/* Rights levels, from least to most permissive (the mprotect backend grants the most
- * permissive of all threads' current levels). */
-enum { LEVEL_NONE = 0, LEVEL_READ = 1, LEVEL_WRITE = 2 };
-/* PKRU bits per key, as pkey_alloc(2) takes them. */
-#define PKRU_AD 1u /* access disable */
-#define PKRU_WD 2u /* write disable */
-
-/* The one table of rights: level -> PKRU bits, name. */
-static const unsigned level_to_bits[3] = {PKRU_AD, PKRU_WD, 0u};
-static const char *const level_names[3] = {"NoAccess", "ReadOnly", "ReadWrite"};
+/* Rights levels, PKRU bits and their names: the RIGHTS table in _rights.h. */
 
 /* Why a guard stopped being active without its own __exit__. */
 enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2 };
@@ -83,6 +86,8 @@ enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2 };
 #define MAP_F_WIPEONFORK 0x08  /* MADV_WIPEONFORK applied */
 #define MAP_F_GUARDED 0x10     /* a PROT_NONE guard page before and after */
 #define MAP_F_WIPED 0x20       /* zeroed at interpreter exit: the canary is gone too */
+#define MAP_F_SECRETMEM 0x40   /* memfd_secret(2) pages: MAP_SHARED, so MADV_DONTFORK */
+#define MAP_F_LOST 0x80        /* a fork child could not map zero pages in its place */
 #define CANARY_MAX 64
 
 #define MAX_REGION_SIZE ((size_t)1 << 46)
@@ -114,12 +119,12 @@ is_finalizing(void)
 
 enum {
     E_GUARD_STATE, E_GUARD_ORDER, E_GUARD_THREAD, E_VIEW, E_ACCESS, E_PKU_UNAVAILABLE,
-    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_COUNT
+    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_SECRET_UNAVAILABLE, E_COUNT
 };
 static const char *const err_names[E_COUNT] = {
     "GuardStateError", "GuardOrderError", "GuardThreadError", "ViewError", "AccessError",
     "PkuUnavailableError", "MprotectError", "RegionError", "KeyStateError", "CanaryError",
-    "ArgumentTypeError",
+    "ArgumentTypeError", "SecretUnavailableError",
 };
 static PyObject *err_classes[E_COUNT];
 
@@ -349,6 +354,7 @@ struct MappingObject {
     int prot;              /* the region's own page rights */
     int flags;
     pid_t pid;             /* the process that mapped it (fork children inherit a copy) */
+    unsigned long forks;   /* fork_count when it was mapped: a child has a larger count */
     unsigned char canary[CANARY_MAX];
     Py_ssize_t canary_len;
     BindingObject *binding; /* strong while bound */
@@ -369,6 +375,8 @@ struct BindingObject {
 };
 
 static KeyObject live_keys = {.live_prev = &live_keys, .live_next = &live_keys};
+
+static int mapping_absent(MappingObject *m);
 static Py_ssize_t live_key_count = 0;
 
 static void
@@ -400,11 +408,17 @@ key_apply_level(KeyObject *k, int level)
 {
     for (Py_ssize_t i = 0; i < k->nbindings; i++) {
         MappingObject *m = k->bindings[i]->mapping;
+        if (mapping_absent(m)) {
+            continue;
+        }
         if (mprotect((void *)m->addr, m->len, prot_for_level(m->prot, level)) != 0) {
             int e = errno;
             for (Py_ssize_t j = 0; j < i; j++) { /* put back: the pages agree on one level */
                 MappingObject *q = k->bindings[j]->mapping;
-                (void)mprotect((void *)q->addr, q->len, prot_for_level(q->prot, k->effective_level));
+                if (!mapping_absent(q)) {
+                    (void)mprotect((void *)q->addr, q->len,
+                                   prot_for_level(q->prot, k->effective_level));
+                }
             }
             return e;
         }
@@ -467,7 +481,7 @@ binding_end(BindingObject *b, int untag)
     }
     KeyObject *k = b->key;
     MappingObject *m = b->mapping;
-    if (untag) {
+    if (untag && !mapping_absent(m)) {
         long rc = 0;
         if (k->mode == MODE_PKU) {
             /* back to key 0, so a later key that reuses the number cannot reach the pages */
@@ -567,7 +581,7 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     k->base_level = base_level;
     k->effective_level = base_level;
     if (mode == MODE_PKU) {
-        long r = syscall(SYS_pkey_alloc, 0, level_to_bits[base_level]);
+        long r = syscall(SYS_pkey_alloc, 0, RIGHTS[base_level].bits);
         if (r < 0) {
             raise_errno(errno, "pkey_alloc");
             Py_DECREF(k);
@@ -728,6 +742,83 @@ wipe_unregister(MappingObject *m)
     }
 }
 
+/* Fork.  A secure region's bytes never reach a fork child.  Private anonymous pages are
+ * MADV_WIPEONFORK: the child gets zero pages at the same address.  memfd_secret pages must be
+ * MAP_SHARED, where the kernel refuses WIPEONFORK, and a shared copy would let the child read
+ * the parent's secret and zero it (the parent's close() would then report a false canary
+ * overflow): they are MADV_DONTFORK, and fork_child() fills the child's hole with zero pages
+ * before anything else in the child runs, so the core's bookkeeping (release, re-tagging,
+ * the mprotect backend's switches) stays true in both processes.  fork_count tells a mapping a
+ * child inherited from one it made itself; a pid alone cannot (pids are reused, and a pid
+ * namespace counts from 1 again). */
+static volatile unsigned long fork_count = 0;
+
+static int
+mapping_inherited(MappingObject *m)
+{
+    return m->forks != fork_count || m->pid != getpid();
+}
+
+/* Whether this process has none of the mapping's pages at its address: the fork handler could
+ * not fill the hole (MAP_F_LOST), or the process is a child made without fork handlers (a raw
+ * clone(2): the pid changed but fork_count did not), where DONTFORK left a hole that anything
+ * may have been mapped into since.  The address is not ours then: never touch it. */
+static int
+mapping_absent(MappingObject *m)
+{
+    if (m->flags & MAP_F_LOST) {
+        return 1;
+    }
+    if ((m->flags & MAP_F_SECRETMEM) && m->forks == fork_count && m->pid != getpid()) {
+        m->flags |= MAP_F_LOST;
+        return 1;
+    }
+    return 0;
+}
+
+static void fork_child_expire_secure_views(void);
+
+static void
+mapping_fill_hole(MappingObject *m)
+{
+    void *p = mmap((void *)m->base, m->total, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p != (void *)m->base) {
+        if (p != MAP_FAILED) { /* a kernel before 4.17 took the address as a hint */
+            (void)munmap(p, m->total);
+        }
+        m->flags |= MAP_F_LOST;
+        return;
+    }
+    (void)madvise(p, m->total, MADV_DONTDUMP);
+    (void)madvise(p, m->total, MADV_DONTFORK);
+    BindingObject *b = m->binding;
+    KeyObject *k = b != NULL ? b->key : NULL;
+    if (k != NULL && k->mode == MODE_PKU) {
+        (void)syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, k->pkey);
+    }
+    else {
+        int prot = k != NULL && k->mode == MODE_MPROTECT
+                       ? prot_for_level(m->prot, k->effective_level)
+                       : m->prot;
+        (void)mprotect((void *)m->addr, m->len, prot);
+    }
+}
+
+/* pthread_atfork child handler: only system calls, and the wipe list is stable (it changes
+ * with the GIL held, and fork() runs with the GIL held). */
+static void
+fork_child(void)
+{
+    fork_count++;
+    fork_child_expire_secure_views();
+    for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
+        if (m->base != 0 && (m->flags & MAP_F_SECRETMEM) && !(m->flags & MAP_F_LOST)) {
+            mapping_fill_hole(m);
+        }
+    }
+}
+
 static int
 mapping_check_open(MappingObject *m)
 {
@@ -752,6 +843,9 @@ mapping_release(MappingObject *m, int *canary_ok)
     m->base = 0;
     fault_table_remove(m->addr);
     wipe_unregister(m);
+    if (mapping_absent(m)) { /* nothing of it in this process: the address is not ours */
+        return 0;
+    }
     int rc = 0;
     if (m->flags & MAP_F_WIPE) {
         /* Open the pages to this thread: their own rights may be closed, and on pku they may
@@ -765,8 +859,9 @@ mapping_release(MappingObject *m, int *canary_ok)
             rc = -1;
         }
         else {
-            int inherited = m->pid != getpid() && (m->flags & MAP_F_WIPEONFORK);
-            if (m->canary_len > 0 && !inherited && !(m->flags & MAP_F_WIPED)) {
+            /* A fork child has zero pages here (or, on a kernel without WIPEONFORK, an
+             * intact copy): no canary to check either way. */
+            if (m->canary_len > 0 && !mapping_inherited(m) && !(m->flags & MAP_F_WIPED)) {
                 *canary_ok = memcmp((void *)(m->addr + m->size), m->canary,
                                     (size_t)m->canary_len) == 0;
             }
@@ -808,16 +903,16 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"size", "prot", "fmt", "swap", "ctype", "view_types", "label",
                              "guard_pages", "lock", "dontdump", "wipeonfork", "canary_size",
-                             "wipe", "on_release", NULL};
+                             "wipe", "on_release", "secretmem", NULL};
     Py_ssize_t size, canary_size = 0;
     int prot, fmt = 's', swap = 0, guard_pages = 0, lock = 0, dontdump = 0, wipeonfork = 0,
-        wipe = 0;
+        wipe = 0, secretmem = 0;
     PyObject *ctype = Py_None, *view_types, *on_release = Py_None;
     const char *label = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ni|$CpOO!sppppnpO:Mapping", kwlist, &size,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ni|$CpOO!sppppnpOp:Mapping", kwlist, &size,
                                      &prot, &fmt, &swap, &ctype, &PyTuple_Type, &view_types,
                                      &label, &guard_pages, &lock, &dontdump, &wipeonfork,
-                                     &canary_size, &wipe, &on_release)) {
+                                     &canary_size, &wipe, &on_release, &secretmem)) {
         return NULL;
     }
     if (size <= 0 || (size_t)size > MAX_REGION_SIZE) {
@@ -859,10 +954,50 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     uintptr_t addr = (uintptr_t)base + (guard_pages ? page : 0);
+    if (secretmem) {
+        wipe = 1; /* on the wipe list: fork_child() finds it there */
+    }
     int flags = (wipe ? MAP_F_WIPE : 0) | (guard_pages ? MAP_F_GUARDED : 0);
     const char *failed = NULL;
     int e = 0;
-    if (guard_pages && mprotect((void *)addr, len, PROT_READ | PROT_WRITE) != 0) {
+    if (secretmem) {
+        /* memfd_secret(2): pages removed from the kernel's direct map, locked (they count
+         * against RLIMIT_MEMLOCK) and left out of core dumps by the kernel.  They replace the
+         * usable pages of the reservation; the descriptor is closed at once (the mapping
+         * keeps the memory) and never leaves this call. */
+#ifdef SYS_memfd_secret
+        int fd = (int)syscall(SYS_memfd_secret, O_CLOEXEC);
+#else
+        int fd = -1;
+        errno = ENOSYS;
+#endif
+        if (fd < 0) {
+            failed = "memfd_secret";
+            goto fail;
+        }
+        if (ftruncate(fd, (off_t)len) != 0) {
+            e = errno;
+            (void)close(fd);
+            errno = e;
+            failed = "ftruncate";
+            goto fail;
+        }
+        void *p = mmap((void *)addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+        e = errno;
+        (void)close(fd);
+        errno = e;
+        if (p == MAP_FAILED) {
+            failed = "mmap";
+            goto fail;
+        }
+        flags |= MAP_F_SECRETMEM;
+        if (madvise(base, total, MADV_DONTFORK) != 0) {
+            failed = "madvise";
+            goto fail;
+        }
+        lock = wipeonfork = 0; /* locked by the kernel; WIPEONFORK is for private pages */
+    }
+    else if (guard_pages && mprotect((void *)addr, len, PROT_READ | PROT_WRITE) != 0) {
         failed = "mprotect";
         goto fail;
     }
@@ -920,6 +1055,7 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     m->prot = prot;
     m->flags = flags;
     m->pid = getpid();
+    m->forks = fork_count;
     m->canary_len = canary_size;
     m->fmt = (char)fmt;
     m->swap = (char)swap;
@@ -1061,7 +1197,7 @@ Mapping_protect(MappingObject *m, PyObject *arg)
             applied = prot_for_level((int)prot, b->key->effective_level);
         }
     }
-    if (mprotect((void *)m->addr, m->len, applied) != 0) {
+    if (!mapping_absent(m) && mprotect((void *)m->addr, m->len, applied) != 0) {
         return raise_errno(errno, "mprotect");
     }
     m->prot = (int)prot;
@@ -1105,6 +1241,12 @@ Mapping_get_prot(MappingObject *m, void *Py_UNUSED(c))
 }
 
 static PyObject *
+Mapping_get_inherited(MappingObject *m, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(m->base != 0 && mapping_inherited(m));
+}
+
+static PyObject *
 Mapping_get_binding(MappingObject *m, void *Py_UNUSED(c))
 {
     if (m->binding == NULL) {
@@ -1117,10 +1259,13 @@ Mapping_get_binding(MappingObject *m, void *Py_UNUSED(c))
 static PyObject *
 Mapping_get_advice(MappingObject *m, void *Py_UNUSED(c))
 {
-    return Py_BuildValue("{sOsOsOsO}", "dontdump", (m->flags & MAP_F_DONTDUMP) ? Py_True : Py_False,
-                         "wipeonfork", (m->flags & MAP_F_WIPEONFORK) ? Py_True : Py_False,
-                         "locked", (m->flags & MAP_F_LOCKED) ? Py_True : Py_False,
-                         "guard_pages", (m->flags & MAP_F_GUARDED) ? Py_True : Py_False);
+    int f = m->flags;
+    return Py_BuildValue("{sOsOsOsOsOsO}", "dontdump", (f & MAP_F_DONTDUMP) ? Py_True : Py_False,
+                         "wipeonfork", (f & MAP_F_WIPEONFORK) ? Py_True : Py_False,
+                         "locked", (f & (MAP_F_LOCKED | MAP_F_SECRETMEM)) ? Py_True : Py_False,
+                         "guard_pages", (f & MAP_F_GUARDED) ? Py_True : Py_False,
+                         "secretmem", (f & MAP_F_SECRETMEM) ? Py_True : Py_False,
+                         "dontfork", (f & MAP_F_SECRETMEM) ? Py_True : Py_False);
 }
 
 static PyMethodDef Mapping_methods[] = {
@@ -1141,6 +1286,8 @@ static PyGetSetDef Mapping_getset[] = {
     {"_prot", (getter)Mapping_get_prot, NULL, NULL, NULL},
     {"_binding", (getter)Mapping_get_binding, NULL, NULL, NULL},
     {"_advice", (getter)Mapping_get_advice, NULL, NULL, NULL},
+    {"_inherited", (getter)Mapping_get_inherited, NULL,
+     "mapped by the parent before a fork: the bytes did not come along", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1178,14 +1325,123 @@ struct GuardObject {
     GuardObject *prev;         /* next-outer guard of the same thread */
 };
 
+/* Fork child (from fork_child, so only memory writes): the forking thread keeps its guards,
+ * but a guard over secure memory (WIPEONFORK or memfd_secret) now covers zero pages, so the
+ * views it handed out must not read them as if they were the secret: a new generation
+ * expires them, and view_check says why.  The guards stay active, so the 'with' blocks still
+ * exit normally in the child; a memoryview taken before the fork is a leftover export, as
+ * after any guard's exit. */
+static void
+fork_child_expire_secure_views(void)
+{
+    for (GuardObject *g = tls_stack != NULL ? tls_stack->top : NULL; g != NULL; g = g->prev) {
+        MappingObject *m = g->binding != NULL ? g->binding->mapping : NULL;
+        if (m != NULL && (m->flags & (MAP_F_WIPEONFORK | MAP_F_SECRETMEM))) {
+            g->generation++;
+            g->exports = 0; /* the old activation's exports no longer count (their releases
+                               see the old generation and leave this count alone) */
+        }
+    }
+}
+
 /* The rights members and guard classes, registered by pkeyguard at import. */
-static PyObject *rights_members[3];
-static PyTypeObject *guard_types[3];
+static PyObject *rights_members[LEVEL_COUNT];
+static PyTypeObject *guard_types[LEVEL_COUNT];
+
+/* Recycled guard memory.  set_access_rights() returns a new guard on every call (callers
+ * must never share one), so its cost is an allocation and, when the caller drops the guard,
+ * a deallocation.  A dropped guard of a registered class keeps its memory here instead, and
+ * the next guard of that class is built in it: a new object (refcount 1, fields zeroed)
+ * that nobody else can hold, since the old one was unreachable when it was freed.  Only
+ * classes whose instances are exactly a GuardObject behind a GC header qualify (checked at
+ * registration).  Protected by the GIL. */
+#define GUARD_FREELIST_MAX 8
+static GuardObject *guard_free[LEVEL_COUNT][GUARD_FREELIST_MAX];
+static int guard_nfree[LEVEL_COUNT];
+static int guard_recyclable[LEVEL_COUNT];
+
+static int
+guard_type_recyclable(PyTypeObject *t)
+{
+    unsigned long managed = 0;
+#ifdef Py_TPFLAGS_MANAGED_DICT
+    managed |= Py_TPFLAGS_MANAGED_DICT;
+#endif
+#ifdef Py_TPFLAGS_MANAGED_WEAKREF
+    managed |= Py_TPFLAGS_MANAGED_WEAKREF;
+#endif
+    return PyType_IS_GC(t) && (t->tp_flags & Py_TPFLAGS_HEAPTYPE) && !(t->tp_flags & managed) &&
+           t->tp_basicsize == Guard_Type.tp_basicsize && t->tp_itemsize == 0 &&
+           t->tp_dictoffset == 0 && t->tp_weaklistoffset == 0 && t->tp_finalize == NULL &&
+           t->tp_del == NULL && t->tp_alloc == PyType_GenericAlloc &&
+           t->tp_free == PyObject_GC_Del;
+}
+
+static void
+guard_freelist_drain(void)
+{
+    for (int level = 0; level < LEVEL_COUNT; level++) {
+        while (guard_nfree[level] > 0) {
+            PyObject_GC_Del(guard_free[level][--guard_nfree[level]]);
+        }
+    }
+}
+
+static GuardObject *
+guard_alloc(PyTypeObject *cls, int level)
+{
+    if (cls == guard_types[level] && guard_nfree[level] > 0) {
+        GuardObject *g = guard_free[level][--guard_nfree[level]];
+        memset((char *)g + sizeof(PyObject), 0, sizeof(GuardObject) - sizeof(PyObject));
+        (void)PyObject_Init((PyObject *)g, cls); /* refcount 1, holds its heap type */
+        PyObject_GC_Track(g);
+        return g;
+    }
+    return (GuardObject *)cls->tp_alloc(cls, 0);
+}
+
+/* From the deallocator, after the fields are cleared: 1 if g's memory was kept. */
+static int
+guard_recycle(GuardObject *g)
+{
+    int level = g->level;
+    if (level < 0 || level >= LEVEL_COUNT || Py_TYPE(g) != guard_types[level] ||
+        !guard_recyclable[level] || guard_nfree[level] >= GUARD_FREELIST_MAX ||
+        Py_TYPE(g)->tp_finalize != NULL || PyObject_GC_IsTracked((PyObject *)g) ||
+        PyObject_GC_IsFinalized((PyObject *)g)) {
+        /* finalized: the GC header keeps that bit, and a guard recycled with it would never
+         * run a __del__ set on its class later */
+        return 0;
+    }
+    guard_free[level][guard_nfree[level]++] = g;
+    return 1;
+}
+
+static void Guard_dealloc(GuardObject *g);
+
+/* The deallocator of the registered guard classes.  CPython gives a Python class
+ * subtype_dealloc, which walks the bases, checks for finalizers, weak references, __dict__
+ * and __slots__, and guards against deep recursion, on every guard that set_access_rights()
+ * made and its caller dropped.  The registered classes have no weak references, __dict__ or
+ * __slots__ (checked at registration).  A __del__ can still be set on the class later: it
+ * runs here as subtype_dealloc would run it. */
+static void
+guard_class_dealloc(GuardObject *g)
+{
+    if (Py_TYPE(g)->tp_finalize != NULL &&
+        PyObject_CallFinalizerFromDealloc((PyObject *)g) < 0) {
+        return; /* the finalizer resurrected it */
+    }
+    PyTypeObject *t = Py_TYPE(g); /* read again: a finalizer may have changed it */
+    PyObject_GC_UnTrack(g);
+    Guard_dealloc(g);
+    Py_DECREF(t); /* an instance of a heap type holds its type */
+}
 
 static GuardObject *
 guard_create(PyTypeObject *cls, KeyObject *k, BindingObject *b, int level, PyObject *enter_view)
 {
-    GuardObject *g = (GuardObject *)cls->tp_alloc(cls, 0);
+    GuardObject *g = guard_alloc(cls, level);
     if (g == NULL) {
         return NULL;
     }
@@ -1260,7 +1516,10 @@ Key_bind(KeyObject *k, PyObject *args)
         goto fail;
     }
     long rc = 0;
-    if (k->mode == MODE_PKU) {
+    if (mapping_absent(m)) {
+        /* nothing of it here to tag */
+    }
+    else if (k->mode == MODE_PKU) {
         rc = syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, k->pkey);
     }
     else if (k->mode == MODE_MPROTECT) {
@@ -1462,7 +1721,7 @@ guard_apply(GuardObject *g, ThreadStack *s)
     if (k->mode == MODE_PKU) {
         unsigned shift = 2u * (unsigned)k->pkey;
         uint32_t pkru = pkru_read();
-        uint32_t want = (pkru & ~(3u << shift)) | (level_to_bits[g->level] << shift);
+        uint32_t want = (pkru & ~(3u << shift)) | (RIGHTS[g->level].bits << shift);
         g->saved_bits = (int)((pkru >> shift) & 3u);
         if (want != pkru) {
             pkru_write(want);
@@ -1768,10 +2027,15 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
 static void
 Guard_dealloc(GuardObject *g)
 {
-    /* An active guard is held by its thread's stack: none reaches this point active. */
+    /* An active guard is held by its thread's stack: none reaches this point active.  A
+     * registered guard class's instance arrives here untracked, from guard_class_dealloc or
+     * subtype_dealloc; they drop the reference to the class after this returns. */
     Py_CLEAR(g->key);
     Py_CLEAR(g->binding);
     Py_CLEAR(g->enter_view);
+    if (guard_recycle(g)) {
+        return;
+    }
     Py_TYPE(g)->tp_free((PyObject *)g);
 }
 
@@ -1798,7 +2062,7 @@ static PyObject *
 Guard_repr(GuardObject *g)
 {
     return PyUnicode_FromFormat("<%s key=%d rights=%s %s>", Py_TYPE(g)->tp_name, g->key->pkey,
-                                level_names[g->level], g->active ? "active" : "inactive");
+                                RIGHTS[g->level].name, g->active ? "active" : "inactive");
 }
 
 /* _view(writable): a view of the guard's region for this activation (ref_guard and
@@ -1901,163 +2165,7 @@ Key_guard(KeyObject *k, PyObject *arg)
     return (PyObject *)guard_create(&Guard_Type, k, NULL, (int)level, NULL);
 }
 
-/* __enter__/__exit__ without CPython's bound-method objects: those are GC-tracked, so each
- * 'with' paid an allocation plus GC track/untrack twice.  The type's slots are descriptors
- * whose __get__ returns a small untracked callable holding a strong reference to the guard,
- * recycled through a freelist. */
-typedef struct BoundSlotObject {
-    PyObject_HEAD
-    GuardObject *guard; /* strong */
-    int which;          /* 0: __enter__, 1: __exit__ */
-    vectorcallfunc vectorcall;
-    struct BoundSlotObject *next_free;
-} BoundSlotObject;
-
-#define BOUNDSLOT_FREELIST_MAX 16
-static BoundSlotObject *boundslot_free = NULL; /* protected by the GIL */
-static int boundslot_nfree = 0;
-
-static PyObject *
-BoundSlot_vectorcall(BoundSlotObject *b, PyObject *const *args, size_t nargsf,
-                     PyObject *kwnames)
-{
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
-        PyErr_SetString(PyExc_TypeError, "guard methods take no keyword arguments");
-        return NULL;
-    }
-    if (b->which == 0) {
-        if (nargs != 0) {
-            PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
-            return NULL;
-        }
-        return Guard_enter(b->guard, NULL);
-    }
-    return Guard_exit(b->guard, args, nargs);
-}
-
-static void
-BoundSlot_dealloc(BoundSlotObject *b)
-{
-    Py_CLEAR(b->guard);
-    if (boundslot_nfree < BOUNDSLOT_FREELIST_MAX) {
-        b->next_free = boundslot_free;
-        boundslot_free = b;
-        boundslot_nfree++;
-        return;
-    }
-    PyObject_Free(b);
-}
-
-static PyObject *
-BoundSlot_repr(BoundSlotObject *b)
-{
-    return PyUnicode_FromFormat("<%s of %R>", b->which ? "__exit__" : "__enter__",
-                                (PyObject *)b->guard);
-}
-
-static PyTypeObject BoundSlot_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pkeyguard._core.guard_method",
-    .tp_basicsize = sizeof(BoundSlotObject),
-    .tp_dealloc = (destructor)BoundSlot_dealloc,
-    .tp_repr = (reprfunc)BoundSlot_repr,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(BoundSlotObject, vectorcall),
-    .tp_call = PyVectorcall_Call,
-};
-
-typedef struct {
-    PyObject_HEAD
-    int which;
-    vectorcallfunc vectorcall;
-} SlotDescrObject;
-
-static PyObject *
-SlotDescr_get(SlotDescrObject *d, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    if (obj == NULL || obj == Py_None) {
-        Py_INCREF(d);
-        return (PyObject *)d;
-    }
-    if (!PyObject_TypeCheck(obj, &Guard_Type)) {
-        PyErr_Format(PyExc_TypeError, "guard method bound to a non-guard %.200s",
-                     Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    BoundSlotObject *b = boundslot_free;
-    if (b != NULL) {
-        boundslot_free = b->next_free;
-        boundslot_nfree--;
-        (void)PyObject_Init((PyObject *)b, &BoundSlot_Type);
-    }
-    else {
-        b = PyObject_New(BoundSlotObject, &BoundSlot_Type);
-        if (b == NULL) {
-            return NULL;
-        }
-    }
-    Py_INCREF(obj);
-    b->guard = (GuardObject *)obj;
-    b->which = d->which;
-    b->vectorcall = (vectorcallfunc)BoundSlot_vectorcall;
-    b->next_free = NULL;
-    return (PyObject *)b;
-}
-
-static PyObject *
-SlotDescr_vectorcall(SlotDescrObject *d, PyObject *const *args, size_t nargsf,
-                     PyObject *Py_UNUSED(kwnames))
-{
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs < 1 || !PyObject_TypeCheck(args[0], &Guard_Type)) {
-        PyErr_SetString(PyExc_TypeError, "unbound guard method needs a guard");
-        return NULL;
-    }
-    GuardObject *g = (GuardObject *)args[0];
-    if (d->which == 0) {
-        if (nargs != 1) {
-            PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
-            return NULL;
-        }
-        return Guard_enter(g, NULL);
-    }
-    return Guard_exit(g, args + 1, nargs - 1);
-}
-
-static PyTypeObject SlotDescr_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pkeyguard._core.guard_slot",
-    .tp_basicsize = sizeof(SlotDescrObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(SlotDescrObject, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_descr_get = (descrgetfunc)SlotDescr_get,
-};
-
-static int
-guard_install_slots(void)
-{
-    static const char *names[2] = {"__enter__", "__exit__"};
-    if (PyType_Ready(&BoundSlot_Type) < 0 || PyType_Ready(&SlotDescr_Type) < 0) {
-        return -1;
-    }
-    for (int i = 0; i < 2; i++) {
-        SlotDescrObject *d = PyObject_New(SlotDescrObject, &SlotDescr_Type);
-        if (d == NULL) {
-            return -1;
-        }
-        d->which = i;
-        d->vectorcall = (vectorcallfunc)SlotDescr_vectorcall;
-        int rc = PyDict_SetItemString(Guard_Type.tp_dict, names[i], (PyObject *)d);
-        Py_DECREF(d);
-        if (rc < 0) {
-            return -1;
-        }
-    }
-    PyType_Modified(&Guard_Type);
-    return 0;
-}
+#include "_guardslots.h"
 
 /* ------------------------------------------------------------------------------------ */
 /* View                                                                                 */
@@ -2117,6 +2225,15 @@ view_check(ViewObject *v, int write)
 {
     GuardObject *g = v->guard;
     if (!g->active || g->generation != v->generation) {
+        MappingObject *m = g->binding != NULL ? g->binding->mapping : NULL;
+        if (g->active && m != NULL && (m->flags & (MAP_F_WIPEONFORK | MAP_F_SECRETMEM)) &&
+            mapping_inherited(m)) {
+            PyErr_SetString(err(E_SECRET_UNAVAILABLE),
+                            "this view was made before the process forked: a fork child never "
+                            "gets a parent's secret bytes (it has zero pages there); read the "
+                            "secret again in the child");
+            return -1;
+        }
         PyErr_SetString(err(E_VIEW),
                         "view used after its guard exited: views are valid only inside the "
                         "'with' block that created them");
@@ -2140,7 +2257,7 @@ view_check(ViewObject *v, int write)
             PyErr_Format(err(E_ACCESS),
                          "%s through this view is not allowed now: a %s guard on the same key, "
                          "entered after the view's guard, restricts this thread's rights",
-                         write ? "writing" : "reading", level_names[level]);
+                         write ? "writing" : "reading", RIGHTS[level].name);
             return -1;
         }
     }
@@ -2646,6 +2763,42 @@ View_dealloc(ViewObject *v)
     Py_TYPE(v)->tp_free((PyObject *)v);
 }
 
+/* v.value through the type's getattro/setattro slots rather than the generic path: CPython
+ * (3.11 to 3.13) does not specialise attribute access to a C getset, so the generic path
+ * looks the name up in the type's MRO and calls the descriptor on every access.  The name
+ * in 'v.value' is the interned "value", so one pointer comparison finds the scalar fast path;
+ * every other name (and every non-scalar view) takes the generic path, which reaches the
+ * same getset. */
+static PyObject *str_value; /* interned "value" */
+
+static PyObject *
+View_getattro(ViewObject *v, PyObject *name)
+{
+    if (name == str_value && v->fmt != 's') {
+        if (view_check(v, 0) < 0) {
+            return NULL;
+        }
+        Bits x;
+        load_bits(v, &x);
+        return bits_to_object(v->fmt, &x);
+    }
+    return PyObject_GenericGetAttr((PyObject *)v, name);
+}
+
+static int
+View_setattro(ViewObject *v, PyObject *name, PyObject *value)
+{
+    if (name == str_value && value != NULL && v->fmt != 's') {
+        Bits x;
+        if (convert_scalar(v->fmt, value, &x) < 0 || view_check(v, 1) < 0) {
+            return -1;
+        }
+        store_bits(v, x);
+        return 0;
+    }
+    return PyObject_GenericSetAttr((PyObject *)v, name, value);
+}
+
 static PyMethodDef View_methods[] = {
     {"tobytes", (PyCFunction)View_tobytes, METH_NOARGS, "Copy the bytes out."},
     {"check", (PyCFunction)View_check, METH_O, "Raise unless usable (write=True: writable)."},
@@ -2692,6 +2845,8 @@ static PyTypeObject View_Type = {
     .tp_as_sequence = &View_as_sequence,
     .tp_as_mapping = &View_as_mapping,
     .tp_as_buffer = &View_as_buffer,
+    .tp_getattro = (getattrofunc)View_getattro,
+    .tp_setattro = (setattrofunc)View_setattro,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Access to a region, valid only while its guard is active on this thread.",
     .tp_methods = View_methods,
@@ -2932,6 +3087,93 @@ core_isolation(PyObject *Py_UNUSED(m), PyObject *allow)
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* RightsType: the metaclass of PkeyPermissions                                         */
+/*
+ * 'PkeyPermissions.ReadWrite' is a class attribute lookup on an Enum class.  CPython 3.11's
+ * EnumType defines __getattr__, so every such lookup goes through slot_tp_getattr_hook and a
+ * Python-level call of type.__getattribute__ (~70 ns); 3.12 and 3.13 dropped the hook but do
+ * not specialise attribute loads on classes with a custom metaclass (~20 ns).  RightsType is
+ * EnumType with one C slot added: a member is an entry of its class's own dict whose type is
+ * the class, and a name that finds one returns it after one dict lookup.  Every other name
+ * takes EnumType's own path, so nothing else about the enum changes.
+ */
+
+static PyObject *enum_type_getattr; /* EnumType.__getattr__ (3.11), or NULL (3.12+) */
+
+static PyObject *
+RightsType_getattro(PyObject *cls, PyObject *name)
+{
+    if (PyUnicode_CheckExact(name)) {
+        /* A type's dict has str keys only, and str hashing and comparison run no user code. */
+        PyObject *member = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict, name);
+        if (member != NULL && Py_IS_TYPE(member, (PyTypeObject *)cls)) {
+            Py_INCREF(member);
+            return member;
+        }
+        if (member == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    /* EnumType's own path, as slot_tp_getattr_hook takes it (calling that hook itself would
+     * find this slot again through RightsType.__getattribute__): type.__getattribute__, then
+     * EnumType.__getattr__ for a name it did not find. */
+    PyObject *res = PyType_Type.tp_getattro(cls, name);
+    if (res == NULL && enum_type_getattr != NULL &&
+        PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        res = PyObject_CallFunctionObjArgs(enum_type_getattr, cls, name, NULL);
+    }
+    return res;
+}
+
+static int
+rights_type_add(PyObject *m)
+{
+    PyObject *enum_mod = PyImport_ImportModule("enum");
+    if (enum_mod == NULL) {
+        return -1;
+    }
+    PyObject *enum_type = PyObject_GetAttrString(enum_mod, "EnumType");
+    Py_DECREF(enum_mod);
+    if (enum_type == NULL) {
+        return -1;
+    }
+    if (!PyType_Check(enum_type) ||
+        !PyType_IsSubtype((PyTypeObject *)enum_type, &PyType_Type)) {
+        Py_DECREF(enum_type);
+        PyErr_SetString(PyExc_TypeError, "enum.EnumType is not a metaclass");
+        return -1;
+    }
+    /* Its own __getattr__ only, not one inherited from type (there is none). */
+    PyObject *hook = PyDict_GetItemString(((PyTypeObject *)enum_type)->tp_dict, "__getattr__");
+    Py_XINCREF(hook);
+    Py_XSETREF(enum_type_getattr, hook);
+    PyType_Slot slots[] = {
+        {Py_tp_getattro, (void *)RightsType_getattro},
+        {Py_tp_doc, (void *)"EnumType whose member lookups are one C dict lookup."},
+        {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = "pkeyguard._core.RightsType",
+        .flags = Py_TPFLAGS_DEFAULT,
+        .slots = slots,
+    };
+    PyObject *bases = PyTuple_Pack(1, enum_type);
+    Py_DECREF(enum_type);
+    if (bases == NULL) {
+        return -1;
+    }
+    PyObject *t = PyType_FromSpecWithBases(&spec, bases);
+    Py_DECREF(bases);
+    if (t == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(m, "RightsType", t);
+    Py_DECREF(t);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* Module functions                                                                     */
 
 static PyObject *
@@ -3033,6 +3275,23 @@ core_live_key_count(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return PyLong_FromSsize_t(live_key_count);
 }
 
+/* memfd_secret_errno(): 0 if memfd_secret(2) works here, else its errno.  The descriptor is
+ * closed at once; whether to use secret memory is decided in Python (allocator.py). */
+static PyObject *
+core_memfd_secret_errno(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+#ifdef SYS_memfd_secret
+    int fd = (int)syscall(SYS_memfd_secret, O_CLOEXEC);
+    if (fd >= 0) {
+        (void)close(fd);
+        return PyLong_FromLong(0);
+    }
+    return PyLong_FromLong(errno);
+#else
+    return PyLong_FromLong(ENOSYS);
+#endif
+}
+
 /* Zero a secure region in place, for a thread that may have no rights to it right now. */
 static void
 mapping_zero_in_place(MappingObject *m)
@@ -3046,7 +3305,7 @@ mapping_zero_in_place(MappingObject *m)
     if (b != NULL && b->key->mode == MODE_PKU) {
         pkey = b->key->pkey;
     }
-    if (mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
+    if (mapping_absent(m) || mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
         return;
     }
     uint32_t pkru = 0;
@@ -3178,11 +3437,17 @@ core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
             return NULL;
         }
     }
+    guard_freelist_drain(); /* memory laid out for the classes registered before */
     for (int i = 0; i < 3; i++) {
+        PyTypeObject *t = (PyTypeObject *)PyTuple_GET_ITEM(types, i);
+        guard_recyclable[i] = guard_type_recyclable(t);
+        if (guard_recyclable[i]) {
+            t->tp_dealloc = (destructor)guard_class_dealloc;
+        }
         Py_INCREF(PyTuple_GET_ITEM(members, i));
         Py_XSETREF(rights_members[i], PyTuple_GET_ITEM(members, i));
-        Py_INCREF(PyTuple_GET_ITEM(types, i));
-        Py_XSETREF(guard_types[i], (PyTypeObject *)PyTuple_GET_ITEM(types, i));
+        Py_INCREF(t);
+        Py_XSETREF(guard_types[i], t);
     }
     Py_RETURN_NONE;
 }
@@ -3200,6 +3465,8 @@ static PyMethodDef core_methods[] = {
     {"live_key_count", core_live_key_count, METH_NOARGS, "Open keys (pku and mprotect)."},
     {"isolation", core_isolation, METH_O, "isolation(allow): NoAccess on every other open key."},
     {"wipe_at_exit", core_wipe_at_exit, METH_NOARGS, NULL},
+    {"memfd_secret_errno", core_memfd_secret_errno, METH_NOARGS,
+     "0 if memfd_secret(2) works here, else the errno it gave."},
     {"_set_error_module", core_set_error_module, METH_O, NULL},
     {"_register_rights", core_register_rights, METH_VARARGS, NULL},
     {"faults_install", faults_install, METH_NOARGS, "Install the fault reporter."},
@@ -3238,6 +3505,15 @@ core_exec(PyObject *m)
             return -1;
         }
     }
+    if (str_value == NULL) {
+        str_value = PyUnicode_InternFromString("value");
+        if (str_value == NULL) {
+            return -1;
+        }
+    }
+    if (rights_type_add(m) < 0) {
+        return -1;
+    }
     if (!(Guard_Type.tp_flags & Py_TPFLAGS_READY)) {
         if (PyType_Ready(&Guard_Type) < 0 || guard_install_slots() < 0) {
             return -1;
@@ -3263,12 +3539,40 @@ core_exec(PyObject *m)
         PyModule_AddIntConstant(m, "PROT_EXEC", PROT_EXEC) < 0) {
         return -1;
     }
+    /* fork_child(): zero pages in a fork child where secret memory was (see "Fork"). */
+    static int atfork_registered = 0;
+    if (!atfork_registered) {
+        int e = pthread_atfork(NULL, NULL, fork_child);
+        if (e != 0) {
+            raise_errno(e, "pthread_atfork");
+            return -1;
+        }
+        atfork_registered = 1;
+    }
     PyObject *max_size = PyLong_FromSize_t(MAX_REGION_SIZE);
     if (max_size == NULL) {
         return -1;
     }
     int rc = PyModule_AddObjectRef(m, "MAX_REGION_SIZE", max_size);
     Py_DECREF(max_size);
+    if (rc < 0) {
+        return -1;
+    }
+    /* RIGHTS: ((name, pkru_bits), ...) by level, from the one table in _rights.h. */
+    PyObject *rights = PyTuple_New(LEVEL_COUNT);
+    if (rights == NULL) {
+        return -1;
+    }
+    for (int level = 0; level < LEVEL_COUNT; level++) {
+        PyObject *row = Py_BuildValue("(sI)", RIGHTS[level].name, RIGHTS[level].bits);
+        if (row == NULL) {
+            Py_DECREF(rights);
+            return -1;
+        }
+        PyTuple_SET_ITEM(rights, level, row);
+    }
+    rc = PyModule_AddObjectRef(m, "RIGHTS", rights);
+    Py_DECREF(rights);
     if (rc == 0) {
         core_executed = 1;
     }

@@ -28,6 +28,8 @@ __all__ = [
     "PkuUnavailableError",
     "RegionError",
     "RegionTypeError",
+    "SecretUnavailableError",
+    "StreamError",
     "ViewError",
 ]
 
@@ -105,6 +107,20 @@ class ViewError(PkeyguardError, ValueError):
 
 class CanaryError(PkeyguardError, RuntimeError):
     """The bytes after a secure region's value were overwritten (a buffer overflow)."""
+
+
+class SecretUnavailableError(PkeyguardError, RuntimeError):
+    """A Secret's bytes are not in this process: it was made before a ``fork()``.
+
+    A fork child never gets a parent's secret memory (it sees zero pages there); it can close
+    the inherited Secret, and make or load its own.
+    """
+
+
+class StreamError(PkeyguardError, ValueError):
+    """A stream gave bytes for a Secret the wrong way: ``readinto`` returned something other
+    than a byte count within the buffer, no data from a non-blocking stream, kept the buffer
+    it was handed, or more than ``max_size`` bytes arrived."""
 
 
 #: Old names kept for one release; using them warns (see ``pkeyguard.__getattr__``).

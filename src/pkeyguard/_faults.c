@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "_pkru.h"
+#include "_rights.h"
 
 #define FAULT_MAX_REGIONS 1024
 
@@ -115,18 +116,6 @@ fault_put_uint(unsigned long long v, int base)
     fault_put(&buf[i]);
 }
 
-static const char *
-fault_rights_name(unsigned bits)
-{
-    if (bits & 1u) {
-        return "no-access";
-    }
-    if (bits & 2u) {
-        return "read-only";
-    }
-    return "read-write";
-}
-
 static void
 fault_report(siginfo_t *si, void *ctx)
 {
@@ -198,7 +187,7 @@ fault_report(siginfo_t *si, void *ctx)
         fault_put("\n");
         if (have_pkru && key < 16) {
             fault_put("  thread rights for the key: ");
-            fault_put(fault_rights_name((pkru >> (2 * key)) & 3u));
+            fault_put(RIGHTS[rights_level_of_bits((pkru >> (2 * key)) & 3u)].plain);
             fault_put(" (PKRU ");
             fault_put_uint(pkru, 16);
             fault_put(")\n");

@@ -30,7 +30,7 @@ class AccessPermissions(enum.IntEnum):
         return bool(self & _core.PROT_WRITE)
 
 
-class PkeyPermissions(enum.Enum):
+class PkeyPermissions(enum.Enum, metaclass=_core.RightsType):
     """Rights a thread has through a protection key (the PKRU bits of ``pkey_alloc(2)``)."""
 
     NoAccess = "NoAccess"
@@ -49,26 +49,18 @@ class PkeyPermissions(enum.Enum):
     @property
     def pkru_bits(self) -> int:
         """``PKEY_DISABLE_ACCESS`` (1), ``PKEY_DISABLE_WRITE`` (2) or 0."""
-        return _PKRU_BITS[self]
+        return _core.RIGHTS[_LEVELS[self]][1]
 
     @classmethod
     def from_pkru_bits(cls, bits: int) -> PkeyPermissions:
-        """Rights that two PKRU bits grant (AD wins over WD)."""
-        if bits & 1:
-            return cls.NoAccess
-        if bits & 2:
-            return cls.ReadOnly
-        return cls.ReadWrite
+        """Rights that two PKRU bits grant (AD wins over WD): the least permissive rights
+        whose bits ``bits`` includes."""
+        for name, own in _core.RIGHTS:
+            if bits & own == own:
+                return cls[name]
+        raise AssertionError("unreachable: ReadWrite sets no bits")
 
 
-_LEVELS = {
-    PkeyPermissions.NoAccess: 0,
-    PkeyPermissions.ReadOnly: 1,
-    PkeyPermissions.ReadWrite: 2,
-}
-_PKRU_BITS = {
-    PkeyPermissions.NoAccess: 1,
-    PkeyPermissions.ReadOnly: 2,
-    PkeyPermissions.ReadWrite: 0,
-}
-LEVEL_TO_PERMISSION = {v: k for k, v in _LEVELS.items()}
+# Levels and bits come from the core's one table (_rights.h), in level order.
+LEVEL_TO_PERMISSION = {level: PkeyPermissions[name] for level, (name, _) in enumerate(_core.RIGHTS)}
+_LEVELS = {member: level for level, member in LEVEL_TO_PERMISSION.items()}

@@ -84,6 +84,8 @@ def support_report() -> dict[str, Any]:
     report["hardware_keys"] = info.hardware_keys
     report["max_keys"] = info.max_keys
     report["guarantees"] = list(info.guarantees)
+    report["secret_memory"] = info.secret_memory
+    report["secret_memory_reason"] = info.secret_memory_reason
     report["keys_open"] = _core.live_key_count()
     if info.name == "pku":
         report["keys_free"] = count_free_keys()

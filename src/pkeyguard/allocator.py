@@ -14,10 +14,10 @@ import atexit
 import errno
 import resource
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
 from . import _core
-from ._errors import ArgumentTypeError, CanaryError, MprotectError
+from ._errors import ArgumentTypeError, CanaryError, MprotectError, RegionError
 
 __all__ = [
     "PAGE_SIZE",
@@ -34,6 +34,50 @@ PAGE_SIZE: int = _core.PAGE_SIZE
 MAX_CANARY = 64
 
 _RLIMIT_HINT = "raise it with `ulimit -l` (or LimitMEMLOCK= in systemd), or pass lock=False"
+
+Backing = Literal["auto", "memfd_secret", "mmap"]
+_BACKINGS: tuple[str, ...] = get_args(Backing)
+
+#: memfd_secret(2) errors that mean "not here" (not "not now"): ENOSYS where the kernel lacks
+#: it or has it switched off (5.14 to 6.4 need ``secretmem.enable=1``), EPERM or ENOSYS from a
+#: seccomp filter (container runtimes), EINVAL/EOPNOTSUPP from an architecture without it.
+_SECRETMEM_MISSING = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP})
+_SECRETMEM_WHY = (
+    "Linux 5.14 to 6.4 need secretmem.enable=1 on the kernel command line, older kernels lack "
+    "it, and seccomp filters (containers) may block it"
+)
+_SECRETMEM_HINT = (
+    f"memfd_secret(2) is not available here: {_SECRETMEM_WHY}; use backing='auto' to fall "
+    "back to private mmap memory"
+)
+# Whether memfd_secret failed with one of those errors in this process (then "auto" stops
+# trying: the answer does not change while the process runs).
+_secretmem_missing: list[int] = []
+_secretmem_probe: list[int] = []
+
+
+def secret_memory() -> tuple[Literal["memfd_secret", "mmap"], str]:
+    """What ``Secure(backing="auto")`` uses in this process, and why (asked once)."""
+    if not _secretmem_probe:
+        probed = _core.memfd_secret_errno()
+        if probed and probed not in _SECRETMEM_MISSING:
+            # EMFILE, ENFILE, ENOMEM: the kernel has memfd_secret and the process is short of
+            # something for now. Not an answer to keep: ask again next time, and let a secret
+            # made meanwhile fail with that error instead of falling back to weaker memory.
+            return "memfd_secret", (
+                f"the kernel has memfd_secret(2) (the probe just now failed with "
+                f"{errno.errorcode.get(probed, str(probed))}, which is not a missing kernel "
+                "feature)"
+            )
+        _secretmem_probe.append(probed)
+    failed = _secretmem_missing[0] if _secretmem_missing else _secretmem_probe[0]
+    if not failed:
+        return "memfd_secret", "the kernel has memfd_secret(2): pages out of its direct map"
+    name = errno.errorcode.get(failed, str(failed))
+    return "mmap", f"private mmap pages: memfd_secret(2) failed with {name} ({_SECRETMEM_WHY})"
+
+
+R = TypeVar("R")
 
 
 def round_to_pages(size: int) -> int:
@@ -62,6 +106,13 @@ class Allocator(abc.ABC):
         """A clearer error for a failed mapping (the default: unchanged)."""
         return exc
 
+    def _map(self, make: Callable[..., R]) -> R:
+        """``make(**options)``: the core's mapping, with a clearer error if it fails."""
+        try:
+            return make(**self._options())
+        except MprotectError as exc:
+            raise self._explain(exc) from None
+
 
 class Mmap(Allocator):
     """Private anonymous ``mmap``: zero-filled pages, unmapped with ``munmap``."""
@@ -87,28 +138,50 @@ class Secure(Allocator):
     - the pages are zeroed before they are unmapped, whoever releases them (``close()``, the
       garbage collector); at interpreter exit, secure regions still open are zeroed.
 
+    ``backing`` says where the pages come from:
+
+    - ``"memfd_secret"``: :manpage:`memfd_secret(2)` pages, removed from the kernel's direct
+      map: ``/proc/PID/mem``, ``process_vm_readv`` and ``ptrace`` of the same user cannot read
+      them (EIO), and neither can kernel code that would go through the direct map.  Always
+      locked (they count against ``RLIMIT_MEMLOCK``) and left out of core dumps.  The mapping
+      is shared, so it is ``MADV_DONTFORK``: a fork child gets zero pages in its place.
+      Raises :class:`MprotectError` (``syscall='memfd_secret'``) where the kernel has none.
+    - ``"mmap"``: private anonymous pages, ``mlock``-ed, ``MADV_WIPEONFORK``.
+    - ``"auto"`` (the default): ``memfd_secret`` where the kernel offers it, else ``mmap``;
+      with ``lock=False`` always ``mmap`` (secret memory is always locked).
+
     ``on_before_unmap(address, length)`` is a test hook called after zeroing.
     """
 
-    __slots__ = ("canary_size", "lock", "on_before_unmap")
+    __slots__ = ("backing", "canary_size", "lock", "on_before_unmap")
 
     def __init__(
         self,
         *,
         lock: bool = True,
         canary_size: int = 16,
+        backing: Backing = "auto",
         on_before_unmap: Callable[[int, int], None] | None = None,
     ) -> None:
         if isinstance(canary_size, bool) or not isinstance(canary_size, int):
             raise ArgumentTypeError(f"canary_size must be an int, not {canary_size!r}")
         canary_size = int(canary_size)
         if not 0 <= canary_size <= MAX_CANARY:
-            raise ValueError(f"canary_size must be within 0..{MAX_CANARY}, got {canary_size}")
+            raise RegionError(f"canary_size must be within 0..{MAX_CANARY}, got {canary_size}")
         if on_before_unmap is not None and not callable(on_before_unmap):
             raise ArgumentTypeError("on_before_unmap must be callable")
-        self.lock = bool(lock)
-        self.canary_size = canary_size
-        self.on_before_unmap = on_before_unmap
+        if type(backing) is not str:
+            raise ArgumentTypeError(f"backing must be one of {_BACKINGS}, not {backing!r}")
+        if backing not in _BACKINGS:
+            raise RegionError(f"backing must be one of {_BACKINGS}, got {backing!r}")
+        if backing == "memfd_secret" and not lock:
+            raise RegionError(
+                "memfd_secret memory is always locked: lock=False needs backing='mmap'"
+            )
+        self.backing: Backing = backing
+        self.lock: bool = bool(lock)
+        self.canary_size: int = canary_size
+        self.on_before_unmap: Callable[[int, int], None] | None = on_before_unmap
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -119,23 +192,48 @@ class Secure(Allocator):
             "canary_size": self.canary_size,
             "wipe": True,
             "on_release": self.on_before_unmap,
+            "secretmem": self.backing == "memfd_secret",
         }
 
-    def _explain(self, exc: MprotectError) -> MprotectError:
-        if exc.syscall != "mlock" or exc.errno not in (errno.ENOMEM, errno.EPERM, errno.EAGAIN):
+    def _map(self, make: Callable[..., R]) -> R:
+        """``auto``: memfd_secret first, then private memory if the kernel has none."""
+        if self.backing != "auto" or not self.lock or secret_memory()[0] == "mmap":
+            return super()._map(make)
+        try:
+            return make(**{**self._options(), "secretmem": True})
+        except MprotectError as exc:
+            if exc.syscall != "memfd_secret" or exc.errno not in _SECRETMEM_MISSING:
+                raise self._explain(exc, secretmem=True) from None
+            _secretmem_missing.append(exc.errno)
+        return super()._map(make)
+
+    def _explain(self, exc: MprotectError, *, secretmem: bool | None = None) -> MprotectError:
+        if secretmem is None:
+            secretmem = self.backing == "memfd_secret"
+        locking = exc.syscall == "mlock" and exc.errno in (errno.ENOMEM, errno.EPERM, errno.EAGAIN)
+        # mapping secret memory over RLIMIT_MEMLOCK: EAGAIN (the kernel locks it at mmap)
+        locking |= secretmem and exc.syscall == "mmap" and exc.errno == errno.EAGAIN
+        if exc.syscall == "memfd_secret" and exc.errno in _SECRETMEM_MISSING:
+            err = MprotectError(exc.errno, f"{exc.strerror}: {_SECRETMEM_HINT}")
+        elif locking:
+            soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+            limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+            what = "mlock" if exc.syscall == "mlock" else "map locked secret memory for"
+            err = MprotectError(
+                exc.errno,
+                f"cannot {what} a secure region: RLIMIT_MEMLOCK is "
+                f"{limit} and locked memory counts against it; {_RLIMIT_HINT}",
+            )
+        else:
             return exc
-        soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-        limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
-        err = MprotectError(
-            exc.errno,
-            "cannot mlock a secure region: RLIMIT_MEMLOCK is "
-            f"{limit} and locked memory counts against it; {_RLIMIT_HINT}",
-        )
-        err.syscall = "mlock"
+        err.syscall = exc.syscall
         return err
 
     def __repr__(self) -> str:
-        return f"allocator.Secure(lock={self.lock}, canary_size={self.canary_size})"
+        return (
+            f"allocator.Secure(lock={self.lock}, canary_size={self.canary_size}, "
+            f"backing={self.backing!r})"
+        )
 
 
 # Secure regions still open when the interpreter exits are zeroed (not unmapped: a daemon

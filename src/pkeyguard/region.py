@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import operator
+import re
+import struct
 import sys
 from _ctypes import CFuncPtr
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from . import _core
-from ._errors import MprotectError, RegionError, RegionTypeError
+from ._errors import RegionError, RegionTypeError
 from ._owned import Unshareable
 from ._permissions import AccessPermissions
 from .allocator import Allocator, Mmap
@@ -51,29 +54,53 @@ _VIEW_TYPES: dict[RegionKind, tuple[type[_core.View], type[_core.View]]] = {
 }
 
 
-def _byte_swapped(value_type: type[Any]) -> bool:
-    """Whether a ctypes scalar type stores its value in the non-native byte order
-    (``c_uint32.__ctype_be__`` on x86), from the class that defines the byte-order pair."""
-    for klass in value_type.__mro__:
-        pair = klass.__dict__
-        if "__ctype_be__" in pair or "__ctype_le__" in pair:
-            foreign = "__ctype_be__" if sys.byteorder == "little" else "__ctype_le__"
-            return pair.get(foreign) is klass
-    return False
+# What ctypes recorded about a type when the class was made. ``_type_``, ``_length_`` and the
+# field descriptors are class attributes that anyone can reassign later (``c_char_p._type_ =
+# "Q"``); the record is what ctypes itself reads and writes by, and it cannot be changed.
+# Field names are stripped before looking for codes; ``_STRUCT_NAME`` matches one.
+_STRUCT_NAME = re.compile(r":[^:]*:")
+_BYTE_ORDER = "<>@=!"
+
+
+def _stored_format(ctype: Any) -> str:
+    """The buffer format ctypes recorded for ``ctype`` (a zeroed instance's memoryview)."""
+    with memoryview(ctype.from_buffer_copy(bytes(ctypes.sizeof(ctype)))) as mv:
+        return str(mv.format)
+
+
+def _scalar_code(ctype: Any) -> tuple[str, bool]:
+    """(struct code, byte-swapped) of a ctypes scalar type, from ctypes' own record."""
+    fmt = _stored_format(ctype)
+    code = fmt.lstrip(_BYTE_ORDER)
+    foreign = ">" if sys.byteorder == "little" else "<"
+    return code, fmt[:1] == foreign and len(code) == 1 and ctypes.sizeof(ctype) > 1
 
 
 def _pointer_in(value_type: Any, seen: set[type[Any]]) -> str | None:
-    """The name of a pointer-like member of a ctypes type, or None if it is plain data."""
+    """The name of a pointer-like member of a ctypes type, or None if it is plain data.
+
+    Two independent looks, both from what ctypes recorded: the type tree (scalar codes and
+    array elements taken from instances, not from ``_type_``), and the codes in the whole
+    type's buffer format, with field names stripped."""
     if value_type in seen:
         return None
     seen.add(value_type)
     if issubclass(value_type, (ctypes._Pointer, CFuncPtr)):
         return str(value_type.__name__)
     if issubclass(value_type, ctypes._SimpleCData):
-        code: Any = getattr(value_type, "_type_", None)
-        return str(value_type.__name__) if code in _POINTER_CODES else None
+        code, _ = _scalar_code(value_type)
+        return str(value_type.__name__) if set(code) & _POINTER_CODES else None
+    fmt = _STRUCT_NAME.sub("", _stored_format(value_type))
+    if set(fmt) & (_POINTER_CODES | {"&"}):
+        return str(value_type.__name__)
     if issubclass(value_type, ctypes.Array):
-        return _pointer_in(value_type._type_, seen)
+        instance = value_type.from_buffer_copy(bytes(ctypes.sizeof(value_type)))
+        element = instance[0] if len(instance) else None
+        if isinstance(element, (ctypes._Pointer, CFuncPtr)):
+            return str(value_type.__name__)
+        if isinstance(element, (ctypes.Structure, ctypes.Union, ctypes.Array)):
+            return _pointer_in(type(element), seen)
+        return None
     for klass in value_type.__mro__:
         for field in klass.__dict__.get("_fields_", ()):
             found = _pointer_in(field[1], seen)
@@ -103,14 +130,14 @@ def _classify(value_type: object) -> tuple[RegionKind, int, str, bool]:
     pointer: str | None = None
     try:
         if issubclass(vt, ctypes._SimpleCData):
-            code = getattr(vt, "_type_", None)
-            if code not in _SCALAR_CODES:
+            code, swapped = _scalar_code(vt)
+            if code not in _SCALAR_CODES or struct.calcsize(code) != ctypes.sizeof(vt):
                 raise RegionTypeError(
                     f"{value_type.__name__} (type code {code!r}) cannot live in a region: "
                     "pointers and long double are not supported; use an integer, float, bool "
                     "or char type"
                 )
-            return "scalar", ctypes.sizeof(vt), code, _byte_swapped(vt)
+            return "scalar", ctypes.sizeof(vt), code, swapped
         if issubclass(vt, (ctypes.Structure, ctypes.Union, ctypes.Array)):
             size = ctypes.sizeof(vt)
             pointer = _pointer_in(vt, set())
@@ -271,8 +298,9 @@ def _new_region(
     name = _check_name(name, RegionTypeError)
     vt = None if isinstance(value_type, int) else value_type
     what = vt.__name__ if vt is not None else "bytes"
-    try:
-        self = _core.Mapping.__new__(
+    self = allocator._map(
+        functools.partial(
+            _core.Mapping.__new__,
             cls,
             size,
             int(access),
@@ -281,10 +309,8 @@ def _new_region(
             ctype=vt if kind == "composite" else None,
             view_types=_VIEW_TYPES[kind],
             label=f"{name} ({what})" if name else what,
-            **allocator._options(),
         )
-    except MprotectError as exc:
-        raise allocator._explain(exc) from None
+    )
     # If anything interrupts us from here on, the object is dropped and its memory unmapped.
     self._kind = kind
     self._name = name

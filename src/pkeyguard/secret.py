@@ -8,15 +8,21 @@ NoAccess outside ``with secret.reveal() as buf:``.  ``buf`` is a read-only buffe
 All Secrets share one library-owned key (x86 has only 15), freed when the last Secret is
 gone: inside one secret's ``reveal()`` block the thread can read every secret.  Keep the
 blocks short.
+
+A fork child never gets a parent's secret bytes: there, every use of an inherited Secret
+raises :class:`SecretUnavailableError` (closing it works).  Streams are read with
+``readinto``/``readv`` straight into protected memory, never through a ``bytes`` object.
 """
 
 from __future__ import annotations
 
-import hmac
+import hmac as _hmac
 import operator
 import os
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+import select
+import stat
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._errors import (
     ArgumentTypeError,
@@ -24,6 +30,9 @@ from ._errors import (
     PkeyguardError,
     RegionError,
     RegionTypeError,
+    SecretUnavailableError,
+    StreamError,
+    ViewError,
 )
 from ._owned import Unshareable
 from ._permissions import AccessPermissions, PkeyPermissions
@@ -38,6 +47,18 @@ if TYPE_CHECKING:
 __all__ = ["Secret"]
 
 BytesLike = bytes | bytearray | memoryview
+
+#: The most a stream may give a Secret unless ``max_size`` says otherwise: secrets are small,
+#: and their memory is locked (it counts against RLIMIT_MEMLOCK).
+DEFAULT_MAX_SIZE = 1 << 20
+
+
+class SupportsReadinto(Protocol):
+    """A binary stream: ``readinto(buffer)`` fills a prefix of ``buffer`` and returns its length
+    (0 at end of stream; None when a non-blocking stream has no data now)."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
 
 # The library's key for secrets: made on first use and freed by the core when the last
 # secret is gone (x86 has only 15 keys).  No lock: the first of two racing threads to store
@@ -77,6 +98,35 @@ def _check_size(size: object) -> int:
     return n
 
 
+def _check_max_size(max_size: object) -> int | None:
+    if max_size is None:
+        return None
+    if isinstance(max_size, bool) or not isinstance(max_size, int):
+        raise ArgumentTypeError(f"max_size must be an int or None, not {max_size!r}")
+    n = operator.index(max_size)
+    if n <= 0:
+        raise RegionError(f"max_size must be positive, got {n}")
+    return n
+
+
+def _readiness(fd: int) -> Callable[[], None] | None:
+    """For a blocking descriptor: wait until ``fd`` has data, outside any guard.
+
+    All secrets share one key, and on the mprotect backend a guard's rights are the whole
+    process's: a read that blocks inside the guard would leave every secret open for as long
+    as the peer stalls. Waiting first keeps that window to the read itself.
+    """
+    if not os.get_blocking(fd):
+        return None  # readv gives EAGAIN at once; nothing to wait for
+
+    def wait() -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        poller.poll()  # retried on EINTR (PEP 475); a signal handler's exception propagates
+
+    return wait
+
+
 def _wipe(buffer: object) -> None:
     """Zero a writable source buffer (bytes are immutable and cannot be wiped)."""
     if isinstance(buffer, bytearray):
@@ -84,6 +134,34 @@ def _wipe(buffer: object) -> None:
     elif isinstance(buffer, memoryview) and not buffer.readonly:
         with buffer.cast("B") as flat:
             flat[:] = bytes(flat.nbytes)
+
+
+# OpenSSL's one-shot HMAC, which hmac.digest() tries first. Called directly so that an
+# unsupported digest raises (UnsupportedDigestmodError, a ValueError) instead of falling back
+# to hmac's pure-Python path, which builds padded copies of the key as plain bytes.
+_openssl_hmac: Callable[[Any, Any, str], bytes] | None
+try:
+    from _hashlib import hmac_digest as _openssl_hmac
+except ImportError:  # a Python built without OpenSSL
+    _openssl_hmac = None
+
+
+def _digest_name(digest: object) -> str:
+    """The OpenSSL name of ``digest``: a name, or what a hashlib constructor's object is called
+    (the constructor is called with no data, before anything is revealed)."""
+    if type(digest) is str:
+        return digest
+    if not callable(digest):
+        raise ArgumentTypeError(
+            f"digest must be a hash name such as 'sha256' or a hashlib constructor, not {digest!r}"
+        )
+    name = getattr(digest(), "name", None)
+    if type(name) is not str:
+        raise ArgumentTypeError(
+            f"digest {digest!r} made an object without a str .name: pass a hash name such as "
+            "'sha256'"
+        )
+    return name
 
 
 class Secret(Unshareable):
@@ -139,22 +217,224 @@ class Secret(Unshareable):
         return secret
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, name: str | None = None) -> Secret:
-        """Read a file straight into protected memory (no intermediate Python copy)."""
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        name: str | None = None,
+    ) -> Secret:
+        """Read a file to its end straight into protected memory (no Python copy).
+
+        Any readable file: a regular file, a pipe or FIFO, ``/dev/stdin``, a ``/proc`` file
+        (which reports size 0).  See :meth:`from_fd` for ``max_size``.
+        """
         with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            secret = cls(size, name=name)
-            with secret._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
-                with memoryview(g.mut_ref_guard()) as target:
-                    filled = 0
-                    while filled < size:
-                        n = f.readinto(target[filled:])
-                        if not n:
-                            raise RegionError(f"{path} shrank while it was read")
-                        filled += n
-            if f.read(1):
-                raise RegionError(f"{path} grew while it was read")
+            return cls.from_fd(f.fileno(), max_size=max_size, name=name)
+
+    @classmethod
+    def from_fd(
+        cls, fd: int, *, max_size: int | None = DEFAULT_MAX_SIZE, name: str | None = None
+    ) -> Secret:
+        """Read file descriptor ``fd`` to end of file with ``os.readv`` straight into
+        protected memory.  The descriptor stays open; it is read from its current offset.
+
+        More than ``max_size`` bytes (default 1 MiB; None for no limit) raise
+        :class:`StreamError`.  The size of a regular file is only a hint: a file that grows
+        or shrinks while it is read gives the bytes that were read.  Any failure wipes and
+        unmaps what was read.
+        """
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise ArgumentTypeError(f"fd must be an int (a file descriptor), not {fd!r}")
+        fd = operator.index(fd)
+        max_size = _check_max_size(max_size)
+        st = os.fstat(fd)
+        hint = st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+        def read(target: memoryview) -> int:
+            return os.readv(fd, [target])
+
+        return cls._from_reader(
+            read, hint, max_size, name, f"file descriptor {fd}", ready=_readiness(fd)
+        )
+
+    @classmethod
+    def from_stream(
+        cls,
+        stream: SupportsReadinto,
+        *,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        name: str | None = None,
+    ) -> Secret:
+        """Read a binary stream to its end with ``stream.readinto()`` straight into protected
+        memory: ``io.BytesIO``, ``open(path, "rb", buffering=0)``, a socket's
+        ``makefile("rb", buffering=0)``.
+
+        ``readinto`` is handed a memoryview over the secret; it must return how many bytes it
+        wrote there (0 at the end), and must not keep the memoryview.  A stream that breaks
+        those rules, or gives more than ``max_size`` bytes, raises :class:`StreamError`.
+        A buffered stream (``open(path, "rb")``, ``sys.stdin.buffer``) keeps a plain copy of
+        what it buffered: prefer :meth:`from_fd` or unbuffered streams (``buffering=0``).
+        """
+        readinto = getattr(stream, "readinto", None)
+        if not callable(readinto):
+            raise ArgumentTypeError(
+                f"{type(stream).__name__} has no readinto(): from_stream reads binary streams "
+                "straight into protected memory (for sys.stdin use Secret.from_fd(0), or "
+                "sys.stdin.buffer)"
+            )
+        max_size = _check_max_size(max_size)
+        return cls._from_reader(readinto, 0, max_size, name, f"{type(stream).__name__} stream")
+
+    @classmethod
+    def from_prompt(
+        cls, prompt: str = "Password: ", *, max_size: int = 4096, name: str | None = None
+    ) -> Secret:
+        """Ask for a password on the controlling terminal, without echo, and read the line
+        straight into protected memory (``getpass.getpass()`` returns a ``str``, a copy that
+        cannot be wiped).  The newline is not kept; an empty line is refused.
+
+        The terminal's own line buffer (in the kernel) and the terminal emulator have seen
+        the keystrokes; this process holds them only in the secret.  Raises ``OSError`` when
+        there is no terminal (``ENXIO``): read from a file or pipe with :meth:`from_fd`.
+        """
+        if not isinstance(prompt, str):
+            raise ArgumentTypeError(f"prompt must be a str, not {prompt!r}")
+        limit = _check_max_size(max_size)
+        import termios
+
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            old = termios.tcgetattr(fd)
+            quiet = list(old)
+            quiet[3] &= ~termios.ECHO  # lflag: no echo; canonical mode: one line per read
+            termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+            try:
+                os.write(fd, prompt.encode())
+
+                def read(target: memoryview) -> int:
+                    return os.readv(fd, [target])
+
+                return cls._from_reader(
+                    read, 0, limit, name, "the terminal", line=True, ready=_readiness(fd)
+                )
+            finally:
+                termios.tcsetattr(fd, termios.TCSAFLUSH, old)
+                os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def _from_reader(
+        cls,
+        read: Callable[[memoryview], object],
+        hint: int,
+        max_size: int | None,
+        name: str | None,
+        what: str,
+        *,
+        line: bool = False,
+        ready: Callable[[], None] | None = None,
+    ) -> Secret:
+        """Read to the end (``line``: to the first newline, which is not kept): into a
+        secret with room for one byte more than expected (so the end shows without a plain
+        copy), doubling it (secure to secure) when it fills up, and trimming it to what came
+        at the end."""
+        limit = max_size + 1 if max_size is not None else None  # room to see one byte too many
+        capacity = max(PAGE_SIZE, hint + 1)
+        if limit is not None:
+            capacity = min(capacity, limit)
+        secret = cls(capacity, name=name)
+        used = 0
+        try:
+            while True:
+                if used == len(secret):
+                    if limit is not None and used >= limit:
+                        raise StreamError(f"{what} gave more than max_size={max_size} bytes")
+                    grown = 2 * used if limit is None else min(2 * used, limit)
+                    secret = secret._moved(grown, used)
+                n = secret._read_into(read, used, what, ready)
+                if n == 0:
+                    break
+                used += n
+                if line and secret._newline_at(used - 1):
+                    used -= 1
+                    break
+            if used == 0:
+                raise RegionError(f"{what} gave no bytes: a secret cannot be empty")
+            if used != len(secret):
+                secret = secret._moved(used, used)
+        except BaseException:
+            secret.close()  # wiped now, not when the traceback lets go of it
+            raise
         return secret
+
+    @classmethod
+    def from_writer(
+        cls, size: int, write: Callable[[memoryview], object], *, name: str | None = None
+    ) -> Secret:
+        """A secret of ``size`` bytes filled in place by ``write(buffer)``: a writable
+        memoryview over the secret, valid during the call only (keeping it raises
+        :class:`StreamError`).  For APIs that write their output into a buffer, so that it
+        never exists as ``bytes``::
+
+            with ikm_secret.reveal() as ikm:      # reveal inputs first, outside the call
+                key = Secret.from_writer(32, lambda out: hkdf.derive_into(ikm, out))
+
+        Whatever ``write`` returns is ignored; if it raises, the secret is wiped.
+        """
+        secret = cls(size, name=name)
+        try:
+            secret._read_into(lambda target: (write(target), 0)[1], 0, "the writer")
+        except BaseException:
+            secret.close()
+            raise
+        return secret
+
+    def _newline_at(self, offset: int) -> bool:
+        with self.reveal() as buf, memoryview(buf) as whole:
+            # one byte as a small int: CPython's preallocated singletons, nothing is allocated
+            return whole[offset] == 0x0A
+
+    def _read_into(
+        self,
+        read: Callable[[memoryview], object],
+        offset: int,
+        what: str,
+        ready: Callable[[], None] | None = None,
+    ) -> int:
+        """One ``read(buffer)`` into this secret from ``offset``; the byte count it gave.
+        ``ready`` (if given) waits for data before the secret is opened."""
+        self._check()
+        if ready is not None:
+            ready()
+        try:
+            with self._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
+                with memoryview(g.mut_ref_guard()) as whole, whole[offset:] as target:
+                    room = target.nbytes
+                    n = read(target)
+        except ViewError as exc:
+            if self._region._binding is None or self._region.closed:
+                raise
+            raise StreamError(
+                f"{what} kept the memoryview it was given (a buffer over the secret): the "
+                "secret was wiped; touching that memoryview now faults"
+            ) from exc
+        if self._region._inherited:
+            raise SecretUnavailableError(
+                f"the process forked while {what} was being read into a secret; the child has "
+                "no copy of it (read the secret again in the child)"
+            )
+        if n is None:
+            raise StreamError(
+                f"{what} has no data now (a non-blocking stream): make it blocking, or read "
+                "the secret once it has all arrived"
+            )
+        if type(n) is not int:
+            raise StreamError(f"{what}: readinto() returned {type(n).__name__}, not a byte count")
+        if not 0 <= n <= room:
+            raise StreamError(f"{what}: readinto() returned {n} for a {room}-byte buffer")
+        return n
 
     @classmethod
     def from_chunks(
@@ -208,6 +488,12 @@ class Secret(Unshareable):
         return self._region.closed
 
     @property
+    def backing(self) -> Literal["memfd_secret", "mmap"]:
+        """Where the bytes live: ``memfd_secret`` pages (out of the kernel's direct map) or
+        private ``mmap`` pages (see :class:`pkeyguard.allocator.Secure`)."""
+        return "memfd_secret" if self._region._advice["secretmem"] else "mmap"
+
+    @property
     def address(self) -> int:
         """Where the bytes are (for diagnostics: reading it outside reveal() faults)."""
         return self._region.address
@@ -236,14 +522,42 @@ class Secret(Unshareable):
         guard: AbstractContextManager[BytesRef] = self._assoc._guard(1, ReadGuard, BytesRef)
         return guard
 
+    def hmac(self, msg: BytesLike, digest: str | Callable[..., Any] = "sha256") -> bytes:
+        """HMAC of ``msg`` with this secret as the key, computed by OpenSSL on the revealed
+        bytes: no copy (``hmac.new`` would insist on a ``bytes`` copy of the key).
+
+        ``digest`` is a hash name OpenSSL knows (``"sha256"``, ``"blake2b"``, ...) or a
+        hashlib constructor (``hashlib.sha256``), which is only asked for its name: handing it
+        to ``hmac`` would take hmac's pure-Python path, which pads and XORs the key into plain
+        ``bytes``. A name OpenSSL does not know raises ValueError.
+        """
+        name = _digest_name(digest)
+        if _openssl_hmac is None:
+            raise PkeyguardError(
+                "this Python has no OpenSSL HMAC (_hashlib): Secret.hmac() cannot run without "
+                "copying the key"
+            )
+        # The message's buffer first: its __buffer__ is user code (it may fork, or close this
+        # secret), and nothing but OpenSSL may run while the secret is open.
+        with memoryview(msg) as message, self.reveal() as key:
+            return _openssl_hmac(key, message, name)
+
     def equals(self, other: BytesLike) -> bool:
         """Constant-time comparison with ``other``."""
         with memoryview(other) as theirs, self.reveal() as buf:
-            return hmac.compare_digest(buf, theirs)
+            return _hmac.compare_digest(buf, theirs)
 
     def _check(self) -> None:
-        if self._region.closed:
+        region = self._region
+        if region.closed:
             raise RegionError(f"{self!r} is closed")
+        if region._inherited:
+            raise SecretUnavailableError(
+                f"{self!r} was made before this process forked: a fork child never gets a "
+                "parent's secret bytes (it sees zero pages there). Make or load the secret in "
+                "the child, or use a 'spawn' or 'forkserver' multiprocessing context and pass "
+                "the child what it needs to load it (close() works here)"
+            )
 
     def close(self) -> None:
         """Wipe and unmap the secret (idempotent).
@@ -275,5 +589,10 @@ class Secret(Unshareable):
         name = getattr(self, "name", None)
         label = f" {name!r}" if name else ""
         region = getattr(self, "_region", None)
-        state = "closed" if region is None or region.closed else f"{len(self)} bytes"
+        if region is None or region.closed:
+            state = "closed"
+        elif region._inherited:
+            state = "inherited across fork: unavailable"
+        else:
+            state = f"{len(self)} bytes"
         return f"<Secret{label} {state}>"  # never the content

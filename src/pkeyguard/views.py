@@ -119,6 +119,12 @@ def _field_span(owner: type[Any], name: str) -> tuple[int, int, bool]:
     return offset, size, False
 
 
+def _as_slice(where: range) -> slice:
+    """The slice that names exactly ``where`` (a range made by ``slice.indices``, whose stop
+    is -1 when a negative step runs to the start: as a slice stop that would mean the end)."""
+    return slice(where.start, where.stop if where.stop >= 0 else None, where.step)
+
+
 class _Proxy:
     """A Structure, Union or array inside a region, seen through a view: each access is a
     checked copy in or out, and ctypes converts the copy."""
@@ -166,13 +172,15 @@ class _Proxy:
         with memoryview(scratch).cast("B") as mv:
             self._pg_view._write(self._pg_base + offset, mv[offset : offset + length])
 
-    # Arrays: elements and slices.
-    def _array(self) -> tuple[Any, int, int]:
+    # Arrays: elements and slices. The element type and the length are ctypes' own record,
+    # read through an instance of the array type (ctypes indexes by what it stored when the
+    # class was made); ``_type_`` and ``_length_`` are class attributes anyone can reassign.
+    def _array(self) -> tuple[int, int]:
+        """(element size, length)."""
         if not issubclass(self._pg_type, ctypes.Array):
             raise TypeError(f"{self._pg_type.__name__} is not an array: use its fields")
-        array: Any = self._pg_type
-        etype: Any = array._type_
-        return etype, ctypes.sizeof(etype), array._length_
+        length = len(self._scratch(0, b""))
+        return (ctypes.sizeof(self._pg_type) // length if length else 0), length
 
     def _indices(self, index: Any, length: int) -> range | int:
         if isinstance(index, slice):
@@ -184,53 +192,59 @@ class _Proxy:
             raise IndexError("invalid index")
         return i
 
+    def _span(self, where: range, esize: int) -> tuple[int, int]:
+        """(first byte, byte count) covering the elements ``where`` names."""
+        lo, hi = min(where[0], where[-1]), max(where[0], where[-1])
+        return lo * esize, (hi - lo + 1) * esize
+
     def __getitem__(self, index: Any) -> Any:
-        etype, esize, length = self._array()
+        esize, length = self._array()
         where = self._indices(index, length)  # runs __index__ before any memory is read
         if isinstance(where, int):
             raw = self._pg_view._read(self._pg_base + where * esize, esize)
-            return self._wrap(where * esize, (etype * 1).from_buffer_copy(raw)[0])
-        if issubclass(etype, _COMPOSITES):
-            self._pg_view.check(False)
-            return [_Proxy(self._pg_view, self._pg_base + i * esize, etype) for i in where]
-        if where:
-            lo = min(where[0], where[-1])
-            span = abs(where[-1] - where[0]) + 1
-            raw = self._pg_view._read(self._pg_base + lo * esize, span * esize)
-            raw = b"".join(raw[(i - lo) * esize : (i - lo + 1) * esize] for i in where)
-        else:
+            return self._wrap(where * esize, self._scratch(where * esize, raw)[where])
+        if not where:
             self._pg_view.check(False)  # an empty slice of an expired view is refused too
-            raw = b""
-        # An array of the chosen elements, sliced whole: ctypes' own result (bytes for
-        # c_char, str for c_wchar, a list otherwise).
-        return (etype * len(where)).from_buffer_copy(raw)[:]
+            return self._scratch(0, b"")[0:0]
+        start, count = self._span(where, esize)
+        scratch = self._scratch(start, self._pg_view._read(self._pg_base + start, count))
+        picked = scratch[_as_slice(where)]  # ctypes' own result type (bytes, str or a list)
+        if isinstance(picked, list) and picked and isinstance(picked[0], _COMPOSITES):
+            return [
+                _Proxy(self._pg_view, self._pg_base + i * esize, type(e))
+                for i, e in zip(where, picked, strict=True)
+            ]
+        return picked
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        etype, esize, length = self._array()
+        esize, length = self._array()
         where = self._indices(index, length)
+        scratch = self._scratch(0, b"")
         if isinstance(where, int):
-            scratch = (etype * 1)()
-            scratch[0] = value  # ctypes converts here, on the copy
-            self._pg_view._write(self._pg_base + where * esize, scratch)
+            scratch[where] = value  # ctypes converts here, on the copy
+            with memoryview(scratch).cast("B") as mv:
+                self._pg_view._write(
+                    self._pg_base + where * esize, mv[where * esize : (where + 1) * esize]
+                )
             return
         if type(value) not in (bytes, str, list, tuple):
             # Take the items once, here: ctypes would call __len__ and __getitem__ itself and
             # replace an error they raise with its own "same size" ValueError.
             value = list(value)
-        scratch = (etype * len(where))()
-        scratch[:] = value  # the same length check and conversions as ctypes
+        scratch[_as_slice(where)] = value  # ctypes' length check and conversions
         if not where:
             self._pg_view.check(True)  # nothing to write, but the view must be usable
             return
         with memoryview(scratch).cast("B") as mv:
             if where.step == 1:
-                self._pg_view._write(self._pg_base + where.start * esize, mv)
+                start, count = self._span(where, esize)
+                self._pg_view._write(self._pg_base + start, mv[start : start + count])
             else:
-                for n, i in enumerate(where):
-                    self._pg_view._write(self._pg_base + i * esize, mv[n * esize : (n + 1) * esize])
+                for i in where:
+                    self._pg_view._write(self._pg_base + i * esize, mv[i * esize : (i + 1) * esize])
 
     def __len__(self) -> int:
-        return self._array()[2]
+        return self._array()[1]
 
     def __iter__(self) -> Any:
         for i in range(len(self)):

@@ -244,3 +244,50 @@ def test_write_under_read_only_faults() -> None:
     child = run_child(code, env={"PKEYGUARD_BACKEND": "mprotect"})
     assert child.returncode == -signal.SIGSEGV, child
     assert child.stdout.strip() == "0"
+
+
+def test_a_recycled_guard_is_a_new_guard(no_leaks: None) -> None:
+    # set_access_rights() reuses the memory of dropped guards; what it returns must still be
+    # a new, inactive guard of the association it was asked for, with nothing of the old one.
+    with (
+        RegionGuard(ctypes.c_uint32) as r1,
+        RegionGuard(ctypes.c_uint32) as r2,
+        PkeyGuard(NA) as k1,
+        PkeyGuard(NA) as k2,
+    ):
+        a1, a2 = k1.associate(r1), k2.associate(r2)
+        for _ in range(3):
+            old = a1.set_access_rights(RW)
+            with old:
+                old.mut_ref_guard().value = 7
+            del old
+            new = a2.set_access_rights(RW)
+            assert type(new) is WriteGuard and new.rights is RW
+            assert new.key is k2 and new.region is r2 and new._binding is a2
+            assert not new.active and new.thread is None and new.exports == 0
+            with new:
+                assert new.mut_ref_guard().value == 0
+            assert perms_at(r1.address) == perms_at(r2.address) == "---p"
+            kept = [a1.set_access_rights(RO) for _ in range(20)]
+            assert len({id(g) for g in kept}) == 20
+            del kept, new
+
+
+def test_a_finalizer_added_to_a_guard_class_still_runs(
+    assoc: AssociatedRegion[ctypes.c_uint32],
+) -> None:
+    # The registered guard classes get a lean deallocator; a __del__ set on the class later
+    # must still run (CPython's own deallocator takes over for it).
+    seen: list[PkeyPermissions] = []
+    WriteGuard.__del__ = lambda self: seen.append(self.rights)  # type: ignore[attr-defined]
+    try:
+        g = assoc.set_access_rights(RW)
+        with g:
+            pass
+        del g
+    finally:
+        del WriteGuard.__del__  # type: ignore[attr-defined]
+    assert seen == [RW]
+    g = assoc.set_access_rights(RW)
+    del g
+    assert seen == [RW]

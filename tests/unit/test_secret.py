@@ -32,20 +32,36 @@ def vm_flags(address: int) -> set[str]:
     return set(words)
 
 
+#: Both ways secret memory is backed; the machines that run this suite have memfd_secret
+#: (a kernel without it fails the memfd_secret cases: see tests/unit/test_secretmem.py).
+BACKINGS = ["memfd_secret", "mmap"]
+
+
+@pytest.fixture(params=BACKINGS)
+def backing(request: pytest.FixtureRequest) -> allocator.Backing:
+    value: allocator.Backing = request.param
+    return value
+
+
+def private_or_shared(backing: str) -> str:
+    """The last letter /proc/PID/maps shows for the usable pages."""
+    return "s" if backing == "memfd_secret" else "p"
+
+
 @pytest.mark.usefixtures("no_leaks")
 class TestSecureAllocator:
-    def test_guard_pages_surround_the_value(self) -> None:
-        with RegionGuard(100, allocator=Secure()) as region:
+    def test_guard_pages_surround_the_value(self, backing: allocator.Backing) -> None:
+        with RegionGuard(100, allocator=Secure(backing=backing)) as region:
             assert perms_at(region.address - 1) == "---p"
-            assert perms_at(region.address) == "rw-p"
+            assert perms_at(region.address) == "rw-" + private_or_shared(backing)
             assert perms_at(region.address + region.mapped_size) == "---p"
 
     @pytest.mark.parametrize("where", ["before", "after"])
-    def test_touching_a_guard_page_faults(self, where: str) -> None:
+    def test_touching_a_guard_page_faults(self, where: str, backing: str) -> None:
         code = f"""
             import ctypes
             from pkeyguard import RegionGuard, allocator
-            r = RegionGuard(100, allocator=allocator.Secure())
+            r = RegionGuard(100, allocator=allocator.Secure(backing="{backing}"))
             ctypes.memset(r.address, 1, 100)
             print("value ok", flush=True)
             target = r.address - 1 if "{where}" == "before" else r.address + r.mapped_size
@@ -56,25 +72,31 @@ class TestSecureAllocator:
         assert child.returncode == -signal.SIGSEGV, child
         assert child.stdout.strip() == "value ok"
 
-    def test_locked_in_memory(self) -> None:
+    def test_locked_in_memory(self, backing: allocator.Backing) -> None:
         before = vm_lck_kb()
-        with RegionGuard(3 * PAGE, allocator=Secure()) as region:
+        with RegionGuard(3 * PAGE, allocator=Secure(backing=backing)) as region:
             assert vm_lck_kb() - before == region.mapped_size // 1024
+            assert "lo" in vm_flags(region.address)
         assert vm_lck_kb() == before
         with RegionGuard(8, allocator=Secure(lock=False)):
             assert vm_lck_kb() == before
 
     def test_excluded_from_core_dumps_and_wiped_on_fork(self) -> None:
-        with RegionGuard(8, allocator=Secure()) as region:
+        with RegionGuard(8, allocator=Secure(backing="mmap")) as region:
             flags = vm_flags(region.address)
             assert "dd" in flags, flags  # MADV_DONTDUMP
             assert "wf" in flags, flags  # MADV_WIPEONFORK
             assert "lo" in flags, flags  # mlock
+        with RegionGuard(8, allocator=Secure(backing="memfd_secret")) as region:
+            # shared pages: WIPEONFORK is refused there, so they do not go to a child at all
+            flags = vm_flags(region.address)
+            assert {"dd", "dc", "lo"} <= flags, flags  # MADV_DONTDUMP, MADV_DONTFORK, locked
+            assert "dc" in vm_flags(region.address - 1)  # the guard pages too
         with RegionGuard(8) as plain:
-            assert not {"dd", "wf", "lo"} & vm_flags(plain.address)
+            assert not {"dd", "wf", "lo", "dc"} & vm_flags(plain.address)
 
-    def test_fork_child_sees_zeros(self) -> None:
-        with RegionGuard(64, allocator=Secure()) as region:
+    def test_fork_child_sees_zeros(self, backing: allocator.Backing) -> None:
+        with RegionGuard(64, allocator=Secure(backing=backing)) as region:
             ctypes.memmove(region.address, b"s3cret" * 10, 60)
             pid = os.fork()
             if pid == 0:
@@ -84,31 +106,33 @@ class TestSecureAllocator:
             assert os.waitstatus_to_exitcode(status) == 0
             assert ctypes.string_at(region.address, 6) == b"s3cret"  # the parent keeps it
 
-    def test_zeroed_before_unmap(self) -> None:
+    def test_zeroed_before_unmap(self, backing: allocator.Backing) -> None:
         seen: list[bytes] = []
         region = RegionGuard(
             PAGE + 10,
-            allocator=Secure(on_before_unmap=lambda a, n: seen.append(ctypes.string_at(a, n))),
+            allocator=Secure(
+                backing=backing, on_before_unmap=lambda a, n: seen.append(ctypes.string_at(a, n))
+            ),
         )
         ctypes.memset(region.address, 0xAB, PAGE + 10)
         region.close()
         assert len(seen) == 1 and seen[0] == bytes(2 * PAGE)
 
-    def test_canary_catches_an_overflow(self) -> None:
-        region = RegionGuard(32, allocator=Secure())
+    def test_canary_catches_an_overflow(self, backing: allocator.Backing) -> None:
+        region = RegionGuard(32, allocator=Secure(backing=backing))
         address = region.address
         ctypes.memset(address, 0x41, 33)  # one byte too many
         with pytest.raises(CanaryError, match="overwritten"):
             region.close()
         assert region.closed and perms_at(address) == ""
 
-    def test_intact_canary_is_silent(self) -> None:
-        region = RegionGuard(32, allocator=Secure())
+    def test_intact_canary_is_silent(self, backing: allocator.Backing) -> None:
+        region = RegionGuard(32, allocator=Secure(backing=backing))
         ctypes.memset(region.address, 0x41, 32)
         region.close()
 
-    def test_mlock_limit_error_names_the_limit(self) -> None:
-        code = """
+    def test_mlock_limit_error_names_the_limit(self, backing: str) -> None:
+        code = f"""
             import ctypes, resource
             # drop CAP_IPC_LOCK from the effective set so RLIMIT_MEMLOCK applies to root too
             class Hdr(ctypes.Structure):
@@ -125,7 +149,7 @@ class TestSecureAllocator:
             from pkeyguard import RegionGuard, MprotectError, allocator
             before = open("/proc/self/maps").read().count("\\n")
             try:
-                RegionGuard(64 * 1024, allocator=allocator.Secure())
+                RegionGuard(64 * 1024, allocator=allocator.Secure(backing="{backing}"))
             except MprotectError as exc:
                 print("ERR", exc.errno, exc)
             after = open("/proc/self/maps").read().count("\\n")
@@ -143,6 +167,13 @@ class TestSecureAllocator:
             Secure(canary_size=allocator.MAX_CANARY + 1)
         with pytest.raises(TypeError):
             Secure(canary_size=True)
+        with pytest.raises(ValueError, match="backing"):
+            Secure(backing="tmpfs")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            Secure(backing=None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="always locked"):
+            Secure(backing="memfd_secret", lock=False)
+        assert "backing='auto'" in repr(Secure())
 
 
 @pytest.mark.usefixtures("no_leaks")
@@ -166,12 +197,13 @@ class TestSecret:
     def test_closed_outside_reveal(self) -> None:
         with Secret.from_bytes(b"k" * 32) as secret:
             address = secret.address
-            assert perms_at(address) == "---p"
+            kind = private_or_shared(secret.backing)
+            assert perms_at(address) == "---" + kind
             with secret.reveal() as buf:
-                assert perms_at(address) == "r--p"
+                assert perms_at(address) == "r--" + kind
                 with pytest.raises(PermissionError):
                     buf[0] = 1  # type: ignore[index]
-            assert perms_at(address) == "---p"
+            assert perms_at(address) == "---" + kind
             assert "dd" in vm_flags(address)
 
     def test_raw_read_outside_reveal_faults(self) -> None:

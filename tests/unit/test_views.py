@@ -423,3 +423,43 @@ def test_byte_swapped_scalars_keep_their_byte_order() -> None:
                 raw = ctypes.string_at(region.address, ctypes.sizeof(ctype))
                 assert raw == bytes(ctype(value))
                 assert g.ref_guard().value == value
+
+
+def test_scalar_value_by_any_spelling_takes_the_same_checks() -> None:
+    # v.value has a fast path in the type's getattro/setattro; getattr() with a name built
+    # at run time (not the interned "value"), and every other attribute, take the generic
+    # path.  Both must read, write and refuse alike.
+    with RegionGuard(ctypes.c_uint16) as region, PkeyGuard() as key:
+        assoc = key.associate(region)
+        name = "".join(["val", "ue"])
+        with assoc.set_access_rights(RW) as g:
+            v = g.mut_ref_guard()
+            v.value = 513
+            assert getattr(v, name) == 513
+            setattr(v, name, 7)
+            assert v.value == 7 and v.writable and v.valid
+            with pytest.raises(OverflowError):
+                v.value = 1 << 16
+            with pytest.raises(AttributeError, match="cannot delete"):
+                del v.value  # pyright: ignore[reportAttributeAccessIssue]
+            with pytest.raises(AttributeError):
+                v.other = 1  # type: ignore[attr-defined]
+            with pytest.raises(AttributeError):
+                _ = v.other  # type: ignore[attr-defined]
+        with assoc.set_access_rights(RO) as g:
+            r = g.ref_guard()
+            with pytest.raises(AccessError, match="read-only"):
+                setattr(r, name, 1)
+            with pytest.raises(AccessError, match="read-only"):
+                r.value = 1  # type: ignore[misc]
+        for spelling in ("value", name):
+            with pytest.raises(ViewError, match="after its guard exited"):
+                getattr(v, spelling)
+            with pytest.raises(ViewError, match="after its guard exited"):
+                setattr(v, spelling, 1)
+    with RegionGuard(4) as byte_region, PkeyGuard() as key:
+        byte_assoc = key.associate(byte_region)
+        with byte_assoc.set_access_rights(RW) as bg:
+            b = bg.mut_ref_guard()
+            b.value = b"abcd"
+            assert b.value == getattr(b, name) == b"abcd"

@@ -48,11 +48,14 @@ from typing import Any, TextIO
 from pkeyguard import (
     AccessPermissions,
     AssociatedRegion,
+    MprotectError,
     PkeyGuard,
     PkeyPermissions,
     RegionGuard,
+    Secret,
     WriteGuard,
     _core,
+    allocator,
 )
 from pkeyguard import backend as active_backend
 
@@ -313,6 +316,16 @@ class Fixtures:
     def __init__(self) -> None:
         self.items: list[Guarded] = []
         self._buffers: list[tuple[memoryview, mmap.mmap]] = []
+        self._secrets: list[Secret] = []
+
+    def secret(self, backing: allocator.Backing) -> Secret | Missing:
+        """A 32-byte Secret in ``backing`` memory (Missing where the kernel has none)."""
+        try:
+            secret = Secret(32, allocator=allocator.Secure(backing=backing))
+        except MprotectError as exc:
+            return Missing(f"no {backing} memory here: {exc}")
+        self._secrets.append(secret)
+        return secret
 
     def buffer(self, nbytes: int) -> memoryview:
         """A page-aligned anonymous buffer (plain memory, no key)."""
@@ -346,6 +359,9 @@ class Fixtures:
             view.release()
             m.close()
         self._buffers.clear()
+        for secret in self._secrets:
+            secret.close()
+        self._secrets.clear()
         for item in reversed(self.items):
             item.key.close()
             item.region.close()
@@ -420,6 +436,12 @@ def _instance_id(scope: str, slug: str, threads: int, size: int | None) -> str:
     return case_id(slug, threads, size if scope == "size" else None)
 
 
+class _Plain:
+    """The cheapest class attribute: ``_Plain.a`` (metaclass ``type``)."""
+
+    a = 1
+
+
 def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
     """Regions, keys, buffers, and every case of :data:`specs.CASES` for this run.
 
@@ -434,11 +456,17 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
     ``prot.first/second`` the pair a switch performs on the pages: RW then NONE (mprotect); on
                           pku the pages stay RW, so the alternative closes and reopens them
     ``floor.mprotect``    ``_floor.mprotect``; ``libc.*``: ctypes ``mprotect``, ``pkey_set``
+    ``call.table``        ``{call.key: nop_guard}``: ``with d.get(k):`` is a C method call
+                          returning the empty C CM
+    ``plain.class``       a plain class (metaclass ``type``) with a class attribute ``a``
     ``mv.u8``, ``mv.u32`` a memoryview of a bytearray, format B and cast to ``I``
     ``scalar.guard``      the ReadWrite guard of a ``c_uint32`` region
     ``bulk.*``            the bulk region's ``guard``; bytearray ``src`` and memoryviews
                           ``src_mv``, ``dst_mv`` of the bulk size; ``aligned``: a page-aligned
                           anonymous ``mmap`` of that size
+    ``Secret``            the class; ``secure.mmap``/``secure.memfd``: ``allocator.Secure``
+                          for each backing; ``secret.mmap``/``secret.memfd``: a 32-byte Secret
+                          in each (memfd_secret cases are skipped where the kernel has none)
     """
     pku = backend == "pku"
     skipped: list[dict[str, str]] = []
@@ -452,6 +480,8 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
         scalar = fixtures.make(ctypes.c_uint32, "bench scalar")
         bulk = fixtures.make(mode.bulk_bytes, "bench bulk")
         aligned = fixtures.buffer(mode.bulk_bytes)
+        secret_mmap = fixtures.secret("mmap")
+        secret_memfd = fixtures.secret("memfd_secret")
     except BaseException:
         fixtures.close()
         raise
@@ -464,10 +494,14 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
     dst_mv[:] = src_mv  # fault the destination in
     aligned[:] = src_mv
     first = by_size[sizes[0]]
+    nop_guard = _core.Key(0, _core.MODE_NOP, 2)._guard(2)
     common: dict[str, object] = {
-        "nop_guard": _core.Key(0, _core.MODE_NOP, 2)._guard(2),
+        "nop_guard": nop_guard,
         "no_syscall_guard": _core.Key(0x7FFF, _core.MODE_MPROTECT, 0)._guard(2),
         "PkeyPermissions": PkeyPermissions,
+        "call.table": {PkeyPermissions.ReadWrite: nop_guard},
+        "call.key": PkeyPermissions.ReadWrite,
+        "plain.class": _Plain,
         "first.assoc": first.assoc,
         "first.pkey": first.key.key,
         "prot.first": prot_none if pku else prot_rw,
@@ -483,6 +517,13 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
         "bulk.src_mv": src_mv,
         "bulk.dst_mv": dst_mv,
         "bulk.aligned": aligned,
+        "Secret": Secret,
+        "secure.mmap": allocator.Secure(backing="mmap"),
+        "secure.memfd": secret_memfd
+        if isinstance(secret_memfd, Missing)
+        else allocator.Secure(backing="memfd_secret"),
+        "secret.mmap": secret_mmap,
+        "secret.memfd": secret_memfd,
     }
     per_size = {
         size: {
@@ -833,6 +874,7 @@ _SECTIONS = (
     ("alt", "what a user would write instead"),
     ("scalar", "scalar access"),
     ("bulk", "bulk copy"),
+    ("secret", "secrets: memfd_secret against private mmap"),
 )
 
 

@@ -197,6 +197,18 @@ def test_qemu_argv() -> None:
     assert "pkgvm_pku=0" in _option(no_pku, "-append")[0].split()
 
 
+def test_extra_kernel_arguments() -> None:
+    argv = vm.qemu_argv(
+        _fake_prov(None), shared_dir="/s", nonce="n", kernel_args=["secretmem.enable=1", "x"]
+    )
+    assert _option(argv, "-append")[0].split()[-2:] == ["secretmem.enable=1", "x"]
+    for bad in ("two words", "", " lead", "console=tty0", "panic=1", "pkgvm_pku=0", "a\tb"):
+        with pytest.raises(ValueError):
+            vm.qemu_argv(_fake_prov(None), shared_dir="/s", nonce="n", kernel_args=[bad])
+    with pytest.raises(SystemExit):
+        vm.main(["--kernel-arg", "console=tty0", "--", "true"])
+
+
 def _source(tmp_path: Path, env: dict[str, str], cwd: Path) -> tuple[int, dict[str, str], str]:
     """Run the guest's scripts with the host's /bin/sh (dash, the same shell the guest uses)."""
     env_file = tmp_path / "env.sh"

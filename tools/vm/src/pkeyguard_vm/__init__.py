@@ -105,6 +105,7 @@ __all__ = [
     "VMResult",
     "VMTimeoutError",
     "build_initramfs",
+    "check_kernel_args",
     "command_script",
     "default_cache_dir",
     "ensure_kernel",
@@ -912,7 +913,25 @@ def command_script(argv: Sequence[str], *, cwd: str, env_file: str, out_dir: str
     return text.encode("utf-8", "surrogateescape")
 
 
-def kernel_cmdline(*, nonce: str, pku: bool, verbose: bool = False) -> str:
+def check_kernel_args(words: Sequence[str]) -> list[str]:
+    """Extra kernel command-line words (``secretmem.enable=1``): one word each, and none that
+    would override what the runner itself sets."""
+    out = []
+    for word in words:
+        if not word or word != word.strip() or any(c.isspace() for c in word):
+            raise ValueError(f"a kernel argument is one word without spaces, got {word!r}")
+        if word.partition("=")[0] in _OWN_KERNEL_ARGS or word.startswith("pkgvm_"):
+            raise ValueError(f"{word!r} would override pkeyguard-vm's own kernel argument")
+        out.append(word)
+    return out
+
+
+_OWN_KERNEL_ARGS = frozenset({"console", "panic", "tsc", "quiet", "loglevel", "init", "rdinit"})
+
+
+def kernel_cmdline(
+    *, nonce: str, pku: bool, verbose: bool = False, extra: Sequence[str] = ()
+) -> str:
     # tsc=reliable: TCG's TSCs look unsynchronised, and the hpet fallback makes every clock read
     # in the guest an emulated MMIO access (and boot ~0.5 s slower).
     words = ["console=ttyS0", "panic=-1", "tsc=reliable"]
@@ -921,7 +940,7 @@ def kernel_cmdline(*, nonce: str, pku: bool, verbose: bool = False) -> str:
     # (oopses raise the level themselves).
     words += ["loglevel=4"] if verbose else ["quiet", "loglevel=1"]
     words += [f"pkgvm_nonce={nonce}", f"pkgvm_pku={int(pku)}"]
-    return " ".join(words)
+    return " ".join(words + check_kernel_args(extra))
 
 
 def qemu_argv(
@@ -934,11 +953,13 @@ def qemu_argv(
     mem: str = "2G",
     verbose: bool = False,
     cpu: str | None = None,
+    kernel_args: Sequence[str] = (),
 ) -> list[str]:
     """The qemu command line. TCG only: nested KVM hangs on these machines.
 
     ``cpu`` overrides the CPU model (default ``max``, or ``max,-pku`` when ``pku`` is false);
-    the guest's PKU check still follows ``pku``.
+    the guest's PKU check still follows ``pku``.  ``kernel_args`` go at the end of the
+    kernel command line.
     """
     if cpu is None:
         cpu = "max" if pku else "max,-pku"
@@ -959,7 +980,7 @@ def qemu_argv(
     argv += [
         "-kernel", str(prov.kernel.image),
         "-initrd", str(prov.initramfs),
-        "-append", kernel_cmdline(nonce=nonce, pku=pku, verbose=verbose),
+        "-append", kernel_cmdline(nonce=nonce, pku=pku, verbose=verbose, extra=kernel_args),
         "-virtfs",
         f"local,path=/,mount_tag={_ROOT_TAG},security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={shared_opt},mount_tag={_SHARED_TAG},security_model=none",
@@ -1208,6 +1229,7 @@ def run(
     cpu: str | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     kernel: str = DEFAULT_KERNEL,
+    kernel_args: Sequence[str] = (),
 ) -> VMResult:
     """Run ``argv`` in a fresh PKU guest and return its exit status and output.
 
@@ -1217,12 +1239,14 @@ def run(
     but the guest has none), :class:`ProvisionError` or :class:`VMError`. ``cpu`` overrides
     qemu's CPU model (see :func:`qemu_argv`). What the command writes under
     ``$PKEYGUARD_VM_OUT`` is copied to ``out_dir`` at the end, also after a failure. ``kernel``
-    picks the guest kernel, one of :data:`KERNELS`.
+    picks the guest kernel, one of :data:`KERNELS`; ``kernel_args`` are extra words for its
+    command line (``secretmem.enable=1``).
     """
     if not argv:
         raise ValueError("empty command")
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
+    kernel_args = check_kernel_args(kernel_args)
     start = time.monotonic()
     log = _stderr_log if verbose else _quiet_log
     # Slow provisioning steps (apt, kernel download) are always announced.
@@ -1255,6 +1279,7 @@ def run(
             mem=mem,
             verbose=verbose,
             cpu=cpu,
+            kernel_args=kernel_args,
         )
         log("$ " + shlex.join(qemu))
         log(f"command in the guest: {shlex.join(command)}")
@@ -1337,6 +1362,14 @@ def _parser() -> argparse.ArgumentParser:
         "machine's apt sources (Debian 12: 6.1); 'backports', the newest Debian builds for this "
         "release, from <codename>-backports (Debian 12: 6.12)",
     )
+    parser.add_argument(
+        "--kernel-arg",
+        action="append",
+        default=[],
+        metavar="WORD",
+        help="add WORD to the guest kernel's command line (repeatable), e.g. "
+        "secretmem.enable=1 (memfd_secret on Linux 5.14 to 6.4)",
+    )
     parser.add_argument("--smp", type=int, default=2, metavar="N", help="guest CPUs (default 2)")
     parser.add_argument("--mem", default="2G", metavar="SIZE", help="guest memory (default 2G)")
     parser.add_argument(
@@ -1375,6 +1408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no command given (put it after --)")
     if args.smp < 1:
         parser.error("--smp must be at least 1")
+    try:
+        check_kernel_args(args.kernel_arg)
+    except ValueError as exc:
+        parser.error(str(exc))
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         if args.provision_only:
@@ -1399,6 +1436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_install=not args.no_install,
             out_dir=args.out,
             kernel=args.kernel,
+            kernel_args=args.kernel_arg,
         )
         if args.verbose:
             _stderr_log(

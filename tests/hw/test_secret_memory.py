@@ -1,0 +1,97 @@
+"""Secrets in memfd_secret(2) memory on pku: the pages carry the library's key, a stray
+read dies with SEGV_PKUERR, /proc/self/mem cannot read them even inside reveal(), and a
+fork child gets zero pages that carry the key too.
+
+The guest boots with ``secretmem.enable=1`` (tools/test.sh): Debian's 6.1 kernel has
+memfd_secret switched off without it.  A kernel that cannot offer it fails here.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+
+import pkeyguard
+from pkeyguard import Secret, allocator
+from tests.support import SECRETMEM, maps, pkey_at, proc_mem_read, run_child
+
+NEEDS = (
+    "memfd_secret(2) is unavailable in this guest: Linux 5.14 to 6.4 need secretmem.enable=1 "
+    "(pkeyguard-vm --kernel-arg secretmem.enable=1)"
+)
+
+
+def test_secrets_use_secret_memory_tagged_with_the_key() -> None:
+    library_key = pkeyguard.secret._secrets_key()
+    with Secret.from_bytes(b"hunter2") as secret:
+        assert secret.backing == "memfd_secret", NEEDS
+        line = next(m for m in maps() if m.startswith(f"{secret.address:x}-"))
+        assert line.split()[5] == SECRETMEM, line
+        assert pkey_at(secret.address) == library_key.key  # pkey_mprotect took
+        with secret.reveal() as buf:
+            assert bytes(buf) == b"hunter2"
+
+
+def test_proc_self_mem_reads_mmap_secrets_but_not_secret_memory() -> None:
+    """The kernel applies no key rights to /proc/PID/mem: the mmap backing gives the bytes
+    away even on pku; memfd_secret pages are out of the direct map (EIO)."""
+    plain = Secret(7, allocator=allocator.Secure(backing="mmap"))
+    plain.write(0, b"hunter2")
+    with plain:
+        assert proc_mem_read(plain.address, 7) == b"hunter2"
+    with Secret.from_bytes(b"hunter2") as secret:
+        assert secret.backing == "memfd_secret", NEEDS
+        assert proc_mem_read(secret.address, 7) == errno.EIO
+        with secret.reveal():
+            assert proc_mem_read(secret.address, 7) == errno.EIO
+
+
+def test_stray_read_of_secret_memory_dies_with_pkuerr() -> None:
+    child = run_child(
+        """
+import ctypes, pkeyguard
+from pkeyguard import Secret
+pkeyguard.faults.enable()
+s = Secret.from_bytes(b"hunter2", name="db-password")
+print(s.backing, flush=True)
+ctypes.string_at(s.address, 7)
+""",
+        env={"PKEYGUARD_BACKEND": "pku"},
+    )
+    assert child.returncode == -signal.SIGSEGV, child
+    assert child.stdout.strip() == "memfd_secret", NEEDS
+    assert "SEGV_PKUERR" in child.stderr and "db-password" in child.stderr
+
+
+def test_fork_child_gets_zero_pages_with_the_key() -> None:
+    child = run_child(
+        """
+import os
+import pkeyguard
+from pkeyguard import Secret, SecretUnavailableError
+from tests.support import pkey_at
+key = pkeyguard.secret._secrets_key().key
+s = Secret.from_bytes(b"hunter2")
+assert s.backing == "memfd_secret"
+pid = os.fork()
+if pid == 0:
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    zeros = os.pread(fd, 7, s.address) == bytes(7)   # private zero pages: readable here
+    tagged = pkey_at(s.address) == key
+    try:
+        s.reveal()
+        refused = False
+    except SecretUnavailableError:
+        refused = True
+    s.close()
+    os._exit(0 if (zeros and tagged and refused) else 1)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+with s.reveal() as buf:
+    print("parent", bytes(buf))
+s.close()
+""",
+        env={"PKEYGUARD_BACKEND": "pku"},
+    )
+    assert child.returncode == 0, child
+    assert child.stdout.split("\n")[:2] == ["child 0", "parent b'hunter2'"], child

@@ -1,0 +1,533 @@
+"""Secrets read from files, descriptors and streams: straight into protected memory, from
+anything readable (pipes, /dev/stdin, /proc files that report size 0), and safe against
+streams that lie, raise, keep the buffer, never end, fork or get interrupted.
+
+The hostile cases run in a child interpreter: a signal, a hang, a leaked mapping or key, or
+an unexpected exception fails them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import io
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pkeyguard import ArgumentTypeError, RegionError, Secret, StreamError, allocator
+from tests.support import run_child
+
+PAGE = allocator.PAGE_SIZE
+
+
+def revealed(secret: Secret) -> bytes:
+    with secret.reveal() as buf:
+        return bytes(buf)
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def feed(fd: int, data: bytes, chunk: int = 1000) -> threading.Thread:
+    """Write ``data`` to ``fd`` in small pieces from a thread, then close it."""
+
+    def run() -> None:
+        for i in range(0, len(data), chunk):
+            os.write(fd, data[i : i + chunk])
+        os.close(fd)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+@pytest.mark.usefixtures("no_leaks")
+class TestReadable:
+    def test_regular_file_exact_size(self, tmp_path: Path) -> None:
+        for size in (1, PAGE - 1, PAGE, PAGE + 1, 3 * PAGE + 5):
+            path = tmp_path / f"k{size}"
+            path.write_bytes(os.urandom(size))
+            with Secret.from_file(path) as secret:
+                assert len(secret) == size and revealed(secret) == path.read_bytes()
+
+    def test_pipe_through_from_fd_in_pieces(self, pipe: tuple[int, int]) -> None:
+        r, w = pipe
+        data = os.urandom(5 * PAGE + 123)
+        writer = feed(w, data)
+        with Secret.from_fd(r) as secret:
+            assert revealed(secret) == data
+        writer.join()
+
+    def test_fifo_by_path(self, tmp_path: Path) -> None:
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        data = b"token-from-a-fifo"
+
+        def write() -> None:
+            with open(fifo, "wb") as f:
+                f.write(data)
+
+        t = threading.Thread(target=write)
+        t.start()
+        with Secret.from_file(fifo) as secret:  # st_size is 0 for a FIFO
+            assert revealed(secret) == data
+        t.join()
+
+    def test_proc_file_that_reports_size_zero(self) -> None:
+        path = f"/proc/{os.getpid()}/cmdline"
+        assert os.stat(path).st_size == 0
+        expected = Path(path).read_bytes()
+        with Secret.from_file(path) as secret:
+            assert revealed(secret) == expected
+
+    def test_from_stream_with_an_unbuffered_file_and_bytesio(self, tmp_path: Path) -> None:
+        path = tmp_path / "k"
+        path.write_bytes(b"x" * 3 * PAGE)
+        with open(path, "rb", buffering=0) as f, Secret.from_stream(f) as secret:
+            assert revealed(secret) == b"x" * 3 * PAGE
+        with Secret.from_stream(io.BytesIO(b"from memory")) as secret:
+            assert revealed(secret) == b"from memory"
+
+    def test_reads_from_the_current_offset_and_leaves_the_descriptor_open(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "k"
+        path.write_bytes(b"header:secret")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.lseek(fd, 7, os.SEEK_SET)
+            with Secret.from_fd(fd) as secret:
+                assert revealed(secret) == b"secret"
+            os.fstat(fd)  # still open
+        finally:
+            os.close(fd)
+
+    def test_the_reader_writes_straight_into_protected_memory(self) -> None:
+        """No bytes object on the way: readinto() is handed a memoryview over the secret's
+        own (locked, key-tagged) pages."""
+        seen: list[tuple[int, bool, str]] = []
+
+        class Reader:
+            def __init__(self) -> None:
+                self.left = 10
+
+            def readinto(self, buffer: memoryview) -> int:
+                address = _address_of(buffer)
+                seen.append((address, buffer.readonly, type(buffer.obj).__name__))
+                n = min(self.left, buffer.nbytes)
+                buffer[:n] = b"s" * n
+                self.left -= n
+                return n
+
+        with Secret.from_stream(Reader()) as secret:
+            assert revealed(secret) == b"s" * 10
+        assert seen and all(not ro and kind == "MutBytesRef" for _, ro, kind in seen), seen
+
+    def test_grows_past_the_first_guess_and_trims_to_what_came(self) -> None:
+        data = os.urandom(10 * PAGE + 7)
+        with Secret.from_stream(io.BytesIO(data)) as secret:
+            assert len(secret) == len(data) and revealed(secret) == data
+
+
+def _address_of(buffer: memoryview) -> int:
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+@pytest.mark.usefixtures("no_leaks")
+class TestRefused:
+    def test_empty_input(self, tmp_path: Path, pipe: tuple[int, int]) -> None:
+        empty = tmp_path / "empty"
+        empty.write_bytes(b"")
+        with pytest.raises(RegionError, match="no bytes"):
+            Secret.from_file(empty)
+        r, w = pipe
+        os.close(w)
+        with pytest.raises(RegionError, match="no bytes"):
+            Secret.from_fd(r)
+
+    def test_more_than_max_size(self) -> None:
+        with pytest.raises(StreamError, match="max_size=100"):
+            Secret.from_stream(io.BytesIO(b"x" * 101), max_size=100)
+        with Secret.from_stream(io.BytesIO(b"x" * 100), max_size=100) as secret:
+            assert len(secret) == 100
+
+    def test_bad_arguments(self) -> None:
+        with pytest.raises(ArgumentTypeError, match="readinto"):
+            Secret.from_stream(io.StringIO("text"))  # type: ignore[arg-type]
+        with pytest.raises(ArgumentTypeError, match="fd must be an int"):
+            Secret.from_fd("0")  # type: ignore[arg-type]
+        with pytest.raises(ArgumentTypeError):
+            Secret.from_fd(True)
+        with pytest.raises(ArgumentTypeError, match="max_size"):
+            Secret.from_stream(io.BytesIO(b"x"), max_size=1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="max_size"):
+            Secret.from_fd(0, max_size=0)
+        with pytest.raises(OSError):
+            Secret.from_fd(987654)  # not open
+
+
+# -- hostile streams, each in a child interpreter -------------------------------------------
+
+HOSTILE_PRELUDE = """
+import gc, io, os, sys, threading
+from pkeyguard import Secret, StreamError, SecretUnavailableError, RegionError, _core
+from tests.support import anon_mappings, new_anon_mappings
+
+def snapshot():
+    gc.collect()
+    return anon_mappings(), _core.live_key_count()
+
+def assert_clean(before):
+    gc.collect()
+    maps, keys = before
+    assert _core.thread_guards() == [], "a guard is still active"
+    assert _core.live_key_count() == keys, "a key was leaked"
+    leaked = {m for m in new_anon_mappings(maps, anon_mappings())
+              if not (m[2] == "rw-p" and m[1] - m[0] >= 1 << 18)}
+    assert not leaked, f"leaked {sorted(leaked)}"
+
+class Reader:
+    # gives `chunks` (bytes) in turn, then returns `last`
+    def __init__(self, chunks, last=0):
+        self.chunks, self.last = list(chunks), last
+    def readinto(self, buffer):
+        if self.chunks:
+            data = self.chunks.pop(0)
+            buffer[:len(data)] = data
+            return len(data)
+        return self.last
+
+# a first secret, so that the library's key and its bookkeeping exist before the snapshot
+keep = Secret.from_bytes(b"keep")
+before = snapshot()
+"""
+
+
+def hostile(code: str, *, env: dict[str, str] | None = None) -> str:
+    child = run_child(
+        HOSTILE_PRELUDE + code + "\nassert_clean(before)\nprint('clean')\n",
+        env={"PYTHONPATH": os.pathsep.join(sys.path), **(env or {})},
+    )
+    assert child.returncode == 0, child
+    assert child.stdout.strip().endswith("clean"), child
+    assert "Exception ignored" not in child.stderr, child
+    return child.stdout
+
+
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [
+        ("None", "no data now"),
+        ("'7'", "returned str"),
+        ("7.0", "returned float"),
+        ("True", "returned bool"),
+        ("-1", "returned -1"),
+        ("10**6", "returned 1000000 for a"),
+        ("type('I', (), {'__index__': lambda s: 3})()", "returned I"),
+    ],
+)
+def test_readinto_returning_the_wrong_thing(result: str, message: str) -> None:
+    out = hostile(f"""
+try:
+    Secret.from_stream(Reader([b"abc"], last={result}))
+except StreamError as exc:
+    print("StreamError", exc)
+""")
+    assert "StreamError" in out and message in out, out
+
+
+def test_reader_that_raises_midway_leaves_nothing() -> None:
+    out = hostile("""
+class Boom(Exception): pass
+class R:
+    def __init__(self, exc_type):
+        self.n, self.exc_type = 0, exc_type
+    def readinto(self, buffer):
+        self.n += 1
+        if self.n == 3:                     # after the secret has grown once
+            raise self.exc_type("disk on fire")
+        buffer[:4096] = b"s" * 4096
+        return 4096
+for exc_type in (Boom, KeyboardInterrupt, MemoryError):
+    try:
+        Secret.from_stream(R(exc_type))
+    except exc_type:
+        print("raised", exc_type.__name__)
+""")
+    assert out.split("\n")[:3] == ["raised Boom", "raised KeyboardInterrupt", "raised MemoryError"]
+
+
+def test_reader_that_keeps_the_buffer() -> None:
+    """It gets a StreamError, and the memory it kept is wiped and unmapped (touching it
+    would fault: that is the one thing a zero-copy buffer cannot prevent)."""
+    out = hostile("""
+kept = []
+class R:
+    def readinto(self, buffer):
+        kept.append(buffer[:])
+        buffer[:3] = b"abc"
+        return 3
+try:
+    Secret.from_stream(R())
+except StreamError as exc:
+    print("StreamError", "kept the memoryview" in str(exc))
+kept.clear()
+""")
+    assert "StreamError True" in out, out
+
+
+def test_endless_stream_stops_at_max_size() -> None:
+    out = hostile("""
+class Endless:
+    def readinto(self, buffer):
+        buffer[:] = b"z" * buffer.nbytes
+        return buffer.nbytes
+for limit in (1, 4096, 3 * 4096 + 1, 1 << 20):
+    try:
+        Secret.from_stream(Endless(), max_size=limit)
+    except StreamError as exc:
+        print("stopped", limit)
+""")
+    assert out.count("stopped") == 4, out
+
+
+def test_reader_that_closes_and_reveals_other_secrets() -> None:
+    """All secrets share one key: while readinto() holds a writable buffer over this one,
+    revealing another (read-only on the same key) is refused, not faulted; closing another
+    works."""
+    out = hostile("""
+from pkeyguard import GuardStateError
+other = Secret.from_bytes(b"other")
+class R:
+    n = 0
+    def readinto(self, buffer):
+        self.n += 1
+        if self.n > 1:
+            return 0
+        try:
+            with other.reveal():
+                print("revealed inside readinto")
+        except GuardStateError:
+            print("refused")
+        other.close()
+        buffer[:2] = b"ok"
+        return 2
+s = Secret.from_stream(R())
+with s.reveal() as b:
+    print(bytes(b), other.closed)
+s.close()
+""")
+    assert out.split("\n")[:2] == ["refused", "b'ok' True"], out
+
+
+def test_fork_inside_readinto() -> None:
+    """The child's half-read secret is not the parent's: the child gets
+    SecretUnavailableError, the parent its secret."""
+    out = hostile("""
+class R:
+    n = 0
+    def readinto(self, buffer):
+        self.n += 1
+        if self.n == 1:
+            buffer[:3] = b"abc"
+            return 3
+        if self.n == 2:
+            pid = os.fork()
+            if pid:
+                os.waitpid(pid, 0)
+            buffer[:3] = b"def"
+            return 3
+        return 0
+try:
+    s = Secret.from_stream(R())
+except SecretUnavailableError:
+    keep.close()
+    os._exit(0)        # the child
+with s.reveal() as b:
+    print(bytes(b))
+s.close()
+""")
+    assert "b'abcdef'" in out, out
+
+
+def test_signal_while_blocked_on_an_empty_pipe() -> None:
+    out = hostile("""
+import signal
+r, w = os.pipe()
+os.write(w, b"partial")
+signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+signal.setitimer(signal.ITIMER_REAL, 0.2)
+try:
+    Secret.from_fd(r)
+except KeyboardInterrupt:
+    print("interrupted")
+os.close(r); os.close(w)
+""")
+    assert "interrupted" in out, out
+
+
+def test_nonblocking_descriptor_with_no_data() -> None:
+    out = hostile("""
+r, w = os.pipe()
+os.set_blocking(r, False)
+try:
+    Secret.from_fd(r)
+except BlockingIOError:
+    print("BlockingIOError")
+os.close(r); os.close(w)
+""")
+    assert "BlockingIOError" in out, out
+
+
+def test_two_threads_read_one_pipe() -> None:
+    out = hostile("""
+r, w = os.pipe()
+got = []
+def reader():
+    try:
+        s = Secret.from_fd(r, max_size=1 << 22)
+        with s.reveal() as b:
+            got.append(len(b))
+        s.close()
+    except RegionError:  # the other thread got everything
+        got.append(0)
+threads = [threading.Thread(target=reader) for _ in range(2)]
+for t in threads: t.start()
+for _ in range(64):
+    os.write(w, b"q" * 4096)
+os.close(w)
+for t in threads: t.join()
+os.close(r)
+print("total", sum(got))
+""")
+    assert "total 262144" in out, out
+
+
+def test_daemon_thread_reading_at_interpreter_exit() -> None:
+    """A daemon thread blocked in from_fd() while the interpreter exits: the half-read
+    secret is zeroed in place (the daemon is inside its write block) and nothing faults."""
+    child = run_child("""
+import os, threading, time
+from pkeyguard import Secret
+r, w = os.pipe()
+os.write(w, b"half a secret")
+threading.Thread(target=lambda: Secret.from_fd(r), daemon=True).start()
+time.sleep(0.2)
+print("exiting", flush=True)
+""")
+    assert child.returncode == 0 and child.stdout.strip() == "exiting", child
+    assert "Traceback" not in child.stderr and "Exception ignored" not in child.stderr, child
+
+
+def test_stdin_of_a_real_process() -> None:
+    code = """
+import sys
+from pkeyguard import Secret
+a = Secret.from_file("/dev/stdin", name="stdin")
+print(len(a), a.equals(b"piped secret\\n"))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        input=b"piped secret\n",
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc
+    assert proc.stdout.split() == [b"13", b"True"], proc
+    proc = subprocess.run(
+        [sys.executable, "-c", code.replace('from_file("/dev/stdin", ', "from_fd(0, ")],
+        input=b"piped secret\n",
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=60,
+        check=False,
+    )
+    assert proc.stdout.split() == [b"13", b"True"], proc
+
+
+PROMPT_CHILD = """
+import hmac, sys, termios
+from pkeyguard import Secret
+try:
+    s = Secret.from_prompt("Key: ")
+except BaseException as exc:
+    print("ERR", type(exc).__name__, exc, flush=True)
+    s = None
+if sys.stdin.isatty():
+    print("ECHO", bool(termios.tcgetattr(0)[3] & termios.ECHO), flush=True)
+if s is None:
+    sys.exit(3)
+print("LEN", len(s), "MAC", s.hmac(b"m").hex(), flush=True)
+"""
+
+
+def _prompt(typed: bytes) -> tuple[int, bytes]:
+    """Run Secret.from_prompt() in a child whose terminal is a pty we type into."""
+    import pty
+    import time
+
+    pid, master = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execv(sys.executable, [sys.executable, "-c", PROMPT_CHILD])
+    out = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"Key: " not in out and time.monotonic() < deadline:
+            out += os.read(master, 1024)
+        time.sleep(0.1)  # the child switches echo off before it prompts; let it block in read
+        os.write(master, typed)
+        while True:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:  # EIO: the child is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out
+
+
+def test_password_prompt_without_echo_or_copy() -> None:
+    code, out = _prompt(b"hunter2-pw\n")
+    assert code == 0, out
+    assert b"hunter2-pw" not in out, "the password was echoed"
+    expected = hmac.new(b"hunter2-pw", b"m", "sha256").hexdigest()
+    assert f"LEN 10 MAC {expected}".encode() in out, out
+    assert b"ECHO True" in out, out
+
+
+def test_password_prompt_refuses_an_empty_line_and_restores_echo() -> None:
+    code, out = _prompt(b"\n")
+    assert code == 3 and b"ERR RegionError" in out, out
+    assert b"ECHO True" in out, out
+
+
+def test_password_prompt_without_a_terminal() -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", PROMPT_CHILD],
+        capture_output=True,
+        text=True,
+        start_new_session=True,  # no controlling terminal
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 3 and "ERR OSError" in child.stdout, child
