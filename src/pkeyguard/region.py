@@ -16,7 +16,16 @@ from ._errors import RegionError, RegionTypeError
 from ._owned import Unshareable
 from ._permissions import AccessPermissions
 from .allocator import Allocator, Mmap
-from .views import BytesRef, CompositeRef, MutBytesRef, MutCompositeRef, MutScalarRef, ScalarRef
+from .views import (
+    BytesRef,
+    CompositeRef,
+    MutBytesRef,
+    MutCompositeRef,
+    MutScalarRef,
+    ScalarRef,
+    _array_layout,
+    _stored_format,
+)
 
 if TYPE_CHECKING:
     from .pkey import AssociatedRegion
@@ -62,12 +71,6 @@ _STRUCT_NAME = re.compile(r":[^:]*:")
 _BYTE_ORDER = "<>@=!"
 
 
-def _stored_format(ctype: Any) -> str:
-    """The buffer format ctypes recorded for ``ctype`` (a zeroed instance's memoryview)."""
-    with memoryview(ctype.from_buffer_copy(bytes(ctypes.sizeof(ctype)))) as mv:
-        return str(mv.format)
-
-
 def _scalar_code(ctype: Any) -> tuple[str, bool]:
     """(struct code, byte-swapped) of a ctypes scalar type, from ctypes' own record."""
     fmt = _stored_format(ctype)
@@ -94,13 +97,9 @@ def _pointer_in(value_type: Any, seen: set[type[Any]]) -> str | None:
     if set(fmt) & (_POINTER_CODES | {"&"}):
         return str(value_type.__name__)
     if issubclass(value_type, ctypes.Array):
-        instance = value_type.from_buffer_copy(bytes(ctypes.sizeof(value_type)))
-        element = instance[0] if len(instance) else None
-        if isinstance(element, (ctypes._Pointer, CFuncPtr)):
-            return str(value_type.__name__)
-        if isinstance(element, (ctypes.Structure, ctypes.Union, ctypes.Array)):
-            return _pointer_in(type(element), seen)
-        return None
+        # checked against the stored layout (a relabelled array is refused) and kept, so that
+        # the region's views index it by these element types even if _type_ changes later
+        return _pointer_in(_array_layout(value_type)[0], seen)
     for klass in value_type.__mro__:
         for field in klass.__dict__.get("_fields_", ()):
             found = _pointer_in(field[1], seen)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import ctypes
 import operator
+import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _core
+from ._errors import RegionTypeError
 from ._owned import Unshareable
 
 __all__ = [
@@ -119,10 +121,51 @@ def _field_span(owner: type[Any], name: str) -> tuple[int, int, bool]:
     return offset, size, False
 
 
-def _as_slice(where: range) -> slice:
-    """The slice that names exactly ``where`` (a range made by ``slice.indices``, whose stop
-    is -1 when a negative step runs to the start: as a slice stop that would mean the end)."""
-    return slice(where.start, where.stop if where.stop >= 0 else None, where.step)
+def _stored_format(ctype: Any) -> str:
+    """The buffer format ctypes recorded for ``ctype`` when the class was made (a zeroed
+    instance's memoryview). ``_type_``, ``_length_`` and the field descriptors are class
+    attributes that anyone can reassign later; this record is what ctypes itself reads and
+    writes by, and it cannot be changed."""
+    with memoryview(ctype.from_buffer_copy(bytes(ctypes.sizeof(ctype)))) as mv:
+        return str(mv.format)
+
+
+# Array type -> (element type, element size, length), believed once and then kept: the class
+# objects ``_type_`` named when they were checked, whatever it is reassigned to later.
+_ARRAY_LAYOUTS: weakref.WeakKeyDictionary[type[Any], tuple[type[Any], int, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _array_layout(array: Any) -> tuple[type[Any], int, int]:
+    """(element type, element size, length) of a ctypes array type, as ctypes stored them.
+
+    ``_type_`` and ``_length_`` are believed only if the array type they describe has exactly
+    the stored layout (size and buffer format); otherwise the type was relabelled and is
+    refused. Regions check their array types when they are made, so later relabelling finds
+    the layout already kept here.
+    """
+    found = _ARRAY_LAYOUTS.get(array)
+    if found is None:
+        etype: Any = array._type_
+        length: Any = array._length_
+        try:
+            described: Any = etype * length  # TypeError unless etype is a ctypes type
+            honest = (
+                type(length) is int
+                and ctypes.sizeof(described) == ctypes.sizeof(array)
+                and _stored_format(described) == _stored_format(array)
+            )
+        except (TypeError, ValueError, OverflowError, AttributeError):
+            honest = False
+        if not honest:
+            raise RegionTypeError(
+                f"{array.__name__}._type_ or ._length_ was reassigned: they no longer describe "
+                "the array ctypes made, so its elements cannot be read safely"
+            )
+        found = (etype, ctypes.sizeof(etype), length)
+        _ARRAY_LAYOUTS[array] = found
+    return found
 
 
 class _Proxy:
@@ -172,15 +215,12 @@ class _Proxy:
         with memoryview(scratch).cast("B") as mv:
             self._pg_view._write(self._pg_base + offset, mv[offset : offset + length])
 
-    # Arrays: elements and slices. The element type and the length are ctypes' own record,
-    # read through an instance of the array type (ctypes indexes by what it stored when the
-    # class was made); ``_type_`` and ``_length_`` are class attributes anyone can reassign.
-    def _array(self) -> tuple[int, int]:
-        """(element size, length)."""
+    # Arrays: elements and slices, by the layout _array_layout() checked against ctypes' own
+    # record (``_type_`` and ``_length_`` are class attributes anyone can reassign).
+    def _array(self) -> tuple[Any, int, int]:
         if not issubclass(self._pg_type, ctypes.Array):
             raise TypeError(f"{self._pg_type.__name__} is not an array: use its fields")
-        length = len(self._scratch(0, b""))
-        return (ctypes.sizeof(self._pg_type) // length if length else 0), length
+        return _array_layout(self._pg_type)
 
     def _indices(self, index: Any, length: int) -> range | int:
         if isinstance(index, slice):
@@ -192,59 +232,53 @@ class _Proxy:
             raise IndexError("invalid index")
         return i
 
-    def _span(self, where: range, esize: int) -> tuple[int, int]:
-        """(first byte, byte count) covering the elements ``where`` names."""
-        lo, hi = min(where[0], where[-1]), max(where[0], where[-1])
-        return lo * esize, (hi - lo + 1) * esize
-
     def __getitem__(self, index: Any) -> Any:
-        esize, length = self._array()
+        etype, esize, length = self._array()
         where = self._indices(index, length)  # runs __index__ before any memory is read
         if isinstance(where, int):
             raw = self._pg_view._read(self._pg_base + where * esize, esize)
-            return self._wrap(where * esize, self._scratch(where * esize, raw)[where])
-        if not where:
+            return self._wrap(where * esize, (etype * 1).from_buffer_copy(raw)[0])
+        if issubclass(etype, _COMPOSITES):
+            self._pg_view.check(False)
+            return [_Proxy(self._pg_view, self._pg_base + i * esize, etype) for i in where]
+        if where:
+            lo = min(where[0], where[-1])
+            span = abs(where[-1] - where[0]) + 1
+            raw = self._pg_view._read(self._pg_base + lo * esize, span * esize)
+            raw = b"".join(raw[(i - lo) * esize : (i - lo + 1) * esize] for i in where)
+        else:
             self._pg_view.check(False)  # an empty slice of an expired view is refused too
-            return self._scratch(0, b"")[0:0]
-        start, count = self._span(where, esize)
-        scratch = self._scratch(start, self._pg_view._read(self._pg_base + start, count))
-        picked = scratch[_as_slice(where)]  # ctypes' own result type (bytes, str or a list)
-        if isinstance(picked, list) and picked and isinstance(picked[0], _COMPOSITES):
-            return [
-                _Proxy(self._pg_view, self._pg_base + i * esize, type(e))
-                for i, e in zip(where, picked, strict=True)
-            ]
-        return picked
+            raw = b""
+        # An array of the chosen elements, sliced whole: ctypes' own result (bytes for
+        # c_char, str for c_wchar, a list otherwise).
+        return (etype * len(where)).from_buffer_copy(raw)[:]
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        esize, length = self._array()
+        etype, esize, length = self._array()
         where = self._indices(index, length)
-        scratch = self._scratch(0, b"")
         if isinstance(where, int):
-            scratch[where] = value  # ctypes converts here, on the copy
-            with memoryview(scratch).cast("B") as mv:
-                self._pg_view._write(
-                    self._pg_base + where * esize, mv[where * esize : (where + 1) * esize]
-                )
+            scratch = (etype * 1)()
+            scratch[0] = value  # ctypes converts here, on the copy
+            self._pg_view._write(self._pg_base + where * esize, scratch)
             return
         if type(value) not in (bytes, str, list, tuple):
             # Take the items once, here: ctypes would call __len__ and __getitem__ itself and
             # replace an error they raise with its own "same size" ValueError.
             value = list(value)
-        scratch[_as_slice(where)] = value  # ctypes' length check and conversions
+        scratch = (etype * len(where))()
+        scratch[:] = value  # the same length check and conversions as ctypes
         if not where:
             self._pg_view.check(True)  # nothing to write, but the view must be usable
             return
         with memoryview(scratch).cast("B") as mv:
             if where.step == 1:
-                start, count = self._span(where, esize)
-                self._pg_view._write(self._pg_base + start, mv[start : start + count])
+                self._pg_view._write(self._pg_base + where.start * esize, mv)
             else:
-                for i in where:
-                    self._pg_view._write(self._pg_base + i * esize, mv[i * esize : (i + 1) * esize])
+                for n, i in enumerate(where):
+                    self._pg_view._write(self._pg_base + i * esize, mv[n * esize : (n + 1) * esize])
 
     def __len__(self) -> int:
-        return self._array()[1]
+        return self._array()[2]
 
     def __iter__(self) -> Any:
         for i in range(len(self)):

@@ -62,3 +62,24 @@ with assoc.set_access_rights(RW) as g:
     assert list(v.contents) == [0xDEAD0000, 5, 6, 9]
 """
     assert_survived(attack(body, timeout=60, watchdog=30))
+
+
+def test_an_array_relabelled_before_the_region_is_made_is_refused() -> None:
+    # _type_ or _length_ no longer describe the array ctypes made: believing them would index
+    # char* elements or run past the value, so the region is refused, also for an array
+    # nested in a Structure.
+    body = """
+for n, attr, lie in ((3, "_type_", ctypes.c_char_p), (4, "_length_", 1000)):
+    A = ctypes.c_uint64 * n  # a type of its own each time (ctypes caches c_uint64 * n)
+    saved = getattr(A, attr)
+    setattr(A, attr, lie)
+    assert raises(RegionTypeError, RegionGuard, A)
+
+    class S(ctypes.Structure):
+        _fields_ = [("a", A)]
+
+    assert raises(RegionTypeError, RegionGuard, S)
+    setattr(A, attr, saved)
+    RegionGuard(S).close()  # honest again: accepted
+"""
+    assert_survived(attack(body, timeout=60, watchdog=30))
