@@ -1,0 +1,1089 @@
+"""Virtual keys (issue 11) in the simulated mode: the pool of hardware numbers, checked
+against a model after every step.
+
+``pkeyguard._backend.SIMULATED`` makes keys of ``_core.MODE_SIM``: the core's virtual-key
+pool with a thread-local "PKRU" (``_core._sim_pkru()``), "tagging" done with
+``mprotect(region rights)`` and parking with ``mprotect(PROT_NONE)``.  It runs on any
+machine, so the pool's logic (which logical key holds which number, least-recently-entered
+eviction, nothing evicted under an opening guard, pinned keys and quarantine, lazy per-thread
+rights, KeyExhaustedError) is checked here with thousands of examples; tests/hw repeats it on
+the real pku backend in the PKU guest.
+
+The model is checked against what the core says (``key.hardware_key``,
+``key._thread_level()``, ``_core._pool_stats``) and against the OS: every region's page rights
+in ``/proc/self/maps`` (``---p`` while its key is parked, the region's own rights while its
+key holds a number).  Raw memory accesses are made only where the model says the pages are
+readable or writable: parked pages really are ``PROT_NONE``, so a wrong model is a fault.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar, cast
+
+import pytest
+from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from pkeyguard import (
+    AccessPermissions,
+    KeyExhaustedError,
+    KeyStateError,
+    PkeyGuard,
+    PkeyPermissions,
+    RegionError,
+    RegionGuard,
+    Secret,
+    _backend,
+    _core,
+)
+from pkeyguard.pkey import AccessGuard, AssociatedRegion
+from tests.profiles import vk_state_examples
+from tests.support import perms_at
+
+R = TypeVar("R")
+
+NA: Final = PkeyPermissions.NoAccess
+RO: Final = PkeyPermissions.ReadOnly
+RW: Final = PkeyPermissions.ReadWrite
+
+NONE, READ, WRITE = 0, 1, 2
+LEVEL = {NA: NONE, RO: READ, RW: WRITE}
+PERMISSION = {v: k for k, v in LEVEL.items()}
+PKRU_BITS = {NONE: 1, READ: 2, WRITE: 0}  # access-disable, write-disable
+CLOSED = PKRU_BITS[NONE]
+NUMBERS = range(1, 16)  # the simulated kernel's numbers
+INIT_PKRU = 0x55555554  # every number but 0 access-disabled: a new thread's sim PKRU
+
+GAUGES = ("limit", "held", "pinned", "quarantined", "owned", "logical", "parked", "opening")
+COUNTERS = (
+    "switches",
+    "hits",
+    "misses",
+    "evictions",
+    "retags",
+    "parks",
+    "allocs",
+    "frees",
+    "exhausted",
+)
+
+PROT_READ, PROT_WRITE = _core.PROT_READ, _core.PROT_WRITE
+ACCESSES = (
+    AccessPermissions.NoAccess,
+    AccessPermissions.ReadOnly,
+    AccessPermissions.ReadWrite,
+)
+
+
+def sim_key(rights: PkeyPermissions = NA) -> PkeyGuard:
+    """A PkeyGuard of the simulated mode (alongside this machine's backend)."""
+    return _backend.SIMULATED.new_key(PkeyGuard, rights)
+
+
+def pool() -> dict[str, int]:
+    return dict(_core._pool_stats(_core.MODE_SIM))
+
+
+def bits_of(pkru: int, number: int) -> int:
+    return (pkru >> (2 * number)) & 3
+
+
+def with_bits(pkru: int, number: int, bits: int) -> int:
+    shift = 2 * number
+    return (pkru & ~(3 << shift)) | (bits << shift)
+
+
+def level_of_bits(bits: int) -> int:
+    return NONE if bits & 1 else READ if bits & 2 else WRITE
+
+
+def prot_string(prot: int) -> str:
+    return ("r" if prot & PROT_READ else "-") + ("w" if prot & PROT_WRITE else "-") + "-p"
+
+
+_MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+)", re.M)
+
+
+def page_rights() -> list[tuple[int, int, str]]:
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        text = f.read()
+    return [(int(a, 16), int(b, 16), p) for a, b, p in _MAPPING.findall(text)]
+
+
+def rights_at(table: list[tuple[int, int, str]], address: int) -> str | None:
+    for start, end, perms in table:
+        if start <= address < end:
+            return perms
+    return None
+
+
+@pytest.fixture(autouse=True)
+def restore_pool_limit() -> Iterator[None]:
+    """Every test here may lower the simulated pool's limit: put it back afterwards."""
+    old = _core._pool_limit(_core.MODE_SIM, 15)
+    _core._pool_limit(_core.MODE_SIM, old)
+    try:
+        yield
+    finally:
+        _core._pool_limit(_core.MODE_SIM, old)
+
+
+class Worker:
+    """A thread that runs the callables it is sent, one at a time, and returns the result."""
+
+    def __init__(self, name: str) -> None:
+        self._inbox: queue.SimpleQueue[
+            tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]] | None
+        ] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            fn, reply = item
+            try:
+                reply.put((True, fn()))
+            except BaseException as exc:
+                reply.put((False, exc))
+            del fn, item
+
+    def run(self, fn: Callable[[], R]) -> R:
+        reply: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._inbox.put((fn, reply))
+        try:
+            ok, value = reply.get(timeout=60)
+        except queue.Empty:
+            raise AssertionError(f"{self.thread.name} did not answer within 60 s") from None
+        if ok:
+            return cast(R, value)
+        raise value
+
+    def stop(self) -> None:
+        self._inbox.put(None)
+        self.thread.join(60)
+
+
+# -- the model ----------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class KeyM:
+    obj: PkeyGuard
+    pinned: bool
+    base: int
+    number: int | None
+    last: int = 0  # when it was last entered (or took its number): the LRU order
+    closed: bool = False
+    regions: list[RegionM] = field(default_factory=lambda: [])
+
+    def __repr__(self) -> str:
+        kind = "pinned" if self.pinned else "virtual"
+        return f"key#{self.obj.key}({kind}, n={self.number})"
+
+
+@dataclass(eq=False)
+class RegionM:
+    obj: RegionGuard[ctypes.c_uint32]
+    access: AccessPermissions
+    address: int
+    value: int = 0
+    key: KeyM | None = None
+    assoc: AssociatedRegion[ctypes.c_uint32] | None = None
+    closed: bool = False
+
+    def __repr__(self) -> str:
+        return f"region@{self.address:#x}({self.access.name}, {self.key!r})"
+
+
+@dataclass(eq=False)
+class GuardM:
+    obj: AccessGuard[ctypes.c_uint32]
+    key: KeyM
+    region: RegionM
+    level: int
+    saved: int = 0  # pinned keys: this thread's bits for the number before entry
+
+    def __repr__(self) -> str:
+        return f"guard({self.region!r}, {PERMISSION[self.level].name})"
+
+
+N_THREADS = 3  # this thread (0) and two workers
+MAX_KEYS = 6
+MAX_REGIONS = 6
+THREAD = st.integers(0, N_THREADS - 1)
+INDEX = st.integers(0, 15)
+VALUE = st.integers(0, 2**32 - 1)
+# Mostly virtual keys (NoAccess at creation); some pinned.
+KEY_RIGHTS = st.sampled_from([NA, NA, NA, NA, RO, RW])
+
+
+class VirtualKeysMachine(RuleBasedStateMachine):
+    """The pool's model: numbers held by logical keys, LRU, quarantine, per-thread rights.
+
+    Written for the simulated mode; tests/hw/test_virtual_keys.py runs it on pku by
+    overriding the mode hooks (``MODE``, ``make_key``, ``read_pkru``, ``ENFORCED``,
+    ``new_thread_pkru``, ``check_tags``).
+
+    ``tracked[t]`` is thread t's expected PKRU for numbers that no virtual key owns (free,
+    pinned, quarantined): they change only by the documented rules (a pinned key's initial
+    rights on its creating thread, closing on the closing thread, guards on pinned keys).
+    For a number a virtual key owns, every thread's bits are derived from its own guard
+    stack: closed unless its innermost active guard on that key opened it.
+    """
+
+    MODE: int = _core.MODE_SIM
+    ENFORCED = False  # the sim does not enforce key rights: only parking closes pages
+
+    @staticmethod
+    def make_key(rights: PkeyPermissions) -> PkeyGuard:
+        return sim_key(rights)
+
+    @staticmethod
+    def read_pkru() -> int:
+        return _core._sim_pkru()
+
+    def stats(self) -> dict[str, int]:
+        return dict(_core._pool_stats(self.MODE))
+
+    def new_thread_pkru(self) -> int:
+        """What a thread started now by thread 0 has: the sim starts every thread closed."""
+        return INIT_PKRU
+
+    def check_tags(self) -> None:
+        """pku: the key tag of every region (smaps).  The sim has none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags_changed = True
+        self.stacks: list[list[GuardM]] = [[] for _ in range(N_THREADS)]
+        self.keys: list[KeyM] = []
+        self.regions: list[RegionM] = []
+        self.tick = 0
+        self.tracked = [self.read_pkru()]
+        new_thread = self.new_thread_pkru()
+        self.workers = [Worker(f"vk-{i}") for i in range(1, N_THREADS)]
+        start = self.stats()
+        assert start["owned"] == start["pinned"] == start["logical"] == 0, (
+            f"simulated keys left over from an earlier test: {start}"
+        )
+        self.old_limit = start["limit"]
+        self.counters = {name: start[name] for name in COUNTERS}
+        # Quarantined numbers from earlier tests: how many, not which.
+        self.quarantine: set[int] = set()
+        self.unknown_quarantine = start["quarantined"]
+        self.limit = self.old_limit
+        for w in self.workers:
+            got = w.run(self.read_pkru)
+            assert got == new_thread, f"a new thread's PKRU {got:#x}, expected {new_thread:#x}"
+            self.tracked.append(got)
+
+    # -- running on a thread --------------------------------------------------------------
+    def on(self, t: int, fn: Callable[[], R]) -> R:
+        return fn() if t == 0 else self.workers[t - 1].run(fn)
+
+    def expect(
+        self, t: int, fn: Callable[[], R], error: type[BaseException] | None, what: str
+    ) -> R | None:
+        event(f"{what.split()[0]} -> {error.__name__ if error else 'ok'}")
+        try:
+            value = self.on(t, fn)
+        except Exception as exc:
+            if error is None:
+                raise AssertionError(f"{what} on thread {t}: unexpected {exc!r}") from exc
+            assert type(exc) is error, f"{what} on thread {t}: expected {error.__name__}: {exc!r}"
+            return None
+        assert error is None, f"{what} on thread {t}: expected {error.__name__}, it succeeded"
+        return value
+
+    # -- model helpers --------------------------------------------------------------------
+    def live_keys(self) -> list[KeyM]:
+        return [k for k in self.keys if not k.closed]
+
+    def live_regions(self) -> list[RegionM]:
+        return [r for r in self.regions if not r.closed]
+
+    def held_numbers(self) -> set[int]:
+        owned = {k.number for k in self.live_keys() if k.number is not None}
+        return owned | self.quarantine
+
+    def held(self) -> int:
+        return len(self.held_numbers()) + self.unknown_quarantine
+
+    def innermost(self, t: int, key: KeyM) -> GuardM | None:
+        for g in reversed(self.stacks[t]):
+            if g.key is key:
+                return g
+        return None
+
+    def opening(self, key: KeyM) -> bool:
+        """An opening guard (ReadOnly/ReadWrite) on the key is active on some thread."""
+        return any(g.key is key and g.level > NONE for s in self.stacks for g in s)
+
+    def busy(self, key: KeyM) -> bool:
+        return any(g.key is key for s in self.stacks for g in s)
+
+    def pkru(self, t: int) -> int:
+        value = self.tracked[t]
+        for k in self.live_keys():
+            if k.number is not None and not k.pinned:
+                inner = self.innermost(t, k)
+                value = with_bits(value, k.number, PKRU_BITS[inner.level] if inner else CLOSED)
+        return value
+
+    def page_prot(self, r: RegionM) -> int:
+        if r.key is not None and r.key.number is None:
+            return 0  # parked
+        return int(r.access)
+
+    def can_access(self, t: int, r: RegionM, write: bool) -> bool:
+        if not self.page_prot(r) & (PROT_WRITE if write else PROT_READ):
+            return False
+        if self.ENFORCED and r.key is not None and r.key.number is not None:
+            level = level_of_bits(bits_of(self.pkru(t), r.key.number))
+            return level >= (WRITE if write else READ)
+        return True
+
+    def touch(self, key: KeyM) -> None:
+        self.tick += 1
+        key.last = self.tick
+
+    def victim(self) -> KeyM | None:
+        """The least recently entered virtual key that holds a number and has no opening
+        guard on any thread."""
+        candidates = [
+            k
+            for k in self.live_keys()
+            if not k.pinned and k.number is not None and not self.opening(k)
+        ]
+        return min(candidates, key=lambda k: k.last) if candidates else None
+
+    def can_alloc(self) -> bool:
+        return self.held() < min(self.limit, len(NUMBERS))
+
+    def evict(self, victim: KeyM) -> int:
+        assert victim.number is not None
+        number, victim.number = victim.number, None
+        self.counters["evictions"] += 1
+        self.counters["parks"] += len(victim.regions)
+        return number
+
+    def check_fresh(self, number: int | None, what: str) -> int:
+        """A number from pkey_alloc: one that nothing in the pool holds."""
+        assert number is not None, f"{what}: no number, but one was free below the limit"
+        assert number in NUMBERS and number not in self.held_numbers(), (
+            f"{what}: got {number}, already held ({sorted(self.held_numbers())})"
+        )
+        self.counters["allocs"] += 1
+        return number
+
+    # -- rules: setup ---------------------------------------------------------------------
+    @initialize(limit=st.integers(1, 4), keys=st.lists(KEY_RIGHTS, min_size=1, max_size=3))
+    def init_pool(self, limit: int, keys: list[PkeyPermissions]) -> None:
+        """A low limit (above what quarantine from earlier examples holds), so that eviction
+        is frequent; a few keys, each with a region."""
+        self.limit = min(15, limit + self.unknown_quarantine)
+        _core._pool_limit(self.MODE, self.limit)
+        for rights in keys:
+            self.new_key(rights, 0)
+            if not self.keys[-1].closed and self.keys[-1] in self.live_keys():
+                self.new_region(AccessPermissions.ReadWrite, 0)
+                self.do_associate(self.keys[-1], self.regions[-1], 0)
+
+    # -- rules: keys ----------------------------------------------------------------------
+    @precondition(lambda self: len(self.live_keys()) < MAX_KEYS)
+    @rule(rights=KEY_RIGHTS, t=THREAD)
+    def new_key(self, rights: PkeyPermissions, t: int) -> None:
+        pinned = rights is not NA
+        error: type[Exception] | None = None
+        source = ""
+        if pinned:
+            if self.quarantine or self.unknown_quarantine:
+                source = "quarantine"
+            elif self.can_alloc():
+                source = "alloc"
+            elif self.victim() is not None:
+                source = "evict"
+            else:
+                error = KeyExhaustedError
+        elif self.can_alloc():
+            source = "alloc"
+        before = self.stats()
+        obj = self.expect(t, lambda: self.make_key(rights), error, f"new {rights.name} key")
+        if obj is None:
+            self.counters["exhausted"] += 1
+            self.assert_unchanged(before, "a refused pinned key")
+            return
+        number = obj.hardware_key
+        what = f"new {'pinned' if pinned else 'virtual'} key on thread {t}"
+        if source == "alloc":
+            number = self.check_fresh(number, what)
+        elif source == "quarantine":
+            assert number is not None, f"{what}: no number"
+            if number in self.quarantine:
+                self.quarantine.remove(number)
+            else:
+                assert self.unknown_quarantine and number not in self.held_numbers(), (
+                    f"{what}: took {number}, not a quarantined number ({self.quarantine})"
+                )
+                self.unknown_quarantine -= 1
+        elif source == "evict":
+            victim = self.victim()
+            assert victim is not None
+            want = self.evict(victim)
+            self.tags_changed = True
+            assert number == want, f"{what}: took {number}, should have evicted {victim!r}"
+            for u in range(N_THREADS):  # the victim's number was closed everywhere
+                self.tracked[u] = with_bits(self.tracked[u], want, CLOSED)
+        else:
+            assert number is None, f"{what}: took {number} although none was free"
+        k = KeyM(obj, pinned, LEVEL[rights], number)
+        if number is not None:
+            self.touch(k)
+            if pinned:  # pkey_alloc's initial rights, for the calling thread only
+                self.tracked[t] = with_bits(self.tracked[t], number, PKRU_BITS[k.base])
+        self.keys.append(k)
+
+    @precondition(lambda self: self.keys)
+    @rule(i=INDEX, t=THREAD)
+    def close_key(self, i: int, t: int) -> None:
+        self.tags_changed = True
+        k = self.keys[-1 - i % len(self.keys)]
+        refused = not k.closed and self.busy(k)
+        self.expect(t, k.obj.close, KeyStateError if refused else None, f"close {k!r}")
+        if refused or k.closed:
+            return
+        for r in k.regions:  # untagged: key 0, their own rights
+            r.key = r.assoc = None
+        k.regions = []
+        k.closed = True
+        if k.number is not None:
+            if k.pinned:  # other threads may still have it open: never to a virtual key
+                self.quarantine.add(k.number)
+            else:
+                self.counters["frees"] += 1
+                for u in range(N_THREADS):
+                    self.tracked[u] = with_bits(self.tracked[u], k.number, CLOSED)
+            self.tracked[t] = with_bits(self.tracked[t], k.number, CLOSED)
+
+    # -- rules: regions -------------------------------------------------------------------
+    @precondition(lambda self: len(self.live_regions()) < MAX_REGIONS)
+    @rule(access=st.sampled_from(ACCESSES), t=THREAD)
+    def new_region(self, access: AccessPermissions, t: int) -> None:
+        obj = self.expect(t, lambda: RegionGuard(ctypes.c_uint32, access), None, "RegionGuard")
+        assert obj is not None
+        self.regions.append(RegionM(obj, access, obj.address))
+
+    def do_associate(self, k: KeyM, r: RegionM, t: int) -> None:
+        self.tags_changed = True
+        error: type[Exception] | None = None
+        if k.closed:
+            error = KeyStateError
+        elif r.closed or r.assoc is not None:
+            error = RegionError
+        assoc = self.expect(t, lambda: k.obj.associate(r.obj), error, f"associate {r!r} {k!r}")
+        if assoc is not None:
+            r.key, r.assoc = k, assoc
+            k.regions.append(r)
+            if k.number is None:
+                self.counters["parks"] += 1
+            else:
+                self.counters["retags"] += 1
+
+    @precondition(lambda self: self.keys and self.regions)
+    @rule(i=INDEX, j=INDEX, t=THREAD)
+    def associate(self, i: int, j: int, t: int) -> None:
+        self.do_associate(
+            self.keys[-1 - i % len(self.keys)], self.regions[-1 - j % len(self.regions)], t
+        )
+
+    @precondition(lambda self: any(r.assoc is not None for r in self.regions))
+    @rule(i=INDEX, t=THREAD)
+    def disassociate(self, i: int, t: int) -> None:
+        self.tags_changed = True
+        tagged = [r for r in self.regions if r.assoc is not None]
+        r = tagged[i % len(tagged)]
+        assert r.assoc is not None and r.key is not None
+        refused = any(g.region is r for s in self.stacks for g in s)
+        self.expect(t, r.assoc.disassociate, RegionError if refused else None, f"detach {r!r}")
+        if not refused:
+            r.key.regions.remove(r)
+            r.key = r.assoc = None
+
+    @precondition(lambda self: self.live_regions())
+    @rule(i=INDEX, t=THREAD)
+    def close_region(self, i: int, t: int) -> None:
+        self.tags_changed = True
+        live = self.live_regions()
+        r = live[i % len(live)]
+        refused = any(g.region is r for s in self.stacks for g in s)
+        self.expect(t, r.obj.close, RegionError if refused else None, f"close {r!r}")
+        if not refused:
+            if r.key is not None:
+                r.key.regions.remove(r)
+            r.key = r.assoc = None
+            r.closed = True
+
+    # -- rules: guards --------------------------------------------------------------------
+    @precondition(lambda self: any(r.assoc is not None for r in self.regions))
+    @rule(i=INDEX, rights=st.sampled_from([NA, RO, RO, RW, RW]), value=VALUE, t=THREAD)
+    def enter(self, i: int, rights: PkeyPermissions, value: int, t: int) -> None:
+        tagged = [r for r in self.regions if r.assoc is not None]
+        r = tagged[i % len(tagged)]
+        assert r.assoc is not None and r.key is not None
+        k, level, assoc = r.key, LEVEL[rights], r.assoc
+        guard = self.expect(t, lambda: assoc.set_access_rights(rights), None, "set_access_rights")
+        assert guard is not None
+        g = GuardM(guard, k, r, level)
+        what = f"enter {g!r} on thread {t}"
+        error: type[Exception] | None = None
+        victim: KeyM | None = None
+        fresh = False
+        if level > NONE and k.number is None:  # a miss
+            if self.can_alloc():
+                fresh = True
+            else:
+                victim = self.victim()
+                if victim is None:
+                    error = KeyExhaustedError
+        before = self.stats()
+        got = self.expect(t, guard.__enter__, error, what)
+        if error is not None:
+            self.counters["exhausted"] += 1
+            self.assert_unchanged(before, what)
+            assert k.obj.hardware_key is None
+            return
+        assert got is guard
+        self.counters["switches"] += 1
+        if level > NONE:
+            if k.number is not None:
+                self.counters["hits"] += 1
+            else:
+                self.tags_changed = True
+                self.counters["misses"] += 1
+                self.counters["retags"] += len(k.regions)
+                if fresh:
+                    k.number = self.check_fresh(k.obj.hardware_key, what)
+                else:
+                    assert victim is not None
+                    k.number = self.evict(victim)
+                    event("eviction")
+            self.touch(k)
+        if k.pinned:
+            assert k.number is not None
+            g.saved = bits_of(self.tracked[t], k.number)
+            self.tracked[t] = with_bits(self.tracked[t], k.number, PKRU_BITS[level])
+        self.stacks[t].append(g)
+        if level > NONE and r.access.readable:
+            self.use_view(g, value, t)
+
+    def use_view(self, g: GuardM, value: int, t: int) -> None:
+        """A view inside the guard, on its thread: the value survived parking and re-tagging."""
+        guard: Any = g.obj
+        got = self.on(t, lambda: int(guard.ref_guard().value))
+        assert got == g.region.value, f"{g!r}: read {got}, the model has {g.region.value}"
+        if g.level == WRITE and g.region.access.writable:
+
+            def write() -> None:
+                guard.mut_ref_guard().value = value
+
+            self.on(t, write)
+            g.region.value = value
+
+    @precondition(lambda self: any(self.stacks))
+    @rule(t=THREAD)
+    def exit_innermost(self, t: int) -> None:
+        busy = [n for n in range(N_THREADS) if self.stacks[n]]
+        t = busy[t % len(busy)]
+        g = self.stacks[t].pop()
+        self.expect(t, lambda: g.obj.__exit__(None, None, None), None, f"exit {g!r}")
+        if g.key.pinned:
+            assert g.key.number is not None
+            self.tracked[t] = with_bits(self.tracked[t], g.key.number, g.saved)
+
+    def can_start_thread(self) -> bool:
+        """pku: a thread started inside an opening guard inherits the open number (tested on
+        its own in tests/hw); the machine starts threads outside them."""
+        return True
+
+    @precondition(lambda self: self.can_start_thread())
+    @rule(t=st.integers(1, N_THREADS - 1))
+    def thread_ends(self, t: int) -> None:
+        """A worker ends, maybe inside guards: they end with it (their keys may be evicted
+        now), and a new thread takes its place with the initial sim PKRU."""
+        self.workers[t - 1].stop()
+        self.stacks[t] = []
+        self.tracked[t] = self.new_thread_pkru()
+        self.workers[t - 1] = Worker(f"vk-{t}")
+
+    # -- rules: memory --------------------------------------------------------------------
+    @precondition(lambda self: self.live_regions())
+    @rule(i=INDEX, write=st.booleans(), value=VALUE, t=THREAD)
+    def raw_access(self, i: int, write: bool, value: int, t: int) -> None:
+        """A plain access, only where the model says the pages allow it (the sim does not
+        enforce the key: only parking does)."""
+        live = self.live_regions()
+        r = live[i % len(live)]
+        if not self.can_access(t, r, write):
+            return
+        event(f"raw {'write' if write else 'read'}")
+        cell = ctypes.c_uint32.from_address(r.address)
+        if write:
+            self.on(t, lambda: setattr(cell, "value", value))
+            r.value = value
+        else:
+            assert self.on(t, lambda: cell.value) == r.value
+
+    # -- invariants -----------------------------------------------------------------------
+    def assert_unchanged(self, before: dict[str, int], what: str) -> None:
+        after = self.stats()
+        changed = {n: (before[n], after[n]) for n in before if before[n] != after[n]}
+        assert set(changed) <= {"exhausted"}, f"{what} changed the pool: {changed}"
+
+    @invariant()
+    def world_matches_model(self) -> None:
+        live = self.live_keys()
+        for t in range(N_THREADS):
+
+            def observe() -> tuple[int, list[int | None], list[int]]:
+                return (
+                    self.read_pkru(),
+                    [k.obj.hardware_key for k in live],
+                    [k.obj._thread_level() for k in live],
+                )
+
+            pkru, numbers, levels = self.on(t, observe)
+            want = self.pkru(t)
+            assert pkru == want, f"thread {t}: sim PKRU {pkru:#x} != model {want:#x}"
+            assert numbers == [k.number for k in live], (
+                f"hardware keys {numbers} != model {[k.number for k in live]} ({live})"
+            )
+            want_levels = [
+                level_of_bits(bits_of(want, k.number)) if k.number is not None else NONE
+                for k in live
+            ]
+            assert levels == want_levels, f"thread {t}: levels {levels} != {want_levels}"
+        table = page_rights()
+        for r in self.live_regions():
+            want_prot = prot_string(self.page_prot(r))
+            assert rights_at(table, r.address) == want_prot, (
+                f"{r!r}: maps say {rights_at(table, r.address)}, model {want_prot}"
+            )
+            assert r.obj.access is r.access
+        if self.tags_changed:
+            self.check_tags()
+            self.tags_changed = False
+        stats = self.stats()
+        pinned = [k for k in live if k.pinned]
+        virtual = [k for k in live if not k.pinned]
+        want_stats = {
+            "limit": self.limit,
+            "held": self.held(),
+            "pinned": len(pinned),
+            "quarantined": len(self.quarantine) + self.unknown_quarantine,
+            "owned": sum(k.number is not None for k in virtual),
+            "logical": len(live),
+            "parked": sum(k.number is None for k in virtual),
+            "opening": sum(self.opening(k) for k in live),
+            **self.counters,
+        }
+        got = {name: stats[name] for name in want_stats}
+        assert got == want_stats, f"pool stats {got} != model {want_stats}"
+
+    # -- teardown -------------------------------------------------------------------------
+    def teardown(self) -> None:
+        try:
+            for t in range(N_THREADS):
+                while self.stacks[t]:
+                    g = self.stacks[t].pop()
+                    self.on(t, lambda g=g: g.obj.__exit__(None, None, None))
+            for k in self.keys:
+                k.obj.close()
+            for r in self.regions:
+                r.obj.close()
+            left = self.stats()
+            assert left["logical"] == left["owned"] == left["pinned"] == 0, left
+        finally:
+            _core._pool_limit(self.MODE, self.old_limit)
+            for w in self.workers:
+                w.stop()
+
+
+TestVirtualKeysMachine = VirtualKeysMachine.TestCase
+TestVirtualKeysMachine.settings = settings(
+    max_examples=vk_state_examples(),
+    stateful_step_count=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+# -- focused tests ------------------------------------------------------------------------
+
+
+def region_with(key: PkeyGuard) -> tuple[RegionGuard[ctypes.c_uint32], Any]:
+    region = RegionGuard(ctypes.c_uint32)
+    return region, key.associate(region)
+
+
+def test_a_hit_changes_no_pages() -> None:
+    _core._pool_limit(_core.MODE_SIM, 2)
+    key = sim_key()
+    region, assoc = region_with(key)
+    try:
+        with assoc.set_access_rights(RW) as g:
+            g.mut_ref_guard().value = 5
+        number = key.hardware_key
+        assert number is not None
+        before = pool()
+        for _ in range(100):
+            with assoc.set_access_rights(RO) as r:
+                assert r.ref_guard().value == 5
+        after = pool()
+        assert key.hardware_key == number
+        assert after["hits"] - before["hits"] == 100
+        for name in ("misses", "retags", "parks", "evictions", "allocs", "frees"):
+            assert after[name] == before[name], f"a hit changed {name}"
+    finally:
+        key.close()
+        region.close()
+
+
+def test_a_miss_retags_exactly_the_keys_regions() -> None:
+    _core._pool_limit(_core.MODE_SIM, 1)
+    a, b = sim_key(), sim_key()
+    a_regions = [region_with(a) for _ in range(3)]
+    b_regions = [region_with(b) for _ in range(2)]
+    try:
+        with a_regions[0][1].set_access_rights(RW) as g:
+            g.mut_ref_guard().value = 1
+        assert a.hardware_key is not None and b.hardware_key is None
+        for region, _ in b_regions:
+            assert perms_at(region.address) == "---p"
+        for region, _ in a_regions:
+            assert perms_at(region.address) == "rw-p"
+        before = pool()
+        with b_regions[1][1].set_access_rights(RO):  # miss: evicts a (1 number)
+            pass
+        after = pool()
+        delta = {n: after[n] - before[n] for n in ("misses", "evictions", "retags", "parks")}
+        assert delta == {"misses": 1, "evictions": 1, "retags": 2, "parks": 3}, delta
+        assert a.hardware_key is None and b.hardware_key is not None
+        for region, _ in a_regions:
+            assert perms_at(region.address) == "---p"
+        for region, _ in b_regions:
+            assert perms_at(region.address) == "rw-p"
+        with a_regions[0][1].set_access_rights(RO) as r:  # and back: the value survived
+            assert r.ref_guard().value == 1
+    finally:
+        a.close()
+        b.close()
+        for region, _ in a_regions + b_regions:
+            region.close()
+
+
+def test_least_recently_entered_is_evicted() -> None:
+    _core._pool_limit(_core.MODE_SIM, 2)
+    keys = [sim_key() for _ in range(3)]
+    regions = [region_with(k) for k in keys]
+    try:
+        for i in (0, 1, 0):  # 1 is now the least recently entered
+            with regions[i][1].set_access_rights(RO):
+                pass
+        with regions[2][1].set_access_rights(RO):
+            pass
+        assert [k.hardware_key is not None for k in keys] == [True, False, True]
+        with regions[1][1].set_access_rights(RO):  # now 0 is the oldest
+            pass
+        assert [k.hardware_key is not None for k in keys] == [False, True, True]
+    finally:
+        for k in keys:
+            k.close()
+        for region, _ in regions:
+            region.close()
+
+
+def test_no_eviction_under_an_opening_guard_on_another_thread() -> None:
+    _core._pool_limit(_core.MODE_SIM, 1)
+    a, b = sim_key(), sim_key()
+    (ra, aa), (rb, ab) = region_with(a), region_with(b)
+    inside, leave, left = threading.Event(), threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with aa.set_access_rights(RO):
+            inside.set()
+            leave.wait(10)
+        left.set()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        number = a.hardware_key
+        before = pool()
+        with pytest.raises(KeyExhaustedError) as info:
+            with ab.set_access_rights(RO):
+                pass
+        assert info.value.errno == errno.ENOSPC
+        after = pool()
+        assert after["exhausted"] == before["exhausted"] + 1
+        assert {n: v for n, v in after.items() if n != "exhausted"} == {
+            n: v for n, v in before.items() if n != "exhausted"
+        }, "a refused entry changed the pool"
+        assert a.hardware_key == number and b.hardware_key is None
+        assert perms_at(ra.address) == "rw-p" and perms_at(rb.address) == "---p"
+        assert _core.thread_guards() == []
+        # A NoAccess guard takes nothing, so it is never refused.
+        with ab.set_access_rights(NA):
+            assert b.hardware_key is None
+        leave.set()
+        assert left.wait(10)
+        with ab.set_access_rights(RO):  # a's guard is gone: a can be evicted now
+            assert b.hardware_key == number and a.hardware_key is None
+    finally:
+        leave.set()
+        thread.join(10)
+        a.close()
+        b.close()
+        ra.close()
+        rb.close()
+
+
+def test_exhaustion_message_says_why_and_changes_nothing() -> None:
+    _core._pool_limit(_core.MODE_SIM, 2)
+    keys = [sim_key() for _ in range(3)]
+    regions = [region_with(k) for k in keys]
+    guards = [regions[i][1].set_access_rights(RW) for i in (0, 1)]
+    try:
+        for g in guards:
+            g.__enter__()
+        pkru, maps_before = _core._sim_pkru(), page_rights()
+        before = pool()
+        with pytest.raises(KeyExhaustedError) as info:
+            regions[2][1].set_access_rights(RO).__enter__()
+        message = str(info.value)
+        assert info.value.errno == errno.ENOSPC
+        assert "guard" in message and "active" in message, message
+        after = pool()
+        assert after["exhausted"] == before["exhausted"] + 1
+        assert {n: v for n, v in after.items() if n != "exhausted"} == {
+            n: v for n, v in before.items() if n != "exhausted"
+        }
+        assert _core._sim_pkru() == pkru and page_rights() == maps_before
+        assert _core.thread_guards() == [guards[1], guards[0]]
+        assert keys[2].hardware_key is None
+        # A pinned key is refused the same way (nothing to evict, nothing quarantined).
+        with pytest.raises(KeyExhaustedError):
+            sim_key(RW)
+        assert pool()["logical"] == 3
+    finally:
+        for g in reversed(guards):
+            if g.active:
+                g.__exit__(None, None, None)
+        for k in keys:
+            k.close()
+        for region, _ in regions:
+            region.close()
+
+
+def test_each_entry_opens_only_its_own_key() -> None:
+    """Secret-like: many keys, each with its own region; inside a guard on one, every other
+    region is parked or closed in this thread's PKRU."""
+    _core._pool_limit(_core.MODE_SIM, 4)
+    keys = [sim_key() for _ in range(40)]
+    regions = [region_with(k) for k in keys]
+    try:
+        for i, (_, assoc) in enumerate(regions):
+            with assoc.set_access_rights(RW) as g:
+                g.mut_ref_guard().value = 1000 + i
+        for i in [*range(40), *range(39, -1, -1), 3, 17, 3, 17]:
+            with regions[i][1].set_access_rights(RO) as g:
+                assert g.ref_guard().value == 1000 + i
+                pkru, table = _core._sim_pkru(), page_rights()
+                assert keys[i].hardware_key is not None
+                assert level_of_bits(bits_of(pkru, keys[i].hardware_key or 0)) == READ
+                for j, k in enumerate(keys):
+                    if j == i:
+                        continue
+                    number = k.hardware_key
+                    if number is None:
+                        assert rights_at(table, regions[j][0].address) == "---p"
+                    else:
+                        assert bits_of(pkru, number) == CLOSED, (i, j, number)
+                        assert k._thread_level() == NONE
+        assert sum(k.hardware_key is not None for k in keys) == 4
+    finally:
+        for k in keys:
+            k.close()
+        for region, _ in regions:
+            region.close()
+
+
+def test_closing_a_key_frees_its_number() -> None:
+    _core._pool_limit(_core.MODE_SIM, 1)
+    a = sim_key()
+    ra, aa = region_with(a)
+    with aa.set_access_rights(RW):
+        pass
+    number = a.hardware_key
+    assert number is not None
+    before = pool()
+    a.close()
+    after = pool()
+    assert after["frees"] == before["frees"] + 1 and after["held"] == before["held"] - 1
+    assert bits_of(_core._sim_pkru(), number) == CLOSED
+    assert perms_at(ra.address) == "rw-p", "closing untags: key 0 and the region's own rights"
+    b = sim_key()  # below the limit again: takes a number at creation, no eviction
+    try:
+        assert b.hardware_key is not None and pool()["evictions"] == after["evictions"]
+    finally:
+        b.close()
+        ra.close()
+
+
+def test_a_closed_pinned_keys_number_is_quarantined() -> None:
+    _core._pool_limit(_core.MODE_SIM, 15)
+    start = pool()
+    pinned = sim_key(RW)
+    number = pinned.hardware_key
+    assert number is not None
+    assert bits_of(_core._sim_pkru(), number) == PKRU_BITS[WRITE], "initial rights, this thread"
+    other_thread_bits: list[int] = []
+    t = threading.Thread(target=lambda: other_thread_bits.append(_core._sim_pkru()))
+    t.start()
+    t.join()
+    assert bits_of(other_thread_bits[0], number) == CLOSED, "only the creating thread"
+    pinned.close()
+    stats = pool()
+    assert stats["quarantined"] == start["quarantined"] + 1
+    assert stats["held"] == start["held"] + 1 and stats["frees"] == start["frees"]
+    # Virtual keys never get it, even when it is the only number left below the limit.
+    _core._pool_limit(_core.MODE_SIM, stats["held"])
+    virtual = [sim_key() for _ in range(3)]
+    regions = [region_with(k) for k in virtual]
+    try:
+        assert all(k.hardware_key is None for k in virtual)
+        with pytest.raises(KeyExhaustedError):
+            with regions[0][1].set_access_rights(RO):
+                pass
+        _core._pool_limit(_core.MODE_SIM, stats["held"] + 1)
+        for _, assoc in regions:
+            with assoc.set_access_rights(RO):
+                pass
+        assert {k.hardware_key for k in virtual} != {None}
+        assert number not in {k.hardware_key for k in virtual}
+        again = sim_key(RO)  # the next pinned key takes it back
+        try:
+            assert again.hardware_key == number
+            assert pool()["quarantined"] == start["quarantined"]
+        finally:
+            again.close()
+    finally:
+        for k in virtual:
+            k.close()
+        for region, _ in regions:
+            region.close()
+
+
+def test_pinned_keys_are_never_evicted() -> None:
+    _core._pool_limit(_core.MODE_SIM, 2)
+    pinned = sim_key(RO)
+    virtual = [sim_key() for _ in range(3)]
+    regions = [region_with(k) for k in [pinned, *virtual]]
+    try:
+        number = pinned.hardware_key
+        for _ in range(3):
+            for _, assoc in regions[1:]:
+                with assoc.set_access_rights(RW):
+                    pass
+        assert pinned.hardware_key == number
+        assert perms_at(regions[0][0].address) == "rw-p"
+    finally:
+        for k in [pinned, *virtual]:
+            k.close()
+        for region, _ in regions:
+            region.close()
+
+
+def test_logical_ids_are_never_reused() -> None:
+    ids = set()
+    for _ in range(50):
+        with sim_key() as k:
+            assert k.key not in ids
+            ids.add(k.key)
+
+
+def test_one_key_per_secret_on_this_backend() -> None:
+    """Issue 11, part 3: revealing one secret opens that secret only (on mprotect the other
+    secret's pages stay PROT_NONE; with one shared key they were opened too)."""
+    a = Secret.from_bytes(bytearray(b"alpha"))
+    b = Secret.from_bytes(bytearray(b"bravo"))
+    try:
+        with a.reveal() as buf:
+            assert bytes(buf) == b"alpha"
+            assert perms_at(a.address)[0] == "r"
+            assert perms_at(b.address) == "---p", "revealing a opened b"
+        with b.reveal() as buf:
+            assert bytes(buf) == b"bravo"
+            assert perms_at(a.address) == "---p", "revealing b opened a"
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("wrong", ["most-recent-victim", "no-quarantine", "eager-parking"])
+def test_a_wrong_model_fails(wrong: str) -> None:
+    """The machine's checks bite: a model that is wrong in one rule fails within a few
+    examples (no shrinking: only that it fails matters)."""
+
+    class Wrong(VirtualKeysMachine):
+        def victim(self) -> KeyM | None:
+            if wrong != "most-recent-victim":
+                return super().victim()
+            candidates = [
+                k
+                for k in self.live_keys()
+                if not k.pinned and k.number is not None and not self.opening(k)
+            ]
+            return max(candidates, key=lambda k: k.last) if candidates else None
+
+        def can_alloc(self) -> bool:
+            if wrong == "no-quarantine":  # as if quarantined numbers did not count
+                return len(self.held_numbers() - self.quarantine) < self.limit
+            return super().can_alloc()
+
+        def page_prot(self, r: RegionM) -> int:
+            if wrong == "eager-parking" and r.key is not None and not self.opening(r.key):
+                return 0  # as if a key were parked whenever no guard opens it
+            return super().page_prot(r)
+
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(
+            Wrong,
+            settings=settings(
+                max_examples=200,
+                stateful_step_count=40,
+                deadline=None,
+                database=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
