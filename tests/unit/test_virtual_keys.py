@@ -18,6 +18,7 @@ readable or writable: parked pages really are ``PROT_NONE``, so a wrong model is
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import queue
@@ -41,6 +42,7 @@ from hypothesis.stateful import (
 
 from pkeyguard import (
     AccessPermissions,
+    GuardOrderError,
     KeyExhaustedError,
     KeyStateError,
     PkeyGuard,
@@ -69,7 +71,6 @@ CLOSED = PKRU_BITS[NONE]
 NUMBERS = range(1, 16)  # the simulated kernel's numbers
 INIT_PKRU = 0x55555554  # every number but 0 access-disabled: a new thread's sim PKRU
 
-GAUGES = ("limit", "held", "pinned", "quarantined", "owned", "logical", "parked", "opening")
 COUNTERS = (
     "switches",
     "hits",
@@ -276,20 +277,30 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         self.stacks: list[list[GuardM]] = [[] for _ in range(N_THREADS)]
         self.keys: list[KeyM] = []
         self.regions: list[RegionM] = []
+        self.created: list[PkeyGuard] = []
         self.tick = 0
+        start = self.stats()
+        assert start["owned"] == start["pinned"] == start["logical"] == 0, (
+            f"keys left over from an earlier test: {start}"
+        )
+        self.old_limit = start["limit"]
+        # Closed pinned keys' numbers stay in quarantine for the life of the process, and
+        # a new pinned key takes one first.  So that every example starts from the same pool
+        # whatever ran before (hypothesis replays examples), each starts with the same
+        # number of them, all known: as many pinned keys as an example can have at once are
+        # made (taking the quarantined numbers, then new ones) and closed again.
+        _core._pool_limit(self.MODE, 15)
+        fill = [self.make_key(RO) for _ in range(max(MAX_KEYS, start["quarantined"]))]
+        self.quarantine = {k.hardware_key for k in fill if k.hardware_key is not None}
+        for k in fill:
+            k.close()
+        start = self.stats()
+        self.counters = {name: start[name] for name in COUNTERS}
+        self.unknown_quarantine = start["quarantined"] - len(self.quarantine)
+        self.limit = self.old_limit
         self.tracked = [self.read_pkru()]
         new_thread = self.new_thread_pkru()
         self.workers = [Worker(f"vk-{i}") for i in range(1, N_THREADS)]
-        start = self.stats()
-        assert start["owned"] == start["pinned"] == start["logical"] == 0, (
-            f"simulated keys left over from an earlier test: {start}"
-        )
-        self.old_limit = start["limit"]
-        self.counters = {name: start[name] for name in COUNTERS}
-        # Quarantined numbers from earlier tests: how many, not which.
-        self.quarantine: set[int] = set()
-        self.unknown_quarantine = start["quarantined"]
-        self.limit = self.old_limit
         for w in self.workers:
             got = w.run(self.read_pkru)
             assert got == new_thread, f"a new thread's PKRU {got:#x}, expected {new_thread:#x}"
@@ -376,6 +387,7 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         return min(candidates, key=lambda k: k.last) if candidates else None
 
     def can_alloc(self) -> bool:
+        """Below the limit (quarantined numbers count: they stay allocated)."""
         return self.held() < min(self.limit, len(NUMBERS))
 
     def evict(self, victim: KeyM) -> int:
@@ -391,15 +403,18 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         assert number in NUMBERS and number not in self.held_numbers(), (
             f"{what}: got {number}, already held ({sorted(self.held_numbers())})"
         )
+        if not self.unknown_quarantine and self.MODE == _core.MODE_SIM:
+            lowest = min(set(NUMBERS) - self.held_numbers())  # the sim kernel's choice
+            assert number == lowest, f"{what}: got {number}, the lowest free is {lowest}"
         self.counters["allocs"] += 1
         return number
 
     # -- rules: setup ---------------------------------------------------------------------
-    @initialize(limit=st.integers(1, 4), keys=st.lists(KEY_RIGHTS, min_size=1, max_size=3))
+    @initialize(limit=st.integers(1, 4), keys=st.lists(KEY_RIGHTS, min_size=2, max_size=5))
     def init_pool(self, limit: int, keys: list[PkeyPermissions]) -> None:
         """A low limit (above what quarantine from earlier examples holds), so that eviction
         is frequent; a few keys, each with a region."""
-        self.limit = min(15, limit + self.unknown_quarantine)
+        self.limit = min(15, limit + len(self.quarantine) + self.unknown_quarantine)
         _core._pool_limit(self.MODE, self.limit)
         for rights in keys:
             self.new_key(rights, 0)
@@ -431,12 +446,15 @@ class VirtualKeysMachine(RuleBasedStateMachine):
             self.counters["exhausted"] += 1
             self.assert_unchanged(before, "a refused pinned key")
             return
+        self.created.append(obj)  # closed by teardown even if the model fails below
         number = obj.hardware_key
         what = f"new {'pinned' if pinned else 'virtual'} key on thread {t}"
         if source == "alloc":
             number = self.check_fresh(number, what)
         elif source == "quarantine":
             assert number is not None, f"{what}: no number"
+            if not self.unknown_quarantine:  # the lowest quarantined number
+                assert number == min(self.quarantine), f"{what}: {number}, {self.quarantine}"
             if number in self.quarantine:
                 self.quarantine.remove(number)
             else:
@@ -455,10 +473,9 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         else:
             assert number is None, f"{what}: took {number} although none was free"
         k = KeyM(obj, pinned, LEVEL[rights], number)
-        if number is not None:
-            self.touch(k)
-            if pinned:  # pkey_alloc's initial rights, for the calling thread only
-                self.tracked[t] = with_bits(self.tracked[t], number, PKRU_BITS[k.base])
+        self.touch(k)  # every new key is stamped (a parked one is restamped when it takes one)
+        if number is not None and pinned:  # pkey_alloc's rights, for the calling thread only
+            self.tracked[t] = with_bits(self.tracked[t], number, PKRU_BITS[k.base])
         self.keys.append(k)
 
     @precondition(lambda self: self.keys)
@@ -501,18 +518,18 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         assoc = self.expect(t, lambda: k.obj.associate(r.obj), error, f"associate {r!r} {k!r}")
         if assoc is not None:
             r.key, r.assoc = k, assoc
-            k.regions.append(r)
-            if k.number is None:
-                self.counters["parks"] += 1
-            else:
-                self.counters["retags"] += 1
+            k.regions.append(r)  # tagged (or parked) now: not a miss, not counted
 
-    @precondition(lambda self: self.keys and self.regions)
+    def free_regions(self) -> list[RegionM]:
+        return [r for r in self.regions if not r.closed and r.assoc is None]
+
+    @precondition(lambda self: self.keys and self.free_regions())
     @rule(i=INDEX, j=INDEX, t=THREAD)
     def associate(self, i: int, j: int, t: int) -> None:
-        self.do_associate(
-            self.keys[-1 - i % len(self.keys)], self.regions[-1 - j % len(self.regions)], t
-        )
+        """A free region with a key (a closed key: refused); the refusals for regions already
+        associated are the general machine's (tests/unit/test_state_machine.py)."""
+        free = self.free_regions()
+        self.do_associate(self.keys[-1 - i % len(self.keys)], free[j % len(free)], t)
 
     @precondition(lambda self: any(r.assoc is not None for r in self.regions))
     @rule(i=INDEX, t=THREAD)
@@ -542,11 +559,38 @@ class VirtualKeysMachine(RuleBasedStateMachine):
             r.closed = True
 
     # -- rules: guards --------------------------------------------------------------------
-    @precondition(lambda self: any(r.assoc is not None for r in self.regions))
+    def tagged(self) -> list[RegionM]:
+        return [r for r in self.regions if r.assoc is not None]
+
+    @precondition(lambda self: self.tagged())
     @rule(i=INDEX, rights=st.sampled_from([NA, RO, RO, RW, RW]), value=VALUE, t=THREAD)
     def enter(self, i: int, rights: PkeyPermissions, value: int, t: int) -> None:
-        tagged = [r for r in self.regions if r.assoc is not None]
-        r = tagged[i % len(tagged)]
+        """Enter a guard and stay inside it."""
+        self.do_enter(self.tagged()[i % len(self.tagged())], rights, value, t)
+
+    @precondition(lambda self: self.tagged())
+    @rule(i=INDEX, rights=st.sampled_from([NA, RO, RW, RW]), value=VALUE, t=THREAD)
+    def switch(self, i: int, rights: PkeyPermissions, value: int, t: int) -> None:
+        """A whole ``with`` block: enter, use the view, leave."""
+        if self.do_enter(self.tagged()[i % len(self.tagged())], rights, value, t):
+            self.do_exit(t)
+
+    @precondition(lambda self: self.tagged())
+    @rule(
+        moves=st.lists(
+            st.tuples(INDEX, st.sampled_from([RO, RW, RW, NA]), THREAD), min_size=2, max_size=8
+        ),
+        value=VALUE,
+    )
+    def burst(self, moves: list[tuple[int, PkeyPermissions, int]], value: int) -> None:
+        """Several ``with`` blocks in a row, on any threads: where evictions come from."""
+        for i, rights, t in moves:
+            if self.do_enter(
+                self.tagged()[i % len(self.tagged())], rights, (value + i) & 0xFFFFFFFF, t
+            ):
+                self.do_exit(t)
+
+    def do_enter(self, r: RegionM, rights: PkeyPermissions, value: int, t: int) -> bool:
         assert r.assoc is not None and r.key is not None
         k, level, assoc = r.key, LEVEL[rights], r.assoc
         guard = self.expect(t, lambda: assoc.set_access_rights(rights), None, "set_access_rights")
@@ -565,26 +609,26 @@ class VirtualKeysMachine(RuleBasedStateMachine):
                     error = KeyExhaustedError
         before = self.stats()
         got = self.expect(t, guard.__enter__, error, what)
+        self.counters["switches"] += 1  # counts attempts: a refused entry too
         if error is not None:
             self.counters["exhausted"] += 1
-            self.assert_unchanged(before, what)
+            self.assert_unchanged(before, what, also=frozenset({"switches"}))
             assert k.obj.hardware_key is None
-            return
+            return False
         assert got is guard
-        self.counters["switches"] += 1
-        if level > NONE:
-            if k.number is not None:
-                self.counters["hits"] += 1
+        if level == NONE or k.number is not None:
+            self.counters["hits"] += 1  # a NoAccess guard on a parked key: a hit too
+        if level > NONE and k.number is None:
+            self.tags_changed = True
+            self.counters["misses"] += 1
+            self.counters["retags"] += len(k.regions)
+            if fresh:
+                k.number = self.check_fresh(k.obj.hardware_key, what)
             else:
-                self.tags_changed = True
-                self.counters["misses"] += 1
-                self.counters["retags"] += len(k.regions)
-                if fresh:
-                    k.number = self.check_fresh(k.obj.hardware_key, what)
-                else:
-                    assert victim is not None
-                    k.number = self.evict(victim)
-                    event("eviction")
+                assert victim is not None
+                k.number = self.evict(victim)
+                event("eviction")
+        if k.number is not None:  # least recently *entered*: any guard on a held key
             self.touch(k)
         if k.pinned:
             assert k.number is not None
@@ -593,6 +637,7 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         self.stacks[t].append(g)
         if level > NONE and r.access.readable:
             self.use_view(g, value, t)
+        return True
 
     def use_view(self, g: GuardM, value: int, t: int) -> None:
         """A view inside the guard, on its thread: the value survived parking and re-tagging."""
@@ -611,7 +656,9 @@ class VirtualKeysMachine(RuleBasedStateMachine):
     @rule(t=THREAD)
     def exit_innermost(self, t: int) -> None:
         busy = [n for n in range(N_THREADS) if self.stacks[n]]
-        t = busy[t % len(busy)]
+        self.do_exit(busy[t % len(busy)])
+
+    def do_exit(self, t: int) -> None:
         g = self.stacks[t].pop()
         self.expect(t, lambda: g.obj.__exit__(None, None, None), None, f"exit {g!r}")
         if g.key.pinned:
@@ -652,10 +699,13 @@ class VirtualKeysMachine(RuleBasedStateMachine):
             assert self.on(t, lambda: cell.value) == r.value
 
     # -- invariants -----------------------------------------------------------------------
-    def assert_unchanged(self, before: dict[str, int], what: str) -> None:
+    def assert_unchanged(
+        self, before: dict[str, int], what: str, also: frozenset[str] = frozenset()
+    ) -> None:
         after = self.stats()
         changed = {n: (before[n], after[n]) for n in before if before[n] != after[n]}
-        assert set(changed) <= {"exhausted"}, f"{what} changed the pool: {changed}"
+        allowed = {"exhausted", "syncs"} | also  # a refused entry syncs this thread first
+        assert set(changed) <= allowed, f"{what} changed the pool: {changed}"
 
     @invariant()
     def world_matches_model(self) -> None:
@@ -698,10 +748,11 @@ class VirtualKeysMachine(RuleBasedStateMachine):
             "held": self.held(),
             "pinned": len(pinned),
             "quarantined": len(self.quarantine) + self.unknown_quarantine,
-            "owned": sum(k.number is not None for k in virtual),
+            "owned": sum(k.number is not None for k in live),  # pinned ones included
             "logical": len(live),
             "parked": sum(k.number is None for k in virtual),
             "opening": sum(self.opening(k) for k in live),
+            "spare": 0,
             **self.counters,
         }
         got = {name: stats[name] for name in want_stats}
@@ -709,21 +760,37 @@ class VirtualKeysMachine(RuleBasedStateMachine):
 
     # -- teardown -------------------------------------------------------------------------
     def teardown(self) -> None:
+        """Leave every guard (the threads' real stacks: this works where the model went
+        wrong), close everything, and check that nothing of this example is left."""
+        problems: list[str] = []
+
+        def attempt(what: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except Exception as exc:
+                problems.append(f"{what}: {exc!r}")
+
+        def unwind() -> None:
+            stack = _core.thread_guards()  # innermost first: leaving the outermost unwinds
+            if stack:
+                with contextlib.suppress(GuardOrderError):
+                    stack[-1].__exit__(None, None, None)
+
         try:
             for t in range(N_THREADS):
-                while self.stacks[t]:
-                    g = self.stacks[t].pop()
-                    self.on(t, lambda g=g: g.obj.__exit__(None, None, None))
-            for k in self.keys:
-                k.obj.close()
+                attempt(f"leave thread {t}'s guards", lambda t=t: self.on(t, unwind))
+            for key in self.created:
+                attempt(f"close {key!r}", key.close)
             for r in self.regions:
-                r.obj.close()
+                attempt(f"close {r!r}", r.obj.close)
             left = self.stats()
-            assert left["logical"] == left["owned"] == left["pinned"] == 0, left
+            if left["logical"] or left["owned"] or left["pinned"]:
+                problems.append(f"keys left: {left}")
         finally:
             _core._pool_limit(self.MODE, self.old_limit)
             for w in self.workers:
                 w.stop()
+        assert not problems, "teardown: " + "; ".join(problems)
 
 
 TestVirtualKeysMachine = VirtualKeysMachine.TestCase
@@ -739,13 +806,45 @@ TestVirtualKeysMachine.settings = settings(
 # -- focused tests ------------------------------------------------------------------------
 
 
+def unchanged(before: dict[str, int], after: dict[str, int]) -> bool:
+    """The pool is as it was, but for the counters a refused entry moves: ``exhausted``, and
+    ``switches`` and ``syncs`` (the entry was attempted; the thread synced first)."""
+    counted = {"exhausted", "switches", "syncs"}
+    return {n: v for n, v in after.items() if n not in counted} == {
+        n: v for n, v in before.items() if n not in counted
+    }
+
+
+def set_limit(n: int) -> int:
+    """A pool limit of ``n`` numbers for virtual keys: above whatever earlier tests left in
+    quarantine (closed pinned keys' numbers stay held for the life of the process)."""
+    limit = min(15, pool()["quarantined"] + n)
+    _core._pool_limit(_core.MODE_SIM, limit)
+    return limit
+
+
+@contextlib.contextmanager
+def quarantine_drained() -> Iterator[list[PkeyGuard]]:
+    """Pinned keys holding every number that earlier tests left in quarantine (a pinned key
+    takes a quarantined number first), so that the test starts with none; closed afterwards
+    (the numbers go back to quarantine)."""
+    drain: list[PkeyGuard] = []
+    try:
+        while pool()["quarantined"]:
+            drain.append(sim_key(RO))
+        yield drain
+    finally:
+        for k in drain:
+            k.close()
+
+
 def region_with(key: PkeyGuard) -> tuple[RegionGuard[ctypes.c_uint32], Any]:
     region = RegionGuard(ctypes.c_uint32)
     return region, key.associate(region)
 
 
 def test_a_hit_changes_no_pages() -> None:
-    _core._pool_limit(_core.MODE_SIM, 2)
+    set_limit(2)
     key = sim_key()
     region, assoc = region_with(key)
     try:
@@ -768,7 +867,7 @@ def test_a_hit_changes_no_pages() -> None:
 
 
 def test_a_miss_retags_exactly_the_keys_regions() -> None:
-    _core._pool_limit(_core.MODE_SIM, 1)
+    set_limit(1)
     a, b = sim_key(), sim_key()
     a_regions = [region_with(a) for _ in range(3)]
     b_regions = [region_with(b) for _ in range(2)]
@@ -801,7 +900,7 @@ def test_a_miss_retags_exactly_the_keys_regions() -> None:
 
 
 def test_least_recently_entered_is_evicted() -> None:
-    _core._pool_limit(_core.MODE_SIM, 2)
+    set_limit(2)
     keys = [sim_key() for _ in range(3)]
     regions = [region_with(k) for k in keys]
     try:
@@ -822,7 +921,7 @@ def test_least_recently_entered_is_evicted() -> None:
 
 
 def test_no_eviction_under_an_opening_guard_on_another_thread() -> None:
-    _core._pool_limit(_core.MODE_SIM, 1)
+    set_limit(1)
     a, b = sim_key(), sim_key()
     (ra, aa), (rb, ab) = region_with(a), region_with(b)
     inside, leave, left = threading.Event(), threading.Event(), threading.Event()
@@ -845,9 +944,7 @@ def test_no_eviction_under_an_opening_guard_on_another_thread() -> None:
         assert info.value.errno == errno.ENOSPC
         after = pool()
         assert after["exhausted"] == before["exhausted"] + 1
-        assert {n: v for n, v in after.items() if n != "exhausted"} == {
-            n: v for n, v in before.items() if n != "exhausted"
-        }, "a refused entry changed the pool"
+        assert unchanged(before, after), "a refused entry changed the pool"
         assert a.hardware_key == number and b.hardware_key is None
         assert perms_at(ra.address) == "rw-p" and perms_at(rb.address) == "---p"
         assert _core.thread_guards() == []
@@ -868,7 +965,7 @@ def test_no_eviction_under_an_opening_guard_on_another_thread() -> None:
 
 
 def test_exhaustion_message_says_why_and_changes_nothing() -> None:
-    _core._pool_limit(_core.MODE_SIM, 2)
+    set_limit(2)
     keys = [sim_key() for _ in range(3)]
     regions = [region_with(k) for k in keys]
     guards = [regions[i][1].set_access_rights(RW) for i in (0, 1)]
@@ -884,16 +981,16 @@ def test_exhaustion_message_says_why_and_changes_nothing() -> None:
         assert "guard" in message and "active" in message, message
         after = pool()
         assert after["exhausted"] == before["exhausted"] + 1
-        assert {n: v for n, v in after.items() if n != "exhausted"} == {
-            n: v for n, v in before.items() if n != "exhausted"
-        }
+        assert unchanged(before, after)
         assert _core._sim_pkru() == pkru and page_rights() == maps_before
         assert _core.thread_guards() == [guards[1], guards[0]]
         assert keys[2].hardware_key is None
-        # A pinned key is refused the same way (nothing to evict, nothing quarantined).
-        with pytest.raises(KeyExhaustedError):
-            sim_key(RW)
-        assert pool()["logical"] == 3
+        # A pinned key is refused the same way once nothing is quarantined.
+        with quarantine_drained() as drain:
+            with pytest.raises(KeyExhaustedError) as pinned_info:
+                sim_key(RW)
+            assert "initial rights" in str(pinned_info.value)
+            assert pool()["logical"] == 3 + len(drain)
     finally:
         for g in reversed(guards):
             if g.active:
@@ -907,7 +1004,7 @@ def test_exhaustion_message_says_why_and_changes_nothing() -> None:
 def test_each_entry_opens_only_its_own_key() -> None:
     """Secret-like: many keys, each with its own region; inside a guard on one, every other
     region is parked or closed in this thread's PKRU."""
-    _core._pool_limit(_core.MODE_SIM, 4)
+    set_limit(4)
     keys = [sim_key() for _ in range(40)]
     regions = [region_with(k) for k in keys]
     try:
@@ -938,7 +1035,7 @@ def test_each_entry_opens_only_its_own_key() -> None:
 
 
 def test_closing_a_key_frees_its_number() -> None:
-    _core._pool_limit(_core.MODE_SIM, 1)
+    set_limit(1)
     a = sim_key()
     ra, aa = region_with(a)
     with aa.set_access_rights(RW):
@@ -960,8 +1057,14 @@ def test_closing_a_key_frees_its_number() -> None:
 
 
 def test_a_closed_pinned_keys_number_is_quarantined() -> None:
+    with quarantine_drained():
+        check_quarantine()
+
+
+def check_quarantine() -> None:
     _core._pool_limit(_core.MODE_SIM, 15)
     start = pool()
+    assert start["quarantined"] == 0
     pinned = sim_key(RW)
     number = pinned.hardware_key
     assert number is not None
@@ -1004,7 +1107,7 @@ def test_a_closed_pinned_keys_number_is_quarantined() -> None:
 
 
 def test_pinned_keys_are_never_evicted() -> None:
-    _core._pool_limit(_core.MODE_SIM, 2)
+    set_limit(2)
     pinned = sim_key(RO)
     virtual = [sim_key() for _ in range(3)]
     regions = [region_with(k) for k in [pinned, *virtual]]
@@ -1040,10 +1143,10 @@ def test_one_key_per_secret_on_this_backend() -> None:
         with a.reveal() as buf:
             assert bytes(buf) == b"alpha"
             assert perms_at(a.address)[0] == "r"
-            assert perms_at(b.address) == "---p", "revealing a opened b"
+            assert perms_at(b.address)[:3] == "---", "revealing a opened b"
         with b.reveal() as buf:
             assert bytes(buf) == b"bravo"
-            assert perms_at(a.address) == "---p", "revealing b opened a"
+            assert perms_at(a.address)[:3] == "---", "revealing b opened a"
     finally:
         a.close()
         b.close()
@@ -1067,7 +1170,7 @@ def test_a_wrong_model_fails(wrong: str) -> None:
 
         def can_alloc(self) -> bool:
             if wrong == "no-quarantine":  # as if quarantined numbers did not count
-                return len(self.held_numbers() - self.quarantine) < self.limit
+                return self.held() - len(self.quarantine) < self.limit
             return super().can_alloc()
 
         def page_prot(self, r: RegionM) -> int:
