@@ -450,7 +450,8 @@ class PkuVirtualKeysMachine(VirtualKeysMachine):
 
     MODE = _core.MODE_PKU
     ENFORCED = True
-    MAPS_EVERY_STEP = False  # the guest is slow: maps and smaps after steps that change them
+    MAPS_EVERY_STEP = False  # the guest is slow: maps after steps that change page rights,
+    TAGS_EVERY = 4  # and smaps (the slowest: page walks) every 4th such step and at the end
 
     @staticmethod
     def make_key(rights: PkeyPermissions) -> PkeyGuard:

@@ -254,6 +254,7 @@ class VirtualKeysMachine(RuleBasedStateMachine):
     MODE: int = _core.MODE_SIM
     ENFORCED = False  # the sim does not enforce key rights: only parking closes pages
     MAPS_EVERY_STEP = True  # else only after steps that can change page rights or tags
+    TAGS_EVERY = 1  # check_tags after every n-th step that changed tags (and at the end)
 
     @staticmethod
     def make_key(rights: PkeyPermissions) -> PkeyGuard:
@@ -276,6 +277,7 @@ class VirtualKeysMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tags_changed = True
+        self.tag_steps = 0
         self.stacks: list[list[GuardM]] = [[] for _ in range(N_THREADS)]
         self.keys: list[KeyM] = []
         self.regions: list[RegionM] = []
@@ -742,8 +744,10 @@ class VirtualKeysMachine(RuleBasedStateMachine):
                 )
                 assert r.obj.access is r.access
         if self.tags_changed:
-            self.check_tags()
-            self.tags_changed = False
+            self.tag_steps += 1
+            if self.tag_steps % self.TAGS_EVERY == 0:
+                self.check_tags()
+                self.tags_changed = False
         stats = self.stats()
         pinned = [k for k in live if k.pinned]
         virtual = [k for k in live if not k.pinned]
@@ -781,6 +785,8 @@ class VirtualKeysMachine(RuleBasedStateMachine):
                     stack[-1].__exit__(None, None, None)
 
         try:
+            if self.tags_changed:
+                attempt("the last tags", self.check_tags)
             for t in range(N_THREADS):
                 attempt(f"leave thread {t}'s guards", functools.partial(self.on, t, unwind))
             for key in self.created:
