@@ -803,7 +803,7 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         assert not problems, "teardown: " + "; ".join(problems)
 
 
-TestVirtualKeysMachine = VirtualKeysMachine.TestCase
+TestVirtualKeysMachine = pytest.mark.slow(VirtualKeysMachine.TestCase)
 TestVirtualKeysMachine.settings = settings(
     max_examples=vk_state_examples(),
     stateful_step_count=40,
