@@ -399,7 +399,7 @@ class Fixtures:
         self._buffers: list[tuple[memoryview, mmap.mmap]] = []
         self._secrets: list[Secret] = []
         self._nop: list[tuple[_core.Key, RegionGuard[Any]]] = []
-        self._raw: list[tuple[int, int]] = []
+        self._plain: list[RegionGuard[Any]] = []
 
     def nop_assoc(self) -> AssociatedRegion[Any]:
         """A one-page region associated with a ``MODE_NOP`` key: guards with no pool and no
@@ -414,12 +414,14 @@ class Fixtures:
         self._nop.append((key, region))
         return assoc
 
-    def raw(self, nbytes: int) -> int:
-        """A touched, page-aligned anonymous mapping (no key): its address."""
-        address = _floor.mmap_anon(nbytes, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._raw.append((address, nbytes))
-        _floor.touch_pages(address, nbytes, 1)
-        return address
+    def plain(self, nbytes: int) -> RegionGuard[Any]:
+        """A touched region with no key, mapped as a key's regions are: a floor on it meets
+        the same neighbours (the kernel merges adjacent anonymous mappings of equal rights,
+        and an mprotect of part of one splits it)."""
+        region: RegionGuard[Any] = RegionGuard(nbytes, name="bench plain")
+        self._plain.append(region)
+        _floor.touch_pages(region.address, region.mapped_size, 1)
+        return region
 
     @contextmanager
     def secrets_alive(self, total: int) -> Iterator[None]:
@@ -485,9 +487,9 @@ class Fixtures:
             key._close()
             region.close()
         self._nop.clear()
-        for address, nbytes in self._raw:
-            _floor.munmap(address, nbytes)
-        self._raw.clear()
+        for region in self._plain:
+            region.close()
+        self._plain.clear()
 
 
 def _libc() -> ctypes.CDLL:
@@ -629,7 +631,8 @@ def build(mode: Mode, backend: str, *, gib_ok: bool, groups: frozenset[str] | No
     ``pinned.guard``      the same with a pinned key (created ReadOnly)
     ``miss.sim/pku``      (per miss size) ``next`` of a cycle over the ReadWrite guards of
                           ``MISS_KEYS`` keys (simulated; the backend's), a region each
-    ``retag.*``           (per miss size) a touched plain mapping: ``address``, ``length``
+    ``retag.*``           (per miss size) ``addresses`` of ``MISS_KEYS`` touched regions with no
+                          key, mapped right after the miss keys' (so alike), their ``length``
     ``ws.PATTERN.sim/pku/nop``  (per working-set size) ``next`` of a cycle over a fixed
                           sequence (``ws_sequence``) of the ReadWrite guards of that many
                           keys (simulated, the backend's, MODE_NOP), a page each
@@ -672,10 +675,11 @@ def build(mode: Mode, backend: str, *, gib_ok: bool, groups: frozenset[str] | No
             for kind in ("sim", "backend") if pku else ("sim",):
                 guards = [fixtures.make(size, label, kind).guard for _ in range(MISS_KEYS)]
                 sets["miss.sim" if kind == "sim" else "miss.pku"] = itertools.cycle(guards).__next__
+            plain = [fixtures.plain(size) for _ in range(MISS_KEYS)]
             miss[size] = {
                 **sets,
-                "retag.address": fixtures.raw(size),
-                "retag.length": size,
+                "retag.addresses": tuple(r.address for r in plain),
+                "retag.length": plain[0].mapped_size,
             }
         works: dict[int, dict[str, object]] = {}
         for n_keys in worksets:

@@ -485,12 +485,14 @@ CASES: tuple[CaseSpec, ...] = (
     ),
     # A miss, per region size: MISS_KEYS keys cycled through 15 numbers, so every entry parks
     # the least recently used key (mprotect PROT_NONE of its pages) and tags this one (sim:
-    # mprotect to its rights; pku: pkey_mprotect).  Its floor is those two system calls in C.
+    # mprotect to its rights; pku: pkey_mprotect).  Its floor is those two system calls in C,
+    # in the same order on regions mapped alike (next to each other: a park splits the
+    # anonymous mapping the kernel merged them into, a re-tag merges it again).
     CaseSpec(
         "floor.retag_c",
-        "C loop: mprotect NONE then RW on plain pages (a miss's system calls)",
+        "C loop: a miss's mprotect pair, over 16 regions with no key",
         "floor",
-        Native("mprotect_pairs", ("retag.address", "retag.length", "prot.none", "prot.rw")),
+        Native("mprotect_cycle", ("retag.addresses", "retag.length")),
         scope="miss",
     ),
     CaseSpec(
@@ -750,7 +752,8 @@ GOALS: tuple[GoalSpec, ...] = (
             Ratio("sim {size}", ("vkey.miss",), ("floor.retag_c",)),
             Ratio("pku {size}", ("vkey.miss_pku",), ("floor.retag_c",), backends=PKU),
         ),
-        note="the floor is mprotect NONE then RW of plain pages of the same size, in C",
+        note="the floor makes the same mprotect calls in C, on 16 regions with no key mapped "
+        "the same way",
     ),
     GoalSpec(
         "secret_reveal_flat",
