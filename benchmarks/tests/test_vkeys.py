@@ -175,3 +175,30 @@ def test_table_and_json_report_the_pool_counts(plan: bench.Plan) -> None:
     assert "## virtual keys: working sets" in text
     assert "[" in text and "vkey_hit" in text
     assert _core.thread_guards() == []
+
+
+def lru_hit_rate(order: list[int], numbers: int, warm: int) -> float:
+    """Hits of a least-recently-used cache of ``numbers`` over ``order`` (twice round, the
+    first ``warm`` entries not counted): the policy the pool implements."""
+    held: dict[int, None] = {}
+    hits = counted = 0
+    for i, k in enumerate(order + order):
+        hit = k in held
+        if hit:
+            del held[k]
+        elif len(held) >= numbers:
+            del held[next(iter(held))]
+        held[k] = None
+        if i >= warm:
+            counted += 1
+            hits += hit
+    return hits / counted
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_the_pool_is_lru_over_15_numbers(plan: bench.Plan, pattern: str) -> None:
+    by_keys = cases(plan, f"vkey.ws_{pattern}")
+    for n in (16, 64):
+        model = lru_hit_rate(bench.ws_sequence(n, pattern, MODE.sequence), 15, 256)
+        rate = run(by_keys[n], 4000)["hit_rate"]
+        assert rate == pytest.approx(model, abs=0.04), (pattern, n, rate, model)
