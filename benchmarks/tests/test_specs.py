@@ -197,6 +197,8 @@ def test_mprotect_goals_on_synthetic_numbers() -> None:
         {
             "with g: 1t": 1.05,
             "with g: 2t": 1.05,
+            "with g: vs the mprotect switch path 1t": 42.0 / 44.0,
+            "with g: vs the mprotect switch path 2t": 42.0 / 44.0,
             "with assoc.set_access_rights(RW): 1t": 1.2,
             "with assoc.set_access_rights(RW): 2t": 1.2,
         }

@@ -727,6 +727,14 @@ GOALS: tuple[GoalSpec, ...] = (
         (
             Ratio("with g: {threads}t", ("vkey.hit_guard",), ("floor.nop_cm",)),
             Ratio(
+                "with g: vs the mprotect switch path {threads}t",
+                ("vkey.hit_guard",),
+                ("switch.no_syscall",),
+                backends=MPROTECT,
+                note="on mprotect also against the switch path of a key with no regions "
+                "(switch.no_syscall): today's non-virtual switch with nothing to protect",
+            ),
+            Ratio(
                 "with assoc.set_access_rights(RW): {threads}t",
                 ("vkey.hit_set_access_rights",),
                 ("floor.nop_sar",),
