@@ -203,3 +203,20 @@ def test_the_pool_is_lru_over_15_numbers(plan: bench.Plan, pattern: str) -> None
         model = lru_hit_rate(bench.ws_sequence(n, pattern, MODE.sequence), 15, 256)
         rate = run(by_keys[n], 4000)["hit_rate"]
         assert rate == pytest.approx(model, abs=0.04), (pattern, n, rate, model)
+
+
+def test_paired_ratio_is_the_median_of_the_rounds_own_ratios() -> None:
+    def case(slug: str, samples: list[float], floor: str | None = None) -> bench.Case:
+        return bench.Case(
+            f"{slug}/1t", slug, slug, "vkey", 1, None, floor, False, "b", lambda n: n,
+            samples=samples,
+        )  # fmt: skip
+
+    # Round 2 slowed the hit only, round 3 both: the medians pair round 2's hit with
+    # another round's floor, the rounds' own ratios do not.
+    loop = case("floor.loop", [10.0, 10.0, 10.0])
+    floor = case("floor.nop_cm", [60.0, 60.0, 160.0])
+    hit = case("vkey.hit_guard", [65.0, 165.0, 175.0], "floor.nop_cm/1t")
+    rows = bench.summarize([loop, floor, hit])
+    assert rows["vkey.hit_guard/1t"].ratio == pytest.approx((165 - 10) / (60 - 10))
+    assert rows["vkey.hit_guard/1t"].paired == pytest.approx(1.1)

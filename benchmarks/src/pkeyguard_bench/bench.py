@@ -999,11 +999,25 @@ class Row:
     minimum: float
     net: float
     ratio: float | None = None
+    #: the median over rounds of each round's ratio (both nets from that round's samples):
+    #: on a shared machine, a round that others slowed down slows both sides of its ratio
+    paired: float | None = None
+
+
+def _paired(case: Case, floor: Case, loops: Mapping[int, list[float]]) -> float | None:
+    def nets(c: Case) -> list[float]:
+        if c.native or c.slug == "floor.loop":
+            return c.samples
+        return [x - loop for x, loop in zip(c.samples, loops[c.threads], strict=False)]
+
+    ratios = [a / b for a, b in zip(nets(case), nets(floor), strict=False) if b > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 def summarize(cases: list[Case]) -> dict[str, Row]:
     rows: dict[str, Row] = {}
-    loops = {c.threads: statistics.median(c.samples) for c in cases if c.slug == "floor.loop"}
+    loop_samples = {c.threads: c.samples for c in cases if c.slug == "floor.loop"}
+    loops = {t: statistics.median(samples) for t, samples in loop_samples.items()}
     for c in cases:
         med = statistics.median(c.samples)
         net = med if c.native or c.slug == "floor.loop" else med - loops[c.threads]
@@ -1012,6 +1026,8 @@ def summarize(cases: list[Case]) -> dict[str, Row]:
         floor = rows.get(row.case.floor) if row.case.floor else None
         if floor is not None and floor.net > 0:
             row.ratio = row.net / floor.net
+        if floor is not None and len(row.case.samples) == len(floor.case.samples):
+            row.paired = _paired(row.case, floor.case, loop_samples)
     return rows
 
 
@@ -1171,6 +1187,7 @@ def to_json(
                 "min_ns": r.minimum,
                 "net_ns": r.net,
                 "ratio": r.ratio,
+                "ratio_paired": r.paired,
                 "pool": pool_summary(r.case),
             }
             for r in rows.values()
@@ -1222,12 +1239,17 @@ def render_vkeys(data: dict[str, Any], out: TextIO) -> None:
     hits = [c for c in cases if c["slug"].startswith("vkey.hit") or c["slug"] == "vkey.pinned_pku"]
     if hits:
         print("\n## virtual keys: a hit, against the same line with no pool (ns net)", file=out)
-        print(f"{'case':<56}{'threads':>8}{'net':>10}{'floor':>10}{'x floor':>9}", file=out)
+        print(
+            f"{'case':<56}{'threads':>8}{'net':>10}{'floor':>10}{'x floor':>9}"
+            f"{'paired':>9}  (paired: median of the rounds' own ratios)",
+            file=out,
+        )
         for c in hits:
             floor = by_id.get(c["floor"]) if c["floor"] else None
             print(
                 f"{c['label']:<56}{c['threads']:>8}{_ns(c['net_ns']):>10}"
-                f"{_ns(floor['net_ns']) if floor else '-':>10}{_x(c['ratio']):>9}",
+                f"{_ns(floor['net_ns']) if floor else '-':>10}{_x(c['ratio']):>9}"
+                f"{_x(c.get('ratio_paired')):>9}",
                 file=out,
             )
     misses = [c for c in cases if c["slug"] in ("vkey.miss", "vkey.miss_pku")]
