@@ -472,6 +472,7 @@ CASES: tuple[CaseSpec, ...] = (
         py("with g: pass", g="pinned.guard"),
         floor="floor.nop_cm",
         backends=PKU,
+        counts="backend",
     ),
     CaseSpec(
         "vkey.hit_pku",
