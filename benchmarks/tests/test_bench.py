@@ -157,3 +157,20 @@ def test_pkru_floors_refuse_without_ospke() -> None:
         _floor.rdpkru_loop(1)
     with pytest.raises((RuntimeError, ValueError)):
         _floor.wrpkru_pairs(1, 1)
+
+
+def test_groups_option_refuses_unknown_groups(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--quick", "--groups", "vkey,nope"])
+    assert exc.value.code == 2
+    assert "--groups: choose from" in capsys.readouterr().err
+
+
+def test_groups_option_runs_those_rows_and_their_floors(
+    capsys: pytest.CaptureFixture[str], no_leaks: None
+) -> None:
+    assert bench.main(["--quick", "--rounds", "1", "--no-pin", "--groups", "secret", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {c["group"] for c in data["cases"]} <= {"secret", "floor"}
+    assert {c["slug"] for c in data["cases"] if c["group"] == "floor"} == {"floor.loop"}
+    assert data["config"]["groups"] == ["secret"]
