@@ -97,7 +97,6 @@ POOL_COUNTERS = (
     "retags",
     "parks",
     "allocs",
-    "frees",
     "exhausted",
     "syncs",
 )
