@@ -311,15 +311,18 @@ raise_take_failed(KeyObject *k, int why, const char *syscall_name)
             k->id, held, p->limit, held - pinned_numbers, pinned_numbers);
     }
     else {
+        int usable = pool_popcount(p->held & ~p->pinned_class & ~p->lost);
         msg = PyUnicode_FromFormat(
-            "no hardware protection key can be taken for key %lld: each of the %d that NoAccess "
-            "keys can use is held by a key with a ReadOnly or ReadWrite guard active on some "
-            "thread, and no more can be allocated: pkeyguard holds %d of at most %d (%d kept "
-            "for keys created with initial rights, for good: other threads may have inherited "
-            "their rights) and the kernel has no more (x86 has 15; other code in this process "
-            "holds the rest). Leave a guard first",
-            k->id, pool_popcount(p->held & ~p->pinned_class & ~p->lost), held, p->limit,
-            pinned_numbers);
+            "no hardware protection key can be taken for key %lld: %s%d that NoAccess keys can "
+            "use %s held by a key with a ReadOnly or ReadWrite guard active on some thread, "
+            "and no more can be allocated: pkeyguard holds %d of at most %d (%d kept for keys "
+            "created with initial rights, for good: other threads may have inherited their "
+            "rights) and the kernel has no more (x86 has 15; other code in this process holds "
+            "the rest). %s",
+            k->id, usable == 1 ? "the " : "all ", usable, usable == 1 ? "is" : "are", held,
+            p->limit, pinned_numbers,
+            usable > 0 ? "Leave a guard first"
+                       : "Create keys NoAccess (the default) and open them with guards");
     }
     if (msg == NULL) {
         return;
