@@ -56,11 +56,15 @@ class KeyStats:
     hardware_limit: int = 0
     """The most hardware keys pkeyguard will hold at once (x86 has 15)."""
     hardware_held: int = 0
-    """Hardware keys pkeyguard holds now (allocated with ``pkey_alloc``)."""
+    """Hardware keys pkeyguard holds (allocated with ``pkey_alloc``; kept for the life of the
+    process, since a thread may still have one open)."""
+    spare: int = 0
+    """Held hardware keys that no key holds now, ready for the next NoAccess key."""
     pinned: int = 0
     """Held for life by keys created with initial rights other than NoAccess."""
     quarantined: int = 0
-    """Held but unused: left open in some thread by a closed key with initial rights."""
+    """Held but unused, kept for keys with initial rights only: a closed such key's number
+    (another thread may have inherited its rights)."""
     parked: int = 0
     """Keys holding no hardware key now: their pages are closed to every thread."""
     opening: int = 0
@@ -79,10 +83,10 @@ class KeyStats:
     """Regions parked by an eviction (one ``pkey_mprotect`` each)."""
     allocs: int = 0
     """``pkey_alloc`` calls made by the pool."""
-    frees: int = 0
-    """``pkey_free`` calls made by the pool."""
     exhausted: int = 0
-    """Entries refused with KeyExhaustedError."""
+    """Entries (and creations of keys with initial rights) refused with KeyExhaustedError."""
+    syncs: int = 0
+    """Guard entries that closed the thread's stale numbers after numbers changed owner."""
 
     @classmethod
     def _of_pool(cls, mode: int) -> KeyStats:
@@ -91,6 +95,7 @@ class KeyStats:
             logical=s["logical"],
             hardware_limit=s["limit"],
             hardware_held=s["held"],
+            spare=s["spare"],
             pinned=s["pinned"],
             quarantined=s["quarantined"],
             parked=s["parked"],
@@ -102,8 +107,8 @@ class KeyStats:
             retags=s["retags"],
             parks=s["parks"],
             allocs=s["allocs"],
-            frees=s["frees"],
             exhausted=s["exhausted"],
+            syncs=s["syncs"],
         )
 
 

@@ -534,15 +534,8 @@ key_free(KeyObject *k)
     }
     if (mode_is_pool(k->mode)) {
         /* The number goes back (closed in this thread) only if every page lost the tag. */
-        int had = k->hw >= 0;
-        int e = pool_release(k, !failed);
-        if (e != 0) {
-            if (!PyErr_Occurred()) {
-                raise_errno(e, "pkey_free");
-            }
-            failed = 1;
-        }
-        k->quarantined = failed && had;
+        k->quarantined = failed && k->hw >= 0;
+        pool_release(k, !failed);
     }
     k->closed = 1;
     key_unregister(k);
@@ -583,8 +576,8 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     k->effective_level = base_level;
     k->hw = -1;
     if (mode_is_pool(mode)) {
-        /* A key with initial rights holds a number for life (it may evict one); a NoAccess
-         * key takes one only if it needs no eviction, and starts parked otherwise. */
+        /* A key with initial rights holds a number of its class for life; a NoAccess key
+         * takes one only if it needs no eviction, and starts parked otherwise. */
         k->pinned = base_level != LEVEL_NONE;
         const char *syscall_name;
         int e = pool_take(k, k->pinned, &syscall_name);
@@ -1774,7 +1767,7 @@ pool_sync(int mode, ThreadStack *s)
     KeyPool *p = &pools[mode];
     uint32_t pkru = pool_rdpkru(mode);
     uint32_t want = pkru;
-    uint32_t virtual_numbers = p->owned & ~p->pinned;
+    uint32_t virtual_numbers = p->held & ~p->pinned_class;
     for (uint32_t left = virtual_numbers; left; left &= left - 1) {
         unsigned shift = 2u * (unsigned)pool_lowest(left);
         want = (want & ~(3u << shift)) | (PKRU_AD << shift);
@@ -1808,7 +1801,6 @@ guard_apply(GuardObject *g, ThreadStack *s)
         if (tls_epoch[mode] != p->epoch) {
             pool_sync(mode, s);
         }
-        p->switches++;
         if (k->hw < 0) {
             if (g->level == LEVEL_NONE) {
                 g->hw = -1; /* parked: closed to every thread already */
@@ -1827,7 +1819,9 @@ guard_apply(GuardObject *g, ThreadStack *s)
         else {
             p->hits++;
         }
-        k->last_use = ++p->tick;
+        if (k->last_use != p->tick) {
+            k->last_use = ++p->tick;
+        }
         int h = k->hw;
         unsigned shift = 2u * (unsigned)h;
         uint32_t pkru = pool_rdpkru(mode);
@@ -1942,7 +1936,11 @@ release_chain(GuardObject *chain)
 static void
 stack_abandon(ThreadStack *s)
 {
-    if (tls_stack == s) {
+    /* On the owning thread (it is ending, or user code cleared its state dict while it
+     * lives on), take the rights back too: a key whose guard ended can be evicted, and its
+     * number must not stay open in a thread that goes on running. */
+    int own = tls_stack == s;
+    if (own) {
         tls_stack = NULL;
     }
     int apply = !is_finalizing();
@@ -1951,7 +1949,7 @@ stack_abandon(ThreadStack *s)
     PyErr_Fetch(&et, &ev, &tb);
     while (s->top != NULL) {
         GuardObject *g = s->top;
-        (void)guard_pop(g, 0, apply, &released); /* pages stay as open as they were */
+        (void)guard_pop(g, own, apply, &released); /* other threads' PKRU: not ours to write */
         g->ended = ENDED_THREAD;
     }
     if (apply) {
@@ -1966,7 +1964,7 @@ stack_abandon(ThreadStack *s)
 /* The non-allocating part of entering: check, apply, push.  Nothing here runs Python code
  * (PyErr_Format's %R of a guard is C). */
 static int
-guard_activate(GuardObject *g, ThreadStack *s)
+guard_activate(GuardObject *g, ThreadStack *s, int check_exports)
 {
     KeyObject *k = g->key;
     if (g->active) {
@@ -1987,7 +1985,7 @@ guard_activate(GuardObject *g, ThreadStack *s)
                      (PyObject *)g);
         return -1;
     }
-    for (GuardObject *o = s->top; o != NULL; o = o->prev) {
+    for (GuardObject *o = check_exports ? s->top : NULL; o != NULL; o = o->prev) {
         if (o->key == k && o->exports > 0 && o->level > g->level) {
             PyErr_Format(err(E_GUARD_STATE),
                          "cannot enter %R: %zd buffer export(s) (memoryviews) of a view under "
@@ -2033,7 +2031,7 @@ Guard_enter(GuardObject *g, PyObject *Py_UNUSED(ignored))
             return NULL;
         }
     }
-    if (guard_activate(g, s) < 0) {
+    if (guard_activate(g, s, 1) < 0) {
         Py_XDECREF(v);
         return NULL;
     }
@@ -3031,6 +3029,27 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
     }
     Py_DECREF(keys_now); /* each guard holds its key */
     /* The allocations above may have run finalizers that closed keys: skip those. */
+    /* The buffer-exports check of each entry, once for the whole group (per guard it would
+     * walk this thread's stack every time: quadratic in the number of keys).  Only guards
+     * with live exports matter, and they are few. */
+    for (GuardObject *o = s->top; o != NULL; o = o->prev) {
+        if (o->exports <= 0 || o->level == LEVEL_NONE) {
+            continue;
+        }
+        for (Py_ssize_t i = 0; i < made; i++) {
+            GuardObject *g = (GuardObject *)PyTuple_GET_ITEM(all, i);
+            if (g->key == o->key && !g->key->closed) {
+                PyErr_Format(err(E_GUARD_STATE),
+                             "cannot enter isolated(): %zd buffer export(s) (memoryviews) of a "
+                             "view under %R are still alive, and they would fault under "
+                             "NoAccess; release them first ('with memoryview(view) as m:') or "
+                             "allow the key",
+                             o->exports, (PyObject *)o);
+                Py_DECREF(all);
+                return NULL;
+            }
+        }
+    }
     GuardObject **entered = PyMem_Calloc((size_t)(made ? made : 1), sizeof(GuardObject *));
     if (entered == NULL) {
         Py_DECREF(all);
@@ -3042,7 +3061,7 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
         if (g->key->closed) {
             continue;
         }
-        if (guard_activate(g, s) < 0) {
+        if (guard_activate(g, s, 0) < 0) {
             GuardObject *released = NULL;
             PyObject *et, *ev, *tb;
             PyErr_Fetch(&et, &ev, &tb);
@@ -3118,12 +3137,15 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
     ThreadStack *s = first->stack;
     GuardObject *released = NULL;
     int foreign = 0, e = 0;
+    Py_ssize_t next = n - 1; /* ours come off the stack in reverse order of entry */
     while (s->top != NULL && s->top != first) {
         GuardObject *top = s->top;
         int ours = 0;
-        for (Py_ssize_t i = 1; i < n; i++) {
+        for (Py_ssize_t i = next; i >= 1; i--) {
             if (PyTuple_GET_ITEM(guards, i) == (PyObject *)top) {
                 ours = 1;
+                next = i - 1;
+                break;
             }
         }
         if (!ours) {
@@ -3415,14 +3437,16 @@ core_pool_stats(PyObject *Py_UNUSED(m), PyObject *arg)
             opening += k->opening > 0;
         }
     }
+    uint32_t pinned_free = p->held & p->pinned_class & ~p->owned;
     return Py_BuildValue(
-        "{si si si si si si sn sn sn sK sK sK sK sK sK sK sK sK sK}", "limit", p->limit, "held",
-        pool_popcount(p->held), "pinned", pool_popcount(p->pinned), "quarantined",
-        pool_popcount(p->quarantine | p->lost), "owned", pool_popcount(p->owned), "spare",
-        pool_popcount(p->held & ~p->owned & ~p->quarantine & ~p->lost), "logical", logical,
-        "parked", parked, "opening", opening, "switches", p->switches, "hits", p->hits, "misses",
-        p->misses, "evictions", p->evictions, "retags", p->retags, "parks", p->parks, "allocs",
-        p->allocs, "frees", p->frees, "exhausted", p->exhausted, "syncs", p->syncs);
+        "{si si si si si si sn sn sn sK sK sK sK sK sK sK sK sK}", "limit", p->limit, "held",
+        pool_popcount(p->held), "pinned", pool_popcount(p->owned & p->pinned_class),
+        "quarantined", pool_popcount(pinned_free | p->lost), "owned", pool_popcount(p->owned),
+        "spare", pool_popcount(p->held & ~p->owned & ~p->pinned_class & ~p->lost), "logical",
+        logical, "parked", parked, "opening", opening, "switches",
+        p->hits + p->misses + p->exhausted, "hits", p->hits, "misses", p->misses, "evictions",
+        p->evictions, "retags", p->retags, "parks", p->parks, "allocs", p->allocs, "exhausted",
+        p->exhausted, "syncs", p->syncs);
 }
 
 /* _pool_limit(mode, n): the most numbers the pool may hold from now on; returns the old. */
@@ -3448,6 +3472,19 @@ static PyObject *
 core_sim_pkru(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromUnsignedLong(tls_sim_pkru);
+}
+
+/* _sim_set_pkru(value): set this thread's simulated PKRU (tests: what a thread started
+ * inside a guard inherits on real hardware). */
+static PyObject *
+core_sim_set_pkru(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    unsigned long v = PyLong_AsUnsignedLong(arg);
+    if (v == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    tls_sim_pkru = (uint32_t)v;
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -3644,6 +3681,8 @@ static PyMethodDef core_methods[] = {
     {"_pool_limit", core_pool_limit, METH_VARARGS,
      "_pool_limit(mode, n): the most hardware keys the pool may hold; returns the old limit."},
     {"_sim_pkru", core_sim_pkru, METH_NOARGS, "This thread's simulated PKRU (MODE_SIM)."},
+    {"_sim_set_pkru", core_sim_set_pkru, METH_O,
+     "Set this thread's simulated PKRU (MODE_SIM; models inheritance at thread creation)."},
     {"pku_enabled", core_pku_enabled, METH_NOARGS, NULL},
     {"rdpkru", core_rdpkru, METH_NOARGS, "This thread's PKRU."},
     {"probe_pkey_alloc", core_probe_pkey_alloc, METH_NOARGS,

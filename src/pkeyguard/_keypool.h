@@ -14,20 +14,24 @@
  *              least recently entered virtual key that no thread has an opening guard on
  *              (that key is parked first).  Then this key's pages are tagged with it.
  *   pinned     a key created with rights other than NoAccess (pkey_alloc's rights for the
- *              calling thread) holds its number for life; when it closes, the number goes to
- *              quarantine: other threads may have inherited it open, so only another pinned
- *              key may have it again.
+ *              calling thread) holds its number for life, a fresh one from pkey_alloc (never
+ *              one a NoAccess key used: a thread may have inherited that open).  When it
+ *              closes, the number is kept for later pinned keys only: other threads may have
+ *              inherited its rights.
  *
- * What makes a reused number safe: outside its own guards, a thread has every number that a
- * virtual key holds closed.  A number enters the pool closed in the allocating thread
+ * The two classes of numbers never mix, and the pool never frees a number: a thread may still
+ * have it open, and once the kernel hands it to someone else nothing could close it there.
+ *
+ * What makes a reused number safe: outside its own guards, a thread has every number of the
+ * virtual class closed.  A number enters the pool closed in the allocating thread
  * (pkey_alloc(0, access-disabled)) and in every thread that existed before (the kernel's
  * initial PKRU); guards restore what they changed; a guard that opens a key pins it, so its
  * number cannot change owner under it.  A thread started inside an opening guard inherits
  * the number open: every change of owner bumps the pool's epoch, and a thread whose epoch is
- * behind re-derives its bits for the virtual numbers (closed, except what its own active
- * guards opened) at its next guard entry (pool_sync, in _core.c).  The parking of the old
- * owner's pages happens before the number is reused, so a stale thread reaches the new
- * owner's pages at most until that entry, and never the old owner's.
+ * behind closes every virtual-class number except what its own active guards opened, at its
+ * next guard entry (pool_sync, in _core.c).  The old owner's pages are parked before the
+ * number is reused, so a stale thread never reaches them, and reaches the new owner's pages
+ * only until that entry.
  *
  * All of it runs with the GIL held and allocates nothing: no Python code can run in the
  * middle of a change.  Functions return 0 or an errno (-1: no number can be taken) and raise
@@ -41,15 +45,13 @@
 typedef struct KeyPool {
     int limit;                 /* the most numbers to hold at once (1..15) */
     KeyObject *owner[POOL_NUMBERS]; /* borrowed: the key holding each number */
-    uint32_t held;             /* numbers allocated by this pool and not freed */
+    uint32_t held;             /* numbers allocated by this pool (never freed) */
     uint32_t owned;            /* held numbers with an owner */
-    uint32_t pinned;           /* owned by pinned keys */
-    uint32_t quarantine;       /* held, no owner: a closed pinned key's number */
-    uint32_t lost;             /* held forever: pages kept the tag when untagging failed */
+    uint32_t pinned_class;     /* held numbers for pinned keys only (the rest: virtual) */
+    uint32_t lost;             /* never used again: pages kept the tag when untagging failed */
     uint64_t epoch;            /* bumped whenever a number gets a new owner */
     uint64_t tick;             /* the LRU clock */
-    unsigned long long switches, hits, misses, evictions, retags, parks, allocs, frees,
-        exhausted, syncs;
+    unsigned long long hits, misses, evictions, retags, parks, allocs, exhausted, syncs;
 } KeyPool;
 
 static KeyPool pools[MODE_COUNT];
@@ -188,22 +190,12 @@ pool_alloc_number(int mode)
     return r < 0 ? -errno : (int)r;
 }
 
-static int
-pool_free_number(int mode, int h)
-{
-    if (mode == MODE_SIM) {
-        sim_allocated &= ~(1u << h);
-        return 0;
-    }
-    return syscall(SYS_pkey_free, h) == 0 ? 0 : errno;
-}
-
 /* The virtual key to evict: least recently entered, no opening guard on any thread. */
 static KeyObject *
 pool_victim(KeyPool *p)
 {
     KeyObject *best = NULL;
-    uint32_t candidates = p->owned & ~p->pinned;
+    uint32_t candidates = p->owned & ~p->pinned_class;
     while (candidates) {
         int h = pool_lowest(candidates);
         candidates &= candidates - 1;
@@ -216,30 +208,26 @@ pool_victim(KeyPool *p)
 }
 
 /* Give k (holding nothing) a number and tag its pages with it, closed in this thread.
- * evict: 0 takes only a number that needs no eviction.  Returns 0, an errno (what failed is
- * in *syscall_name), or POOL_EXHAUSTED; on failure k is still parked, and a victim already
+ * evict: 0 takes only a number that needs no eviction (a pinned key never evicts: a virtual
+ * key's number may be open in a stale thread).  Returns 0, an errno (what failed is in
+ * *syscall_name), or POOL_EXHAUSTED; on failure k is still parked, and a victim already
  * parked stays parked (its number is then a spare). */
 static int
 pool_take(KeyObject *k, int evict, const char **syscall_name)
 {
     KeyPool *p = &pools[k->mode];
-    int h = -1;
+    uint32_t class_mask = k->pinned ? p->pinned_class : ~p->pinned_class;
+    uint32_t spare = p->held & class_mask & ~p->owned & ~p->lost;
+    int h = spare ? pool_lowest(spare) : -1;
     *syscall_name = "pkey_alloc";
-    if (k->pinned && p->quarantine) {
-        h = pool_lowest(p->quarantine);
-        p->quarantine &= ~(1u << h);
-    }
-    if (h < 0) {
-        uint32_t spare = p->held & ~p->owned & ~p->quarantine & ~p->lost;
-        if (spare) {
-            h = pool_lowest(spare);
-        }
-    }
     if (h < 0 && pool_popcount(p->held) < p->limit) {
         int r = pool_alloc_number(k->mode);
         if (r >= 0) {
             h = r;
             p->held |= 1u << h;
+            if (k->pinned) {
+                p->pinned_class |= 1u << h;
+            }
             p->allocs++;
         }
         else if (r != -ENOSPC) {
@@ -247,7 +235,7 @@ pool_take(KeyObject *k, int evict, const char **syscall_name)
         }
     }
     if (h < 0) {
-        KeyObject *victim = evict ? pool_victim(p) : NULL;
+        KeyObject *victim = evict && !k->pinned ? pool_victim(p) : NULL;
         if (victim == NULL) {
             if (evict) {
                 p->exhausted++;
@@ -274,23 +262,20 @@ pool_take(KeyObject *k, int evict, const char **syscall_name)
     }
     p->owner[h] = k;
     p->owned |= 1u << h;
-    if (k->pinned) {
-        p->pinned |= 1u << h;
-    }
     k->hw = h;
     p->epoch++;
     return 0;
 }
 
-/* k is closing and its pages are untagged (untagged = 1) or kept the tag: let its number go.
- * A virtual key's number goes back to the kernel; a pinned key's to quarantine; a number
- * whose pages kept the tag is never used again.  Returns 0 or the errno of pkey_free. */
-static int
+/* k is closing and its pages are untagged (untagged = 1) or kept the tag: let its number go,
+ * closed in this thread.  It stays held, a spare of its class; a number whose pages kept the
+ * tag is never used again. */
+static void
 pool_release(KeyObject *k, int untagged)
 {
     int h = k->hw;
     if (h < 0) {
-        return 0;
+        return;
     }
     KeyPool *p = &pools[k->mode];
     uint32_t bit = 1u << h;
@@ -298,23 +283,9 @@ pool_release(KeyObject *k, int untagged)
     p->owned &= ~bit;
     k->hw = -1;
     pool_set_bits(k->mode, h, PKRU_AD);
-    int pinned = (p->pinned & bit) != 0;
-    p->pinned &= ~bit;
     if (!untagged) {
         p->lost |= bit;
-        return 0;
     }
-    if (pinned) {
-        p->quarantine |= bit;
-        return 0;
-    }
-    int e = pool_free_number(k->mode, h);
-    if (e != 0) {
-        return e; /* still allocated: a spare */
-    }
-    p->held &= ~bit;
-    p->frees++;
-    return 0;
 }
 
 /* Raise for a failed pool_take (the state is consistent again). */
@@ -326,16 +297,33 @@ raise_take_failed(KeyObject *k, int why, const char *syscall_name)
         return;
     }
     KeyPool *p = &pools[k->mode];
-    int busy = pool_popcount(p->owned & ~p->pinned);
-    PyObject *msg = PyUnicode_FromFormat(
-        "no hardware protection key can be taken for key %lld: the %d numbers pkeyguard holds "
-        "are all in use (%d by keys with a ReadOnly or ReadWrite guard active on some thread, "
-        "%d by keys created with initial rights, which keep theirs for life, %d kept closed "
-        "after such keys were closed) and the kernel has no more (x86 has 15; other code in "
-        "this process holds the rest). Leave a guard, or close a key created with initial "
-        "rights",
-        k->id, pool_popcount(p->held), busy, pool_popcount(p->pinned),
-        pool_popcount(p->quarantine | p->lost));
+    int held = pool_popcount(p->held);
+    int pinned_numbers = pool_popcount(p->pinned_class);
+    PyObject *msg;
+    if (k->pinned) {
+        msg = PyUnicode_FromFormat(
+            "no hardware protection key can be taken for key %lld, created with initial "
+            "rights: such a key needs a number no NoAccess key has used (a thread may have "
+            "inherited that one open), and none is left: pkeyguard holds %d of at most %d "
+            "(%d for NoAccess keys, %d for keys with initial rights, all in use) and the kernel "
+            "has no more (x86 has 15; other code in this process holds the rest). Create keys "
+            "NoAccess (the default) and open them with guards",
+            k->id, held, p->limit, held - pinned_numbers, pinned_numbers);
+    }
+    else {
+        int usable = pool_popcount(p->held & ~p->pinned_class & ~p->lost);
+        msg = PyUnicode_FromFormat(
+            "no hardware protection key can be taken for key %lld: %s%d that NoAccess keys can "
+            "use %s held by a key with a ReadOnly or ReadWrite guard active on some thread, "
+            "and no more can be allocated: pkeyguard holds %d of at most %d (%d kept for keys "
+            "created with initial rights, for good: other threads may have inherited their "
+            "rights) and the kernel has no more (x86 has 15; other code in this process holds "
+            "the rest). %s",
+            k->id, usable == 1 ? "the " : "all ", usable, usable == 1 ? "is" : "are", held,
+            p->limit, pinned_numbers,
+            usable > 0 ? "Leave a guard first"
+                       : "Create keys NoAccess (the default) and open them with guards");
+    }
     if (msg == NULL) {
         return;
     }
