@@ -40,7 +40,7 @@ def test_pages_carry_the_key_and_lose_it_on_close() -> None:
     # untagged before pkey_free: a later key with the same number cannot reach it
     assert pkey_at(region.address) == 0
     again = PkeyGuard(NA)
-    assert again.hardware_key == number  # the kernel reuses the lowest free key
+    assert again.hardware_key is not None  # a spare (never freed), maybe this very number
     assert again.key != key.key  # the logical id is never reused
     assert pkey_at(region.address) == 0
     again.close()
@@ -113,8 +113,22 @@ with contextlib.ExitStack() as stack:
 # One guard left: the next entry takes its key's number (freeing one makes one available).
 with assocs[15].set_access_rights(RO) as g:
     print("REUSED", g.ref_guard().value, flush=True)
-# Pinned keys (initial rights) hold their numbers for life and are never evicted: after 15
-# of them nothing is left, for a pinned key or a virtual key's opening guard.
+# Keys with initial rights take only numbers of their own class and never evict: all 15 are
+# NoAccess-class now, so none can be made in this process any more.
+try:
+    PkeyGuard(RO)
+    print("NOT REFUSED", flush=True)
+except KeyExhaustedError as exc:
+    print("PINNED REFUSED", exc.errno == errno.ENOSPC, "initial rights" in str(exc), flush=True)
+"""
+
+EXHAUSTION_PINNED = """
+import ctypes, errno
+from pkeyguard import *
+from pkeyguard import _core
+RO, NA = PkeyPermissions.ReadOnly, PkeyPermissions.NoAccess
+# Keys with initial rights hold their numbers for life: after 15 nothing is left, for a key
+# with initial rights or for a NoAccess key's opening guard.
 pinned = []
 try:
     for _ in range(16):
@@ -122,40 +136,47 @@ try:
 except KeyExhaustedError as exc:
     why = "initial rights" in str(exc)
     print("PINNED", len(pinned), exc.errno == errno.ENOSPC, why, flush=True)
+key, region = PkeyGuard(), RegionGuard(ctypes.c_uint32)
+assoc = key.associate(region)
 try:
-    with assocs[0].set_access_rights(RO):
+    with assoc.set_access_rights(RO):
         print("NOT REFUSED", flush=True)
 except KeyExhaustedError:
-    print("VIRTUAL REFUSED", sum(k.hardware_key is None for k in keys), flush=True)
-# A closed pinned key's number goes to quarantine: the next pinned key gets it, never a
-# virtual key (another thread may still have it open).
+    print("VIRTUAL REFUSED", key.hardware_key, flush=True)
+# A closed one's number stays for keys with initial rights only (another thread may have
+# inherited its rights): the NoAccess key is still refused, the next pinned key gets it.
 number = pinned[0].hardware_key
 pinned.pop(0).close()
 try:
-    with assocs[0].set_access_rights(RO):
+    with assoc.set_access_rights(RO):
         print("NOT REFUSED", flush=True)
 except KeyExhaustedError:
-    print("QUARANTINED", stats()["quarantined"], flush=True)
-again = PkeyGuard(RW)
+    print("QUARANTINED", _core._pool_stats(_core.MODE_PKU)["quarantined"], flush=True)
+again = PkeyGuard(RO)
 print("AGAIN", again.hardware_key == number, flush=True)
 """
 
 
 def test_exhaustion_only_when_every_number_is_in_use() -> None:
     """The rule since virtual keys: any number of keys coexist; KeyExhaustedError (ENOSPC)
-    only when every hardware key is under an opening guard or pinned, and nothing changes
-    then; leaving a guard makes its number available; a closed pinned key's number is
-    quarantined (for pinned keys only).  In a fresh process: nothing else holds a key."""
+    only when every hardware key is under an opening guard or held by a key with initial
+    rights, and nothing changes then; leaving a guard makes its number available; numbers of
+    keys with initial rights and of NoAccess keys never mix.  In fresh processes: nothing
+    else holds a key."""
     child = run_child(EXHAUSTION, env={"PKEYGUARD_BACKEND": "pku"})
     assert child.returncode == 0, child
-    lines = child.stdout.splitlines()
-    assert lines == [
+    assert child.stdout.splitlines() == [
         "COEXIST 40 15",
         "REFUSED True True",
         "UNCHANGED True True None",
         "REUSED 15",
+        "PINNED REFUSED True True",
+    ], child
+    child = run_child(EXHAUSTION_PINNED, env={"PKEYGUARD_BACKEND": "pku"})
+    assert child.returncode == 0, child
+    assert child.stdout.splitlines() == [
         "PINNED 15 True True",
-        "VIRTUAL REFUSED 40",
+        "VIRTUAL REFUSED None",
         "QUARANTINED 1",
         "AGAIN True",
     ], child

@@ -526,7 +526,7 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         if source == "alloc":
             number = self.check_fresh(number, what)
         elif source == "spare":  # the lowest spare of its class
-            assert number == min(spares), f"{what}: took {number}, spares {sorted(spares)}"
+            assert number is not None and number == min(spares), f"{what}: took {number}"
             spares.remove(number)
         else:
             assert number is None, f"{what}: took {number} although none was free"
@@ -678,9 +678,10 @@ class VirtualKeysMachine(RuleBasedStateMachine):
             self.counters["misses"] += 1
             self.counters["retags"] += len(k.regions)
             if spare:
-                k.number = k.obj.hardware_key
-                assert k.number == min(self.spares), f"{what}: {k.number}, {self.spares}"
-                self.spares.remove(k.number)
+                number = k.obj.hardware_key
+                assert number is not None and number == min(self.spares), f"{what}: {number}"
+                self.spares.remove(number)
+                k.number = number
             elif fresh:
                 k.number = self.check_fresh(k.obj.hardware_key, what)
             else:
