@@ -5,9 +5,10 @@ against a model after every step.
 pool with a thread-local "PKRU" (``_core._sim_pkru()``), "tagging" done with
 ``mprotect(region rights)`` and parking with ``mprotect(PROT_NONE)``.  It runs on any
 machine, so the pool's logic (which logical key holds which number, least-recently-entered
-eviction, nothing evicted under an opening guard, pinned keys and quarantine, lazy per-thread
-rights, KeyExhaustedError) is checked here with thousands of examples; tests/hw repeats it on
-the real pku backend in the PKU guest.
+eviction, nothing evicted under an opening guard, the two classes of numbers, never freed,
+with keys created with initial rights never evicting, per-thread rights, KeyExhaustedError)
+is checked here with thousands of examples; tests/hw repeats it on the real pku backend in
+the PKU guest.
 
 The model is checked against what the core says (``key.hardware_key``,
 ``key._thread_level()``, ``_core._pool_stats``) and against the OS: every region's page rights
@@ -307,7 +308,7 @@ KEY_RIGHTS = st.sampled_from([NA, NA, NA, NA, RO, RW])
 
 
 class VirtualKeysMachine(RuleBasedStateMachine):
-    """The pool's model: numbers held by logical keys, LRU, quarantine, per-thread rights.
+    """The pool's model: numbers held by logical keys, LRU, number classes, per-thread rights.
 
     Written for the simulated mode; tests/hw/test_virtual_keys.py runs it on pku by
     overriding the mode hooks (``MODE``, ``make_key``, ``read_pkru``, ``ENFORCED``,
