@@ -469,9 +469,6 @@ class PkuVirtualKeysMachine(VirtualKeysMachine):
     def new_thread_pkru(self) -> int:
         return self.pkru(0)  # a new thread copies its creator's PKRU
 
-    def can_start_thread(self) -> bool:
-        return not any(g.level > 0 for g in self.stacks[0])
-
     def check_tags(self) -> None:
         tags = smaps_pkeys()
         for r in self.live_regions():

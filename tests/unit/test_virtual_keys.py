@@ -96,6 +96,10 @@ def sim_key(rights: PkeyPermissions = NA) -> PkeyGuard:
     return _backend.SIMULATED.new_key(PkeyGuard, rights)
 
 
+# Sets this thread's simulated PKRU (what a thread inherits on pku); not in _core.pyi yet.
+sim_set_pkru: Callable[[int], None] = getattr(_core, "_sim_set_pkru")  # noqa: B009
+
+
 def pool() -> dict[str, int]:
     return dict(_core._pool_stats(_core.MODE_SIM))
 
@@ -340,8 +344,17 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         return dict(_core._pool_stats(self.MODE))
 
     def new_thread_pkru(self) -> int:
-        """What a thread started now by thread 0 has: the sim starts every thread closed."""
+        """What a thread has when it starts: the sim starts every thread closed."""
         return INIT_PKRU
+
+    def start_worker(self, t: int) -> None:
+        """A new worker thread t, started by thread 0: it inherits thread 0's PKRU (on pku
+        the CPU copies it; the sim starts every thread closed, so it is set as pku would)."""
+        inherited = self.pkru(0)
+        self.workers[t - 1] = Worker(f"vk-{t}")
+        self.workers[t - 1].run(lambda: sim_set_pkru(inherited))
+        self.tracked[t] = inherited
+        self.synced[t] = False
 
     def check_tags(self) -> None:
         """pku: the key tag of every region (smaps).  The sim has none."""
@@ -368,6 +381,7 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         self.capacity: Capacity | None = None
         self.limit = self.old_limit
         self.tracked = [self.read_pkru()]
+        self.synced = [False] * N_THREADS
         new_thread = self.new_thread_pkru()
         self.workers = [Worker(f"vk-{i}") for i in range(1, N_THREADS)]
         for w in self.workers:
@@ -420,8 +434,20 @@ class VirtualKeysMachine(RuleBasedStateMachine):
     def busy(self, key: KeyM) -> bool:
         return any(g.key is key for s in self.stacks for g in s)
 
+    def sync(self, t: int) -> None:
+        """A guard entry (even a refused one) first re-derives the thread's bits for the
+        NoAccess-class numbers if numbers changed owner since it last did; a new thread always
+        does.  From then on they are what its guards say (:meth:`pkru`): a number that changes
+        owner later was closed in it before and stays closed."""
+        self.synced[t] = True
+
     def pkru(self, t: int) -> int:
+        """Thread t's PKRU: before its first guard entry what it inherited, changed only by its
+        own key creations and closes; after it, the pinned class as tracked and every
+        NoAccess-class number derived from its own guards."""
         value = self.tracked[t]
+        if not self.synced[t]:
+            return value
         for n in self.spares | self.ballast:
             value = with_bits(value, n, CLOSED)
         for k in self.live_keys():
@@ -533,7 +559,7 @@ class VirtualKeysMachine(RuleBasedStateMachine):
             assert number is None, f"{what}: took {number} although none was free"
         k = KeyM(obj, pinned, LEVEL[rights], number)
         self.touch(k)  # every new key is stamped (a parked one is restamped when it takes one)
-        if number is not None and pinned:  # pkey_alloc's rights, for the calling thread only
+        if number is not None:  # closed in the calling thread, then pkey_alloc's rights
             self.tracked[t] = with_bits(self.tracked[t], number, PKRU_BITS[k.base])
         self.keys.append(k)
 
@@ -647,6 +673,7 @@ class VirtualKeysMachine(RuleBasedStateMachine):
 
     def do_enter(self, r: RegionM, rights: PkeyPermissions, value: int, t: int) -> bool:
         assert r.assoc is not None and r.key is not None
+        self.sync(t)
         k, level, assoc = r.key, LEVEL[rights], r.assoc
         guard = self.expect(t, lambda: assoc.set_access_rights(rights), None, "set_access_rights")
         assert guard is not None
@@ -726,20 +753,14 @@ class VirtualKeysMachine(RuleBasedStateMachine):
             assert g.key.number is not None
             self.tracked[t] = with_bits(self.tracked[t], g.key.number, g.saved)
 
-    def can_start_thread(self) -> bool:
-        """pku: a thread started inside an opening guard inherits the open number (tested on
-        its own in tests/hw); the machine starts threads outside them."""
-        return True
-
-    @precondition(lambda self: self.can_start_thread())
     @rule(t=st.integers(1, N_THREADS - 1))
     def thread_ends(self, t: int) -> None:
         """A worker ends, maybe inside guards: they end with it (their keys may be evicted
-        now), and a new thread takes its place with the initial sim PKRU."""
+        now), and a new thread takes its place, started by thread 0, maybe inside guards: it
+        inherits what they opened until its first guard entry."""
         self.workers[t - 1].stop()
         self.stacks[t] = []
-        self.tracked[t] = self.new_thread_pkru()
-        self.workers[t - 1] = Worker(f"vk-{t}")
+        self.start_worker(t)
 
     # -- rules: memory --------------------------------------------------------------------
     @precondition(lambda self: self.live_regions())
