@@ -507,12 +507,16 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         return number
 
     # -- rules: setup ---------------------------------------------------------------------
-    @initialize(limit=st.integers(1, 4), keys=st.lists(KEY_RIGHTS, min_size=2, max_size=5))
-    def init_pool(self, limit: int, keys: list[PkeyPermissions]) -> None:
-        """``limit`` numbers for NoAccess keys (so that eviction is frequent), as many for
-        keys with initial rights as an example can have, nothing more to allocate; a few
-        keys, each with a region."""
-        self.capacity = Capacity(self.MODE, self.make_key, limit, MAX_KEYS)
+    @initialize(
+        limit=st.integers(1, 4),
+        pinned=st.integers(0, 3),
+        keys=st.lists(KEY_RIGHTS, min_size=2, max_size=5),
+    )
+    def init_pool(self, limit: int, pinned: int, keys: list[PkeyPermissions]) -> None:
+        """``limit`` numbers for NoAccess keys (so that eviction is frequent), ``pinned`` for
+        keys with initial rights (so that they are refused too), nothing more to allocate; a
+        few keys, each with a region."""
+        self.capacity = Capacity(self.MODE, self.make_key, limit, pinned)
         self.spares = set(self.capacity.spares)
         self.pinned_spares = set(self.capacity.pinned_spares)
         self.ballast = set(self.capacity.ballast_numbers)
