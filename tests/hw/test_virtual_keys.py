@@ -15,6 +15,7 @@ import re
 import signal
 from typing import Any, Final
 
+import pkeyguard
 from pkeyguard import PkeyGuard, PkeyPermissions, Secret, _core
 from tests.profiles import vk_state_examples
 from tests.support import Child, pkey_at, run_child
@@ -455,6 +456,11 @@ class PkuVirtualKeysMachine(VirtualKeysMachine):
 
     MODE = _core.MODE_PKU
     ENFORCED = True
+
+    def __init__(self) -> None:
+        assert pkeyguard.backend().name == "pku"  # chosen (RDPKRU enabled) before any read
+        super().__init__()
+
     MAPS_EVERY_STEP = False  # the guest is slow: maps after steps that change page rights,
     TAGS_EVERY = 4  # and smaps (the slowest: page walks) every 4th such step and at the end
 
