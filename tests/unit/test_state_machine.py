@@ -380,10 +380,14 @@ class PkeyguardMachine(RuleBasedStateMachine):
 
     def sync(self, t: int) -> None:
         """pku: a guard entry first re-derives the thread's bits for the numbers of virtual
-        keys (NoAccess at creation): closed, except what its own innermost guard on each
-        opened.  It changes something only in a thread that inherited a number open (started
-        inside a guard); the core does it when numbers changed owner since the thread last
-        looked, which, for threads started outside guards, changes nothing."""
+        keys (NoAccess at creation; the pool keeps a closed one's number for the next such
+        key): closed, except what its own innermost guard on each opened.  It changes
+        something only in a thread that inherited a number open (started inside a guard);
+        the core does it when numbers changed owner since the thread last looked, which, for
+        threads started outside guards, changes nothing."""
+        for k in self.all_keys:  # a closed NoAccess key's number stays in that class
+            if k.closed and k.base == NONE:
+                self.set_bits(t, k.number, PKRU_BITS[NONE])
         for k in self.all_keys:
             if not k.closed and k.base == NONE:
                 inner = self.innermost(t, k)
