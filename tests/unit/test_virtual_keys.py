@@ -546,12 +546,16 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         elif pinned:  # a pinned key never evicts
             error = KeyExhaustedError
         before = self.stats()
-        obj = self.expect(t, lambda: self.make_key(rights), error, f"new {rights.name} key")
+        def create() -> PkeyGuard:
+            made = self.make_key(rights)
+            self.created.append(made)  # closed by teardown even if the model is wrong
+            return made
+
+        obj = self.expect(t, create, error, f"new {rights.name} key")
         if obj is None:
             self.counters["exhausted"] += 1
             self.assert_unchanged(before, "a refused pinned key")
             return
-        self.created.append(obj)  # closed by teardown even if the model fails below
         number = obj.hardware_key
         what = f"new {'pinned' if pinned else 'virtual'} key on thread {t}"
         if source == "alloc":
