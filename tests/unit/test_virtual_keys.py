@@ -546,6 +546,7 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         elif pinned:  # a pinned key never evicts
             error = KeyExhaustedError
         before = self.stats()
+
         def create() -> PkeyGuard:
             made = self.make_key(rights)
             self.created.append(made)  # closed by teardown even if the model is wrong
