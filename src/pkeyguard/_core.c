@@ -324,6 +324,7 @@ struct KeyObject {
     int pinned;            /* pku/sim: created with rights: holds its number for life */
     Py_ssize_t opening;    /* pku/sim: active guards that open it (ReadOnly/ReadWrite) */
     uint64_t last_use;     /* pku/sim: the pool's clock at the latest guard entry (LRU) */
+    int leaked;            /* pku/sim: pages no longer bound kept its number (never give it up) */
     int mode;
     int base_level;        /* rights with no guard active (mprotect; pku: initial rights) */
     int effective_level;   /* rights applied to the pages now (mprotect) */
@@ -469,6 +470,12 @@ key_remove_binding(KeyObject *k, BindingObject *b)
  * only if the untagging system call fails. */
 static int key_free(KeyObject *k);
 
+/* untag: UNTAG_NO (the pages are about to be unmapped), UNTAG_YES (a failure changes nothing
+ * and raises), UNTAG_FORCE (the collector is taking the binding apart: on a failure the
+ * binding ends anyway, the pages keep the tag, and the key never gives its number to
+ * another key; raises after the binding has ended). */
+enum { UNTAG_NO = 0, UNTAG_YES = 1, UNTAG_FORCE = 2 };
+
 static int
 binding_end(BindingObject *b, int untag)
 {
@@ -477,7 +484,9 @@ binding_end(BindingObject *b, int untag)
     }
     KeyObject *k = b->key;
     MappingObject *m = b->mapping;
-    if (untag && !mapping_absent(m)) {
+    int failed_errno = 0;
+    int pku_call = k->mode == MODE_PKU;
+    if (untag != UNTAG_NO && !mapping_absent(m)) {
         long rc = 0;
         if (k->mode == MODE_PKU) {
             /* back to key 0, so a later key that reuses the number cannot reach the pages
@@ -488,8 +497,14 @@ binding_end(BindingObject *b, int untag)
             rc = mprotect((void *)m->addr, m->len, m->prot);
         }
         if (rc != 0) {
-            raise_errno(errno, k->mode == MODE_PKU ? "pkey_mprotect" : "mprotect");
-            return -1;
+            failed_errno = errno;
+            if (untag != UNTAG_FORCE) {
+                raise_errno(failed_errno, k->mode == MODE_PKU ? "pkey_mprotect" : "mprotect");
+                return -1;
+            }
+            if (mode_is_pool(k->mode) && k->hw >= 0) {
+                k->leaked = 1;
+            }
         }
     }
     key_remove_binding(k, b);
@@ -509,6 +524,10 @@ binding_end(BindingObject *b, int untag)
     }
     Py_DECREF(k);
     Py_XDECREF(held);
+    if (failed_errno != 0) { /* k may be gone: the mode was read before */
+        raise_errno(failed_errno, pku_call ? "pkey_mprotect" : "mprotect");
+        return -1;
+    }
     return 0;
 }
 
@@ -534,8 +553,8 @@ key_free(KeyObject *k)
     }
     if (mode_is_pool(k->mode)) {
         /* The number goes back (closed in this thread) only if every page lost the tag. */
-        k->quarantined = failed && k->hw >= 0;
-        pool_release(k, !failed);
+        k->quarantined = (failed || k->leaked) && k->hw >= 0;
+        pool_release(k, !failed && !k->leaked);
     }
     k->closed = 1;
     key_unregister(k);
@@ -1136,7 +1155,7 @@ Mapping_clear(MappingObject *m)
     BindingObject *b = m->binding;
     if (b != NULL) {
         Py_INCREF(b);
-        if (binding_end(b, 1) < 0) {
+        if (binding_end(b, UNTAG_FORCE) < 0) {
             write_unraisable("pkeyguard: untagging a collected region");
         }
         Py_DECREF(b);
@@ -1602,7 +1621,7 @@ Binding_clear(BindingObject *b)
 {
     if (b->live) {
         Py_INCREF(b);
-        if (binding_end(b, 1) < 0) {
+        if (binding_end(b, UNTAG_FORCE) < 0) {
             write_unraisable("pkeyguard: untagging a collected association");
         }
         Py_DECREF(b);

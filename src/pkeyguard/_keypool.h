@@ -147,17 +147,23 @@ key_page_pkey(KeyObject *k)
 }
 
 /* Tag every region of k with number h (h < 0: park them).  On a failure, regions already
- * done go back to number back (back < 0: parked) and the errno is returned. */
+ * done go back to number back (back < 0: parked) and the errno is returned; if putting one
+ * back fails too (the kernel is out of VMAs, say), *mixed is set: some pages now carry h and
+ * some back, and the caller must never give either number to another key. */
 static int
-key_retag(KeyObject *k, int h, int back, unsigned long long *count)
+key_retag(KeyObject *k, int h, int back, unsigned long long *count, int *mixed)
 {
+    *mixed = 0;
     for (Py_ssize_t i = 0; i < k->nbindings; i++) {
         MappingObject *m = k->bindings[i]->mapping;
         int e = pool_tag(k->mode, m, h >= 0 ? m->prot : PROT_NONE, h >= 0 ? h : 0);
         if (e != 0) {
             for (Py_ssize_t j = 0; j < i; j++) {
                 MappingObject *q = k->bindings[j]->mapping;
-                (void)pool_tag(k->mode, q, back >= 0 ? q->prot : PROT_NONE, back >= 0 ? back : 0);
+                if (pool_tag(k->mode, q, back >= 0 ? q->prot : PROT_NONE,
+                             back >= 0 ? back : 0) != 0) {
+                    *mixed = 1;
+                }
             }
             return e;
         }
@@ -200,7 +206,7 @@ pool_victim(KeyPool *p)
         int h = pool_lowest(candidates);
         candidates &= candidates - 1;
         KeyObject *k = p->owner[h];
-        if (k->opening == 0 && (best == NULL || k->last_use < best->last_use)) {
+        if (k->opening == 0 && !k->leaked && (best == NULL || k->last_use < best->last_use)) {
             best = k;
         }
     }
@@ -244,8 +250,15 @@ pool_take(KeyObject *k, int evict, const char **syscall_name)
         }
         h = victim->hw;
         *syscall_name = k->mode == MODE_SIM ? "mprotect" : "pkey_mprotect";
-        int e = key_retag(victim, -1, h, &p->parks);
+        int mixed;
+        int e = key_retag(victim, -1, h, &p->parks, &mixed);
         if (e != 0) {
+            if (mixed) { /* some of its pages parked, some still tagged: retire the number */
+                victim->hw = -1;
+                p->owner[h] = NULL;
+                p->owned &= ~(1u << h);
+                p->lost |= 1u << h;
+            }
             return e;
         }
         victim->hw = -1;
@@ -256,8 +269,12 @@ pool_take(KeyObject *k, int evict, const char **syscall_name)
     /* This thread may have the number open only through a stale inheritance: close it. */
     pool_set_bits(k->mode, h, PKRU_AD);
     *syscall_name = k->mode == MODE_SIM ? "mprotect" : "pkey_mprotect";
-    int e = key_retag(k, h, -1, &p->retags);
+    int mixed;
+    int e = key_retag(k, h, -1, &p->retags, &mixed);
     if (e != 0) {
+        if (mixed) { /* some of k's pages kept h while k stays parked: never reuse it */
+            p->lost |= 1u << h;
+        }
         return e; /* h stays a spare */
     }
     p->owner[h] = k;
@@ -314,8 +331,9 @@ raise_take_failed(KeyObject *k, int why, const char *syscall_name)
         int usable = pool_popcount(p->held & ~p->pinned_class & ~p->lost);
         msg = PyUnicode_FromFormat(
             "no hardware protection key can be taken for key %lld: %s%d that NoAccess keys can "
-            "use %s held by a key with a ReadOnly or ReadWrite guard active on some thread, "
-            "and no more can be allocated: pkeyguard holds %d of at most %d (%d kept for keys "
+            "use %s held by keys that cannot give them up now (a ReadOnly or ReadWrite guard on "
+            "them is active on some thread, or pages they tagged could not be untagged), and "
+            "no more can be allocated: pkeyguard holds %d of at most %d (%d kept for keys "
             "created with initial rights, for good: other threads may have inherited their "
             "rights) and the kernel has no more (x86 has 15; other code in this process holds "
             "the rest). %s",
