@@ -28,7 +28,9 @@ def state_examples(*, guest: bool = False) -> int:
 
 
 def vk_state_examples(*, guest: bool = False) -> int:
-    override = os.environ.get("PKEYGUARD_STATE_EXAMPLES")
+    override = os.environ.get("PKEYGUARD_VK_STATE_EXAMPLES") or os.environ.get(
+        "PKEYGUARD_STATE_EXAMPLES"
+    )
     if override:
         return int(override)
     table = _VK_EXAMPLES_GUEST if guest else _VK_EXAMPLES
