@@ -67,7 +67,7 @@ for kernel in release backports; do
     # step's time in check (the general machine runs its full count on both).
     vk_examples=$([[ $kernel == release ]] && echo 50 || echo "${PKEYGUARD_VK_STATE_EXAMPLES:-}")
     # secretmem.enable=1: memfd_secret is off by default before Linux 6.5 (6.1 says ENOSYS).
-    PKEYGUARD_VK_STATE_EXAMPLES=$vk_examples PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard_vm --kernel "$kernel" --timeout 1500 \
+    PKEYGUARD_VK_STATE_EXAMPLES=$vk_examples PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard_vm --kernel "$kernel" --timeout 2400 \
         --kernel-arg secretmem.enable=1 -- \
         "$PY" -m pytest -p no:cacheprovider --color=no -rA tests/hw \
         tests/adversarial/test_c01_view_conversions.py \
