@@ -23,12 +23,11 @@ import contextlib
 import ctypes
 import errno
 import functools
-import queue
 import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, Phase, event, settings
@@ -58,6 +57,7 @@ from pkeyguard import (
 from pkeyguard.pkey import AccessGuard, AssociatedRegion
 from tests.profiles import vk_state_examples
 from tests.support import perms_at
+from tests.unit.test_state_machine import Worker
 
 R = TypeVar("R")
 
@@ -217,44 +217,6 @@ def capacity(n: int, pinned: int = 0) -> Iterator[Capacity]:
         yield cap
     finally:
         cap.close()
-
-
-class Worker:
-    """A thread that runs the callables it is sent, one at a time, and returns the result."""
-
-    def __init__(self, name: str) -> None:
-        self._inbox: queue.SimpleQueue[
-            tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]] | None
-        ] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            item = self._inbox.get()
-            if item is None:
-                return
-            fn, reply = item
-            try:
-                reply.put((True, fn()))
-            except BaseException as exc:
-                reply.put((False, exc))
-            del fn, item
-
-    def run(self, fn: Callable[[], R]) -> R:
-        reply: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-        self._inbox.put((fn, reply))
-        try:
-            ok, value = reply.get(timeout=60)
-        except queue.Empty:
-            raise AssertionError(f"{self.thread.name} did not answer within 60 s") from None
-        if ok:
-            return cast(R, value)
-        raise value
-
-    def stop(self) -> None:
-        self._inbox.put(None)
-        self.thread.join(60)
 
 
 # -- the model ----------------------------------------------------------------------------
