@@ -103,7 +103,7 @@ with contextlib.ExitStack() as stack:
         assocs[15].set_access_rights(RO).__enter__()
         print("NOT REFUSED", flush=True)
     except KeyExhaustedError as exc:
-        why = "ReadOnly or ReadWrite guard active" in str(exc)
+        why = "ReadOnly or ReadWrite guard" in str(exc) and "Leave a guard" in str(exc)
         print("REFUSED", exc.errno == errno.ENOSPC, why, flush=True)
     after = stats()
     same = all(after[n] == before[n] for n in ("held", "owned", "parked", "misses", "evictions"))
