@@ -103,7 +103,8 @@ with contextlib.ExitStack() as stack:
         assocs[15].set_access_rights(RO).__enter__()
         print("NOT REFUSED", flush=True)
     except KeyExhaustedError as exc:
-        why = "a ReadOnly or ReadWrite guard on them is active" in str(exc)
+        text = str(exc)
+        why = "a ReadOnly or ReadWrite guard on them is active" in text and "Leave a guard" in text
         print("REFUSED", exc.errno == errno.ENOSPC, why, flush=True)
     after = stats()
     same = all(after[n] == before[n] for n in ("held", "owned", "parked", "misses", "evictions"))
