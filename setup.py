@@ -27,6 +27,7 @@ def extension(name: str) -> Extension:
             "src/pkeyguard/_faults.h",
             "src/pkeyguard/_rights.h",
             "src/pkeyguard/_guardslots.h",
+            "src/pkeyguard/_keypool.h",
         ],
         extra_compile_args=extra,
         extra_link_args=link,

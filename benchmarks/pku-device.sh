@@ -10,8 +10,11 @@
 # that pyenv has) it makes a virtual environment under OUTDIR/venvs, installs pkeyguard and
 # pkeyguard-bench (with matplotlib when it can), checks that pkeyguard picked the pku
 # backend, and writes OUTDIR/pku-<cpu>-cpython<X.Y>.{txt,json,png}: the table, the raw JSON
-# and the plot, named as benchmarks/results/ names its files.  OUTDIR/machine.txt records
-# the machine (lscpu, kernel, `python -m pkeyguard info`).  Copy the files into
+# and the plot, named as benchmarks/results/ names its files.  The run includes the virtual
+# keys (issue 11) on real keys: a hit against a pinned key, a miss (pkey_mprotect re-tag) per
+# region size, working sets of 1 to 1000 keys with the pool's counters, and the simulated
+# pool's cases next to them; it prints their summaries and the goals.  OUTDIR/machine.txt
+# records the machine (lscpu, kernel, `python -m pkeyguard info`).  Copy the files into
 # benchmarks/results/ and the table into benchmarks/README.md.
 #
 # Exit status: 0 when every CPython was measured on the pku backend; 3 when pkeyguard does
@@ -75,6 +78,7 @@ cpu_slug=$(echo "${cpu:-unknown}" | tr 'A-Z' 'a-z' | sed 's/([^)]*)//g; s/[^a-z0
 cpu_slug=${cpu_slug:-unknown}
 
 echo "pku-device.sh: machine '${cpu:-unknown}' ($(nproc) CPUs), output in $OUT"
+echo "  every case, virtual keys included (vkey.hit_pku, vkey.miss_pku, vkey.ws_*_pku)"
 for py in "${pythons[@]}"; do
     ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
     stem="$OUT/pku-$cpu_slug-cpython$ver"
@@ -117,7 +121,7 @@ for py in "${pythons[@]}"; do
     echo "=== cpython$ver: benchmark ($backend backend)"
     if (cd "$OUT" && "$venv/bin/python" -m pkeyguard_bench "${MODE[@]}" --json "$stem.json" \
         "${plot[@]}") >"$stem.txt"; then
-        sed -n '/^## goals/,$p' "$stem.txt"
+        sed -n '/^## \(virtual keys: \|goals\)/,$p' "$stem.txt"
     else
         rc=$?
         echo "pku-device.sh: the benchmark failed on cpython$ver (status $rc); see $stem.txt" >&2

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 from pkeyguard_bench import _floor, bench
+from pkeyguard_bench.specs import WORKING_SETS
 
 from pkeyguard import _core
 
 SIZES = ("4KiB", "1MiB", "64MiB")  # --quick: no 1 GiB region
+MISS_SIZES = ("4KiB", "64KiB", "1MiB")  # --quick: 1, 16 and 256 pages
 
 PER_THREAD = [
     "floor.loop",
@@ -25,6 +27,9 @@ PER_THREAD = [
     "floor.class_attr",
     "switch.lookup",
     "switch.enum_attr",
+    "floor.nop_sar",
+    "vkey.hit_guard",
+    "vkey.hit_set_access_rights",
 ]
 PER_SIZE = [
     "floor.mprotect_c",
@@ -48,18 +53,28 @@ ONE_THREAD = [
     "bulk.copy_in_value",
     "bulk.copy_out_mv",
     "bulk.copy_out_bytes",
+    "secret.reveal_mmap",
+    "secret.reveal_mmap_100",
 ]
+PER_MISS_SIZE = ["floor.retag_c", "vkey.miss"]
+PER_WORKSET = ["floor.ws_hot", "floor.ws_uniform", "vkey.ws_hot", "vkey.ws_uniform"]
 
 
 def expected_ids(backend: str) -> set[str]:
     per_thread = list(PER_THREAD)
+    per_miss, per_workset = list(PER_MISS_SIZE), list(PER_WORKSET)
     if backend == "pku":
         per_thread += ["floor.rdpkru", "floor.wrpkru_pair", "alt.pkey_set"]
+        per_thread += ["vkey.pinned_pku", "vkey.hit_pku"]
+        per_miss.append("vkey.miss_pku")
+        per_workset += ["vkey.ws_hot_pku", "vkey.ws_uniform_pku"]
     else:
         per_thread.append("switch.no_syscall")
     ids = {f"{slug}/{t}t" for slug in per_thread for t in (1, 2)}
     ids |= {f"{slug}@{size}/{t}t" for slug in PER_SIZE for size in SIZES for t in (1, 2)}
     ids |= {f"{slug}/1t" for slug in ONE_THREAD}
+    ids |= {f"{slug}@{size}/1t" for slug in per_miss for size in MISS_SIZES}
+    ids |= {f"{slug}@{n}keys/1t" for slug in per_workset for n in WORKING_SETS}
     return ids
 
 
@@ -87,6 +102,13 @@ def test_quick_json_has_every_case_with_positive_numbers(
     assert machine["backend_reason"]
     assert machine["python"] and machine["cpu_model"]
     assert set(machine["cpuinfo_flags"]) == {"pku", "ospke"}
+    assert data["schema"] == 3
+    for case in data["cases"]:
+        pool = case["pool"]
+        assert (pool is not None) == case["slug"].startswith("vkey."), case["id"]
+        if pool is not None:
+            assert pool["counts"]["switches"] == pool["iterations"] > 0, case["id"]
+    assert data["config"]["pools_end"]["backend"]["logical"] >= 0
     assert data["config"]["mode"] == "quick"
     assert data["config"]["rounds"] >= 3
     assert data["config"]["busy_sweeps"] > 0, "the busy thread never ran"
@@ -135,3 +157,20 @@ def test_pkru_floors_refuse_without_ospke() -> None:
         _floor.rdpkru_loop(1)
     with pytest.raises((RuntimeError, ValueError)):
         _floor.wrpkru_pairs(1, 1)
+
+
+def test_groups_option_refuses_unknown_groups(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--quick", "--groups", "vkey,nope"])
+    assert exc.value.code == 2
+    assert "--groups: choose from" in capsys.readouterr().err
+
+
+def test_groups_option_runs_those_rows_and_their_floors(
+    capsys: pytest.CaptureFixture[str], no_leaks: None
+) -> None:
+    assert bench.main(["--quick", "--rounds", "1", "--no-pin", "--groups", "secret", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {c["group"] for c in data["cases"]} <= {"secret", "floor"}
+    assert {c["slug"] for c in data["cases"] if c["group"] == "floor"} == {"floor.loop"}
+    assert data["config"]["groups"] == ["secret"]

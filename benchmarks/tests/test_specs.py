@@ -28,6 +28,9 @@ TINY = bench.Mode(
     sample_s=0.001,
     bulk_bytes=64 * bench.KiB,
     budget_s=1.0,
+    miss_sizes=(4 * bench.KiB,),
+    worksets=(1, 16),
+    sequence=64,
 )
 
 
@@ -111,7 +114,10 @@ def test_pku_goals_on_synthetic_numbers() -> None:
             f"switch.guard@{big}": 73.0,
             "switch.set_access_rights": 130.0,
         }
-        by_id = {g["id"]: g for g in bench.goals(_synthetic(built, nets), "pku", TINY.sizes)}
+        by_id = {
+            g["id"]: g
+            for g in bench.goals(_synthetic(built, nets), "pku", TINY.sizes, TINY.miss_sizes)
+        }
     finally:
         built.fixtures.close()
     assert [g.id for g in GOALS] == list(by_id)
@@ -133,6 +139,9 @@ def test_pku_goals_on_synthetic_numbers() -> None:
     assert ns["status"] == "MISSED" and ns["unit"] == "ns"
     assert by_id["pku_flat"]["values"] == pytest.approx({"max/min": 146.0 / 70.0})
     assert by_id["pku_flat"]["reads"] == ["switch.guard"]
+    # (the pinned key's switch defaults to 1 ns too)
+    assert by_id["vkey_hit"]["values"]["pku with g: 1t"] == pytest.approx(1.0)
+    assert by_id["vkey_miss"]["values"] == pytest.approx({"sim 4 KiB": 1.0, "pku 4 KiB": 1.0})
 
 
 def test_mprotect_goals_on_synthetic_numbers() -> None:
@@ -150,8 +159,18 @@ def test_mprotect_goals_on_synthetic_numbers() -> None:
             "scalar.view_read": 12.0,
             "bulk.plain_copy": 100.0,
             "bulk.copy_in_mv": 125.0,
+            "vkey.hit_guard": 42.0,
+            "vkey.hit_set_access_rights": 120.0,
+            "floor.nop_sar": 100.0,
+            "vkey.miss": 4400.0,
+            "floor.retag_c": 4000.0,
+            "secret.reveal_mmap": 4000.0,
+            "secret.reveal_mmap_100": 6000.0,
         }
-        by_id = {g["id"]: g for g in bench.goals(_synthetic(built, nets), "mprotect", TINY.sizes)}
+        by_id = {
+            g["id"]: g
+            for g in bench.goals(_synthetic(built, nets), "mprotect", TINY.sizes, TINY.miss_sizes)
+        }
     finally:
         built.fixtures.close()
     pair = by_id["mprotect_pair"]
@@ -173,6 +192,22 @@ def test_mprotect_goals_on_synthetic_numbers() -> None:
     assert by_id["bulk"]["values"]["copy_in_mv"] == pytest.approx(0.8)
     assert by_id["bulk"]["status"] == "MISSED"
     assert by_id["pku_pair_ns"]["status"] == by_id["pku_flat"]["status"] == "n/a"
+    hit = by_id["vkey_hit"]
+    assert hit["values"] == pytest.approx(
+        {
+            "with g: 1t": 1.05,
+            "with g: 2t": 1.05,
+            "with g: vs the mprotect switch path 1t": 42.0 / 44.0,
+            "with g: vs the mprotect switch path 2t": 42.0 / 44.0,
+            "with assoc.set_access_rights(RW): 1t": 1.2,
+            "with assoc.set_access_rights(RW): 2t": 1.2,
+        }
+    )
+    assert hit["status"] == "MISSED" and hit["threshold"] == 1.1
+    assert by_id["vkey_miss"]["values"] == pytest.approx({"sim 4 KiB": 1.1})
+    assert by_id["vkey_miss"]["status"] == "met"
+    assert by_id["secret_reveal_flat"]["values"] == pytest.approx({"100 alive vs 2": 1.5})
+    assert by_id["secret_reveal_flat"]["status"] == "MISSED"
 
 
 def test_readme_lists_every_case_and_goal() -> None:

@@ -43,8 +43,14 @@ def render_info(report: dict[str, Any], out: TextIO) -> None:
         w(f"backend:          {report['backend']}{forced}: {report['reason']}\n")
         w(f"rights:           {'per thread' if report['per_thread'] else 'process-wide'}\n")
         if report["backend"] == "pku":
-            w(f"keys:             {report['keys_free']} of 15 free, ")
-            w(f"{report['keys_open']} held by pkeyguard\n")
+            ks = report["key_stats"]
+            w(f"keys:             {report['keys_open']} open (virtual: no limit); ")
+            w(f"{ks['hardware_held']} hardware keys held by pkeyguard ")
+            w(f"({ks['pinned']} pinned, {ks['quarantined']} quarantined), ")
+            w(f"{report['keys_free']} more free in the kernel; {ks['parked']} keys parked\n")
+            w(f"key switches:     {ks['switches']} ({ks['hits']} hits, {ks['misses']} misses), ")
+            w(f"{ks['evictions']} evictions, {ks['retags']} regions re-tagged, ")
+            w(f"{ks['exhausted']} refused (KeyExhaustedError)\n")
             w(f"PKRU (this thread): {report['pkru']}\n")
         else:
             w(f"keys:             logical (no limit), {report['keys_open']} open\n")

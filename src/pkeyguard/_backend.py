@@ -9,24 +9,25 @@ or ``=mprotect`` forces one; forcing ``pku`` where it cannot work raises
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import platform
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 from . import _core, allocator
-from ._errors import KeyExhaustedError, MprotectError, PkeyguardError, PkuUnavailableError
+from ._errors import PkeyguardError, PkuUnavailableError
 from ._permissions import LEVEL_TO_PERMISSION, PkeyPermissions
 
-__all__ = ["BackendInfo", "backend", "probe_pku"]
+__all__ = ["BackendInfo", "KeyStats", "backend", "probe_pku"]
 
 BackendName = Literal["pku", "mprotect"]
 K = TypeVar("K", bound=_core.Key)
 
 PKU_GUARANTEES = (
     "rights are per thread: a guard opens the memory to the thread that entered it only",
-    "switching rights is one WRPKRU instruction: no system call, no TLB flush",
+    "switching rights is one WRPKRU instruction: no system call, no TLB flush, while the key "
+    "holds a hardware key; keys are virtual, so any number of them can exist: a key without "
+    "one is parked (its pages closed to every thread) and its next guard re-tags them",
     "any access outside a guard that allows it faults in hardware (SIGSEGV, SEGV_PKUERR)",
     "the kernel honours the rights for its own copies (read(2)/write(2) into the region)",
 )
@@ -43,6 +44,75 @@ MPROTECT_GUARANTEES = (
 
 
 @dataclass(frozen=True)
+class KeyStats:
+    """A snapshot of the keys: how many exist, the hardware keys behind them, and what the
+    virtual keys cost so far (counters since the process started).
+
+    On ``mprotect`` every key is logical and the hardware fields are 0.
+    """
+
+    logical: int
+    """Open keys (PkeyGuards, and one per open Secret)."""
+    hardware_limit: int = 0
+    """The most hardware keys pkeyguard will hold at once (x86 has 15)."""
+    hardware_held: int = 0
+    """Hardware keys pkeyguard holds (allocated with ``pkey_alloc``; kept for the life of the
+    process, since a thread may still have one open)."""
+    spare: int = 0
+    """Held hardware keys that no key holds now, ready for the next NoAccess key."""
+    pinned: int = 0
+    """Held for life by keys created with initial rights other than NoAccess."""
+    quarantined: int = 0
+    """Held but unused, kept for keys with initial rights only: a closed such key's number
+    (another thread may have inherited its rights)."""
+    parked: int = 0
+    """Keys holding no hardware key now: their pages are closed to every thread."""
+    opening: int = 0
+    """Keys with a ReadOnly or ReadWrite guard active on some thread (never evicted)."""
+    switches: int = 0
+    """Guard entries on pool keys."""
+    hits: int = 0
+    """Entries that found the key holding a hardware key (one WRPKRU)."""
+    misses: int = 0
+    """Entries that had to take a hardware key and re-tag the key's pages."""
+    evictions: int = 0
+    """Keys parked to free their hardware key for another."""
+    retags: int = 0
+    """Regions tagged with a hardware key by a miss (one ``pkey_mprotect`` each)."""
+    parks: int = 0
+    """Regions parked by an eviction (one ``pkey_mprotect`` each)."""
+    allocs: int = 0
+    """``pkey_alloc`` calls made by the pool."""
+    exhausted: int = 0
+    """Entries (and creations of keys with initial rights) refused with KeyExhaustedError."""
+    syncs: int = 0
+    """Guard entries that closed the thread's stale numbers after numbers changed owner."""
+
+    @classmethod
+    def _of_pool(cls, mode: int) -> KeyStats:
+        s = _core._pool_stats(mode)
+        return cls(
+            logical=s["logical"],
+            hardware_limit=s["limit"],
+            hardware_held=s["held"],
+            spare=s["spare"],
+            pinned=s["pinned"],
+            quarantined=s["quarantined"],
+            parked=s["parked"],
+            opening=s["opening"],
+            switches=s["switches"],
+            hits=s["hits"],
+            misses=s["misses"],
+            evictions=s["evictions"],
+            retags=s["retags"],
+            parks=s["parks"],
+            allocs=s["allocs"],
+            exhausted=s["exhausted"],
+            syncs=s["syncs"],
+        )
+
+
+@dataclass(frozen=True)
 class BackendInfo:
     """Which backend is active and what it can promise."""
 
@@ -55,8 +125,16 @@ class BackendInfo:
 
     @property
     def max_keys(self) -> int | None:
-        """Keys that can exist at once (``None``: limited only by memory)."""
-        return self.hardware_keys if self.name == "pku" else None
+        """Keys that can exist at once: ``None``, limited only by memory (on ``pku`` keys are
+        virtual: :attr:`hardware_keys` of them hold a hardware key at a time)."""
+        return None
+
+    @property
+    def keys(self) -> KeyStats:
+        """The keys now, the hardware keys behind them, and the eviction counters."""
+        if self.name == "pku":
+            return KeyStats._of_pool(_core.MODE_PKU)
+        return KeyStats(logical=_core.live_key_count())
 
     @property
     def secret_memory(self) -> Literal["memfd_secret", "mmap"]:
@@ -102,34 +180,34 @@ class Backend(Protocol):
 
 
 class PkuBackend:
-    """Hardware keys: pkey_alloc/pkey_mprotect/pkey_free; switches are WRPKRU in C."""
+    """Virtual keys over the hardware keys (the core's pool, ``_keypool.h``): a key holds a
+    hardware key while it is used, and is parked when evicted; switches are WRPKRU in C."""
 
     name: BackendName = "pku"
+    mode = _core.MODE_PKU
 
     def new_key(self, cls: type[K], rights: PkeyPermissions) -> K:
-        try:
-            return _core.Key.__new__(cls, -1, _core.MODE_PKU, rights.level)  # pkey_alloc in C
-        except MprotectError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            err = KeyExhaustedError(
-                errno.ENOSPC,
-                "no protection key is free: x86 has 15 allocatable keys (key 0 is the "
-                f"default); this process holds {_core.live_key_count()} through pkeyguard. "
-                "Close a PkeyGuard you no longer need, or share a key between regions",
-            )
-            err.syscall = "pkey_alloc"
-            raise err from None
+        # The core raises KeyExhaustedError itself, when no hardware key can be taken.
+        return _core.Key.__new__(cls, -1, self.mode, rights.level)
 
     def current_rights(self, key: _core.Key) -> PkeyPermissions:
-        bits = (_core.rdpkru() >> (2 * key.key)) & 3
-        return PkeyPermissions.from_pkru_bits(bits)
+        return LEVEL_TO_PERMISSION[key._thread_level()]
 
     def live_keys(self) -> int:
         return _core.live_key_count()
 
 
-_numbers = itertools.count(1)  # logical key numbers; next() is atomic under the GIL
+class SimulatedPkuBackend(PkuBackend):
+    """The pku backend's key pool with PKU simulated (``MODE_SIM``): PKRU is a thread-local
+    value and tags are ``mprotect`` calls.  It protects nothing a thread could not reach
+    anyway (a held key's pages are open to every thread): it exists so that the pool's
+    policy can be tested and measured on machines without PKU.  Never selected by
+    :func:`backend`; tests and the benchmark make keys with ``SIMULATED.new_key(...)``."""
+
+    mode = _core.MODE_SIM
+
+
+SIMULATED = SimulatedPkuBackend()
 
 
 class MprotectBackend:
@@ -138,10 +216,10 @@ class MprotectBackend:
     name: BackendName = "mprotect"
 
     def new_key(self, cls: type[K], rights: PkeyPermissions) -> K:
-        return _core.Key.__new__(cls, next(_numbers), _core.MODE_MPROTECT, rights.level)
+        return _core.Key.__new__(cls, -1, _core.MODE_MPROTECT, rights.level)
 
     def current_rights(self, key: _core.Key) -> PkeyPermissions:
-        return LEVEL_TO_PERMISSION[key._effective_level]
+        return LEVEL_TO_PERMISSION[key._thread_level()]
 
     def live_keys(self) -> int:
         return _core.live_key_count()

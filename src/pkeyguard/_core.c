@@ -73,7 +73,9 @@
 #endif
 
 /* Modes of a Key: how a Guard applies rights. */
-enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2 };
+/* MODE_SIM is PKU simulated for tests and benchmarks: the same key pool and switches, with a
+ * thread-local value for PKRU and mprotect for the tags (see _keypool.h). */
+enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2, MODE_SIM = 3, MODE_COUNT = 4 };
 /* Rights levels, PKRU bits and their names: the RIGHTS table in _rights.h. */
 
 /* Why a guard stopped being active without its own __exit__. */
@@ -119,12 +121,13 @@ is_finalizing(void)
 
 enum {
     E_GUARD_STATE, E_GUARD_ORDER, E_GUARD_THREAD, E_VIEW, E_ACCESS, E_PKU_UNAVAILABLE,
-    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_SECRET_UNAVAILABLE, E_COUNT
+    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_SECRET_UNAVAILABLE, E_KEY_EXHAUSTED,
+    E_COUNT
 };
 static const char *const err_names[E_COUNT] = {
     "GuardStateError", "GuardOrderError", "GuardThreadError", "ViewError", "AccessError",
     "PkuUnavailableError", "MprotectError", "RegionError", "KeyStateError", "CanaryError",
-    "ArgumentTypeError", "SecretUnavailableError",
+    "ArgumentTypeError", "SecretUnavailableError", "KeyExhaustedError",
 };
 static PyObject *err_classes[E_COUNT];
 
@@ -137,7 +140,7 @@ err(int which)
     switch (which) { /* before pkeyguard._errors registered itself */
     case E_VIEW: case E_REGION: return PyExc_ValueError;
     case E_ACCESS: return PyExc_PermissionError;
-    case E_MPROTECT: return PyExc_OSError;
+    case E_MPROTECT: case E_KEY_EXHAUSTED: return PyExc_OSError;
     case E_ARGTYPE: return PyExc_TypeError;
     default: return PyExc_RuntimeError;
     }
@@ -201,19 +204,6 @@ prot_for_level(int prot, int level)
         return prot & ~PROT_WRITE;
     default:
         return prot;
-    }
-}
-
-/* Close this thread's PKRU bits for a key number that is being freed: pkey_free leaves them
- * as they were, and a later key that reuses the number must start closed here. */
-static void
-pkru_close_number(int pkey)
-{
-    unsigned shift = 2u * (unsigned)pkey;
-    uint32_t pkru = pkru_read();
-    uint32_t want = (pkru & ~(3u << shift)) | (PKRU_AD << shift);
-    if (want != pkru) {
-        pkru_write(want);
     }
 }
 
@@ -329,7 +319,12 @@ done:
 
 struct KeyObject {
     PyObject_HEAD
-    int pkey;              /* hardware key (MODE_PKU), else a logical number */
+    long long id;          /* the logical key number: unique in the process, never reused */
+    int hw;                /* pku/sim: the hardware number it holds now, -1 while parked */
+    int pinned;            /* pku/sim: created with rights: holds its number for life */
+    Py_ssize_t opening;    /* pku/sim: active guards that open it (ReadOnly/ReadWrite) */
+    uint64_t last_use;     /* pku/sim: the pool's clock at the latest guard entry (LRU) */
+    int leaked;            /* pku/sim: pages no longer bound kept its number (never give it up) */
     int mode;
     int base_level;        /* rights with no guard active (mprotect; pku: initial rights) */
     int effective_level;   /* rights applied to the pages now (mprotect) */
@@ -427,6 +422,8 @@ key_apply_level(KeyObject *k, int level)
     return 0;
 }
 
+#include "_keypool.h"
+
 static int
 key_wanted_level(KeyObject *k)
 {
@@ -473,6 +470,12 @@ key_remove_binding(KeyObject *k, BindingObject *b)
  * only if the untagging system call fails. */
 static int key_free(KeyObject *k);
 
+/* untag: UNTAG_NO (the pages are about to be unmapped), UNTAG_YES (a failure changes nothing
+ * and raises), UNTAG_FORCE (the collector is taking the binding apart: on a failure the
+ * binding ends anyway, the pages keep the tag, and the key never gives its number to
+ * another key; raises after the binding has ended). */
+enum { UNTAG_NO = 0, UNTAG_YES = 1, UNTAG_FORCE = 2 };
+
 static int
 binding_end(BindingObject *b, int untag)
 {
@@ -481,18 +484,27 @@ binding_end(BindingObject *b, int untag)
     }
     KeyObject *k = b->key;
     MappingObject *m = b->mapping;
-    if (untag && !mapping_absent(m)) {
+    int failed_errno = 0;
+    int pku_call = k->mode == MODE_PKU;
+    if (untag != UNTAG_NO && !mapping_absent(m)) {
         long rc = 0;
         if (k->mode == MODE_PKU) {
-            /* back to key 0, so a later key that reuses the number cannot reach the pages */
+            /* back to key 0, so a later key that reuses the number cannot reach the pages
+             * (and out of parking: the region's own rights) */
             rc = syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, 0);
         }
-        else if (k->mode == MODE_MPROTECT) {
+        else if (k->mode == MODE_MPROTECT || k->mode == MODE_SIM) {
             rc = mprotect((void *)m->addr, m->len, m->prot);
         }
         if (rc != 0) {
-            raise_errno(errno, k->mode == MODE_PKU ? "pkey_mprotect" : "mprotect");
-            return -1;
+            failed_errno = errno;
+            if (untag != UNTAG_FORCE) {
+                raise_errno(failed_errno, k->mode == MODE_PKU ? "pkey_mprotect" : "mprotect");
+                return -1;
+            }
+            if (mode_is_pool(k->mode) && k->hw >= 0) {
+                k->leaked = 1;
+            }
         }
     }
     key_remove_binding(k, b);
@@ -512,6 +524,10 @@ binding_end(BindingObject *b, int untag)
     }
     Py_DECREF(k);
     Py_XDECREF(held);
+    if (failed_errno != 0) { /* k may be gone: the mode was read before */
+        raise_errno(failed_errno, pku_call ? "pkey_mprotect" : "mprotect");
+        return -1;
+    }
     return 0;
 }
 
@@ -535,22 +551,17 @@ key_free(KeyObject *k)
         }
         Py_DECREF(b);
     }
-    if (k->mode == MODE_PKU && !failed) {
-        if (syscall(SYS_pkey_free, k->pkey) != 0) {
-            if (!PyErr_Occurred()) {
-                raise_errno(errno, "pkey_free");
-            }
-            failed = 1;
-        }
-        else {
-            pkru_close_number(k->pkey);
-        }
+    if (mode_is_pool(k->mode)) {
+        /* The number goes back (closed in this thread) only if every page lost the tag. */
+        k->quarantined = (failed || k->leaked) && k->hw >= 0;
+        pool_release(k, !failed && !k->leaked);
     }
-    k->quarantined = failed && k->mode == MODE_PKU;
     k->closed = 1;
     key_unregister(k);
     return failed ? -1 : 0;
 }
+
+static long long next_key_id = 0;
 
 static PyObject *
 Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -561,7 +572,7 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                      &base_level)) {
         return NULL;
     }
-    if (mode < MODE_NOP || mode > MODE_MPROTECT) {
+    if (mode < MODE_NOP || mode >= MODE_COUNT) {
         PyErr_Format(PyExc_ValueError, "unknown key mode %d", mode);
         return NULL;
     }
@@ -576,20 +587,29 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (k == NULL) {
         return NULL;
     }
+    k->id = ++next_key_id;
+    (void)pkey; /* the logical number is the core's: unique and never reused */
     k->closed = 1; /* until the key exists: the deallocator then frees nothing */
     k->mode = mode;
     k->base_level = base_level;
     k->effective_level = base_level;
-    if (mode == MODE_PKU) {
-        long r = syscall(SYS_pkey_alloc, 0, RIGHTS[base_level].bits);
-        if (r < 0) {
-            raise_errno(errno, "pkey_alloc");
+    k->hw = -1;
+    if (mode_is_pool(mode)) {
+        /* A key with initial rights holds a number of its class for life; a NoAccess key
+         * takes one only if it needs no eviction, and starts parked otherwise. */
+        k->pinned = base_level != LEVEL_NONE;
+        const char *syscall_name;
+        int e = pool_take(k, k->pinned, &syscall_name);
+        if (e != 0 && (k->pinned || e != ENOSPC)) {
+            raise_take_failed(k, e, syscall_name);
             Py_DECREF(k);
             return NULL;
         }
-        pkey = (int)r;
+        if (k->pinned) {
+            pool_set_bits(mode, k->hw, RIGHTS[base_level].bits); /* pkey_alloc's rights */
+        }
+        k->last_use = ++pools[mode].tick;
     }
-    k->pkey = pkey;
     k->closed = 0;
     if (mode != MODE_NOP) {
         key_register(k);
@@ -627,9 +647,9 @@ Key_close(KeyObject *k, PyObject *Py_UNUSED(ignored))
     }
     if (k->active > 0) {
         return PyErr_Format(err(E_KEY),
-                            "cannot close key %d: %zd guard(s) on it are still active; leave "
+                            "cannot close key %lld: %zd guard(s) on it are still active; leave "
                             "their 'with' blocks first",
-                            k->pkey, k->active);
+                            k->id, k->active);
     }
     if (key_free(k) < 0) {
         return NULL;
@@ -659,14 +679,41 @@ Key_get_bindings(KeyObject *k, void *Py_UNUSED(closure))
 static PyObject *
 Key_repr(KeyObject *k)
 {
-    static const char *modes[] = {"nop", "pku", "mprotect"};
-    return PyUnicode_FromFormat("<_core.Key %d mode=%s active=%zd regions=%zd%s>", k->pkey,
-                                modes[k->mode], k->active, k->nbindings,
+    static const char *modes[] = {"nop", "pku", "mprotect", "sim"};
+    return PyUnicode_FromFormat("<_core.Key %lld mode=%s hw=%d active=%zd regions=%zd%s>", k->id,
+                                modes[k->mode], k->hw, k->active, k->nbindings,
                                 k->closed ? " closed" : "");
 }
 
 static PyObject *Key_bind(KeyObject *k, PyObject *args);
 static PyObject *Key_guard(KeyObject *k, PyObject *arg);
+
+/* _thread_level(): this thread's rights through the key now (pku/sim: its number's PKRU bits,
+ * none while parked; mprotect: the process-wide level). */
+static PyObject *
+Key_thread_level(KeyObject *k, PyObject *Py_UNUSED(ignored))
+{
+    if (mode_is_pool(k->mode)) {
+        if (k->mode == MODE_PKU && require_pku() < 0) {
+            return NULL;
+        }
+        if (k->hw < 0) {
+            return PyLong_FromLong(LEVEL_NONE);
+        }
+        unsigned bits = (pool_rdpkru(k->mode) >> (2u * (unsigned)k->hw)) & 3u;
+        return PyLong_FromLong(rights_level_of_bits(bits));
+    }
+    return PyLong_FromLong(k->effective_level);
+}
+
+static PyObject *
+Key_get_hardware_key(KeyObject *k, void *Py_UNUSED(closure))
+{
+    if (!mode_is_pool(k->mode) || k->hw < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromLong(k->hw);
+}
 
 static PyObject *
 Key_set_autoclose(KeyObject *k, PyObject *Py_UNUSED(ignored))
@@ -684,12 +731,16 @@ static PyMethodDef Key_methods[] = {
      "Untag every region, then free the key (idempotent; refused while guards are active)."},
     {"_guard", (PyCFunction)Key_guard, METH_O,
      "_guard(level): a key-wide guard (no views), for benchmarks floors."},
+    {"_thread_level", (PyCFunction)Key_thread_level, METH_NOARGS,
+     "This thread's rights level through the key now."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef Key_members[] = {
-    {"key", T_INT, offsetof(KeyObject, pkey), READONLY,
-     "the hardware key number (pku) or the logical key number (mprotect)"},
+    {"key", T_LONGLONG, offsetof(KeyObject, id), READONLY,
+     "the logical key number: unique in the process, never reused"},
+    {"_pinned", T_BOOL, offsetof(KeyObject, pinned), READONLY, NULL},
+    {"_opening", T_PYSSIZET, offsetof(KeyObject, opening), READONLY, NULL},
     {"_mode", T_INT, offsetof(KeyObject, mode), READONLY, NULL},
     {"_base_level", T_INT, offsetof(KeyObject, base_level), READONLY, NULL},
     {"_effective_level", T_INT, offsetof(KeyObject, effective_level), READONLY, NULL},
@@ -701,6 +752,8 @@ static PyMemberDef Key_members[] = {
 
 static PyGetSetDef Key_getset[] = {
     {"_bindings", (getter)Key_get_bindings, NULL, "the live bindings", NULL},
+    {"hardware_key", (getter)Key_get_hardware_key, NULL,
+     "the hardware key number it holds now (pku), or None: parked, or not a pku key", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -795,12 +848,12 @@ mapping_fill_hole(MappingObject *m)
     BindingObject *b = m->binding;
     KeyObject *k = b != NULL ? b->key : NULL;
     if (k != NULL && k->mode == MODE_PKU) {
-        (void)syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, k->pkey);
+        (void)syscall(SYS_pkey_mprotect, m->addr, m->len, key_page_prot(k, m), key_page_pkey(k));
     }
     else {
-        int prot = k != NULL && k->mode == MODE_MPROTECT
-                       ? prot_for_level(m->prot, k->effective_level)
-                       : m->prot;
+        int prot = k != NULL && k->mode == MODE_MPROTECT ? prot_for_level(m->prot, k->effective_level)
+                   : k != NULL && k->mode == MODE_SIM    ? key_page_prot(k, m)
+                                                         : m->prot;
         (void)mprotect((void *)m->addr, m->len, prot);
     }
 }
@@ -1102,7 +1155,7 @@ Mapping_clear(MappingObject *m)
     BindingObject *b = m->binding;
     if (b != NULL) {
         Py_INCREF(b);
-        if (binding_end(b, 1) < 0) {
+        if (binding_end(b, UNTAG_FORCE) < 0) {
             write_unraisable("pkeyguard: untagging a collected region");
         }
         Py_DECREF(b);
@@ -1195,6 +1248,9 @@ Mapping_protect(MappingObject *m, PyObject *arg)
         }
         if (b->key->mode == MODE_MPROTECT) {
             applied = prot_for_level((int)prot, b->key->effective_level);
+        }
+        else if (mode_is_pool(b->key->mode) && b->key->hw < 0) {
+            applied = PROT_NONE; /* parked: the new rights apply when it is tagged again */
         }
     }
     if (!mapping_absent(m) && mprotect((void *)m->addr, m->len, applied) != 0) {
@@ -1316,7 +1372,8 @@ struct GuardObject {
     int level;                 /* rights this guard grants while active */
     int active;
     int ended;                 /* ENDED_*: how it stopped without its own exit */
-    int saved_bits;            /* MODE_PKU: this key's PKRU bits before entry */
+    int saved_bits;            /* pku/sim: the bits of number hw before entry */
+    int hw;                    /* pku/sim: the number it switched, -1 if none (parked) */
     int saved_level;           /* MODE_MPROTECT: previous innermost level, -1 if none */
     ThreadStack *stack;        /* the owning thread's stack while active */
     unsigned long thread;      /* that thread's ident, for messages */
@@ -1453,6 +1510,7 @@ guard_create(PyTypeObject *cls, KeyObject *k, BindingObject *b, int level, PyObj
     g->enter_view = enter_view;
     g->level = level;
     g->saved_level = -1;
+    g->hw = -1;
     return g;
 }
 
@@ -1510,8 +1568,8 @@ Key_bind(KeyObject *k, PyObject *args)
         }
         else {
             PyErr_Format(err(E_REGION),
-                         "%R is already associated with key %d; disassociate() it first", mobj,
-                         other->pkey);
+                         "%R is already associated with key %lld; disassociate() it first",
+                         mobj, other->id);
         }
         goto fail;
     }
@@ -1519,8 +1577,12 @@ Key_bind(KeyObject *k, PyObject *args)
     if (mapping_absent(m)) {
         /* nothing of it here to tag */
     }
-    else if (k->mode == MODE_PKU) {
-        rc = syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, k->pkey);
+    else if (mode_is_pool(k->mode)) {
+        int e = pool_tag(k->mode, m, key_page_prot(k, m), key_page_pkey(k));
+        if (e != 0) {
+            errno = e;
+            rc = -1;
+        }
     }
     else if (k->mode == MODE_MPROTECT) {
         rc = mprotect((void *)m->addr, m->len, prot_for_level(m->prot, k->effective_level));
@@ -1537,7 +1599,9 @@ Key_bind(KeyObject *k, PyObject *args)
     Py_INCREF(b);
     m->binding = b;
     k->bindings[k->nbindings++] = b;
-    fault_table_set_pkey(m->addr, k->pkey);
+    fault_table_set_pkey(m->addr, !mode_is_pool(k->mode) ? (int)k->id
+                                  : k->hw >= 0           ? k->hw
+                                                         : FAULT_PKEY_PARKED);
     return (PyObject *)b;
 fail:
     Py_DECREF(b);
@@ -1557,7 +1621,7 @@ Binding_clear(BindingObject *b)
 {
     if (b->live) {
         Py_INCREF(b);
-        if (binding_end(b, 1) < 0) {
+        if (binding_end(b, UNTAG_FORCE) < 0) {
             write_unraisable("pkeyguard: untagging a collected association");
         }
         Py_DECREF(b);
@@ -1641,9 +1705,9 @@ Binding_unbind(BindingObject *b, PyObject *Py_UNUSED(ignored))
     }
     if (b->active > 0) {
         return PyErr_Format(err(E_REGION),
-                            "cannot detach %R from key %d: %zd guard(s) on its association are "
-                            "still active; leave their 'with' blocks first",
-                            (PyObject *)b->mapping, b->key->pkey, b->active);
+                            "cannot detach %R from key %lld: %zd guard(s) on its association "
+                            "are still active; leave their 'with' blocks first",
+                            (PyObject *)b->mapping, b->key->id, b->active);
     }
     if (binding_end(b, 1) < 0) {
         return NULL;
@@ -1713,18 +1777,81 @@ static PyTypeObject Binding_Type = {
 /* ------------------------------------------------------------------------------------ */
 /* Guard                                                                                */
 
+/* This thread's bits for the numbers of virtual keys, derived again after numbers changed
+ * owner since it last looked (or in a new thread, which may have inherited numbers open):
+ * closed, except what its own active guards opened (the innermost guard on each key). */
+static void
+pool_sync(int mode, ThreadStack *s)
+{
+    KeyPool *p = &pools[mode];
+    uint32_t pkru = pool_rdpkru(mode);
+    uint32_t want = pkru;
+    uint32_t virtual_numbers = p->held & ~p->pinned_class;
+    for (uint32_t left = virtual_numbers; left; left &= left - 1) {
+        unsigned shift = 2u * (unsigned)pool_lowest(left);
+        want = (want & ~(3u << shift)) | (PKRU_AD << shift);
+    }
+    uint32_t done = 0;
+    for (GuardObject *g = s->top; g != NULL; g = g->prev) {
+        KeyObject *gk = g->key;
+        if (gk->mode != mode || g->hw < 0 || gk->hw != g->hw || (done & (1u << g->hw)) ||
+            !(virtual_numbers & (1u << g->hw))) {
+            continue;
+        }
+        done |= 1u << g->hw;
+        unsigned shift = 2u * (unsigned)g->hw;
+        want = (want & ~(3u << shift)) | (RIGHTS[g->level].bits << shift);
+    }
+    if (want != pkru) {
+        pool_wrpkru(mode, want);
+    }
+    tls_epoch[mode] = p->epoch;
+    p->syncs++;
+}
+
 /* Apply g's rights for its key on entry, on the thread that owns stack s. */
 static int
 guard_apply(GuardObject *g, ThreadStack *s)
 {
     KeyObject *k = g->key;
-    if (k->mode == MODE_PKU) {
-        unsigned shift = 2u * (unsigned)k->pkey;
-        uint32_t pkru = pkru_read();
+    if (mode_is_pool(k->mode)) {
+        int mode = k->mode;
+        KeyPool *p = &pools[mode];
+        if (tls_epoch[mode] != p->epoch) {
+            pool_sync(mode, s);
+        }
+        if (k->hw < 0) {
+            if (g->level == LEVEL_NONE) {
+                g->hw = -1; /* parked: closed to every thread already */
+                p->hits++;
+                return 0;
+            }
+            const char *syscall_name;
+            int e = pool_take(k, 1, &syscall_name);
+            if (e != 0) {
+                raise_take_failed(k, e, syscall_name); /* consistent again: may allocate */
+                return -1;
+            }
+            p->misses++;
+            tls_epoch[mode] = p->epoch; /* only k's number changed, and it is closed here */
+        }
+        else {
+            p->hits++;
+        }
+        if (k->last_use != p->tick) {
+            k->last_use = ++p->tick;
+        }
+        int h = k->hw;
+        unsigned shift = 2u * (unsigned)h;
+        uint32_t pkru = pool_rdpkru(mode);
         uint32_t want = (pkru & ~(3u << shift)) | (RIGHTS[g->level].bits << shift);
+        g->hw = h;
         g->saved_bits = (int)((pkru >> shift) & 3u);
         if (want != pkru) {
-            pkru_write(want);
+            pool_wrpkru(mode, want);
+        }
+        if (g->level != LEVEL_NONE) {
+            k->opening++; /* pins the number: never evicted while open somewhere */
         }
         return 0;
     }
@@ -1760,14 +1887,14 @@ static int
 guard_restore(GuardObject *g, int write_pkru, int apply)
 {
     KeyObject *k = g->key;
-    if (k->mode == MODE_PKU) {
-        if (write_pkru && !k->closed) {
-            unsigned shift = 2u * (unsigned)k->pkey;
-            uint32_t pkru = pkru_read();
-            uint32_t want = (pkru & ~(3u << shift)) | ((uint32_t)g->saved_bits << shift);
-            if (want != pkru) {
-                pkru_write(want);
-            }
+    if (mode_is_pool(k->mode)) {
+        if (g->level != LEVEL_NONE) {
+            k->opening--;
+        }
+        /* A NoAccess guard's key may have been parked since (that only closed it further);
+         * its number may belong to another key now: leave those bits alone. */
+        if (write_pkru && g->hw >= 0 && k->hw == g->hw) {
+            pool_set_bits(k->mode, g->hw, (uint32_t)g->saved_bits);
         }
         return 0;
     }
@@ -1828,7 +1955,11 @@ release_chain(GuardObject *chain)
 static void
 stack_abandon(ThreadStack *s)
 {
-    if (tls_stack == s) {
+    /* On the owning thread (it is ending, or user code cleared its state dict while it
+     * lives on), take the rights back too: a key whose guard ended can be evicted, and its
+     * number must not stay open in a thread that goes on running. */
+    int own = tls_stack == s;
+    if (own) {
         tls_stack = NULL;
     }
     int apply = !is_finalizing();
@@ -1837,7 +1968,7 @@ stack_abandon(ThreadStack *s)
     PyErr_Fetch(&et, &ev, &tb);
     while (s->top != NULL) {
         GuardObject *g = s->top;
-        (void)guard_pop(g, 0, apply, &released); /* pages stay as open as they were */
+        (void)guard_pop(g, own, apply, &released); /* other threads' PKRU: not ours to write */
         g->ended = ENDED_THREAD;
     }
     if (apply) {
@@ -1852,7 +1983,7 @@ stack_abandon(ThreadStack *s)
 /* The non-allocating part of entering: check, apply, push.  Nothing here runs Python code
  * (PyErr_Format's %R of a guard is C). */
 static int
-guard_activate(GuardObject *g, ThreadStack *s)
+guard_activate(GuardObject *g, ThreadStack *s, int check_exports)
 {
     KeyObject *k = g->key;
     if (g->active) {
@@ -1873,7 +2004,7 @@ guard_activate(GuardObject *g, ThreadStack *s)
                      (PyObject *)g);
         return -1;
     }
-    for (GuardObject *o = s->top; o != NULL; o = o->prev) {
+    for (GuardObject *o = check_exports ? s->top : NULL; o != NULL; o = o->prev) {
         if (o->key == k && o->exports > 0 && o->level > g->level) {
             PyErr_Format(err(E_GUARD_STATE),
                          "cannot enter %R: %zd buffer export(s) (memoryviews) of a view under "
@@ -1919,7 +2050,7 @@ Guard_enter(GuardObject *g, PyObject *Py_UNUSED(ignored))
             return NULL;
         }
     }
-    if (guard_activate(g, s) < 0) {
+    if (guard_activate(g, s, 1) < 0) {
         Py_XDECREF(v);
         return NULL;
     }
@@ -2061,7 +2192,7 @@ Guard_get_binding(GuardObject *g, void *Py_UNUSED(closure))
 static PyObject *
 Guard_repr(GuardObject *g)
 {
-    return PyUnicode_FromFormat("<%s key=%d rights=%s %s>", Py_TYPE(g)->tp_name, g->key->pkey,
+    return PyUnicode_FromFormat("<%s key=%lld rights=%s %s>", Py_TYPE(g)->tp_name, g->key->id,
                                 RIGHTS[g->level].name, g->active ? "active" : "inactive");
 }
 
@@ -2917,6 +3048,27 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
     }
     Py_DECREF(keys_now); /* each guard holds its key */
     /* The allocations above may have run finalizers that closed keys: skip those. */
+    /* The buffer-exports check of each entry, once for the whole group (per guard it would
+     * walk this thread's stack every time: quadratic in the number of keys).  Only guards
+     * with live exports matter, and they are few. */
+    for (GuardObject *o = s->top; o != NULL; o = o->prev) {
+        if (o->exports <= 0 || o->level == LEVEL_NONE) {
+            continue;
+        }
+        for (Py_ssize_t i = 0; i < made; i++) {
+            GuardObject *g = (GuardObject *)PyTuple_GET_ITEM(all, i);
+            if (g->key == o->key && !g->key->closed) {
+                PyErr_Format(err(E_GUARD_STATE),
+                             "cannot enter isolated(): %zd buffer export(s) (memoryviews) of a "
+                             "view under %R are still alive, and they would fault under "
+                             "NoAccess; release them first ('with memoryview(view) as m:') or "
+                             "allow the key",
+                             o->exports, (PyObject *)o);
+                Py_DECREF(all);
+                return NULL;
+            }
+        }
+    }
     GuardObject **entered = PyMem_Calloc((size_t)(made ? made : 1), sizeof(GuardObject *));
     if (entered == NULL) {
         Py_DECREF(all);
@@ -2928,7 +3080,7 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
         if (g->key->closed) {
             continue;
         }
-        if (guard_activate(g, s) < 0) {
+        if (guard_activate(g, s, 0) < 0) {
             GuardObject *released = NULL;
             PyObject *et, *ev, *tb;
             PyErr_Fetch(&et, &ev, &tb);
@@ -3004,12 +3156,15 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
     ThreadStack *s = first->stack;
     GuardObject *released = NULL;
     int foreign = 0, e = 0;
+    Py_ssize_t next = n - 1; /* ours come off the stack in reverse order of entry */
     while (s->top != NULL && s->top != first) {
         GuardObject *top = s->top;
         int ours = 0;
-        for (Py_ssize_t i = 1; i < n; i++) {
+        for (Py_ssize_t i = next; i >= 1; i--) {
             if (PyTuple_GET_ITEM(guards, i) == (PyObject *)top) {
                 ours = 1;
+                next = i - 1;
+                break;
             }
         }
         if (!ours) {
@@ -3269,6 +3424,88 @@ core_thread_guards(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return out;
 }
 
+static int
+pool_mode_arg(PyObject *arg, int *mode)
+{
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v != MODE_PKU && v != MODE_SIM) {
+        PyErr_Format(PyExc_ValueError, "mode %ld has no key pool (MODE_PKU or MODE_SIM)", v);
+        return -1;
+    }
+    *mode = (int)v;
+    return 0;
+}
+
+/* _pool_stats(mode): the pool's gauges and counters. */
+static PyObject *
+core_pool_stats(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    int mode;
+    if (pool_mode_arg(arg, &mode) < 0) {
+        return NULL;
+    }
+    KeyPool *p = &pools[mode];
+    Py_ssize_t logical = 0, parked = 0, opening = 0;
+    for (KeyObject *k = live_keys.live_next; k != &live_keys; k = k->live_next) {
+        if (k->mode == mode) {
+            logical++;
+            parked += k->hw < 0;
+            opening += k->opening > 0;
+        }
+    }
+    uint32_t pinned_free = p->held & p->pinned_class & ~p->owned;
+    return Py_BuildValue(
+        "{si si si si si si sn sn sn sK sK sK sK sK sK sK sK sK}", "limit", p->limit, "held",
+        pool_popcount(p->held), "pinned", pool_popcount(p->owned & p->pinned_class),
+        "quarantined", pool_popcount(pinned_free | p->lost), "owned", pool_popcount(p->owned),
+        "spare", pool_popcount(p->held & ~p->owned & ~p->pinned_class & ~p->lost), "logical",
+        logical, "parked", parked, "opening", opening, "switches",
+        p->hits + p->misses + p->exhausted, "hits", p->hits, "misses", p->misses, "evictions",
+        p->evictions, "retags", p->retags, "parks", p->parks, "allocs", p->allocs, "exhausted",
+        p->exhausted, "syncs", p->syncs);
+}
+
+/* _pool_limit(mode, n): the most numbers the pool may hold from now on; returns the old. */
+static PyObject *
+core_pool_limit(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    PyObject *mode_obj;
+    int n, mode;
+    if (!PyArg_ParseTuple(args, "Oi:_pool_limit", &mode_obj, &n) ||
+        pool_mode_arg(mode_obj, &mode) < 0) {
+        return NULL;
+    }
+    if (n < 1 || n > POOL_NUMBERS - 1) {
+        return PyErr_Format(PyExc_ValueError, "a pool holds 1..%d numbers, not %d",
+                            POOL_NUMBERS - 1, n);
+    }
+    int old = pools[mode].limit;
+    pools[mode].limit = n;
+    return PyLong_FromLong(old);
+}
+
+static PyObject *
+core_sim_pkru(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLong(tls_sim_pkru);
+}
+
+/* _sim_set_pkru(value): set this thread's simulated PKRU (tests: what a thread started
+ * inside a guard inherits on real hardware). */
+static PyObject *
+core_sim_set_pkru(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    unsigned long v = PyLong_AsUnsignedLong(arg);
+    if (v == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    tls_sim_pkru = (uint32_t)v;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 core_live_key_count(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
@@ -3302,8 +3539,11 @@ mapping_zero_in_place(MappingObject *m)
     if (b != NULL && b->key->mode == MODE_MPROTECT) {
         applied = prot_for_level(m->prot, b->key->effective_level);
     }
-    if (b != NULL && b->key->mode == MODE_PKU) {
-        pkey = b->key->pkey;
+    if (b != NULL && mode_is_pool(b->key->mode)) {
+        applied = key_page_prot(b->key, m);
+        if (b->key->mode == MODE_PKU) {
+            pkey = b->key->hw; /* -1 when parked: key 0 there, open to every thread */
+        }
     }
     if (mapping_absent(m) || mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
         return;
@@ -3455,6 +3695,13 @@ core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
 static PyMethodDef core_methods[] = {
     {"cpuid_flags", core_cpuid_flags, METH_NOARGS, "(pku, ospke) from CPUID leaf 7."},
     {"enable_pku", core_enable_pku, METH_NOARGS, "Allow RDPKRU/WRPKRU (internal)."},
+    {"_pool_stats", core_pool_stats, METH_O,
+     "_pool_stats(mode): the hardware-key pool's gauges and counters."},
+    {"_pool_limit", core_pool_limit, METH_VARARGS,
+     "_pool_limit(mode, n): the most hardware keys the pool may hold; returns the old limit."},
+    {"_sim_pkru", core_sim_pkru, METH_NOARGS, "This thread's simulated PKRU (MODE_SIM)."},
+    {"_sim_set_pkru", core_sim_set_pkru, METH_O,
+     "Set this thread's simulated PKRU (MODE_SIM; models inheritance at thread creation)."},
     {"pku_enabled", core_pku_enabled, METH_NOARGS, NULL},
     {"rdpkru", core_rdpkru, METH_NOARGS, "This thread's PKRU."},
     {"probe_pkey_alloc", core_probe_pkey_alloc, METH_NOARGS,
@@ -3499,6 +3746,7 @@ core_exec(PyObject *m)
         return -1;
     }
     page_size = sysconf(_SC_PAGESIZE);
+    pools_init();
     if (stack_dict_key == NULL) {
         stack_dict_key = PyUnicode_InternFromString("pkeyguard._core.thread_stack");
         if (stack_dict_key == NULL) {
@@ -3532,6 +3780,7 @@ core_exec(PyObject *m)
         PyModule_AddIntConstant(m, "MODE_NOP", MODE_NOP) < 0 ||
         PyModule_AddIntConstant(m, "MODE_PKU", MODE_PKU) < 0 ||
         PyModule_AddIntConstant(m, "MODE_MPROTECT", MODE_MPROTECT) < 0 ||
+        PyModule_AddIntConstant(m, "MODE_SIM", MODE_SIM) < 0 ||
         PyModule_AddIntConstant(m, "PAGE_SIZE", page_size) < 0 ||
         PyModule_AddIntConstant(m, "PROT_NONE", PROT_NONE) < 0 ||
         PyModule_AddIntConstant(m, "PROT_READ", PROT_READ) < 0 ||

@@ -181,6 +181,10 @@ fault_report(siginfo_t *si, void *ctx)
     else {
         fault_put("  region: not a pkeyguard region\n");
     }
+    if (!pkuerr && hit && hit->pkey == -2) { /* FAULT_PKEY_PARKED in _keypool.h */
+        fault_put("  key: parked (it holds no hardware key now: its pages are closed to every "
+                  "thread until a guard on it is entered)\n");
+    }
     if (key >= 0) {
         fault_put("  key: ");
         fault_put_uint((unsigned)key, 10);

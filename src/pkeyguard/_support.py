@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import platform
@@ -87,6 +88,7 @@ def support_report() -> dict[str, Any]:
     report["secret_memory"] = info.secret_memory
     report["secret_memory_reason"] = info.secret_memory_reason
     report["keys_open"] = _core.live_key_count()
+    report["key_stats"] = dataclasses.asdict(info.keys)
     if info.name == "pku":
         report["keys_free"] = count_free_keys()
         report["pkru"] = f"{_core.rdpkru():#010x}"

@@ -55,7 +55,12 @@ def _check_rights(rights: object) -> PkeyPermissions:
 class PkeyGuard(_core.Key, Unshareable):
     """A protection key with initial rights ``rights`` for the calling thread.
 
-    On the ``pku`` backend this is ``pkey_alloc``; on ``mprotect`` a logical key.  Closing
+    Keys are logical: :attr:`key` is a number unique in the process.  On the ``pku``
+    backend a key holds one of the 15 hardware keys while it is used
+    (:attr:`hardware_key`); when another key needs one and none is free, the least recently
+    used key without an open guard gives its up and is *parked* (its pages closed to every
+    thread) until its next guard.  A key created with rights other than NoAccess holds its
+    hardware key for life.  On ``mprotect`` no hardware key is involved.  Closing
     (explicitly, by ``with``, or when the key and its associations are collected) first
     re-tags every associated region to key 0, so a later key with the same number can never
     reach them, then frees the key.  Closing is refused while a guard on the key is active on
@@ -100,7 +105,7 @@ class PkeyGuard(_core.Key, Unshareable):
     def current_rights(self) -> PkeyPermissions:
         """The rights this thread has through the key now (process-wide on mprotect)."""
         self._check_open()
-        return _backend.active()[1].current_rights(self)
+        return LEVEL_TO_PERMISSION[self._thread_level()]
 
     def _check_open(self) -> None:
         if self.closed:
@@ -150,7 +155,13 @@ class PkeyGuard(_core.Key, Unshareable):
         label = f" {name!r}" if name else ""
         state = "closed" if self.closed else f"{len(self._bindings)} region(s)"
         backend = _backend.active()[1].name
-        return f"<PkeyGuard{label} key={self.key} {self.rights.name} {backend} {state}>"
+        hw = self.hardware_key
+        held = (
+            ""
+            if self.closed or self._mode not in (_core.MODE_PKU, _core.MODE_SIM)
+            else (f" hardware={hw}" if hw is not None else " parked")
+        )
+        return f"<PkeyGuard{label} key={self.key}{held} {self.rights.name} {backend} {state}>"
 
 
 def _new_key(cls: type[PkeyGuard], rights: object, name: object) -> PkeyGuard:

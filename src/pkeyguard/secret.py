@@ -5,9 +5,10 @@ mlock, no core dump, wiped on fork, canary, zeroed on close), tagged with a key 
 NoAccess outside ``with secret.reveal() as buf:``.  ``buf`` is a read-only buffer that
 ``hashlib``, ``hmac`` and ``cryptography`` accept without a copy.
 
-All Secrets share one library-owned key (x86 has only 15), freed when the last Secret is
-gone: inside one secret's ``reveal()`` block the thread can read every secret.  Keep the
-blocks short.
+Each Secret has a key of its own, freed when the Secret closes: inside one secret's
+``reveal()`` block the thread can read that secret only.  On ``pku`` the keys are virtual
+(any number of Secrets; 15 hold a hardware key at a time, the others are parked: their
+pages are closed to every thread until their next ``reveal()``).
 
 A fork child never gets a parent's secret bytes: there, every use of an inherited Secret
 raises :class:`SecretUnavailableError` (closing it works).  Streams are read with
@@ -26,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._errors import (
     ArgumentTypeError,
-    KeyStateError,
     PkeyguardError,
     RegionError,
     RegionTypeError,
@@ -60,33 +60,12 @@ class SupportsReadinto(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
-# The library's key for secrets: made on first use and freed by the core when the last
-# secret is gone (x86 has only 15 keys).  No lock: the first of two racing threads to store
-# its key wins, and the other key is simply dropped.
-_shared: dict[str, PkeyGuard] = {}
-
-
-def _secrets_key() -> PkeyGuard:
-    key = _shared.get("key")
-    if key is None or key.closed:
-        made = PkeyGuard(PkeyPermissions.NoAccess, name="pkeyguard secrets")
-        made._set_autoclose()
-        key = _shared.setdefault("key", made)
-        if key.closed:
-            _shared["key"] = key = made
-    return key
-
-
 def _associate(region: RegionGuard[bytes]) -> AssociatedRegion[bytes]:
-    """Tag a secret's region with the library key.  The key frees itself when its last
-    secret closes, possibly between our fetching it and tagging with it: then use a new one."""
-    while True:
-        key = _secrets_key()
-        try:
-            return key.associate(region)
-        except KeyStateError:
-            if not key.closed:
-                raise
+    """Tag a secret's region with a key of its own.  The core frees the key when the
+    association ends (the secret closes): nobody else can reach it."""
+    key = PkeyGuard(PkeyPermissions.NoAccess, name="pkeyguard secret")
+    key._set_autoclose()
+    return key.associate(region)
 
 
 def _check_size(size: object) -> int:

@@ -31,7 +31,7 @@ assoc = key.associate(region)
 addr = ctypes.c_void_p(region.address)
 with assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
     g.mut_ref_guard().value = 42
-print("KEY", key.key, flush=True)
+print("KEY", key.hardware_key, flush=True)
 """
 
 
@@ -185,7 +185,8 @@ def test_pkru_restored_exactly_after_each_exit() -> None:
     with RegionGuard(8) as r1, RegionGuard(8) as r2, PkeyGuard(NA) as k1, PkeyGuard(RO) as k2:
         a1, a2 = k1.associate(r1), k2.associate(r2)
         start = _core.rdpkru()
-        shift1, shift2 = 2 * k1.key, 2 * k2.key
+        shift1, shift2 = 2 * (k1.hardware_key or 0), 2 * (k2.hardware_key or 0)
+        assert k1.hardware_key and k2.hardware_key
         assert (start >> shift1) & 3 == 1 and (start >> shift2) & 3 == 2
         with a1.set_access_rights(RW):
             p1 = _core.rdpkru()
@@ -212,7 +213,7 @@ def test_exit_restores_only_its_own_bits(faultprobe: ctypes.CDLL) -> None:
             faultprobe.faultprobe_wrpkru(_core.rdpkru() ^ (1 << 30))
             marker = _core.rdpkru() & (3 << 30)
         assert _core.rdpkru() & (3 << 30) == marker
-        assert (_core.rdpkru() >> (2 * key.key)) & 3 == 1
+        assert (_core.rdpkru() >> (2 * (key.hardware_key or 0))) & 3 == 1
         faultprobe.faultprobe_wrpkru(_core.rdpkru() ^ (1 << 30))
 
 

@@ -8,7 +8,6 @@ import signal
 import threading
 from typing import Final
 
-import pkeyguard
 from pkeyguard import PkeyGuard, PkeyPermissions, RegionGuard, Secret, _core, isolated
 from tests.support import Child, run_child
 
@@ -26,7 +25,7 @@ region = RegionGuard(ctypes.c_int, name="session-key")
 key = PkeyGuard(PkeyPermissions.ReadWrite, name="sessions")
 key.associate(region)
 ctypes.c_int.from_address(region.address).value = 77
-print("ADDR", hex(region.address), "KEY", key.key, flush=True)
+print("ADDR", hex(region.address), "KEY", key.hardware_key, flush=True)
 """
 
 
@@ -102,13 +101,13 @@ def test_isolation_is_per_thread_and_restored() -> None:
 
 
 def test_secret_on_pku(faultprobe_path: str) -> None:
-    library_key = pkeyguard.secret._secrets_key()  # the library's own: not on Secret
     with Secret.from_bytes(b"hunter2") as secret:
-        assert library_key.backend == "pku"
+        own_key = secret._assoc.key  # each secret's own (not exposed on Secret)
+        assert own_key.backend == "pku"
         with secret.reveal() as buf:
             assert bytes(buf) == b"hunter2"
-            assert library_key.current_rights() is PkeyPermissions.ReadOnly
-        assert library_key.current_rights() is PkeyPermissions.NoAccess
+            assert own_key.current_rights() is PkeyPermissions.ReadOnly
+        assert own_key.current_rights() is PkeyPermissions.NoAccess
     child = run_child(
         """
 import ctypes, pkeyguard

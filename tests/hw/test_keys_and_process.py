@@ -13,13 +13,11 @@ import pytest
 
 from pkeyguard import (
     AccessPermissions,
-    KeyExhaustedError,
     KeyStateError,
     PkeyGuard,
     PkeyPermissions,
     RegionError,
     RegionGuard,
-    _backend,
     _core,
 )
 from tests.support import pkey_at, run_child, syscalls
@@ -36,13 +34,14 @@ def test_pages_carry_the_key_and_lose_it_on_close() -> None:
     key = PkeyGuard(NA)
     assert pkey_at(region.address) == 0
     key.associate(region)
-    assert pkey_at(region.address) == key.key
-    number = key.key
+    number = key.hardware_key
+    assert number is not None and pkey_at(region.address) == number
     key.close()
     # untagged before pkey_free: a later key with the same number cannot reach it
     assert pkey_at(region.address) == 0
     again = PkeyGuard(NA)
-    assert again.key == number  # the kernel reuses the lowest free key
+    assert again.hardware_key is not None  # a spare (never freed), maybe this very number
+    assert again.key != key.key  # the logical id is never reused
     assert pkey_at(region.address) == 0
     again.close()
     region.close()
@@ -70,41 +69,132 @@ def test_refusals_leave_the_tags_alone() -> None:
                 region.close()
             with pytest.raises(RegionError):
                 region.protect(AccessPermissions.ReadOnly)
-            assert pkey_at(region.address) == key.key and region.association is assoc
+            assert pkey_at(region.address) == key.hardware_key and region.association is assoc
             guard.mut_ref_guard().value = b"written!"
         assert key.current_rights() is NA
         key.close()
         assert pkey_at(region.address) == 0 and region.association is None
 
 
-def test_exhaustion_then_reuse() -> None:
-    before = _backend.active()[1].live_keys()
-    keys: list[PkeyGuard] = []
+EXHAUSTION = """
+import contextlib, ctypes, errno
+from pkeyguard import *
+from pkeyguard import _core
+RW, RO, NA = PkeyPermissions.ReadWrite, PkeyPermissions.ReadOnly, PkeyPermissions.NoAccess
+def stats():
+    return _core._pool_stats(_core.MODE_PKU)
+# Keys are virtual: 40 coexist, each usable, though x86 has 15 hardware keys.
+keys = [PkeyGuard() for _ in range(40)]
+regions = [RegionGuard(ctypes.c_uint32) for _ in keys]
+assocs = [k.associate(r) for k, r in zip(keys, regions)]
+for i, a in enumerate(assocs):
+    with a.set_access_rights(RW) as g:
+        g.mut_ref_guard().value = i
+for i, a in enumerate(assocs):
+    with a.set_access_rights(RO) as g:
+        assert g.ref_guard().value == i
+print("COEXIST", stats()["logical"], stats()["held"], flush=True)
+# KeyExhaustedError only when every number is under an opening guard: 15 open at once.
+with contextlib.ExitStack() as stack:
+    for a in assocs[:15]:
+        stack.enter_context(a.set_access_rights(RO))
+    before, pkru = stats(), _core.rdpkru()
     try:
-        with pytest.raises(KeyExhaustedError) as info:
-            for _ in range(32):
-                keys.append(PkeyGuard(NA))
-        assert info.value.errno == errno.ENOSPC and "15 allocatable keys" in str(info.value)
-        assert len(keys) + before == 15, "x86 has 15 allocatable keys"
-        keys.pop().close()
-        keys.append(PkeyGuard(NA))  # freeing one makes one available again
-    finally:
-        for k in keys:
-            k.close()
-    assert _backend.active()[1].live_keys() == before
+        assocs[15].set_access_rights(RO).__enter__()
+        print("NOT REFUSED", flush=True)
+    except KeyExhaustedError as exc:
+        text = str(exc)
+        why = "a ReadOnly or ReadWrite guard on them is active" in text and "Leave a guard" in text
+        print("REFUSED", exc.errno == errno.ENOSPC, why, flush=True)
+    after = stats()
+    same = all(after[n] == before[n] for n in ("held", "owned", "parked", "misses", "evictions"))
+    print("UNCHANGED", same, _core.rdpkru() == pkru, keys[15].hardware_key, flush=True)
+    with assocs[15].set_access_rights(NA):  # NoAccess takes no number: never refused
+        pass
+# One guard left: the next entry takes its key's number (freeing one makes one available).
+with assocs[15].set_access_rights(RO) as g:
+    print("REUSED", g.ref_guard().value, flush=True)
+# Keys with initial rights take only numbers of their own class and never evict: all 15 are
+# NoAccess-class now, so none can be made in this process any more.
+try:
+    PkeyGuard(RO)
+    print("NOT REFUSED", flush=True)
+except KeyExhaustedError as exc:
+    print("PINNED REFUSED", exc.errno == errno.ENOSPC, "initial rights" in str(exc), flush=True)
+"""
+
+EXHAUSTION_PINNED = """
+import ctypes, errno
+from pkeyguard import *
+from pkeyguard import _core
+RO, NA = PkeyPermissions.ReadOnly, PkeyPermissions.NoAccess
+# Keys with initial rights hold their numbers for life: after 15 nothing is left, for a key
+# with initial rights or for a NoAccess key's opening guard.
+pinned = []
+try:
+    for _ in range(16):
+        pinned.append(PkeyGuard(RO))
+except KeyExhaustedError as exc:
+    why = "initial rights" in str(exc)
+    print("PINNED", len(pinned), exc.errno == errno.ENOSPC, why, flush=True)
+key, region = PkeyGuard(), RegionGuard(ctypes.c_uint32)
+assoc = key.associate(region)
+try:
+    with assoc.set_access_rights(RO):
+        print("NOT REFUSED", flush=True)
+except KeyExhaustedError:
+    print("VIRTUAL REFUSED", key.hardware_key, flush=True)
+# A closed one's number stays for keys with initial rights only (another thread may have
+# inherited its rights): the NoAccess key is still refused, the next pinned key gets it.
+number = pinned[0].hardware_key
+pinned.pop(0).close()
+try:
+    with assoc.set_access_rights(RO):
+        print("NOT REFUSED", flush=True)
+except KeyExhaustedError:
+    print("QUARANTINED", _core._pool_stats(_core.MODE_PKU)["quarantined"], flush=True)
+again = PkeyGuard(RO)
+print("AGAIN", again.hardware_key == number, flush=True)
+"""
+
+
+def test_exhaustion_only_when_every_number_is_in_use() -> None:
+    """The rule since virtual keys: any number of keys coexist; KeyExhaustedError (ENOSPC)
+    only when every hardware key is under an opening guard or held by a key with initial
+    rights, and nothing changes then; leaving a guard makes its number available; numbers of
+    keys with initial rights and of NoAccess keys never mix.  In fresh processes: nothing
+    else holds a key."""
+    child = run_child(EXHAUSTION, env={"PKEYGUARD_BACKEND": "pku"})
+    assert child.returncode == 0, child
+    assert child.stdout.splitlines() == [
+        "COEXIST 40 15",
+        "REFUSED True True",
+        "UNCHANGED True True None",
+        "REUSED 15",
+        "PINNED REFUSED True True",
+    ], child
+    child = run_child(EXHAUSTION_PINNED, env={"PKEYGUARD_BACKEND": "pku"})
+    assert child.returncode == 0, child
+    assert child.stdout.splitlines() == [
+        "PINNED 15 True True",
+        "VIRTUAL REFUSED None",
+        "QUARANTINED 1",
+        "AGAIN True",
+    ], child
 
 
 def test_freed_key_number_is_left_closed_in_this_thread() -> None:
     with PkeyGuard(RW) as key:
-        number = key.key
-        assert (_core.rdpkru() >> (2 * number)) & 3 == 0
+        number = key.hardware_key or 0
+        assert number and (_core.rdpkru() >> (2 * number)) & 3 == 0
     assert (_core.rdpkru() >> (2 * number)) & 3 == 1
 
 
 def test_initial_rights_are_set_for_this_thread() -> None:
     for rights, bits in ((NA, 1), (RO, 2), (RW, 0)):
         with PkeyGuard(rights) as key:
-            assert (_core.rdpkru() >> (2 * key.key)) & 3 == bits
+            assert key.hardware_key is not None
+            assert (_core.rdpkru() >> (2 * key.hardware_key)) & 3 == bits
             assert key.current_rights() is rights
 
 
@@ -163,9 +253,10 @@ def test_c_signal_handler_starts_with_the_kernel_default_pkru(faultprobe: ctypes
             signal.pthread_kill(threading_ident(), signal.SIGUSR2)
             assert _core.rdpkru() == mine  # sigreturn restored it
         in_handler = faultprobe.faultprobe_handler_pkru()
-        assert (mine >> (2 * key.key)) & 3 == 0
+        number = key.hardware_key or 0
+        assert number and (mine >> (2 * number)) & 3 == 0
         # the handler ran with the kernel's init PKRU: our key access-disabled there
-        assert (in_handler >> (2 * key.key)) & 1 == 1
+        assert (in_handler >> (2 * number)) & 1 == 1
         assert in_handler != mine
 
 
@@ -227,7 +318,7 @@ def test_key_zero_mprotect_and_tagging() -> None:
         assert pkey_at(region.address) == 0
         key.associate(region)
         syscalls.mprotect(region.address, region.mapped_size, 1)  # plain mprotect keeps the key
-        assert pkey_at(region.address) == key.key
+        assert key.hardware_key is not None and pkey_at(region.address) == key.hardware_key
 
 
 def test_initial_pkru_of_a_new_process() -> None:

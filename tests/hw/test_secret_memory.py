@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import signal
 
-import pkeyguard
 from pkeyguard import Secret, allocator
 from tests.support import SECRETMEM, maps, pkey_at, proc_mem_read, run_child
 
@@ -22,14 +21,18 @@ NEEDS = (
 
 
 def test_secrets_use_secret_memory_tagged_with_the_key() -> None:
-    library_key = pkeyguard.secret._secrets_key()
-    with Secret.from_bytes(b"hunter2") as secret:
+    with Secret.from_bytes(b"hunter2") as secret, Secret.from_bytes(b"other") as other:
         assert secret.backing == "memfd_secret", NEEDS
         line = next(m for m in maps() if m.startswith(f"{secret.address:x}-"))
         assert line.split()[5] == SECRETMEM, line
-        assert pkey_at(secret.address) == library_key.key  # pkey_mprotect took
         with secret.reveal() as buf:
             assert bytes(buf) == b"hunter2"
+            own_key = secret._assoc.key  # its own key (one per secret), holding a number now
+            number = own_key.hardware_key
+            assert number is not None and pkey_at(secret.address) == number  # pkey_mprotect took
+            assert other._assoc.key is not own_key
+            assert pkey_at(other.address) in (0, other._assoc.key.hardware_key)
+            assert pkey_at(other.address) != number
 
 
 def test_proc_self_mem_reads_mmap_secrets_but_not_secret_memory() -> None:
@@ -70,9 +73,10 @@ import os
 import pkeyguard
 from pkeyguard import Secret, SecretUnavailableError
 from tests.support import pkey_at
-key = pkeyguard.secret._secrets_key().key
 s = Secret.from_bytes(b"hunter2")
 assert s.backing == "memfd_secret"
+key = s._assoc.key.hardware_key
+assert key is not None
 pid = os.fork()
 if pid == 0:
     fd = os.open("/proc/self/mem", os.O_RDONLY)

@@ -48,17 +48,21 @@ TestPkeyguardStateMachinePku.settings = settings(
 
 
 def test_a_reused_key_number_keeps_another_threads_stale_rights() -> None:
-    """A limit of PKU that the machine's model has to follow (not a pkeyguard bug it can fix).
+    """A limit of PKU that the machine's model has to follow, and what virtual keys do
+    about it.
 
     ``pkey_alloc`` sets the new key's rights in the calling thread only, and closing a key
     closes its number in the closing thread only.  A thread that had rights to a key number
-    (here: inherited at creation from a ReadWrite key) keeps them when the key is closed and
-    the kernel hands the number out again: it can then read and write the new key's memory
-    without a guard, although the key did not exist when the thread started.  Keys created
-    NoAccess (the default), and threads started outside guards, never get into this state.
+    (here: inherited at creation from a key made ReadWrite) keeps them after the key closes.
+    So the number of a closed key made with initial rights is *quarantined*: a virtual key
+    (created NoAccess, the default) never gets it, and the stale thread has no rights to
+    that key; only the next key made with initial rights gets the number, and the stale
+    thread can then read its memory without a guard (documented: start threads outside
+    guards, keep keys NoAccess at creation).
     """
     old = PkeyGuard(PkeyPermissions.ReadWrite)
-    number = old.key
+    number = old.hardware_key
+    assert number is not None
     started = threading.Event()
     go = threading.Event()
     seen: list[object] = []
@@ -67,7 +71,8 @@ def test_a_reused_key_number_keeps_another_threads_stale_rights() -> None:
         started.set()
         go.wait(10)
         try:
-            seen.append(new.current_rights())
+            seen.append(virtual.current_rights())
+            seen.append(pinned.current_rights())
             seen.append(ctypes.c_uint32.from_address(region.address).value)  # no guard
         except BaseException as exc:  # pragma: no cover - reported below
             seen.append(exc)
@@ -76,10 +81,15 @@ def test_a_reused_key_number_keeps_another_threads_stale_rights() -> None:
     thread.start()
     started.wait(10)
     old.close()
-    with RegionGuard(ctypes.c_uint32) as region, PkeyGuard(PkeyPermissions.NoAccess) as new:
-        assert new.key == number, "the kernel hands out the lowest free number again"
-        new.associate(region)
-        assert new.current_rights() is PkeyPermissions.NoAccess  # this thread: closed
-        go.set()
-        thread.join(10)
-    assert seen == [PkeyPermissions.ReadWrite, 0], seen
+    with (
+        RegionGuard(ctypes.c_uint32) as region,
+        PkeyGuard(PkeyPermissions.NoAccess) as virtual,
+    ):
+        assert virtual.hardware_key not in (None, number), "a virtual key: never quarantine"
+        with PkeyGuard(PkeyPermissions.ReadOnly) as pinned:
+            assert pinned.hardware_key == number, "the next pinned key gets it back"
+            pinned.associate(region)
+            assert pinned.current_rights() is PkeyPermissions.ReadOnly  # this thread
+            go.set()
+            thread.join(10)
+    assert seen == [PkeyPermissions.NoAccess, PkeyPermissions.ReadWrite, 0], seen

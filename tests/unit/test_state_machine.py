@@ -378,11 +378,27 @@ class PkeyguardMachine(RuleBasedStateMachine):
         a.region.assoc = None
         a.key.assocs.remove(a)
 
+    def sync(self, t: int) -> None:
+        """pku: a guard entry first re-derives the thread's bits for the numbers of virtual
+        keys (NoAccess at creation; the pool keeps a closed one's number for the next such
+        key): closed, except what its own innermost guard on each opened.  It changes
+        something only in a thread that inherited a number open (started inside a guard);
+        the core does it when numbers changed owner since the thread last looked, which, for
+        threads started outside guards, changes nothing."""
+        for k in self.all_keys:  # a closed NoAccess key's number stays in that class
+            if k.closed and k.base == NONE:
+                self.set_bits(t, k.number, PKRU_BITS[NONE])
+        for k in self.all_keys:
+            if not k.closed and k.base == NONE:
+                inner = self.innermost(t, k)
+                self.set_bits(t, k.number, PKRU_BITS[inner.level] if inner else PKRU_BITS[NONE])
+
     def push(self, g: GuardM, t: int) -> None:
         g.active, g.thread, g.abandoned, g.ended = True, t, False, False
         g.generation += 1
         g.exports = 0
         if self.pku:
+            self.sync(t)
             g.saved_bits = self.bits(t, g.key.number)
             self.set_bits(t, g.key.number, PKRU_BITS[g.level])
         self.stacks[t].append(g)
@@ -468,7 +484,11 @@ class PkeyguardMachine(RuleBasedStateMachine):
     def new_key(self, rights: PkeyPermissions, t: int) -> None:
         obj = self.expect(t, lambda: PkeyGuard(rights), None, "PkeyGuard()")
         assert obj is not None
-        k = KeyM(obj, obj.key, LEVEL[rights])
+        number = obj.key
+        if self.pku:  # keys are virtual: few here, so each holds its number for life
+            assert obj.hardware_key is not None, "the pool had no number for a new key"
+            number = obj.hardware_key
+        k = KeyM(obj, number, LEVEL[rights])
         if self.pku:  # pkey_alloc sets the calling thread's rights only
             self.set_bits(t, k.number, PKRU_BITS[k.base])
         self.all_keys.append(k)

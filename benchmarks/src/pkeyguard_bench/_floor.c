@@ -12,6 +12,9 @@
  *   rdpkru_loop(n) -> ns                                      n x RDPKRU
  *   wrpkru_pairs(pkey, n) -> ns    n x what a guard's enter+exit does to PKRU:
  *                                  (RDPKRU, WRPKRU open) then (RDPKRU, WRPKRU restore)
+ *   mprotect_cycle(addrs, length, n) -> ns
+ *                                  n x what a virtual key's miss does to pages: park the
+ *                                  next of k regions (PROT_NONE), open this one (RW)
  *   busy_writer(addr, length, flag_addr) -> sweeps
  *                                  write one byte per cache line of [addr, addr+length)
  *                                  over and over, without the GIL, until *(int *)flag_addr
@@ -212,6 +215,59 @@ fl_mprotect_pairs(PyObject *Py_UNUSED(m), PyObject *args)
     return PyLong_FromUnsignedLongLong((unsigned long long)(t1 - t0));
 }
 
+/* The system calls of a virtual key's misses, as an LRU cycle over k regions makes them:
+ * step i parks region (i+1) % k (PROT_NONE) and opens region i % k (read-write).  The
+ * regions start and end read-write (the first park and the final reopen are not timed). */
+static PyObject *
+fl_mprotect_cycle(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    PyObject *seq;
+    unsigned long long len;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "OKn:mprotect_cycle", &seq, &len, &n)) {
+        return NULL;
+    }
+    if (check_count(n) < 0) {
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(seq, "mprotect_cycle: addresses must be a sequence");
+    if (fast == NULL) {
+        return NULL;
+    }
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(fast);
+    if (k < 2 || k > 64) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "mprotect_cycle: 2 to 64 addresses");
+        return NULL;
+    }
+    void *addr[64];
+    for (Py_ssize_t i = 0; i < k; i++) {
+        unsigned long long a = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (a == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        addr[i] = (void *)(uintptr_t)a;
+    }
+    Py_DECREF(fast);
+    const int rw = PROT_READ | PROT_WRITE;
+    if (mprotect(addr[0], (size_t)len, PROT_NONE) != 0) {
+        return raise_errno(errno, "mprotect");
+    }
+    uint64_t t0 = now_ns();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (mprotect(addr[(i + 1) % k], (size_t)len, PROT_NONE) != 0 ||
+            mprotect(addr[i % k], (size_t)len, rw) != 0) {
+            return raise_errno(errno, "mprotect");
+        }
+    }
+    uint64_t t1 = now_ns();
+    if (mprotect(addr[n % k], (size_t)len, rw) != 0) {
+        return raise_errno(errno, "mprotect");
+    }
+    return PyLong_FromUnsignedLongLong((unsigned long long)(t1 - t0));
+}
+
 static PyObject *
 fl_rdpkru_loop(PyObject *Py_UNUSED(m), PyObject *arg)
 {
@@ -321,6 +377,9 @@ static PyMethodDef fl_methods[] = {
     {"mprotect", fl_mprotect, METH_VARARGS, "mprotect(address, length, prot)."},
     {"mprotect_pairs", fl_mprotect_pairs, METH_VARARGS,
      "mprotect_pairs(address, length, first, second, n) -> ns for n pairs."},
+    {"mprotect_cycle", fl_mprotect_cycle, METH_VARARGS,
+     "mprotect_cycle(addresses, length, n) -> ns for n misses' system calls: park the next "
+     "region, open this one."},
     {"rdpkru_loop", fl_rdpkru_loop, METH_O, "rdpkru_loop(n) -> ns for n RDPKRU."},
     {"wrpkru_pairs", fl_wrpkru_pairs, METH_VARARGS,
      "wrpkru_pairs(pkey, n) -> ns for n guard-like (RDPKRU+WRPKRU) x 2 pairs."},

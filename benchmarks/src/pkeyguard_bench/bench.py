@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import gc
 import importlib
 import itertools
@@ -41,9 +42,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from pkeyguard import (
     AccessPermissions,
@@ -54,13 +55,29 @@ from pkeyguard import (
     RegionGuard,
     Secret,
     WriteGuard,
+    _backend,
     _core,
     allocator,
 )
 from pkeyguard import backend as active_backend
 
 from . import _floor
-from .specs import CASES, GOALS, CaseSpec, Native, Ratio, resolve
+from .specs import (
+    CASES,
+    GOALS,
+    HOT_KEYS,
+    HOT_SHARE,
+    MISS_KEYS,
+    PATTERNS,
+    WORKING_SETS,
+    WORKSET_WARM,
+    CaseSpec,
+    Native,
+    Py,
+    Ratio,
+    Scope,
+    resolve,
+)
 
 __all__ = ["main", "run"]
 
@@ -70,6 +87,19 @@ GiB = 1 << 30
 
 #: A timed loop: runs ``n`` iterations and returns the elapsed nanoseconds.
 Runner = Callable[[int], int]
+
+#: The counters of ``_core._pool_stats`` whose deltas a case with ``counts`` reports.
+POOL_COUNTERS = (
+    "switches",
+    "hits",
+    "misses",
+    "evictions",
+    "retags",
+    "parks",
+    "allocs",
+    "exhausted",
+    "syncs",
+)
 
 _BUSY_BYTES = 16 * MiB
 _GIB_HEADROOM = 1 * GiB  # MemAvailable needed beyond the 1 GiB region itself
@@ -83,6 +113,11 @@ class Mode:
     sample_s: float  # target duration of one sample
     bulk_bytes: int
     budget_s: float  # no new round starts that would end past this (at least 3 rounds run)
+    #: region sizes of the virtual-key miss rows: 1, 16 and 256 pages, and more
+    miss_sizes: tuple[int, ...] = (4 * KiB, 64 * KiB, 1 * MiB)
+    worksets: tuple[int, ...] = WORKING_SETS
+    #: the guards a working-set sequence holds (it repeats after that many switches)
+    sequence: int = 1 << 14
 
 
 MODES = {
@@ -92,7 +127,7 @@ MODES = {
         rounds=7,
         sample_s=0.003,
         bulk_bytes=64 * MiB,
-        budget_s=8.0,
+        budget_s=10.0,
     ),
     "default": Mode(
         "default",
@@ -100,7 +135,8 @@ MODES = {
         rounds=15,
         sample_s=0.02,
         bulk_bytes=64 * MiB,
-        budget_s=50.0,
+        budget_s=75.0,
+        miss_sizes=(4 * KiB, 64 * KiB, 1 * MiB, 16 * MiB),
     ),
 }
 _MIN_ROUNDS = 3
@@ -131,11 +167,26 @@ class Case:
     run: Runner = field(repr=False)
     iterations: int = 0
     samples: list[float] = field(default_factory=list)  # ns per iteration, one per round
+    keys: int | None = None  # the working-set size (workset rows)
+    scope: str = ""  # the row's scope
+    #: untimed before each sample: (loop, iterations)
+    warm: tuple[Runner, int] | None = field(default=None, repr=False)
+    around: Callable[[], AbstractContextManager[object]] | None = field(default=None, repr=False)
+    pool_mode: int | None = None  # the pool whose counters are summed over the timed samples
+    pool: dict[str, int] = field(default_factory=dict[str, int])
+    pool_iterations: int = 0  # iterations of the samples the counters cover
 
 
-def case_id(slug: str, threads: int, size: int | None = None) -> str:
+def case_id(slug: str, threads: int, size: int | None = None, keys: int | None = None) -> str:
     where = f"@{size_label(size).replace(' ', '')}" if size is not None else ""
+    where += f"@{keys}keys" if keys is not None else ""
     return f"{slug}{where}/{threads}t"
+
+
+def pool_counters(mode: int) -> dict[str, int]:
+    """The counters of a key pool now (``_core._pool_stats``)."""
+    stats = _core._pool_stats(mode)
+    return {name: int(stats[name]) for name in POOL_COUNTERS}
 
 
 # -- timed loops ------------------------------------------------------------------------
@@ -312,11 +363,76 @@ class Guarded:
         return self.region.mapped_size
 
 
+#: What makes a fixture's key: the active backend's, one of the simulated pool, or a pinned
+#: one (created with rights, so it keeps its hardware number for life).
+KeyKind = Literal["backend", "sim", "pinned"]
+
+
+def new_key(kind: KeyKind, name: str) -> PkeyGuard:
+    if kind == "sim":
+        return _backend.SIMULATED.new_key(PkeyGuard, PkeyPermissions.NoAccess)
+    rights = PkeyPermissions.ReadOnly if kind == "pinned" else PkeyPermissions.NoAccess
+    return PkeyGuard(rights, name=name)
+
+
+def ws_sequence(n: int, pattern: str, length: int) -> list[int]:
+    """Which of ``n`` keys each switch of a working-set sequence enters (a fixed seed).
+
+    ``hot``: :data:`specs.HOT_SHARE` of the switches go to the first :data:`specs.HOT_KEYS`
+    keys, the others to the rest (all to the hot set when there is no rest); ``uniform``:
+    any key with equal chance.
+    """
+    rng = random.Random(1_000_003 * n + (pattern == "hot"))
+    hot = min(n, HOT_KEYS)
+    if pattern == "uniform" or hot == n:
+        return [rng.randrange(n) for _ in range(length)]
+    return [
+        rng.randrange(hot) if rng.random() < HOT_SHARE else rng.randrange(hot, n)
+        for _ in range(length)
+    ]
+
+
 class Fixtures:
     def __init__(self) -> None:
         self.items: list[Guarded] = []
         self._buffers: list[tuple[memoryview, mmap.mmap]] = []
         self._secrets: list[Secret] = []
+        self._nop: list[tuple[_core.Key, RegionGuard[Any]]] = []
+        self._plain: list[RegionGuard[Any]] = []
+
+    def nop_assoc(self) -> AssociatedRegion[Any]:
+        """A one-page region associated with a ``MODE_NOP`` key: guards with no pool and no
+        hardware operation, made by the same ``set_access_rights`` line."""
+        region: RegionGuard[Any] = RegionGuard(mmap.PAGESIZE, name="bench nop")
+        try:
+            key = _core.Key(0, _core.MODE_NOP, 0)
+            assoc: AssociatedRegion[Any] = key._bind(region, AssociatedRegion)
+        except BaseException:
+            region.close()
+            raise
+        self._nop.append((key, region))
+        return assoc
+
+    def plain(self, nbytes: int) -> RegionGuard[Any]:
+        """A touched region with no key, mapped as a key's regions are: a floor on it meets
+        the same neighbours (the kernel merges adjacent anonymous mappings of equal rights,
+        and an mprotect of part of one splits it)."""
+        region: RegionGuard[Any] = RegionGuard(nbytes, name="bench plain")
+        self._plain.append(region)
+        _floor.touch_pages(region.address, region.mapped_size, 1)
+        return region
+
+    @contextmanager
+    def secrets_alive(self, total: int) -> Iterator[None]:
+        """More private-mmap secrets, so that ``total`` are alive in all (with the fixtures')."""
+        extra: list[Secret] = []
+        try:
+            for _ in range(total - len(self._secrets)):
+                extra.append(Secret(32, allocator=allocator.Secure(backing="mmap")))
+            yield
+        finally:
+            for secret in extra:
+                secret.close()
 
     def secret(self, backing: allocator.Backing) -> Secret | Missing:
         """A 32-byte Secret in ``backing`` memory (Missing where the kernel has none)."""
@@ -334,10 +450,10 @@ class Fixtures:
         self._buffers.append((view, m))
         return view
 
-    def make(self, value_type: Any, name: str) -> Guarded:
+    def make(self, value_type: Any, name: str, kind: KeyKind = "backend") -> Guarded:
         region: RegionGuard[Any] = RegionGuard(value_type, AccessPermissions.ReadWrite, name=name)
         try:
-            key = PkeyGuard(PkeyPermissions.NoAccess, name=name)
+            key = new_key(kind, name)
         except BaseException:
             region.close()
             raise
@@ -366,6 +482,13 @@ class Fixtures:
             item.key.close()
             item.region.close()
         self.items.clear()
+        for key, region in self._nop:
+            key._close()
+            region.close()
+        self._nop.clear()
+        for region in self._plain:
+            region.close()
+        self._plain.clear()
 
 
 def _libc() -> ctypes.CDLL:
@@ -401,8 +524,7 @@ def _pkey_set(libc: ctypes.CDLL) -> object:
     return pkey_set
 
 
-def _runner(spec: CaseSpec, env: Mapping[str, object]) -> Runner:
-    timing = spec.timing
+def _runner(timing: Py | Native, env: Mapping[str, object]) -> Runner:
     if isinstance(timing, Native):
         fn: Callable[..., int] = getattr(_floor, timing.fn)
         args = [env[name] for name in timing.args]
@@ -425,14 +547,38 @@ def _runner(spec: CaseSpec, env: Mapping[str, object]) -> Runner:
     return py_loop(timing.stmt, names)
 
 
-def _specs(backend: str) -> list[CaseSpec]:
-    return [spec for spec in CASES if backend in spec.backends]
+def _specs(backend: str, groups: frozenset[str] | None = None) -> list[CaseSpec]:
+    """The rows that run on ``backend``: those of ``groups`` (all when None), the floors
+    they are divided by (and theirs), and the empty loop every net time subtracts."""
+    specs = [spec for spec in CASES if backend in spec.backends]
+    if groups is None:
+        return specs
+    by_slug = {spec.slug: spec for spec in specs}
+    wanted = {spec.slug for spec in specs if spec.group in groups} | {"floor.loop"}
+    todo = list(wanted)
+    while todo:
+        spec = by_slug[todo.pop()]
+        floor = resolve(spec.floor, backend) if spec.floor is not None else None
+        if floor is not None and floor not in wanted:
+            wanted.add(floor)
+            todo.append(floor)
+    return [spec for spec in specs if spec.slug in wanted]
 
 
-def _instance_id(scope: str, slug: str, threads: int, size: int | None) -> str:
-    """The case id of a row of ``scope`` for a case that runs on ``threads`` and ``size``."""
+_ONE_THREAD: frozenset[Scope] = frozenset({"scalar", "bulk", "miss", "workset"})
+
+
+def _instance_id(
+    scope: str, slug: str, threads: int, size: int | None, keys: int | None = None
+) -> str:
+    """The case id of a row of ``scope`` for a case that runs on ``threads`` and ``size``
+    (and ``keys``, for working sets)."""
     if scope in ("scalar", "bulk"):
         return case_id(slug, 1)
+    if scope == "workset":
+        return case_id(slug, 1, None, keys)
+    if scope == "miss":
+        return case_id(slug, 1, size)
     return case_id(slug, threads, size if scope == "size" else None)
 
 
@@ -442,7 +588,15 @@ class _Plain:
     a = 1
 
 
-def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
+def _pool_mode(counts: str | None, backend: str) -> int | None:
+    if counts == "sim":
+        return int(_core.MODE_SIM)
+    if counts == "backend" and backend == "pku":
+        return int(_core.MODE_PKU)
+    return None
+
+
+def build(mode: Mode, backend: str, *, gib_ok: bool, groups: frozenset[str] | None = None) -> Plan:
     """Regions, keys, buffers, and every case of :data:`specs.CASES` for this run.
 
     The fixtures that the rows name:
@@ -450,7 +604,8 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
     ``nop_guard``         a guard on a ``MODE_NOP`` key: the C context manager, no hardware
     ``no_syscall_guard``  a guard on a ``MODE_MPROTECT`` key with no regions: the mprotect
                           switch path with nothing to protect, so no system call
-    ``first.*``           the smallest region's association (``assoc``) and key (``pkey``)
+    ``first.*``           the smallest region's association (``assoc``) and key's hardware
+                          number (``pkey``; its logical id where it has none)
     ``region.*``          (per size) a touched region with its own key: its reusable
                           ReadWrite ``guard``, its ``assoc``, its ``address`` and ``length``
     ``prot.first/second`` the pair a switch performs on the pages: RW then NONE (mprotect); on
@@ -467,34 +622,103 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
     ``Secret``            the class; ``secure.mmap``/``secure.memfd``: ``allocator.Secure``
                           for each backing; ``secret.mmap``/``secret.memfd``: a 32-byte Secret
                           in each (memfd_secret cases are skipped where the kernel has none)
+    ``secrets.100_alive`` a context manager that keeps 100 secrets alive in all
+    ``nop.assoc``         a one-page region associated with a ``MODE_NOP`` key
+    ``sim.guard/assoc``   a one-page region with a virtual key of the simulated pool
+                          (``_backend.SIMULATED``): its ReadWrite guard and association
+    ``pku.guard``         the same with a key of the active backend (virtual on pku)
+    ``pinned.guard``      the same with a pinned key (created ReadOnly)
+    ``miss.sim/pku``      (per miss size) ``next`` of a cycle over the ReadWrite guards of
+                          ``MISS_KEYS`` keys (simulated; the backend's), a region each
+    ``retag.*``           (per miss size) ``addresses`` of ``MISS_KEYS`` touched regions with no
+                          key, mapped right after the miss keys' (so alike), their ``length``
+    ``ws.PATTERN.sim/pku/nop``  (per working-set size) ``next`` of a cycle over a fixed
+                          sequence (``ws_sequence``) of the ReadWrite guards of that many
+                          keys (simulated, the backend's, MODE_NOP), a page each
     """
     pku = backend == "pku"
+    specs = _specs(backend, groups)
+    slugs = {spec.slug for spec in specs}
+
+    def wanted(*fixtures: str) -> bool:
+        return any(f in spec.fixtures for spec in specs for f in fixtures)
+
     skipped: list[dict[str, str]] = []
     sizes = list(mode.sizes)
     if GiB in sizes and not gib_ok:
         sizes.remove(GiB)
         skipped.append({"case": "every 1 GiB row", "reason": "MemAvailable is below 2 GiB"})
+    if not any(spec.scope == "size" for spec in specs):
+        sizes = sizes[:1]  # the first region's fixtures are still named
+    miss_sizes = list(mode.miss_sizes) if any(s.scope == "miss" for s in specs) else []
+    worksets = list(mode.worksets) if any(s.scope == "workset" for s in specs) else []
+    no_pku = Missing("needs the pku backend")
     fixtures = Fixtures()
     try:
         by_size = {size: fixtures.make(size, f"bench {size_label(size)}") for size in sizes}
         scalar = fixtures.make(ctypes.c_uint32, "bench scalar")
-        bulk = fixtures.make(mode.bulk_bytes, "bench bulk")
-        aligned = fixtures.buffer(mode.bulk_bytes)
+        bulk_n = mode.bulk_bytes if wanted("bulk.guard") else mmap.PAGESIZE
+        bulk = fixtures.make(bulk_n, "bench bulk")
+        aligned = fixtures.buffer(bulk_n)
         secret_mmap = fixtures.secret("mmap")
         secret_memfd = fixtures.secret("memfd_secret")
+        page = mmap.PAGESIZE
+        sim = fixtures.make(page, "bench sim hit", "sim")
+        nop_assoc = fixtures.nop_assoc()
+        pku_hit: object = fixtures.make(page, "bench pku hit").guard if pku else no_pku
+        pinned: object = fixtures.make(page, "bench pinned", "pinned").guard if pku else no_pku
+        miss: dict[int, dict[str, object]] = {}
+        for size in miss_sizes:
+            label = f"bench miss {size_label(size)}"
+            sets: dict[str, object] = {"miss.pku": no_pku}
+            for kind in ("sim", "backend") if pku else ("sim",):
+                guards = [fixtures.make(size, label, kind).guard for _ in range(MISS_KEYS)]
+                sets["miss.sim" if kind == "sim" else "miss.pku"] = itertools.cycle(guards).__next__
+            plain = [fixtures.plain(size) for _ in range(MISS_KEYS)]
+            miss[size] = {
+                **sets,
+                "retag.addresses": tuple(r.address for r in plain),
+                "retag.length": plain[0].mapped_size,
+            }
+        works: dict[int, dict[str, object]] = {}
+        for n_keys in worksets:
+            label = f"bench working set {n_keys}"
+            per_kind: dict[str, list[Any]] = {
+                "sim": [fixtures.make(page, label, "sim").guard for _ in range(n_keys)],
+                "pku": [fixtures.make(page, label).guard for _ in range(n_keys)] if pku else [],
+                "nop": [_core.Key(0, _core.MODE_NOP, 2)._guard(2) for _ in range(n_keys)],
+            }
+            env: dict[str, object] = {}
+            for pattern in PATTERNS:
+                order = ws_sequence(n_keys, pattern, mode.sequence)
+                for kind, guards in per_kind.items():
+                    env[f"ws.{pattern}.{kind}"] = (
+                        itertools.cycle([guards[i] for i in order]).__next__ if guards else no_pku
+                    )
+            works[n_keys] = env
     except BaseException:
         fixtures.close()
         raise
     libc = _libc()
     prot_rw, prot_none = int(AccessPermissions.ReadWrite), 0
     mv = memoryview(bytearray(4096))
-    n = mode.bulk_bytes
+    n = bulk_n
     src = bytearray(b"\xa5") * n
     src_mv, dst_mv = memoryview(src), memoryview(bytearray(n))
     dst_mv[:] = src_mv  # fault the destination in
     aligned[:] = src_mv
     first = by_size[sizes[0]]
+    # The number its key holds now (the pku floors' RDPKRU/WRPKRU work on it): a virtual key
+    # made before the other fixtures may have been parked by them, so it takes one back
+    # first.  key.key is a logical id since issue 11, never a hardware number.
+    with first.guard:
+        pass
+    first_hw = first.key.hardware_key
     nop_guard = _core.Key(0, _core.MODE_NOP, 2)._guard(2)
+
+    def secrets_100() -> AbstractContextManager[object]:
+        return fixtures.secrets_alive(100)
+
     common: dict[str, object] = {
         "nop_guard": nop_guard,
         "no_syscall_guard": _core.Key(0x7FFF, _core.MODE_MPROTECT, 0)._guard(2),
@@ -503,9 +727,12 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
         "call.key": PkeyPermissions.ReadWrite,
         "plain.class": _Plain,
         "first.assoc": first.assoc,
-        "first.pkey": first.key.key,
+        # (no number on mprotect, where only a pku plan built for the tests reads it)
+        "first.pkey": first_hw if first_hw is not None else first.key.key,
         "prot.first": prot_none if pku else prot_rw,
         "prot.second": prot_rw if pku else prot_none,
+        "prot.none": prot_none,
+        "prot.rw": prot_rw,
         "floor.mprotect": _floor.mprotect,
         "libc.mprotect": libc.mprotect,
         "libc.pkey_set": _pkey_set(libc),
@@ -524,6 +751,12 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
         else allocator.Secure(backing="memfd_secret"),
         "secret.mmap": secret_mmap,
         "secret.memfd": secret_memfd,
+        "secrets.100_alive": secrets_100,
+        "nop.assoc": nop_assoc,
+        "sim.guard": sim.guard,
+        "sim.assoc": sim.assoc,
+        "pku.guard": pku_hit,
+        "pinned.guard": pinned,
     }
     per_size = {
         size: {
@@ -535,15 +768,29 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
         }
         for size, item in by_size.items()
     }
-    unknown = sorted({f for spec in CASES for f in spec.fixtures} - set(per_size[sizes[0]]))
+    per_miss = {size: {**per_size[sizes[0]], **env} for size, env in miss.items()}
+    per_ws = {k: {**per_size[sizes[0]], **env} for k, env in works.items()}
+    named = set(per_size[sizes[0]])
+    for env in (*per_miss.values(), *per_ws.values()):
+        named |= set(env)
+    names_needed = {f for spec in CASES for f in spec.fixtures}
+    if miss_sizes and worksets:
+        unknown = sorted(names_needed - named)
+    else:  # a partial plan: check only what its rows name
+        unknown = sorted({f for spec in specs for f in spec.fixtures} - named)
     if unknown:
         fixtures.close()
         raise LookupError(f"specs.CASES names fixtures that build() does not make: {unknown}")
-    specs = _specs(backend)
     scope_of = {spec.slug: spec.scope for spec in specs}
     cases: list[Case] = []
 
-    def add(spec: CaseSpec, threads: int, size: int | None, env: Mapping[str, object]) -> None:
+    def add(
+        spec: CaseSpec,
+        threads: int,
+        size: int | None,
+        env: Mapping[str, object],
+        keys: int | None = None,
+    ) -> None:
         missing = [m for f in spec.fixtures if isinstance(m := env[f], Missing)]
         if missing:
             if not any(s["case"] == spec.slug for s in skipped):
@@ -552,11 +799,20 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
         floor = None
         if spec.floor is not None:
             slug = resolve(spec.floor, backend)
-            floor = _instance_id(scope_of[slug], slug, threads, size)
-        block = {"thread": "no region", "size": f"region {size}"}.get(spec.scope, spec.scope)
+            floor = _instance_id(scope_of[slug], slug, threads, size, keys)
+        block = {
+            "thread": "no region",
+            "size": f"region {size}",
+            "miss": f"miss {size}",
+            "workset": f"working set {keys}",
+        }.get(spec.scope, spec.scope)
+        warm = None
+        if spec.warm is not None and backend in spec.warm.backends:
+            warm = (_runner(spec.warm.timing, env), spec.warm.times)
+        around: Any = env[spec.around] if spec.around is not None else None
         cases.append(
             Case(
-                _instance_id(spec.scope, spec.slug, threads, size),
+                _instance_id(spec.scope, spec.slug, threads, size, keys),
                 spec.slug,
                 spec.label.replace("{bulk}", size_label(n)),
                 spec.group,
@@ -565,7 +821,12 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
                 floor,
                 isinstance(spec.timing, Native),
                 block,
-                _runner(spec, env),
+                _runner(spec.timing, env),
+                keys=keys,
+                scope=spec.scope,
+                warm=warm,
+                around=around,
+                pool_mode=_pool_mode(spec.counts, backend),
             )
         )
 
@@ -582,6 +843,15 @@ def build(mode: Mode, backend: str, *, gib_ok: bool) -> Plan:
         for spec in specs:
             if spec.scope == scope:
                 add(spec, 1, bulk_size, common)
+    for size in miss_sizes:
+        for spec in specs:
+            if spec.scope == "miss":
+                add(spec, 1, size, per_miss[size])
+    for k in worksets:
+        for spec in specs:
+            if spec.scope == "workset":
+                add(spec, 1, None, per_ws[k], k)
+    assert {c.slug for c in cases} <= slugs
     return Plan(cases, skipped, fixtures)
 
 
@@ -637,6 +907,32 @@ def _cpu_seconds() -> tuple[float, float, float]:
     return busy / hz, own.user + own.system, ticks[7] / hz
 
 
+def _around(case: Case) -> AbstractContextManager[object]:
+    return case.around() if case.around is not None else nullcontext()
+
+
+def _warm(case: Case) -> None:
+    if case.warm is not None:
+        run, times = case.warm
+        run(times)
+
+
+def sample(case: Case) -> float:
+    """One timed sample of ``case`` (ns per iteration), after its untimed preparation; the
+    deltas of its pool's counters over the timed loop are added to ``case.pool``."""
+    with _around(case):
+        _warm(case)
+        if case.pool_mode is None:
+            return case.run(case.iterations) / case.iterations
+        before = pool_counters(case.pool_mode)
+        elapsed = case.run(case.iterations)
+        after = pool_counters(case.pool_mode)
+    for name, value in after.items():
+        case.pool[name] = case.pool.get(name, 0) + value - before[name]
+    case.pool_iterations += case.iterations
+    return elapsed / case.iterations
+
+
 def measure(
     cases: list[Case], rounds: int, sample_s: float, busy: BusyWriter, seed: int, deadline: float
 ) -> tuple[list[float], list[float]]:
@@ -646,6 +942,8 @@ def measure(
     cases of a block in a shuffled order, after one untimed iteration that warms the
     block's page tables and caches: otherwise whichever case came first after another
     region would pay for faulting them back in, at 64 MiB and more a steady 10-25 %.
+    Each sample also runs its case's own preparation first, untimed (:func:`sample`: a
+    virtual key takes its number back, a working set reaches its steady state).
     Stops early (after at least 3 rounds) when the next round would end past ``deadline``
     (a ``time.monotonic()`` value).  Returns, for each round taken, the CPUs that other
     processes kept busy and the CPUs the hypervisor stole, on average: a quiet machine shows
@@ -662,7 +960,9 @@ def measure(
             for block in blocks:
                 for case in block:
                     _progress(f"calibrating {case.id}")
-                    case.iterations = calibrate(case.run, target)
+                    with _around(case):
+                        _warm(case)
+                        case.iterations = calibrate(case.run, target)
         finally:
             busy.stop()
     others: list[float] = []
@@ -679,9 +979,10 @@ def measure(
             try:
                 for block in rng.sample(blocks, len(blocks)):
                     order = rng.sample(block, len(block))
+                    _warm(order[0])
                     order[0].run(1)
                     for case in order:
-                        case.samples.append(case.run(case.iterations) / case.iterations)
+                        case.samples.append(sample(case))
             finally:
                 busy.stop()
         machine1, own1, steal1 = _cpu_seconds()
@@ -703,11 +1004,25 @@ class Row:
     minimum: float
     net: float
     ratio: float | None = None
+    #: the median over rounds of each round's ratio (both nets from that round's samples):
+    #: on a shared machine, a round that others slowed down slows both sides of its ratio
+    paired: float | None = None
+
+
+def _paired(case: Case, floor: Case, loops: Mapping[int, list[float]]) -> float | None:
+    def nets(c: Case) -> list[float]:
+        if c.native or c.slug == "floor.loop":
+            return c.samples
+        return [x - loop for x, loop in zip(c.samples, loops[c.threads], strict=False)]
+
+    ratios = [a / b for a, b in zip(nets(case), nets(floor), strict=False) if b > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 def summarize(cases: list[Case]) -> dict[str, Row]:
     rows: dict[str, Row] = {}
-    loops = {c.threads: statistics.median(c.samples) for c in cases if c.slug == "floor.loop"}
+    loop_samples = {c.threads: c.samples for c in cases if c.slug == "floor.loop"}
+    loops = {t: statistics.median(samples) for t, samples in loop_samples.items()}
     for c in cases:
         med = statistics.median(c.samples)
         net = med if c.native or c.slug == "floor.loop" else med - loops[c.threads]
@@ -716,6 +1031,8 @@ def summarize(cases: list[Case]) -> dict[str, Row]:
         floor = rows.get(row.case.floor) if row.case.floor else None
         if floor is not None and floor.net > 0:
             row.ratio = row.net / floor.net
+        if floor is not None and len(row.case.samples) == len(floor.case.samples):
+            row.paired = _paired(row.case, floor.case, loop_samples)
     return rows
 
 
@@ -750,7 +1067,11 @@ def _status(ok: bool | None) -> str:
 
 
 def _family(
-    ratio: Ratio, rows: Mapping[str, Row], backend: str, sizes: Sequence[int]
+    ratio: Ratio,
+    rows: Mapping[str, Row],
+    backend: str,
+    sizes: Sequence[int],
+    miss_sizes: Sequence[int] = (),
 ) -> dict[str, float]:
     """The values of one :class:`specs.Ratio`, for every size and thread count it covers."""
     scope_of = {spec.slug: spec.scope for spec in _specs(backend)}
@@ -762,8 +1083,10 @@ def _family(
     scopes = {scope_of.get(slug) for _, slug, _ in terms}
     if None in scopes:
         return {}  # a case that this backend does not run
-    threads = (1,) if scopes <= {"scalar", "bulk"} else (1, 2)
-    where: Sequence[int | None] = sizes if "size" in scopes else (None,)
+    threads = (1,) if scopes <= _ONE_THREAD else (1, 2)
+    where: Sequence[int | None] = (
+        sizes if "size" in scopes else miss_sizes if "miss" in scopes else (None,)
+    )
     out: dict[str, float] = {}
     for t in threads:
         for size in where:
@@ -781,7 +1104,9 @@ def _family(
     return out
 
 
-def goals(rows: Mapping[str, Row], backend: str, sizes: Sequence[int]) -> list[dict[str, Any]]:
+def goals(
+    rows: Mapping[str, Row], backend: str, sizes: Sequence[int], miss_sizes: Sequence[int] = ()
+) -> list[dict[str, Any]]:
     """Every goal of :data:`specs.GOALS`, judged on this run."""
     out: list[dict[str, Any]] = []
     for goal in GOALS:
@@ -800,7 +1125,7 @@ def goals(rows: Mapping[str, Row], backend: str, sizes: Sequence[int]) -> list[d
         notes: list[str] = []
         for ratio in goal.values:
             if backend in ratio.backends:
-                values.update(_family(ratio, rows, backend, sizes))
+                values.update(_family(ratio, rows, backend, sizes, miss_sizes))
                 notes += [ratio.note] if ratio.note else []
         if goal.combine == "spread" and values:
             low = min(values.values())
@@ -818,6 +1143,26 @@ def goals(rows: Mapping[str, Row], backend: str, sizes: Sequence[int]) -> list[d
     return out
 
 
+def pool_summary(case: Case) -> dict[str, Any] | None:
+    """A case's pool counters over its timed samples: totals, per 1,000 switches, hit rate."""
+    if case.pool_mode is None:
+        return None
+    counts = dict(case.pool)
+    switches = counts.get("switches", 0)
+    entries = counts.get("hits", 0) + counts.get("misses", 0)
+    return {
+        "pool": "sim" if case.pool_mode == _core.MODE_SIM else "pku",
+        "iterations": case.pool_iterations,
+        "counts": counts,
+        "per_1000_switches": {
+            name: 1000 * value / switches for name, value in counts.items() if name != "switches"
+        }
+        if switches
+        else {},
+        "hit_rate": counts.get("hits", 0) / entries if entries else None,
+    }
+
+
 def to_json(
     machine: dict[str, Any],
     config: dict[str, Any],
@@ -827,7 +1172,7 @@ def to_json(
     skipped: list[dict[str, str]],
 ) -> dict[str, Any]:
     return {
-        "schema": 2,
+        "schema": 3,
         "machine": machine,
         "config": config,
         "cases": [
@@ -838,6 +1183,7 @@ def to_json(
                 "group": r.case.group,
                 "threads": r.case.threads,
                 "size": r.case.size,
+                "keys": r.case.keys,
                 "native": r.case.native,
                 "floor": r.case.floor,
                 "iterations": r.case.iterations,
@@ -846,6 +1192,8 @@ def to_json(
                 "min_ns": r.minimum,
                 "net_ns": r.net,
                 "ratio": r.ratio,
+                "ratio_paired": r.paired,
+                "pool": pool_summary(r.case),
             }
             for r in rows.values()
         ],
@@ -875,7 +1223,90 @@ _SECTIONS = (
     ("scalar", "scalar access"),
     ("bulk", "bulk copy"),
     ("secret", "secrets: memfd_secret against private mmap"),
+    ("vkey", "virtual keys"),
 )
+
+
+def _where(c: dict[str, Any]) -> str:
+    return f"{c['keys']} keys" if c.get("keys") is not None else size_label(c["size"])
+
+
+def _per_1000(c: dict[str, Any], name: str) -> str:
+    pool = c.get("pool") or {}
+    per = pool.get("per_1000_switches") or {}
+    return f"{per[name]:.0f}" if name in per else "-"
+
+
+def render_vkeys(data: dict[str, Any], out: TextIO) -> None:
+    """The virtual-key rows as three summaries: hit, miss per size, working sets."""
+    cases = data["cases"]
+    by_id = {c["id"]: c for c in cases}
+    hits = [c for c in cases if c["slug"].startswith("vkey.hit") or c["slug"] == "vkey.pinned_pku"]
+    if hits:
+        print("\n## virtual keys: a hit, against the same line with no pool (ns net)", file=out)
+        print(
+            f"{'case':<56}{'threads':>8}{'net':>10}{'floor':>10}{'x floor':>9}"
+            f"{'paired':>9}  (paired: median of the rounds' own ratios)",
+            file=out,
+        )
+        for c in hits:
+            floor = by_id.get(c["floor"]) if c["floor"] else None
+            print(
+                f"{c['label']:<56}{c['threads']:>8}{_ns(c['net_ns']):>10}"
+                f"{_ns(floor['net_ns']) if floor else '-':>10}{_x(c['ratio']):>9}"
+                f"{_x(c.get('ratio_paired')):>9}",
+                file=out,
+            )
+    misses = [c for c in cases if c["slug"] in ("vkey.miss", "vkey.miss_pku")]
+    if misses:
+        print(
+            "\n## virtual keys: a miss per region size (park the least recently used key, tag "
+            "this one), against its two system calls in C",
+            file=out,
+        )
+        print(
+            f"{'pool':<6}{'size':>8}{'pages':>7}{'miss ns':>12}{'C pair ns':>12}{'x floor':>9}"
+            f"{'misses':>8}{'evictions':>11}{'re-tags':>9}{'parks':>7}  (per 1,000 switches)",
+            file=out,
+        )
+        for c in misses:
+            floor = by_id.get(c["floor"]) if c["floor"] else None
+            pool = (c.get("pool") or {}).get("pool", "-")
+            print(
+                f"{pool:<6}{size_label(c['size']):>8}{c['size'] // mmap.PAGESIZE:>7}"
+                f"{_ns(c['net_ns']):>12}{_ns(floor['net_ns']) if floor else '-':>12}"
+                f"{_x(c['ratio']):>9}{_per_1000(c, 'misses'):>8}{_per_1000(c, 'evictions'):>11}"
+                f"{_per_1000(c, 'retags'):>9}{_per_1000(c, 'parks'):>7}",
+                file=out,
+            )
+    sets = [c for c in cases if c.get("keys") is not None and c["group"] == "vkey"]
+    if sets:
+        print(
+            "\n## virtual keys: working sets, 1 thread (steady state after "
+            f"{data['config'].get('workset_warm', '?')} untimed switches; hot: "
+            f"{data['config'].get('hot_share', 0) * 100:.0f}% of the switches over "
+            f"{data['config'].get('hot_keys', '?')} keys; counts per 1,000 switches)",
+            file=out,
+        )
+        print(
+            f"{'pool':<6}{'pattern':<9}{'keys':>6}{'hit rate':>10}{'ns/switch':>11}"
+            f"{'floor ns':>10}{'x floor':>9}{'allocs':>8}{'re-tags':>9}{'parks':>7}"
+            f"{'evictions':>11}",
+            file=out,
+        )
+        for c in sorted(sets, key=lambda c: (c["slug"], c["keys"])):
+            floor = by_id.get(c["floor"]) if c["floor"] else None
+            pool = c.get("pool") or {}
+            rate = pool.get("hit_rate")
+            pattern = "hot" if "_hot" in c["slug"] else "uniform"
+            print(
+                f"{pool.get('pool', '-'):<6}{pattern:<9}{c['keys']:>6}"
+                f"{f'{rate * 100:.1f}%' if rate is not None else '-':>10}"
+                f"{_ns(c['net_ns']):>11}{_ns(floor['net_ns']) if floor else '-':>10}"
+                f"{_x(c['ratio']):>9}{_per_1000(c, 'allocs'):>8}{_per_1000(c, 'retags'):>9}"
+                f"{_per_1000(c, 'parks'):>7}{_per_1000(c, 'evictions'):>11}",
+                file=out,
+            )
 
 
 def render(data: dict[str, Any], out: TextIO) -> None:
@@ -905,7 +1336,9 @@ def render(data: dict[str, Any], out: TextIO) -> None:
     cases = data["cases"]
     by_id = {c["id"]: c for c in cases}
     width = max(len(c["label"]) for c in cases) + 2
-    head = f"{'case':<{width}}{'size':>8}{'median':>14}{'min':>14}{'net':>14}{'x floor':>11}  floor"
+    head = (
+        f"{'case':<{width}}{'size':>10}{'median':>14}{'min':>14}{'net':>14}{'x floor':>11}  floor"
+    )
     for t in (1, 2):
         plural = "s" if t > 1 else ""
         for group, title in _SECTIONS:
@@ -917,7 +1350,7 @@ def render(data: dict[str, Any], out: TextIO) -> None:
             for c in rows:
                 floor = by_id.get(c["floor"]) if c["floor"] else None
                 print(
-                    f"{c['label']:<{width}}{size_label(c['size']):>8}"
+                    f"{c['label']:<{width}}{_where(c):>10}"
                     f"{_ns(c['median_ns']):>14}{_ns(c['min_ns']):>14}{_ns(c['net_ns']):>14}"
                     f"{_x(c['ratio']):>11}  {floor['label'] if floor else ''}",
                     file=out,
@@ -940,10 +1373,11 @@ def render(data: dict[str, Any], out: TextIO) -> None:
                     else "with assoc.set_access_rights(RW):"
                 )
                 print(
-                    f"{what:<{width}}{size_label(d['size']):>8}{'':>28}{_ns(d['net_ns']):>14}"
+                    f"{what:<{width}}{size_label(d['size']):>10}{'':>28}{_ns(d['net_ns']):>14}"
                     f"{_x(d['ratio']):>11}  {by_id[d['floor']]['label']}",
                     file=out,
                 )
+    render_vkeys(data, out)
     print("\n## goals", file=out)
     show: dict[str, Callable[[float], str]] = {
         "%": lambda v: f"{v * 100:.0f}%",
@@ -1005,8 +1439,15 @@ def plot(data: dict[str, Any], path: str) -> None:
 # -- entry points -----------------------------------------------------------------------
 
 
-def run(mode: Mode, *, rounds: int | None = None, pin: bool = True) -> dict[str, Any]:
-    """Run the benchmark and return the JSON-ready results."""
+def run(
+    mode: Mode,
+    *,
+    rounds: int | None = None,
+    pin: bool = True,
+    groups: frozenset[str] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark and return the JSON-ready results (``groups``: only the rows of
+    those groups, with their floors)."""
     started = time.monotonic()
     machine = machine_info()
     backend = machine["backend"]
@@ -1023,7 +1464,7 @@ def run(mode: Mode, *, rounds: int | None = None, pin: bool = True) -> dict[str,
         pinning += " (one usable CPU: the busy thread shares it)"
     n_rounds = rounds or mode.rounds
     seed = int.from_bytes(os.urandom(4), "little")
-    plan = build(mode, backend, gib_ok=gib_ok)
+    plan = build(mode, backend, gib_ok=gib_ok, groups=groups)
     try:
         busy = BusyWriter(_BUSY_BYTES, busy_cpu)
         try:
@@ -1033,12 +1474,19 @@ def run(mode: Mode, *, rounds: int | None = None, pin: bool = True) -> dict[str,
                 )
         finally:
             busy.close()
+        # The pools with every fixture alive: numbers held, logical keys, parked ones.
+        pools = {
+            "sim": dict(_core._pool_stats(_core.MODE_SIM)),
+            "backend": dataclasses.asdict(active_backend().keys),
+        }
     finally:
         plan.fixtures.close()
     rows = summarize(plan.cases)
     over = derived(rows)
     sizes = sorted({c.size for c in plan.cases if c.group == "switch" and c.size is not None})
-    goal_list = goals(rows, backend, sizes)
+    miss_sizes = sorted({c.size for c in plan.cases if c.scope == "miss" and c.size is not None})
+    worksets = sorted({c.keys for c in plan.cases if c.keys is not None})
+    goal_list = goals(rows, backend, sizes, miss_sizes)
     config = {
         "mode": mode.name,
         "rounds": len(others),
@@ -1048,6 +1496,15 @@ def run(mode: Mode, *, rounds: int | None = None, pin: bool = True) -> dict[str,
         "sample_s": mode.sample_s,
         "sizes": sizes,
         "bulk_bytes": mode.bulk_bytes,
+        "miss_sizes": miss_sizes,
+        "miss_keys": MISS_KEYS,
+        "worksets": worksets,
+        "workset_sequence": mode.sequence,
+        "workset_warm": WORKSET_WARM,
+        "hot_keys": HOT_KEYS,
+        "hot_share": HOT_SHARE,
+        "groups": sorted(groups) if groups is not None else None,
+        "pools_end": pools,
         "busy_bytes": _BUSY_BYTES,
         "busy_sweeps": busy.sweeps,
         "pinning": pinning,
@@ -1086,9 +1543,22 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="do not pin the main and busy threads to different CPUs",
     )
+    known = sorted({spec.group for spec in CASES})
+    parser.add_argument(
+        "--groups",
+        metavar="G,G",
+        help=f"only the rows of these groups, with their floors ({', '.join(known)})",
+    )
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    groups: frozenset[str] | None = None
+    if args.groups is not None:
+        groups = frozenset(g.strip() for g in args.groups.split(",") if g.strip())
+        if not groups or not groups <= set(known):
+            parser.error(f"--groups: choose from {', '.join(known)}")
+        if args.plot and "switch" not in groups:
+            parser.error("--plot draws the switch rows: add the group 'switch'")
     if args.plot:
         try:
             importlib.import_module("matplotlib")
@@ -1104,7 +1574,12 @@ def main(argv: list[str]) -> int:
         if not os.path.isdir(folder):
             print(f"--json {args.json}: the folder {folder} does not exist", file=sys.stderr)
             return 2
-    data = run(MODES["quick" if args.quick else "default"], rounds=args.rounds, pin=not args.no_pin)
+    data = run(
+        MODES["quick" if args.quick else "default"],
+        rounds=args.rounds,
+        pin=not args.no_pin,
+        groups=groups,
+    )
     if args.json == "-":
         json.dump(data, sys.stdout, indent=1)
         print()

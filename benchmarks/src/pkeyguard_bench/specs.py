@@ -5,7 +5,16 @@ fixtures, or a C loop of :mod:`pkeyguard_bench._floor`), which group of the tabl
 to, which case it is divided by (its *floor*), how often it is instantiated (``scope``) and on
 which backend it runs.  The run expands the rows into case ids ``SLUG[@SIZE]/Nt``: ``thread``
 rows once per thread count (1 and 2), ``size`` rows once per region size and thread count,
-``scalar`` and ``bulk`` rows once, with one thread (``bulk`` rows carry the bulk size).
+``scalar`` and ``bulk`` rows once, with one thread (``bulk`` rows carry the bulk size),
+``miss`` rows once per miss region size and ``workset`` rows once per working-set size
+(:data:`WORKING_SETS`; ids ``SLUG@NkeysS/1t``), both with one thread.
+
+Virtual keys (issue 11): a row may name a :class:`Warm` statement, run untimed before each
+sample (a virtual key that another case evicted takes its number back there, so the timed
+loop sees the steady state), a context manager fixture held ``around`` each sample, and the
+key pool whose counters it reports (``counts``: the simulated pool, ``MODE_SIM``, or the
+active backend's where it has one): the deltas of ``_core._pool_stats`` over the timed
+samples go into the JSON with the case.
 
 A **goal** is a threshold on values computed from the cases' net times.  Each value is a
 :class:`Ratio`: the summed nets of ``num`` (a leading ``-`` subtracts one) over the summed
@@ -22,7 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Scope = Literal["thread", "size", "scalar", "bulk"]
+Scope = Literal["thread", "size", "scalar", "bulk", "miss", "workset"]
+Pool = Literal["sim", "backend"]
 Backend = Literal["pku", "mprotect"]
 
 ANY: frozenset[Backend] = frozenset({"pku", "mprotect"})
@@ -32,6 +42,20 @@ MPROTECT: frozenset[Backend] = frozenset({"mprotect"})
 #: A floor that names the hardware operation of a switch, whichever backend runs.
 HW = "hw"
 HARDWARE_FLOOR: dict[Backend, str] = {"mprotect": "floor.mprotect_c", "pku": "floor.wrpkru_pair"}
+
+
+#: Working-set sizes (logical keys) of the ``workset`` rows, and their access patterns:
+#: ``hot`` sends HOT_SHARE of the switches to the first HOT_KEYS keys (a hot set that fits in
+#: the 15 numbers) and the rest to the others; ``uniform`` picks any key with equal chance.
+WORKING_SETS: tuple[int, ...] = (1, 8, 15, 16, 64, 1000)
+PATTERNS: tuple[Literal["hot", "uniform"], ...] = ("hot", "uniform")
+HOT_KEYS = 12
+HOT_SHARE = 0.8
+#: Untimed switches before each working-set sample (the pool reaches its steady state).
+WORKSET_WARM = 256
+#: Keys cycled by the miss rows: one more than the pool's 15 numbers, so that with LRU every
+#: entry evicts the key that is entered next.
+MISS_KEYS = 16
 
 
 def resolve(slug: str, backend: str) -> str:
@@ -66,25 +90,47 @@ def py(stmt: str, view: Literal["", "value", "memoryview"] = "", **names: str) -
 
 
 @dataclass(frozen=True)
+class Warm:
+    """A statement run ``times`` times, untimed, before each sample (on ``backends``)."""
+
+    timing: Py
+    times: int = 1
+    backends: frozenset[Backend] = ANY
+
+
+@dataclass(frozen=True)
 class CaseSpec:
     slug: str
     label: str  # ``{bulk}`` is replaced by the bulk size
-    group: Literal["floor", "switch", "alt", "scalar", "bulk", "secret"]
+    group: Literal["floor", "switch", "alt", "scalar", "bulk", "secret", "vkey"]
     timing: Py | Native
     floor: str | None = None  # slug (or HW); same threads, and same size where both have one
     scope: Scope = "thread"
     backends: frozenset[Backend] = ANY
+    warm: Warm | None = None
+    around: str | None = None  # fixture: a callable returning a context manager
+    counts: Pool | None = None  # the key pool whose counters the JSON reports for this case
 
     @property
     def fixtures(self) -> tuple[str, ...]:
         t = self.timing
-        return tuple(f for _, f in t.names) if isinstance(t, Py) else t.args
+        own = tuple(f for _, f in t.names) if isinstance(t, Py) else t.args
+        warm = tuple(f for _, f in self.warm.timing.names) if self.warm else ()
+        return own + warm + ((self.around,) if self.around else ())
 
 
 _C_MPROTECT_PAIR = Native(
     "mprotect_pairs", ("region.address", "region.length", "prot.first", "prot.second")
 )
 _C_MPROTECT_LABEL = "C loop: mprotect pair on the same pages"
+# On pku every NoAccess key is virtual: a case of the other groups whose key another case
+# evicted takes its number back before its sample, so that no timed loop pays a re-tag.
+_REGION_WARM_PKU = Warm(py("with g: pass", g="region.guard"), backends=PKU)
+_SIM_WARM = Warm(py("with g: pass", g="sim.guard"))
+_REVEAL_MMAP = py("with s.reveal() as b: x = b[0]", s="secret.mmap")
+_REVEAL_MEMFD = py("with s.reveal() as b: x = b[0]", s="secret.memfd")
+_MISS = py("with nx(): pass", nx="miss.sim")
+_MISS_PKU = py("with nx(): pass", nx="miss.pku")
 
 CASES: tuple[CaseSpec, ...] = (
     # Once per thread count.
@@ -161,7 +207,13 @@ CASES: tuple[CaseSpec, ...] = (
         backends=MPROTECT,
     ),
     CaseSpec(
-        "floor.mprotect_c", _C_MPROTECT_LABEL, "alt", _C_MPROTECT_PAIR, scope="size", backends=PKU
+        "floor.mprotect_c",
+        _C_MPROTECT_LABEL,
+        "alt",
+        _C_MPROTECT_PAIR,
+        scope="size",
+        backends=PKU,
+        warm=_REGION_WARM_PKU,
     ),
     CaseSpec(
         "switch.guard",
@@ -170,6 +222,7 @@ CASES: tuple[CaseSpec, ...] = (
         py("with g: pass", g="region.guard"),
         floor=HW,
         scope="size",
+        warm=_REGION_WARM_PKU,
     ),
     CaseSpec(
         "switch.set_access_rights",
@@ -182,6 +235,7 @@ CASES: tuple[CaseSpec, ...] = (
         ),
         floor=HW,
         scope="size",
+        warm=_REGION_WARM_PKU,
     ),
     CaseSpec(
         "alt.mprotect_ext",
@@ -197,6 +251,7 @@ CASES: tuple[CaseSpec, ...] = (
         ),
         floor="floor.mprotect_c",
         scope="size",
+        warm=_REGION_WARM_PKU,
     ),
     CaseSpec(
         "alt.mprotect_ctypes",
@@ -212,6 +267,7 @@ CASES: tuple[CaseSpec, ...] = (
         ),
         floor="floor.mprotect_c",
         scope="size",
+        warm=_REGION_WARM_PKU,
     ),
     # Scalar access, one thread: a c_uint32 view against memoryview element access.
     CaseSpec(
@@ -346,16 +402,156 @@ CASES: tuple[CaseSpec, ...] = (
         "secret.reveal_mmap",
         "with s.reveal() as b: b[0]: private mmap",
         "secret",
-        py("with s.reveal() as b: x = b[0]", s="secret.mmap"),
+        _REVEAL_MMAP,
         scope="scalar",
+        warm=Warm(_REVEAL_MMAP, backends=PKU),
     ),
     CaseSpec(
         "secret.reveal_memfd",
         "with s.reveal() as b: b[0]: memfd_secret",
         "secret",
-        py("with s.reveal() as b: x = b[0]", s="secret.memfd"),
+        _REVEAL_MEMFD,
         floor="secret.reveal_mmap",
         scope="scalar",
+        warm=Warm(_REVEAL_MEMFD, backends=PKU),
+    ),
+    # Each Secret has its own key (issue 11): revealing one opens that one only, so its cost
+    # no longer depends on how many secrets are alive (it was 64x from 1 to 100 on mprotect).
+    CaseSpec(
+        "secret.reveal_mmap_100",
+        "the same, private mmap, 100 secrets alive",
+        "secret",
+        _REVEAL_MMAP,
+        floor="secret.reveal_mmap",
+        scope="scalar",
+        warm=Warm(_REVEAL_MMAP),
+        around="secrets.100_alive",
+    ),
+    # Virtual keys (issue 11).  A hit: a switch on a virtual key that holds a hardware number,
+    # in the simulated pool (MODE_SIM: PKRU is a thread-local variable, so no system call and
+    # no WRPKRU), against the same line on a MODE_NOP key (no pool, no hardware).
+    CaseSpec(
+        "floor.nop_sar",
+        "with assoc.set_access_rights(ReadWrite): on a MODE_NOP key's region",
+        "floor",
+        py(
+            "with assoc.set_access_rights(P.ReadWrite): pass",
+            assoc="nop.assoc",
+            P="PkeyPermissions",
+        ),
+        floor="floor.nop_cm",
+    ),
+    CaseSpec(
+        "vkey.hit_guard",
+        "sim: with g: on a virtual key holding a number (hit)",
+        "vkey",
+        py("with g: pass", g="sim.guard"),
+        floor="floor.nop_cm",
+        warm=_SIM_WARM,
+        counts="sim",
+    ),
+    CaseSpec(
+        "vkey.hit_set_access_rights",
+        "sim: with assoc.set_access_rights(ReadWrite): (hit)",
+        "vkey",
+        py(
+            "with assoc.set_access_rights(P.ReadWrite): pass",
+            assoc="sim.assoc",
+            P="PkeyPermissions",
+        ),
+        floor="floor.nop_sar",
+        warm=_SIM_WARM,
+        counts="sim",
+    ),
+    # The same on real keys: a virtual key's hit against a pinned key (created with rights,
+    # so it keeps its number for life: the switch as it was before virtual keys).
+    CaseSpec(
+        "vkey.pinned_pku",
+        "pku: with g: on a pinned key (no pool decision)",
+        "vkey",
+        py("with g: pass", g="pinned.guard"),
+        floor="floor.nop_cm",
+        backends=PKU,
+        counts="backend",
+    ),
+    CaseSpec(
+        "vkey.hit_pku",
+        "pku: with g: on a virtual key holding a number (hit)",
+        "vkey",
+        py("with g: pass", g="pku.guard"),
+        floor="vkey.pinned_pku",
+        backends=PKU,
+        warm=Warm(py("with g: pass", g="pku.guard")),
+        counts="backend",
+    ),
+    # A miss, per region size: MISS_KEYS keys cycled through 15 numbers, so every entry parks
+    # the least recently used key (mprotect PROT_NONE of its pages) and tags this one (sim:
+    # mprotect to its rights; pku: pkey_mprotect).  Its floor is those two system calls in C,
+    # in the same order on regions mapped alike (next to each other: a park splits the
+    # anonymous mapping the kernel merged them into, a re-tag merges it again).
+    CaseSpec(
+        "floor.retag_c",
+        "C loop: a miss's mprotect pair, over 16 regions with no key",
+        "floor",
+        Native("mprotect_cycle", ("retag.addresses", "retag.length")),
+        scope="miss",
+    ),
+    CaseSpec(
+        "vkey.miss",
+        "sim: with g: on the next of 16 keys over 15 numbers (miss)",
+        "vkey",
+        _MISS,
+        floor="floor.retag_c",
+        scope="miss",
+        warm=Warm(_MISS, MISS_KEYS),
+        counts="sim",
+    ),
+    CaseSpec(
+        "vkey.miss_pku",
+        "pku: with g: on the next of 16 keys over the numbers (miss)",
+        "vkey",
+        _MISS_PKU,
+        floor="floor.retag_c",
+        scope="miss",
+        backends=PKU,
+        warm=Warm(_MISS_PKU, MISS_KEYS),
+        counts="backend",
+    ),
+    # Working sets: a fixed pseudo-random sequence of guards (one page each) per size and
+    # pattern, entered in turn; the floor is the same sequence over MODE_NOP guards.
+    *(
+        case
+        for pattern in PATTERNS
+        for case in (
+            CaseSpec(
+                f"floor.ws_{pattern}",
+                f"with g: over a {pattern} sequence of MODE_NOP guards",
+                "floor",
+                py("with nx(): pass", nx=f"ws.{pattern}.nop"),
+                scope="workset",
+            ),
+            CaseSpec(
+                f"vkey.ws_{pattern}",
+                f"sim: with g: over a {pattern} sequence of virtual keys",
+                "vkey",
+                py("with nx(): pass", nx=f"ws.{pattern}.sim"),
+                floor=f"floor.ws_{pattern}",
+                scope="workset",
+                warm=Warm(py("with nx(): pass", nx=f"ws.{pattern}.sim"), WORKSET_WARM),
+                counts="sim",
+            ),
+            CaseSpec(
+                f"vkey.ws_{pattern}_pku",
+                f"pku: with g: over a {pattern} sequence of virtual keys",
+                "vkey",
+                py("with nx(): pass", nx=f"ws.{pattern}.pku"),
+                floor=f"floor.ws_{pattern}",
+                scope="workset",
+                backends=PKU,
+                warm=Warm(py("with nx(): pass", nx=f"ws.{pattern}.pku"), WORKSET_WARM),
+                counts="backend",
+            ),
+        )
     ),
 )
 
@@ -522,6 +718,60 @@ GOALS: tuple[GoalSpec, ...] = (
             Ratio("copy_out_bytes", ("bulk.plain_bytes",), ("bulk.copy_out_bytes",)),
         ),
         note="against two bytearrays, and against a plain copy with the region's alignment",
+    ),
+    GoalSpec(
+        "vkey_hit",
+        "virtual key hit <= 1.1x the non-virtual path (no-syscall: sim pool against MODE_NOP)",
+        "<=",
+        1.1,
+        "x",
+        (
+            Ratio("with g: {threads}t", ("vkey.hit_guard",), ("floor.nop_cm",)),
+            Ratio(
+                "with g: vs the mprotect switch path {threads}t",
+                ("vkey.hit_guard",),
+                ("switch.no_syscall",),
+                backends=MPROTECT,
+                note="on mprotect also against the switch path of a key with no regions "
+                "(switch.no_syscall): today's non-virtual switch with nothing to protect",
+            ),
+            Ratio(
+                "with assoc.set_access_rights(RW): {threads}t",
+                ("vkey.hit_set_access_rights",),
+                ("floor.nop_sar",),
+            ),
+            Ratio(
+                "pku with g: {threads}t",
+                ("vkey.hit_pku",),
+                ("vkey.pinned_pku",),
+                backends=PKU,
+                note="on pku also a virtual key's hit against a pinned key's switch",
+            ),
+        ),
+        note="the floor does the same bookkeeping with no pool and no PKRU write, so the "
+        "ratio is an upper bound of what a hit adds to a real WRPKRU switch",
+    ),
+    GoalSpec(
+        "vkey_miss",
+        "virtual key miss <= 1.15x its two system calls (park the victim, tag the key)",
+        "<=",
+        1.15,
+        "x",
+        (
+            Ratio("sim {size}", ("vkey.miss",), ("floor.retag_c",)),
+            Ratio("pku {size}", ("vkey.miss_pku",), ("floor.retag_c",), backends=PKU),
+        ),
+        note="the floor makes the same mprotect calls in C, on 16 regions with no key mapped "
+        "the same way",
+    ),
+    GoalSpec(
+        "secret_reveal_flat",
+        "reveal() with 100 secrets alive <= 1.15x with the benchmark's own 2",
+        "<=",
+        1.15,
+        "x",
+        (Ratio("100 alive vs 2", ("secret.reveal_mmap_100",), ("secret.reveal_mmap",)),),
+        note="one key per Secret: a reveal opens that secret's pages only",
     ),
     GoalSpec(
         "pku_pair_ns",
