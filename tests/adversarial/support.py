@@ -20,8 +20,11 @@ status 0 and the marker, so death by a signal, a hang, or an assertion in the ch
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 from collections.abc import Mapping
 
@@ -34,6 +37,7 @@ __all__ = [
     "assert_survived",
     "attack",
     "describe",
+    "run_case",
 ]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -191,6 +195,43 @@ def attack(
     if env:
         full_env.update(env)
     return run_child(code, env=full_env, timeout=timeout)
+
+
+def run_case(
+    module: str,
+    case: str,
+    *,
+    params: Mapping[str, object] | None = None,
+    timeout: float = 120,
+    watchdog: float = 60,
+    fault_handler: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> Child:
+    """Run ``case`` (a ``case_*`` function of ``tests.adversarial.children.<module>``) in a
+    fresh interpreter; like :func:`attack`, but the child program is a module the linters
+    and type checkers read.  ``params`` reach the child as JSON (``childlib.params()``)."""
+    full_env = dict(os.environ)
+    full_env.pop("PYTHONFAULTHANDLER", None)
+    full_env["PKEYGUARD_BACKEND"] = os.environ.get("PKEYGUARD_BACKEND", "mprotect")
+    full_env["PKEYGUARD_CASE_PARAMS"] = json.dumps(dict(params or {}))
+    full_env["PKEYGUARD_CASE_WATCHDOG"] = str(float(watchdog))
+    full_env["PKEYGUARD_CASE_FAULTHANDLER"] = "1" if fault_handler else "0"
+    # The child finds the tests package from the repository root, and pkeyguard the way this
+    # process did (the installed package, or the one PYTHONPATH points at).
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (REPO_ROOT, full_env.get("PYTHONPATH", "")) if p
+    )
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.adversarial.run_case", module, case],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
+    return Child(proc.returncode, proc.stdout, proc.stderr)
 
 
 def describe(child: Child) -> str:
