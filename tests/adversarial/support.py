@@ -28,6 +28,7 @@ import sys
 import textwrap
 from collections.abc import Mapping
 
+from tests.failinject import preload_env as failinject_env
 from tests.support import Child, run_child
 
 __all__ = [
@@ -205,11 +206,13 @@ def run_case(
     timeout: float = 120,
     watchdog: float = 60,
     fault_handler: bool = True,
+    failinject: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> Child:
     """Run ``case`` (a ``case_*`` function of ``tests.adversarial.children.<module>``) in a
     fresh interpreter; like :func:`attack`, but the child program is a module the linters
-    and type checkers read.  ``params`` reach the child as JSON (``childlib.params()``)."""
+    and type checkers read.  ``params`` reach the child as JSON (``childlib.params()``);
+    ``failinject`` preloads the system-call failure shim (:mod:`tests.failinject`)."""
     full_env = dict(os.environ)
     full_env.pop("PYTHONFAULTHANDLER", None)
     full_env["PKEYGUARD_BACKEND"] = os.environ.get("PKEYGUARD_BACKEND", "mprotect")
@@ -221,6 +224,8 @@ def run_case(
     full_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (REPO_ROOT, full_env.get("PYTHONPATH", "")) if p
     )
+    if failinject:
+        full_env = failinject_env(full_env)
     if env:
         full_env.update(env)
     proc = subprocess.run(

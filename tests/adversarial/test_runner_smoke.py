@@ -20,3 +20,9 @@ def test_an_assertion_in_the_child_fails_the_case() -> None:
 def test_a_signal_in_the_child_fails_the_case() -> None:
     child = run_case("example_smoke", "case_dies_by_signal", fault_handler=False)
     assert_died_with(child, signal.SIGSEGV)
+
+
+def test_failure_injection_reaches_the_core() -> None:
+    assert_survived(
+        run_case("example_smoke", "case_failinject_fails_a_core_mprotect", failinject=True)
+    )
