@@ -41,6 +41,7 @@ from ._errors import (
 )
 from ._owned import Unshareable
 from ._permissions import AccessPermissions, PkeyPermissions
+from ._terminal import QuietTerminal
 from .allocator import PAGE_SIZE, Secure
 from .pkey import AssociatedRegion, PkeyGuard, ReadGuard
 from .region import RegionGuard, _check_name
@@ -251,6 +252,18 @@ def _plain_descriptor(stream: object) -> int | None:
     return fd if os.get_blocking(fd) else None
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a non-blocking descriptor, waiting while its output is full."""
+    with memoryview(data) as rest:
+        while rest:
+            try:
+                rest = rest[os.write(fd, rest) :]
+            except BlockingIOError:
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT)
+                poller.poll()
+
+
 def _wipe(buffer: object) -> None:
     """Zero a writable source buffer (bytes are immutable and cannot be wiped)."""
     if isinstance(buffer, bytearray):
@@ -444,27 +457,17 @@ class Secret(Unshareable):
         if not isinstance(prompt, str):
             raise ArgumentTypeError(f"prompt must be a str, not {prompt!r}")
         limit = _check_max_size(max_size)
-        import termios
-
-        # O_NONBLOCK: a description of our own, so every read of it is non-blocking (the
-        # wait for a line happens outside the guard).
-        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
-        try:
-            old = termios.tcgetattr(fd)
-            quiet = list(old)
-            quiet[3] &= ~termios.ECHO  # lflag: no echo; canonical mode: one line per read
-            termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
-            try:
-                os.write(fd, prompt.encode())
-                reader = _FdReader(fd, block=True, empty=_no_data)
-                return cls._from_reader(
-                    reader.read, 0, limit, name, "the terminal", line=True, wait=reader.wait
-                )
-            finally:
-                termios.tcsetattr(fd, termios.TCSAFLUSH, old)
-                os.write(fd, b"\n")
-        finally:
-            os.close(fd)
+        text = str.encode(prompt, "utf-8", "replace")
+        # Echo off and back on are single C calls (QuietTerminal's __enter__ and __exit__):
+        # a Ctrl-C at any moment finds echo restored and the descriptor closed.  The terminal
+        # is a description of our own, non-blocking: the wait for a line happens outside the
+        # guard (see _FdReader).
+        with QuietTerminal() as fd:
+            _write_all(fd, text)
+            reader = _FdReader(fd, block=True, empty=_no_data)
+            return cls._from_reader(
+                reader.read, 0, limit, name, "the terminal", line=True, wait=reader.wait
+            )
 
     @classmethod
     def _from_reader(
@@ -620,8 +623,10 @@ class Secret(Unshareable):
         """A new secret of ``capacity`` bytes holding our first ``used``; this one is closed."""
         moved = type(self)(capacity, name=self.name)
         try:
-            with self.reveal() as old, memoryview(old) as mv:
-                moved.write(0, mv[:used])  # buffer to buffer, no plain copy
+            # buffer to buffer, no plain copy; the slice is released by name, since the
+            # traceback of an exception raised inside write() (a Ctrl-C) keeps it alive
+            with self.reveal() as old, memoryview(old) as mv, mv[:used] as part:
+                moved.write(0, part)
         except BaseException:
             moved.close()
             raise
