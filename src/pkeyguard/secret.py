@@ -342,6 +342,7 @@ class Secret(Unshareable):
         cls, data: BytesLike, *, wipe_source: bool = True, name: str | None = None
     ) -> Secret:
         """Copy ``data`` in; a writable source (bytearray, memoryview) is zeroed after."""
+        name = _check_name(name, RegionTypeError)  # each from_* checks first: nothing is read
         with memoryview(data) as raw, raw.cast("B") as view:
             secret = cls(view.nbytes, name=name)
             try:
@@ -366,6 +367,7 @@ class Secret(Unshareable):
         Any readable file: a regular file, a pipe or FIFO, ``/dev/stdin``, a ``/proc`` file
         (which reports size 0).  See :meth:`from_fd` for ``max_size``.
         """
+        name = _check_name(name, RegionTypeError)
         with open(path, "rb", buffering=0) as f:
             return cls.from_fd(f.fileno(), max_size=max_size, name=name)
 
@@ -385,6 +387,7 @@ class Secret(Unshareable):
             raise ArgumentTypeError(f"fd must be an int (a file descriptor), not {fd!r}")
         fd = operator.index(fd)
         max_size = _check_max_size(max_size)
+        name = _check_name(name, RegionTypeError)
         return cls._from_descriptor(fd, max_size, name, f"file descriptor {fd}", _no_data)
 
     @classmethod
@@ -433,6 +436,7 @@ class Secret(Unshareable):
                 "sys.stdin.buffer)"
             )
         max_size = _check_max_size(max_size)
+        name = _check_name(name, RegionTypeError)
         what = f"{type(stream).__name__} stream"
         fd = _plain_descriptor(stream)
         if fd is not None:
@@ -457,6 +461,7 @@ class Secret(Unshareable):
         if not isinstance(prompt, str):
             raise ArgumentTypeError(f"prompt must be a str, not {prompt!r}")
         limit = _check_max_size(max_size)
+        name = _check_name(name, RegionTypeError)  # before the prompt is shown
         text = str.encode(prompt, "utf-8", "replace")
         # Echo off and back on are single C calls (QuietTerminal's __enter__ and __exit__):
         # a Ctrl-C at any moment finds echo restored and the descriptor closed.  The terminal
@@ -536,6 +541,7 @@ class Secret(Unshareable):
         runs with the secret open (on the mprotect backend, to every thread): it should not
         block.
         """
+        name = _check_name(name, RegionTypeError)
         secret = cls(size, name=name)
         try:
             secret._read_into(lambda target: (write(target), 0)[1], 0, "the writer")
@@ -596,6 +602,7 @@ class Secret(Unshareable):
 
         Growth copies between secure regions only; each outgrown region is wiped.
         """
+        name = _check_name(name, RegionTypeError)  # before a chunk is taken
         secret: Secret | None = None
         used = 0
         try:
