@@ -18,7 +18,7 @@ extra_sources = {"_core": ["src/pkeyguard/_faults.c"]}
 
 
 def extension(name: str) -> Extension:
-    # Both extensions include _pkru.h and build with the same flags.
+    # The extensions build with the same flags.
     return Extension(
         f"pkeyguard.{name}",
         sources=[f"src/pkeyguard/{name}.c", *extra_sources.get(name, [])],
@@ -34,4 +34,6 @@ def extension(name: str) -> Extension:
     )
 
 
-setup(ext_modules=[extension("_core")])
+# _terminal: the controlling terminal with echo off, changed and restored in single C calls
+# (Secret.from_prompt).
+setup(ext_modules=[extension("_core"), extension("_terminal")])

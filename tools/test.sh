@@ -40,7 +40,7 @@ step "basedpyright"
 "$PY" -m basedpyright -p tools/vm
 "$PY" -m basedpyright -p benchmarks
 step "stubtest (the C core's stub against the built module)"
-"$PY" -m mypy.stubtest pkeyguard._core --allowlist tools/stubtest-allowlist.txt \
+"$PY" -m mypy.stubtest pkeyguard._core pkeyguard._terminal --allowlist tools/stubtest-allowlist.txt \
     --ignore-unused-allowlist
 step "typing programs (mypy --strict and basedpyright over tests/typing)"
 "$PY" -m pytest -p no:cacheprovider -m typing tests/unit

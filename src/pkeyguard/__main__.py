@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import json
 import os
 import sys
@@ -128,30 +129,110 @@ def _run(argv: Sequence[str] | None) -> int:
     return demo()
 
 
-def _drop_stdout() -> None:
+class _Output:
+    """``sys.stdout`` while the command runs: the real one (None when the process started
+    with standard output closed, ``>&-``), with every write error remembered, since argparse
+    swallows those of ``--help`` and ``--version``."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+        self.error: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.stream is None:
+            self.error = OSError(errno.EBADF, "standard output is closed")
+            raise self.error
+        try:
+            return self.stream.write(text)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def _say(message: str) -> None:
+    """One line on standard error, if there is one (``2>&-`` leaves none: then only the exit
+    status tells)."""
+    err = sys.stderr
+    if err is None:
+        return
+    try:
+        err.write(f"{_prog()}: {message}\n")
+        err.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _drop_stdout(out: TextIO | None) -> None:
     # Point stdout at /dev/null so that the interpreter's final flush cannot fail again.
+    if out is None:
+        return  # closed from the start: the interpreter flushes nothing
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, fd)
     os.close(devnull)
 
 
+def _exit_code(code: object) -> int:
+    """What ``SystemExit(code)`` exits with."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status.  Every failure is one line on standard
+    error and a non-zero status, never a traceback: 1 when the output cannot be written
+    (standard output closed, a full disk) or the backend cannot work, 2 for a usage error
+    (argparse), 130 for Ctrl-C.  A reader that goes away (``| head -1``) is not a failure:
+    the rest of the output is dropped, status 0."""
     from ._errors import PkeyguardError
 
+    real = sys.stdout
+    out = _Output(real)
+    sys.stdout = out  # write() and flush() are all the CLI calls
     try:
-        code = _run(argv)
-        sys.stdout.flush()
+        leave: SystemExit | None = None
+        try:
+            code = _run(argv)
+        except SystemExit as exc:  # argparse: --help, --version, a usage error
+            code, leave = _exit_code(exc.code), exc
+        out.flush()
+        if out.error is not None and code == 0:
+            raise out.error
+        if leave is not None:
+            raise leave  # as argparse meant it, once its output is known to be written
     except BrokenPipeError:
         # The reader went away (`pkeyguard info | head -1`): that is not an error of ours.
-        _drop_stdout()
+        _drop_stdout(real)
         return 0
-    except OSError as exc:
-        if isinstance(exc, PkeyguardError):
-            raise  # the library's own error (an mprotect that failed): show all of it
-        # Writing the output failed (`pkeyguard info > /dev/full`): say so in one line.
-        _drop_stdout()
-        print(f"{_prog()}: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        _drop_stdout(real)
+        return 130
+    except PkeyguardError as exc:
+        # The library refused (a backend that cannot work here, a system call that failed):
+        # say which, in one line.
+        _drop_stdout(real)
+        _say(f"{type(exc).__name__}: {exc}")
         return 1
+    except OSError as exc:
+        # Writing the output failed (`pkeyguard info > /dev/full`, `>&-`): say so in one line.
+        _drop_stdout(real)
+        _say(f"cannot write the output: {exc.strerror or exc}")
+        return 1
+    finally:
+        sys.stdout = real
     return code
 
 

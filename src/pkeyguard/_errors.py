@@ -16,6 +16,7 @@ from . import _core
 __all__ = [
     "AccessError",
     "ArgumentTypeError",
+    "ArgumentValueError",
     "CanaryError",
     "GuardError",
     "GuardOrderError",
@@ -40,6 +41,11 @@ class PkeyguardError(Exception):
 
 class ArgumentTypeError(PkeyguardError, TypeError):
     """An argument has the wrong type (rights that are not a PkeyPermissions member, say)."""
+
+
+class ArgumentValueError(PkeyguardError, ValueError):
+    """An argument has the right type and a value that is refused (a ``name`` with a control
+    character or a lone surrogate, or longer than 256 characters)."""
 
 
 class MprotectError(PkeyguardError, OSError):

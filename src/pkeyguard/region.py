@@ -12,7 +12,7 @@ from _ctypes import CFuncPtr
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from . import _core
-from ._errors import RegionError, RegionTypeError
+from ._errors import ArgumentTypeError, ArgumentValueError, RegionError, RegionTypeError
 from ._owned import Unshareable
 from ._permissions import AccessPermissions
 from .allocator import Allocator, Mmap
@@ -166,13 +166,43 @@ def _check_access(access: object) -> AccessPermissions:
     return access
 
 
-def _check_name(name: object, error: type[Exception]) -> str | None:
-    """An exact ``str`` copy of the name (a subclass's methods never run later)."""
+#: The longest name a key, region or secret may have (in characters).
+MAX_NAME_LENGTH = 256
+
+
+def _check_name(name: object, error: type[Exception] = ArgumentTypeError) -> str | None:
+    """The one rule for every ``name=`` of the public constructors (PkeyGuard, RegionGuard,
+    Secret and its ``from_*``): None, or a ``str`` of at most :data:`MAX_NAME_LENGTH`
+    printable characters (``str.isprintable``: no NUL or other control character, no lone
+    surrogate, no format character such as a bidi override), since names go into reprs,
+    the core's C label and fault reports written to a terminal.
+
+    Returns an exact ``str`` copy: a subclass's methods (``__str__``, ``__eq__``,
+    ``__hash__``, ``__len__``) never run, now or later.  A wrong type raises ``error`` (an
+    :class:`ArgumentTypeError`); a refused value :class:`ArgumentValueError`.
+    """
     if name is None:
         return None
-    if not isinstance(name, str):
-        raise error(f"name must be a str, not {name!r}")
-    return str.__str__(name)
+    # The real type first: isinstance() alone would ask a lying __class__ property.
+    if not (issubclass(type(name), str) and isinstance(name, str)):
+        raise error(f"name must be a str or None, not {type(name).__name__}")
+    text = str.__str__(name)  # an exact copy: no method of name runs
+    if len(text) > MAX_NAME_LENGTH:
+        raise ArgumentValueError(
+            f"name must be at most {MAX_NAME_LENGTH} characters, got {len(text)}"
+        )
+    if not text.isprintable():
+        at, bad = next((i, c) for i, c in enumerate(text) if not c.isprintable())
+        raise ArgumentValueError(
+            f"name must be printable text: character {at} is {bad!a} "
+            f"(U+{ord(bad):04X}, not printable)"
+        )
+    return text
+
+
+def _printable(text: str) -> str:
+    """``text`` with each character that is not printable replaced by ``?`` (for labels)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 class RegionGuard(_core.Mapping, Unshareable, Generic[T]):
@@ -296,7 +326,7 @@ def _new_region(
         )
     name = _check_name(name, RegionTypeError)
     vt = None if isinstance(value_type, int) else value_type
-    what = vt.__name__ if vt is not None else "bytes"
+    what = _printable(vt.__name__) if vt is not None else "bytes"  # a class name may hold ESC
     self = allocator._map(
         functools.partial(
             _core.Mapping.__new__,

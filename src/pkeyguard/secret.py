@@ -17,11 +17,16 @@ raises :class:`SecretUnavailableError` (closing it works).  Streams are read wit
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hmac as _hmac
+import io
 import operator
 import os
 import select
+import signal
 import stat
+import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -36,6 +41,7 @@ from ._errors import (
 )
 from ._owned import Unshareable
 from ._permissions import AccessPermissions, PkeyPermissions
+from ._terminal import QuietTerminal
 from .allocator import PAGE_SIZE, Secure
 from .pkey import AssociatedRegion, PkeyGuard, ReadGuard
 from .region import RegionGuard, _check_name
@@ -88,22 +94,174 @@ def _check_max_size(max_size: object) -> int | None:
     return n
 
 
-def _readiness(fd: int) -> Callable[[], None] | None:
-    """For a blocking descriptor: wait until ``fd`` has data, outside any guard.
+#: Signals whose Python handlers may raise (KeyboardInterrupt): blocked while a descriptor's
+#: O_NONBLOCK flag is switched on for one read, so that nothing can leave it switched on.
+#: Faults stay deliverable.
+_ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGTRAP,
+    signal.SIGSYS,
+}
 
-    All secrets share one key, and on the mprotect backend a guard's rights are the whole
-    process's: a read that blocks inside the guard would leave every secret open for as long
-    as the peer stalls. Waiting first keeps that window to the read itself.
+#: What ``preadv2`` says when a file has no per-call non-blocking read (``RWF_NOWAIT``):
+#: EOPNOTSUPP (a terminal, a FIFO opened by path, a /proc file, many file systems),
+#: EINVAL (a kernel before 4.14), ENOSYS (before 4.6).
+_NO_NOWAIT = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def _sigmask(how: int, signals: Iterable[int]) -> Iterable[int]:
+    return signal.pthread_sigmask(how, signals)
+
+
+class _FdReader:
+    """Reads of one descriptor that never block: a read runs inside the secret's ReadWrite
+    guard, and on the mprotect backend that guard opens the secret to every thread, so a
+    read that waited for a stalled peer would hold it open as long as the peer likes
+    (issue 18, class 5).  :meth:`read` gives None where a read would block; the caller then
+    leaves the guard and calls :meth:`wait`, which blocks outside any guard.
+
+    ``poll()`` before a blocking read is no answer: readiness is a hint (a TCP urgent byte
+    makes ``POLLPRI`` ready while ``read`` still blocks; another reader of the same pipe or
+    terminal can take the data between the two calls).  So each read is non-blocking:
+
+    - ``preadv2(RWF_NOWAIT)``, a per-call flag, where the file supports it (pipes made by
+      ``pipe()``, sockets, regular files on most local file systems);
+    - else, for anything but a regular file, ``readv`` with ``O_NONBLOCK`` switched on for
+      that one read (terminals, FIFOs opened by path, character devices), with every
+      asynchronous signal blocked until the flag is back (it is a flag of the open file
+      description: other holders of the description see it during that one read);
+    - else (a regular file on a file system without ``RWF_NOWAIT``: /proc, FUSE, NFS on old
+      kernels) a plain ``readv``: it waits for the file system, never for a peer, but a
+      stalled FUSE server holds the secret open while it stalls (SECURITY.md).
+
+    A regular file whose pages are not cached gives EAGAIN to ``RWF_NOWAIT``: :meth:`wait`
+    then reads them into the page cache outside the guard (``sendfile`` to /dev/null, no copy
+    in this process).
     """
-    if not os.get_blocking(fd):
-        return None  # readv gives EAGAIN at once; nothing to wait for
 
-    def wait() -> None:
+    __slots__ = ("_block", "_empty", "_fd", "_misses", "_nowait", "_regular", "_want")
+
+    def __init__(self, fd: int, *, block: bool, empty: Callable[[], BaseException]) -> None:
+        st = os.fstat(fd)
+        self._fd = fd
+        self._regular = stat.S_ISREG(st.st_mode)
+        self._nowait = _RWF_NOWAIT is not None
+        self._block = block  # wait for data (a blocking descriptor), or raise empty()
+        self._empty = empty
+        self._misses = 0  # RWF_NOWAIT misses in a row on a regular file
+        self._want = PAGE_SIZE
+
+    def read(self, target: memoryview) -> int | None:
+        """One read into ``target`` that never blocks: the byte count, or None (no data now)."""
+        self._want = target.nbytes
+        if self._nowait and _RWF_NOWAIT is not None:
+            try:
+                n = os.preadv(self._fd, [target], -1, _RWF_NOWAIT)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno not in _NO_NOWAIT:
+                    raise
+                self._nowait = False  # this file has no per-call non-blocking read
+            else:
+                self._misses = 0
+                return n
+        if self._regular:
+            return os.readv(self._fd, [target])
+        return self._read_nonblocking(target)
+
+    def _read_nonblocking(self, target: memoryview) -> int | None:
+        fd = self._fd
+        # The mask to restore is read first: pthread_sigmask() runs pending handlers after it
+        # changes the mask, so the call that blocks may raise with the mask already changed.
+        mask = _sigmask(signal.SIG_BLOCK, ())
+        try:
+            _sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            if not flags & os.O_NONBLOCK:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            try:
+                return os.readv(fd, [target])
+            except BlockingIOError:
+                return None
+            finally:
+                if not flags & os.O_NONBLOCK:
+                    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        finally:
+            _sigmask(signal.SIG_SETMASK, mask)
+
+    def wait(self) -> None:
+        """Outside any guard: wait until a read can make progress (after :meth:`read` gave
+        None), or raise ``empty()`` for a non-blocking descriptor."""
+        if self._regular:
+            self._misses += 1
+            if self._misses > 3:
+                self._nowait = False  # the page cache keeps losing them: read plainly
+            self._prefetch()
+            return
+        if not self._block:
+            raise self._empty()
         poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLPRI)
+        poller.register(self._fd, select.POLLIN)  # POLLPRI is no data for read()
         poller.poll()  # retried on EINTR (PEP 475); a signal handler's exception propagates
 
-    return wait
+    def _prefetch(self) -> None:
+        """Bring the next pages of a regular file into the page cache, outside the guard."""
+        fd = self._fd
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        with open(os.devnull, "wb", buffering=0) as sink:  # owned at once: nothing leaks
+            try:
+                os.sendfile(sink.fileno(), fd, offset, max(self._want, PAGE_SIZE))
+            except OSError:
+                self._nowait = False  # no splice from this file: read it plainly from now on
+
+
+def _no_data() -> BaseException:
+    return BlockingIOError(
+        errno.EAGAIN,
+        "the descriptor is non-blocking and has no data now: make it blocking, or read the "
+        "secret once it has all arrived",
+    )
+
+
+def _no_data_now(what: str) -> BaseException:
+    return StreamError(
+        f"{what} has no data now (a non-blocking stream): make it blocking, or read the "
+        "secret once it has all arrived"
+    )
+
+
+def _plain_descriptor(stream: object) -> int | None:
+    """The descriptor of a blocking unbuffered file (``io.FileIO``) or socket file
+    (``socket.SocketIO`` without a timeout), whose ``readinto()`` is one ``read(2)`` of it;
+    None for any other stream."""
+    kinds: list[type] = [io.FileIO]
+    socket = sys.modules.get("socket")  # not imported: no socket file can exist
+    if socket is not None:
+        kinds.append(socket.SocketIO)
+    if type(stream) not in kinds:
+        return None
+    raw: Any = stream
+    if raw.closed or not raw.readable():
+        return None  # its own readinto() says what is wrong
+    fd: int = raw.fileno()
+    return fd if os.get_blocking(fd) else None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a non-blocking descriptor, waiting while its output is full."""
+    with memoryview(data) as rest:
+        while rest:
+            try:
+                rest = rest[os.write(fd, rest) :]
+            except BlockingIOError:
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT)
+                poller.poll()
 
 
 def _wipe(buffer: object) -> None:
@@ -184,6 +342,7 @@ class Secret(Unshareable):
         cls, data: BytesLike, *, wipe_source: bool = True, name: str | None = None
     ) -> Secret:
         """Copy ``data`` in; a writable source (bytearray, memoryview) is zeroed after."""
+        name = _check_name(name, RegionTypeError)  # each from_* checks first: nothing is read
         with memoryview(data) as raw, raw.cast("B") as view:
             secret = cls(view.nbytes, name=name)
             try:
@@ -208,6 +367,7 @@ class Secret(Unshareable):
         Any readable file: a regular file, a pipe or FIFO, ``/dev/stdin``, a ``/proc`` file
         (which reports size 0).  See :meth:`from_fd` for ``max_size``.
         """
+        name = _check_name(name, RegionTypeError)
         with open(path, "rb", buffering=0) as f:
             return cls.from_fd(f.fileno(), max_size=max_size, name=name)
 
@@ -227,15 +387,24 @@ class Secret(Unshareable):
             raise ArgumentTypeError(f"fd must be an int (a file descriptor), not {fd!r}")
         fd = operator.index(fd)
         max_size = _check_max_size(max_size)
+        name = _check_name(name, RegionTypeError)
+        return cls._from_descriptor(fd, max_size, name, f"file descriptor {fd}", _no_data)
+
+    @classmethod
+    def _from_descriptor(
+        cls,
+        fd: int,
+        max_size: int | None,
+        name: str | None,
+        what: str,
+        empty: Callable[[], BaseException],
+    ) -> Secret:
+        """Read ``fd`` to its end with reads that never block inside the guard (``empty()``
+        is raised where a non-blocking descriptor has no data now)."""
         st = os.fstat(fd)
         hint = st.st_size if stat.S_ISREG(st.st_mode) else 0
-
-        def read(target: memoryview) -> int:
-            return os.readv(fd, [target])
-
-        return cls._from_reader(
-            read, hint, max_size, name, f"file descriptor {fd}", ready=_readiness(fd)
-        )
+        reader = _FdReader(fd, block=os.get_blocking(fd), empty=empty)
+        return cls._from_reader(reader.read, hint, max_size, name, what, wait=reader.wait)
 
     @classmethod
     def from_stream(
@@ -254,6 +423,10 @@ class Secret(Unshareable):
         those rules, or gives more than ``max_size`` bytes, raises :class:`StreamError`.
         A buffered stream (``open(path, "rb")``, ``sys.stdin.buffer``) keeps a plain copy of
         what it buffered: prefer :meth:`from_fd` or unbuffered streams (``buffering=0``).
+
+        ``readinto`` runs with the secret open (on the mprotect backend, to every thread), so
+        it must not block; an unbuffered file or a socket file without a timeout is read as
+        :meth:`from_fd` reads its descriptor, never blocking there.
         """
         readinto = getattr(stream, "readinto", None)
         if not callable(readinto):
@@ -263,7 +436,15 @@ class Secret(Unshareable):
                 "sys.stdin.buffer)"
             )
         max_size = _check_max_size(max_size)
-        return cls._from_reader(readinto, 0, max_size, name, f"{type(stream).__name__} stream")
+        name = _check_name(name, RegionTypeError)
+        what = f"{type(stream).__name__} stream"
+        fd = _plain_descriptor(stream)
+        if fd is not None:
+            # An unbuffered file or a socket without a timeout: its readinto() is one read(2)
+            # of the descriptor, which may block inside the guard; read it the same way with
+            # reads that never block there.
+            return cls._from_descriptor(fd, max_size, name, what, lambda: _no_data_now(what))
+        return cls._from_reader(readinto, 0, max_size, name, what)
 
     @classmethod
     def from_prompt(
@@ -280,28 +461,18 @@ class Secret(Unshareable):
         if not isinstance(prompt, str):
             raise ArgumentTypeError(f"prompt must be a str, not {prompt!r}")
         limit = _check_max_size(max_size)
-        import termios
-
-        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        try:
-            old = termios.tcgetattr(fd)
-            quiet = list(old)
-            quiet[3] &= ~termios.ECHO  # lflag: no echo; canonical mode: one line per read
-            termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
-            try:
-                os.write(fd, prompt.encode())
-
-                def read(target: memoryview) -> int:
-                    return os.readv(fd, [target])
-
-                return cls._from_reader(
-                    read, 0, limit, name, "the terminal", line=True, ready=_readiness(fd)
-                )
-            finally:
-                termios.tcsetattr(fd, termios.TCSAFLUSH, old)
-                os.write(fd, b"\n")
-        finally:
-            os.close(fd)
+        name = _check_name(name, RegionTypeError)  # before the prompt is shown
+        text = str.encode(prompt, "utf-8", "replace")
+        # Echo off and back on are single C calls (QuietTerminal's __enter__ and __exit__):
+        # a Ctrl-C at any moment finds echo restored and the descriptor closed.  The terminal
+        # is a description of our own, non-blocking: the wait for a line happens outside the
+        # guard (see _FdReader).
+        with QuietTerminal() as fd:
+            _write_all(fd, text)
+            reader = _FdReader(fd, block=True, empty=_no_data)
+            return cls._from_reader(
+                reader.read, 0, limit, name, "the terminal", line=True, wait=reader.wait
+            )
 
     @classmethod
     def _from_reader(
@@ -313,12 +484,13 @@ class Secret(Unshareable):
         what: str,
         *,
         line: bool = False,
-        ready: Callable[[], None] | None = None,
+        wait: Callable[[], None] | None = None,
     ) -> Secret:
         """Read to the end (``line``: to the first newline, which is not kept): into a
         secret with room for one byte more than expected (so the end shows without a plain
         copy), doubling it (secure to secure) when it fills up, and trimming it to what came
-        at the end."""
+        at the end.  With ``wait``, ``read`` never blocks: it gives None when it has no data
+        now, and ``wait()`` waits for some outside the guard."""
         limit = max_size + 1 if max_size is not None else None  # room to see one byte too many
         capacity = max(PAGE_SIZE, hint + 1)
         if limit is not None:
@@ -332,7 +504,12 @@ class Secret(Unshareable):
                         raise StreamError(f"{what} gave more than max_size={max_size} bytes")
                     grown = 2 * used if limit is None else min(2 * used, limit)
                     secret = secret._moved(grown, used)
-                n = secret._read_into(read, used, what, ready)
+                n = secret._read_into(read, used, what, may_wait=wait is not None)
+                if n is None:  # only with a wait (else _read_into raised)
+                    if wait is None:
+                        raise _no_data_now(what)
+                    wait()  # outside the guard
+                    continue
                 if n == 0:
                     break
                 used += n
@@ -360,8 +537,11 @@ class Secret(Unshareable):
             with ikm_secret.reveal() as ikm:      # reveal inputs first, outside the call
                 key = Secret.from_writer(32, lambda out: hkdf.derive_into(ikm, out))
 
-        Whatever ``write`` returns is ignored; if it raises, the secret is wiped.
+        Whatever ``write`` returns is ignored; if it raises, the secret is wiped.  ``write``
+        runs with the secret open (on the mprotect backend, to every thread): it should not
+        block.
         """
+        name = _check_name(name, RegionTypeError)
         secret = cls(size, name=name)
         try:
             secret._read_into(lambda target: (write(target), 0)[1], 0, "the writer")
@@ -380,13 +560,13 @@ class Secret(Unshareable):
         read: Callable[[memoryview], object],
         offset: int,
         what: str,
-        ready: Callable[[], None] | None = None,
-    ) -> int:
-        """One ``read(buffer)`` into this secret from ``offset``; the byte count it gave.
-        ``ready`` (if given) waits for data before the secret is opened."""
+        *,
+        may_wait: bool = False,
+    ) -> int | None:
+        """One ``read(buffer)`` into this secret from ``offset``; the byte count it gave
+        (None: no data now, where ``may_wait`` allows it).  ``read`` runs inside the
+        ReadWrite guard: it must not block (see :class:`_FdReader`)."""
         self._check()
-        if ready is not None:
-            ready()
         try:
             with self._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
                 with memoryview(g.mut_ref_guard()) as whole, whole[offset:] as target:
@@ -405,10 +585,9 @@ class Secret(Unshareable):
                 "no copy of it (read the secret again in the child)"
             )
         if n is None:
-            raise StreamError(
-                f"{what} has no data now (a non-blocking stream): make it blocking, or read "
-                "the secret once it has all arrived"
-            )
+            if may_wait:
+                return None
+            raise _no_data_now(what)
         if type(n) is not int:
             raise StreamError(f"{what}: readinto() returned {type(n).__name__}, not a byte count")
         if not 0 <= n <= room:
@@ -423,6 +602,7 @@ class Secret(Unshareable):
 
         Growth copies between secure regions only; each outgrown region is wiped.
         """
+        name = _check_name(name, RegionTypeError)  # before a chunk is taken
         secret: Secret | None = None
         used = 0
         try:
@@ -450,8 +630,10 @@ class Secret(Unshareable):
         """A new secret of ``capacity`` bytes holding our first ``used``; this one is closed."""
         moved = type(self)(capacity, name=self.name)
         try:
-            with self.reveal() as old, memoryview(old) as mv:
-                moved.write(0, mv[:used])  # buffer to buffer, no plain copy
+            # buffer to buffer, no plain copy; the slice is released by name, since the
+            # traceback of an exception raised inside write() (a Ctrl-C) keeps it alive
+            with self.reveal() as old, memoryview(old) as mv, mv[:used] as part:
+                moved.write(0, part)
         except BaseException:
             moved.close()
             raise

@@ -17,7 +17,8 @@
   3.12+, ``HBuf`` (``__buffer__``);
 - ``allowed(need)``: whether this thread may still access the region through the view
   (need 1: read, 2: write) after what the hooks did;
-- ``teardown()``: leave every guard, close region and key, check no guard is left.
+- ``teardown()``: leave every guard, close region and key, check no guard is left;
+- ``fired_log``: every hostile object whose hook ran (a test asserts its attack happened).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def act(name):
         raise AssertionError(name)
 
 
+fired_log = []  # every hostile object whose hook ran (the attack happened)
+
+
 class Hostile:
     def __init__(self, actions, value, swallow=False):
         self.actions = list(actions)
@@ -85,6 +89,7 @@ class Hostile:
         if self.fired:
             return
         self.fired = True
+        fired_log.append(self)
         for name in self.actions:
             try:
                 act(name)

@@ -78,6 +78,7 @@ BUFFER_CASES: dict[str, str] = {
 _RUN_CASE = """
 exc = raises(PkeyguardError, op)
 print("raised", type(exc).__name__, exc, flush=True)
+assert fired_log, "the hostile conversion never ran: the attack did not happen"
 teardown()
 """
 
@@ -222,6 +223,8 @@ def hunt(scenario):
 
 
 hunt()
+print("hooks fired in", len(fired_log), "examples", flush=True)
+assert fired_log, "no hostile conversion ran in the whole hunt: the attack did not happen"
 """
 
 

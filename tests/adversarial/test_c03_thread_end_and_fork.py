@@ -125,6 +125,7 @@ for attempt in range(PARAMS["rounds"]):
     assert box["left"] == [], box
     same += box["same"]
 print("ident reused in", same, "of", PARAMS["rounds"], "rounds", flush=True)
+assert same > 0, "no new thread got a dead thread's ident: the attack did not happen"
 region.close()
 key.close()
 """

@@ -42,11 +42,10 @@ for round_ in range(PARAMS["rounds"]):
         winner = keys[got.index("ok")]
         loser = keys[got.index("refused")]
         assert r.association is not None and r.association.key is winner, (round_, got)
-        if getattr(winner, "regions", None) is not None:
-            listed = [getattr(a, "region", a) for a in winner.regions]
-            assert listed.count(r) == 1, (round_, "the winning key does not list the region")
-            listed = [getattr(a, "region", a) for a in loser.regions]
-            assert r not in listed, (round_, "the losing key lists the region")
+        listed = [a.region for a in winner.regions]
+        assert listed.count(r) == 1, (round_, "the winning key does not list the region")
+        listed = [a.region for a in loser.regions]
+        assert r not in listed, (round_, "the losing key lists the region")
         owner[id(r)] = winner
     # Closing one key must leave the other key's regions NoAccess (no stale tag to undo).
     keys[0].close()

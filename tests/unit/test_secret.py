@@ -121,7 +121,12 @@ class TestSecureAllocator:
     def test_canary_catches_an_overflow(self, backing: allocator.Backing) -> None:
         region = RegionGuard(32, allocator=Secure(backing=backing))
         address = region.address
-        ctypes.memset(address, 0x41, 33)  # one byte too many
+        # One byte too many, and one that differs from the canary's first byte (a fixed byte
+        # equals the random canary's one time in 256: the overflow would go unseen).
+        canary = ctypes.string_at(address + 32, 1)[0]
+        ctypes.memset(address, 0x41, 32)
+        ctypes.memset(address + 32, canary ^ 0xFF, 1)
+        assert ctypes.string_at(address + 32, 1)[0] != canary  # the overflow changed it
         with pytest.raises(CanaryError, match="overwritten"):
             region.close()
         assert region.closed and perms_at(address) == ""
