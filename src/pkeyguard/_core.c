@@ -545,9 +545,11 @@ key_free(KeyObject *k)
         Py_INCREF(b);
         if (binding_end(b, 1) < 0) {
             /* The pages keep the tag: never free the number (a reused number would reach
-             * them).  Drop the binding from our list and report it. */
+             * them).  Drop the binding from our list and report it.  Raising ran Python code
+             * (the error class): it may have changed the list, so b is looked up, not assumed
+             * to be last; it cannot enter a guard on k or bind to it (k->closing). */
             failed = 1;
-            k->nbindings--;
+            key_remove_binding(k, b);
         }
         Py_DECREF(b);
     }
@@ -1552,7 +1554,7 @@ Key_bind(KeyObject *k, PyObject *args)
     if (key_reserve(k) < 0) {
         goto fail;
     }
-    if (k->closed) {
+    if (k->closed || k->closing) {
         PyErr_Format(err(E_KEY), "%R is closed", (PyObject *)k);
         goto fail;
     }
@@ -1776,6 +1778,92 @@ static PyTypeObject Binding_Type = {
 
 /* ------------------------------------------------------------------------------------ */
 /* Guard                                                                                */
+/*
+ * Entering and leaving change the core's state (this thread's stack, the key's counts, the
+ * pool, the pages).  Nothing between the start of such a change and its end may run Python
+ * code: no exception is built there (an error class's __init__, a repr, the allocation of
+ * the exception, which can start the collector), and no reference that may be the last is
+ * dropped there (a finalizer).  So the steps below report a failure as a GuardFailure, which
+ * the caller raises once the state is consistent again, and the references that popped
+ * guards give up are collected in a Released list that the caller drops at the very end.
+ */
+
+/* Why an entry (or a switch) could not be made; raised by raise_failure(). */
+enum {
+    FAIL_NONE = 0,
+    FAIL_ACTIVE,        /* already active */
+    FAIL_KEY_CLOSED,    /* its key is closed, or being closed */
+    FAIL_UNBOUND,       /* its association has ended */
+    FAIL_EXPORTS,       /* a wider guard on the key has live buffer exports */
+    FAIL_ERRNO,         /* a system call failed (err, syscall) */
+    FAIL_TAKE,          /* no hardware key could be taken (pool_take's result in err) */
+};
+
+typedef struct {
+    int why;
+    int err;
+    const char *syscall;
+    GuardObject *other; /* FAIL_EXPORTS: the guard whose views have exports (borrowed) */
+    Py_ssize_t exports;
+} GuardFailure;
+
+/* The references popped guards give up (their stack's), dropped once the state is
+ * consistent: dropping one can run a finalizer.  The list is the caller's own memory, so
+ * whatever that code does to the guards cannot reach it (a guard's own links can change:
+ * the code may enter it again). */
+typedef struct {
+    GuardObject **items;
+    Py_ssize_t n, cap;
+    GuardObject *small[8];
+} Released;
+
+static void
+released_init(Released *r)
+{
+    r->items = r->small;
+    r->n = 0;
+    r->cap = (Py_ssize_t)(sizeof(r->small) / sizeof(r->small[0]));
+}
+
+/* Room for `need` more guards.  PyMem_Malloc runs no Python code (it never starts the
+ * collector), so it may come right before a change; on failure nothing was changed. */
+static int
+released_reserve(Released *r, Py_ssize_t need)
+{
+    if (r->n + need <= r->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = r->n + need;
+    GuardObject **p = PyMem_Malloc((size_t)cap * sizeof(GuardObject *));
+    if (p == NULL) {
+        return -1;
+    }
+    memcpy(p, r->items, (size_t)r->n * sizeof(GuardObject *));
+    if (r->items != r->small) {
+        PyMem_Free(r->items);
+    }
+    r->items = p;
+    r->cap = cap;
+    return 0;
+}
+
+/* Drop the references, keeping the exception being raised (if any). */
+static void
+released_drop(Released *r)
+{
+    if (r->n > 0) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        for (Py_ssize_t i = 0; i < r->n; i++) {
+            Py_DECREF(r->items[i]);
+        }
+        PyErr_Restore(et, ev, tb);
+    }
+    if (r->items != r->small) {
+        PyMem_Free(r->items);
+    }
+    released_init(r);
+}
 
 /* This thread's bits for the numbers of virtual keys, derived again after numbers changed
  * owner since it last looked (or in a new thread, which may have inherited numbers open):
@@ -1809,9 +1897,10 @@ pool_sync(int mode, ThreadStack *s)
     p->syncs++;
 }
 
-/* Apply g's rights for its key on entry, on the thread that owns stack s. */
+/* Apply g's rights for its key on entry, on the thread that owns stack s.  Raises nothing:
+ * on failure *f says why, and everything is as before (the caller raises). */
 static int
-guard_apply(GuardObject *g, ThreadStack *s)
+guard_apply(GuardObject *g, ThreadStack *s, GuardFailure *f)
 {
     KeyObject *k = g->key;
     if (mode_is_pool(k->mode)) {
@@ -1829,7 +1918,9 @@ guard_apply(GuardObject *g, ThreadStack *s)
             const char *syscall_name;
             int e = pool_take(k, 1, &syscall_name);
             if (e != 0) {
-                raise_take_failed(k, e, syscall_name); /* consistent again: may allocate */
+                f->why = FAIL_TAKE;
+                f->err = e;
+                f->syscall = syscall_name;
                 return -1;
             }
             p->misses++;
@@ -1872,7 +1963,9 @@ guard_apply(GuardObject *g, ThreadStack *s)
             if (outer) {
                 k->counts[outer->level]++;
             }
-            raise_errno(e, "mprotect"); /* nothing changed: safe to allocate now */
+            f->why = FAIL_ERRNO;
+            f->err = e;
+            f->syscall = "mprotect";
             return -1;
         }
     }
@@ -1911,43 +2004,44 @@ guard_restore(GuardObject *g, int write_pkru, int apply)
     return 0;
 }
 
-/* Raise for a failed restore (after the state change is complete). */
+/* Raise for a failed exit's mprotect (after the state change is complete). */
 static PyObject *
 raise_restore_failed(int e)
 {
     return raise_errno(e, "mprotect");
 }
 
-/* Take g off the top of its stack and undo its rights.  The stack's reference to g is
- * handed to the caller (chained through g->prev on *released), to be dropped once the
- * state is consistent: dropping it can run arbitrary code.  Returns 0 or an errno (see
- * guard_restore); raises nothing. */
+/* Take g off the top of its stack and undo its rights.  The stack's reference to g moves to
+ * *r, to be dropped once the state is consistent.  The caller has reserved room in r.
+ * Returns 0 or an errno (see guard_restore); raises nothing. */
 static int
-guard_pop(GuardObject *g, int write_pkru, int apply, GuardObject **released)
+guard_pop(GuardObject *g, int write_pkru, int apply, Released *r)
 {
     ThreadStack *s = g->stack;
     s->top = g->prev;
     int rc = guard_restore(g, write_pkru, apply);
+    g->prev = NULL;
     g->active = 0;
     g->stack = NULL;
     g->key->active--;
     if (g->binding != NULL) {
         g->binding->active--;
     }
-    g->prev = *released;
-    *released = g;
+    r->items[r->n++] = g;
     return rc;
 }
 
-static void
-release_chain(GuardObject *chain)
+static Py_ssize_t
+stack_depth(ThreadStack *s, GuardObject *down_to)
 {
-    while (chain != NULL) {
-        GuardObject *g = chain;
-        chain = g->prev;
-        g->prev = NULL;
-        Py_DECREF(g);
+    Py_ssize_t n = 0;
+    for (GuardObject *g = s->top; g != NULL; g = g->prev) {
+        n++;
+        if (g == down_to) {
+            break;
+        }
     }
+    return n;
 }
 
 /* The thread that owned s has ended (or does not exist in this fork child): end its guards.
@@ -1962,59 +2056,72 @@ stack_abandon(ThreadStack *s)
     if (own) {
         tls_stack = NULL;
     }
+    /* No thread pushes on s from here on (its owner has another stack, or none), and guards
+     * of s cannot be exited from another thread, so the loop below is all that changes s. */
     int apply = !is_finalizing();
-    GuardObject *released = NULL;
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     while (s->top != NULL) {
-        GuardObject *g = s->top;
-        (void)guard_pop(g, own, apply, &released); /* other threads' PKRU: not ours to write */
-        g->ended = ENDED_THREAD;
+        Released released;
+        released_init(&released);
+        /* All at once if the list can hold them; else one at a time, each pop complete
+         * before its reference is dropped. */
+        Py_ssize_t n = released_reserve(&released, stack_depth(s, NULL)) == 0
+                           ? released.cap : 1;
+        while (s->top != NULL && released.n < n) {
+            GuardObject *g = s->top;
+            (void)guard_pop(g, own, apply, &released); /* other threads' PKRU: not ours */
+            g->ended = ENDED_THREAD;
+        }
+        if (apply) {
+            released_drop(&released);
+        }
+        else if (released.items != released.small) {
+            /* the interpreter is finalizing and a daemon thread may still be running native
+             * code on these pages; keep the guards (and so their regions) alive until the
+             * process ends rather than unmap memory under it */
+            PyMem_Free(released.items);
+        }
     }
-    if (apply) {
-        release_chain(released);
-    }
-    /* else: the interpreter is finalizing and a daemon thread may still be running native
-     * code on these pages; keep the guards (and so their regions) alive until the process
-     * ends rather than unmap memory under it. */
     PyErr_Restore(et, ev, tb);
 }
 
-/* The non-allocating part of entering: check, apply, push.  Nothing here runs Python code
- * (PyErr_Format's %R of a guard is C). */
+/* The checks of an entry (nothing changes): 0, or -1 with *f saying why. */
 static int
-guard_activate(GuardObject *g, ThreadStack *s, int check_exports)
+guard_check(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *f)
 {
     KeyObject *k = g->key;
     if (g->active) {
-        PyErr_Format(err(E_GUARD_STATE),
-                     "%R is already active (entered on thread %lu); a guard is entered once at "
-                     "a time: call set_access_rights() again for a second one",
-                     (PyObject *)g, g->thread);
+        f->why = FAIL_ACTIVE;
         return -1;
     }
-    if (k->closed) {
-        PyErr_Format(err(E_GUARD_STATE), "cannot enter %R: its key is closed", (PyObject *)g);
+    if (k->closed || k->closing) {
+        f->why = FAIL_KEY_CLOSED;
         return -1;
     }
     if (g->binding != NULL && !g->binding->live) {
-        PyErr_Format(err(E_GUARD_STATE),
-                     "cannot enter %R: its association has ended (the region was disassociated "
-                     "or closed); associate the region again and use the new association",
-                     (PyObject *)g);
+        f->why = FAIL_UNBOUND;
         return -1;
     }
     for (GuardObject *o = check_exports ? s->top : NULL; o != NULL; o = o->prev) {
         if (o->key == k && o->exports > 0 && o->level > g->level) {
-            PyErr_Format(err(E_GUARD_STATE),
-                         "cannot enter %R: %zd buffer export(s) (memoryviews) of a view under "
-                         "%R are still alive, and they would fault under the narrower rights; "
-                         "release them first ('with memoryview(view) as m:')",
-                         (PyObject *)g, o->exports, (PyObject *)o);
+            f->why = FAIL_EXPORTS;
+            f->other = o;
+            f->exports = o->exports;
             return -1;
         }
     }
-    if (guard_apply(g, s) < 0) {
+    return 0;
+}
+
+/* The non-allocating part of entering: check, apply, push.  Nothing here runs Python code;
+ * on failure nothing changed and *f says why (raise it with raise_failure). */
+static int
+guard_activate(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *f)
+{
+    KeyObject *k = g->key;
+    f->why = FAIL_NONE;
+    if (guard_check(g, s, check_exports, f) < 0 || guard_apply(g, s, f) < 0) {
         return -1;
     }
     g->stack = s;
@@ -2033,16 +2140,58 @@ guard_activate(GuardObject *g, ThreadStack *s, int check_exports)
     return 0;
 }
 
+/* Raise what guard_activate() reported, once the state is consistent.  May run Python code
+ * (a repr, the error class): g and whatever *f names are held here meanwhile. */
+static void
+raise_failure(GuardObject *g, GuardFailure *f)
+{
+    Py_INCREF(g);
+    switch (f->why) {
+    case FAIL_ACTIVE:
+        PyErr_Format(err(E_GUARD_STATE),
+                     "%R is already active (entered on thread %lu); a guard is entered once at "
+                     "a time: call set_access_rights() again for a second one",
+                     (PyObject *)g, g->thread);
+        break;
+    case FAIL_KEY_CLOSED:
+        PyErr_Format(err(E_GUARD_STATE), "cannot enter %R: its key is closed", (PyObject *)g);
+        break;
+    case FAIL_UNBOUND:
+        PyErr_Format(err(E_GUARD_STATE),
+                     "cannot enter %R: its association has ended (the region was disassociated "
+                     "or closed); associate the region again and use the new association",
+                     (PyObject *)g);
+        break;
+    case FAIL_EXPORTS:
+        Py_INCREF(f->other);
+        PyErr_Format(err(E_GUARD_STATE),
+                     "cannot enter %R: %zd buffer export(s) (memoryviews) of a view under "
+                     "%R are still alive, and they would fault under the narrower rights; "
+                     "release them first ('with memoryview(view) as m:')",
+                     (PyObject *)g, f->exports, (PyObject *)f->other);
+        Py_DECREF(f->other);
+        break;
+    case FAIL_ERRNO:
+        raise_errno(f->err, f->syscall);
+        break;
+    case FAIL_TAKE:
+        raise_take_failed(g->key, f->err, f->syscall);
+        break;
+    default:
+        PyErr_SetString(PyExc_SystemError, "pkeyguard: a guard entry failed for no reason");
+        break;
+    }
+    Py_DECREF(g);
+}
+
 static ViewObject *view_alloc(PyTypeObject *cls);
 static void view_init(ViewObject *v, GuardObject *g, int writable);
 
 static PyObject *
 Guard_enter(GuardObject *g, PyObject *Py_UNUSED(ignored))
 {
-    ThreadStack *s = get_stack(); /* may allocate */
-    if (s == NULL) {
-        return NULL;
-    }
+    /* Allocate first (the view may start the collector, whose finalizers may do anything,
+     * even drop this thread's stack), then find the stack, then check and change. */
     ViewObject *v = NULL;
     if (g->enter_view != NULL) {
         v = view_alloc((PyTypeObject *)g->enter_view);
@@ -2050,7 +2199,14 @@ Guard_enter(GuardObject *g, PyObject *Py_UNUSED(ignored))
             return NULL;
         }
     }
-    if (guard_activate(g, s, 1) < 0) {
+    ThreadStack *s = get_stack(); /* allocates only the first time, and nothing after it */
+    if (s == NULL) {
+        Py_XDECREF(v);
+        return NULL;
+    }
+    GuardFailure f;
+    if (guard_activate(g, s, 1, &f) < 0) {
+        raise_failure(g, &f);
         Py_XDECREF(v);
         return NULL;
     }
@@ -2084,21 +2240,21 @@ raise_not_active(GuardObject *g)
 }
 
 /* Pop everything above g and g itself off g's stack (an out-of-order exit).  Guards other
- * than g are marked ENDED_ORDER. */
+ * than g are marked ENDED_ORDER.  r has room for all of them. */
 static int
-stack_unwind_through(GuardObject *g, GuardObject **released)
+stack_unwind_through(GuardObject *g, Released *r)
 {
     ThreadStack *s = g->stack;
     int e = 0;
     while (s->top != NULL && s->top != g) {
         GuardObject *inner = s->top;
         inner->ended = ENDED_ORDER;
-        int r = guard_pop(inner, 1, 1, released);
-        e = e ? e : r;
+        int rc = guard_pop(inner, 1, 1, r);
+        e = e ? e : rc;
     }
     if (g->active) {
-        int r = guard_pop(g, 1, 1, released);
-        e = e ? e : r;
+        int rc = guard_pop(g, 1, 1, r);
+        e = e ? e : rc;
     }
     return e;
 }
@@ -2117,41 +2273,47 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
                             "entered it",
                             (PyObject *)g, g->thread, PyThread_get_thread_ident());
     }
-    GuardObject *released = NULL;
+    Released released;
+    released_init(&released);
     if (s->top != g) {
         /* Out of order: unwind every guard above g and g itself, so this thread's rights
          * are exactly what they were before g was entered, then report it. */
+        if (released_reserve(&released, stack_depth(s, g)) < 0) {
+            return PyErr_NoMemory(); /* nothing changed */
+        }
         GuardObject *top = s->top;
         Py_INCREF(top);
-        (void)stack_unwind_through(g, &released); /* the order error says more */
-        PyErr_Format(err(E_GUARD_ORDER),
-                     "guards exited out of order: %R was exited while %R, entered after it, was "
-                     "still active. Both are now exited and this thread's rights are as before "
-                     "%R. Common causes: a generator or coroutine suspended inside a 'with' "
-                     "block, manual __enter__/__exit__ calls, an ExitStack closed in the wrong "
-                     "order.",
-                     (PyObject *)g, (PyObject *)top, (PyObject *)g);
+        int e = stack_unwind_through(g, &released);
+        released_drop(&released); /* the state is complete: finalizers may run now */
+        if (e != 0) {
+            raise_restore_failed(e);
+        }
+        else {
+            PyErr_Format(err(E_GUARD_ORDER),
+                         "guards exited out of order: %R was exited while %R, entered after "
+                         "it, was still active. Both are now exited and this thread's rights "
+                         "are as before %R. Common causes: a generator or coroutine suspended "
+                         "inside a 'with' block, manual __enter__/__exit__ calls, an ExitStack "
+                         "closed in the wrong order.",
+                         (PyObject *)g, (PyObject *)top, (PyObject *)g);
+        }
         Py_DECREF(top);
-        release_chain(released);
         return NULL;
     }
     Py_ssize_t exports = g->exports;
     int e = guard_pop(g, 1, 1, &released);
+    released_drop(&released); /* the state is complete: finalizers may run now */
     if (e != 0) {
-        raise_restore_failed(e);
-        release_chain(released);
-        return NULL;
+        return raise_restore_failed(e);
     }
     if (exports > 0) {
-        PyErr_Format(err(E_VIEW),
-                     "%zd buffer export(s) of a view (a memoryview or slice of it) outlived %R; "
-                     "the rights were restored, so touching them now faults. Release them "
-                     "before the block ends ('with memoryview(view) as m:')",
-                     exports, (PyObject *)g);
-        release_chain(released);
-        return NULL;
+        return PyErr_Format(err(E_VIEW),
+                            "%zd buffer export(s) of a view (a memoryview or slice of it) "
+                            "outlived %R; the rights were restored, so touching them now "
+                            "faults. Release them before the block ends ('with memoryview(view) "
+                            "as m:')",
+                            exports, (PyObject *)g);
     }
-    release_chain(released);
     Py_RETURN_FALSE;
 }
 
@@ -2994,6 +3156,18 @@ typedef struct {
     PyObject *guards;  /* tuple of the guards entered, while active; NULL otherwise */
 } GroupObject;
 
+/* How many of the guards in `all` have an open key: those are entered. */
+static Py_ssize_t
+group_count_open(PyObject *all, Py_ssize_t made)
+{
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < made; i++) {
+        KeyObject *k = ((GuardObject *)PyTuple_GET_ITEM(all, i))->key;
+        n += !k->closed && !k->closing;
+    }
+    return n;
+}
+
 static PyObject *
 Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
 {
@@ -3003,51 +3177,88 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
                         "a second one");
         return NULL;
     }
-    ThreadStack *s = get_stack();
-    if (s == NULL) {
-        return NULL;
-    }
-    /* Snapshot the open keys without allocating while walking the list (an allocation can
-     * run finalizers that open or close keys), then make a guard for each (allocating), then
-     * enter them all with nothing in between that could run Python code. */
+    /* Allocate everything first (any allocation can start the collector, whose finalizers
+     * may open or close keys, enter or leave guards, or drop this thread's stack), then
+     * check, then enter every guard with nothing in between that could run Python code;
+     * a failure undoes the entries made, and is raised only after that. */
     Py_ssize_t n = live_key_count;
     PyObject *keys_now = PyTuple_New(n);
     if (keys_now == NULL) {
         return NULL;
     }
+    /* The snapshot: no allocation while walking the list. */
     Py_ssize_t seen = 0;
     for (KeyObject *k = live_keys.live_next; k != &live_keys && seen < n; k = k->live_next) {
         Py_INCREF(k);
         PyTuple_SET_ITEM(keys_now, seen++, (PyObject *)k);
     }
-    PyObject *all = PyTuple_New(seen);
+    /* Which keys to isolate, decided in one pass with no allocation in it. */
+    char *isolate = PyMem_Malloc((size_t)(seen ? seen : 1));
+    if (isolate == NULL) {
+        Py_DECREF(keys_now);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t want = 0;
+    for (Py_ssize_t j = 0; j < seen; j++) {
+        PyObject *k = PyTuple_GET_ITEM(keys_now, j);
+        int allowed = 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(grp->allow) && !allowed; i++) {
+            allowed = PyTuple_GET_ITEM(grp->allow, i) == k;
+        }
+        isolate[j] = (char)!allowed;
+        want += !allowed;
+    }
+    PyObject *all = PyTuple_New(want);
     if (all == NULL) {
+        PyMem_Free(isolate);
         Py_DECREF(keys_now);
         return NULL;
     }
     Py_ssize_t made = 0;
     for (Py_ssize_t j = 0; j < seen; j++) {
-        KeyObject *k = (KeyObject *)PyTuple_GET_ITEM(keys_now, j);
-        int allowed = 0;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(grp->allow); i++) {
-            if (PyTuple_GET_ITEM(grp->allow, i) == (PyObject *)k) {
-                allowed = 1;
-            }
-        }
-        if (allowed) {
+        if (!isolate[j]) {
             continue;
         }
+        KeyObject *k = (KeyObject *)PyTuple_GET_ITEM(keys_now, j);
         /* A key-wide NoAccess guard per key: same LIFO and per-thread rules as any guard. */
         GuardObject *g = guard_create(&Guard_Type, k, NULL, LEVEL_NONE, NULL);
         if (g == NULL) {
+            PyMem_Free(isolate);
             Py_DECREF(keys_now);
             Py_DECREF(all);
             return NULL;
         }
         PyTuple_SET_ITEM(all, made++, (PyObject *)g);
     }
+    PyMem_Free(isolate);
     Py_DECREF(keys_now); /* each guard holds its key */
-    /* The allocations above may have run finalizers that closed keys: skip those. */
+    /* The record of the entered guards and the keys handed out, sized for the keys still
+     * open once the last allocation is done (a finalizer run by one may close keys). */
+    ThreadStack *s = NULL;
+    PyObject *guards = NULL, *keys = NULL;
+    Released released;
+    released_init(&released);
+    for (;;) {
+        Py_ssize_t count = group_count_open(all, made);
+        s = get_stack();
+        if (s == NULL) {
+            goto fail;
+        }
+        guards = PyTuple_New(count);
+        keys = guards != NULL ? PyTuple_New(count) : NULL;
+        if (keys == NULL || released_reserve(&released, count) < 0) {
+            if (keys != NULL) {
+                PyErr_NoMemory();
+            }
+            goto fail;
+        }
+        if (group_count_open(all, made) == count && tls_stack == s) {
+            break; /* nothing ran since the count: it holds until the entries are made */
+        }
+        Py_CLEAR(guards);
+        Py_CLEAR(keys);
+    }
+    /* From here to the entries: no allocation, no Python code. */
     /* The buffer-exports check of each entry, once for the whole group (per guard it would
      * walk this thread's stack every time: quadratic in the number of keys).  Only guards
      * with live exports matter, and they are few. */
@@ -3064,64 +3275,44 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
                              "NoAccess; release them first ('with memoryview(view) as m:') or "
                              "allow the key",
                              o->exports, (PyObject *)o);
-                Py_DECREF(all);
-                return NULL;
+                goto fail;
             }
         }
-    }
-    GuardObject **entered = PyMem_Calloc((size_t)(made ? made : 1), sizeof(GuardObject *));
-    if (entered == NULL) {
-        Py_DECREF(all);
-        return PyErr_NoMemory();
     }
     Py_ssize_t count = 0;
     for (Py_ssize_t i = 0; i < made; i++) {
         GuardObject *g = (GuardObject *)PyTuple_GET_ITEM(all, i);
-        if (g->key->closed) {
+        if (g->key->closed || g->key->closing) {
             continue;
         }
-        if (guard_activate(g, s, 0) < 0) {
-            GuardObject *released = NULL;
-            PyObject *et, *ev, *tb;
-            PyErr_Fetch(&et, &ev, &tb);
+        GuardFailure f;
+        if (guard_activate(g, s, 0, &f) < 0) {
+            /* Leave the ones entered (on top of the stack, in reverse order: nothing ran
+             * since), then raise, then let go of what they held. */
             while (count > 0) {
-                (void)guard_pop(entered[--count], 1, 1, &released);
+                count--;
+                (void)guard_pop(s->top, 1, 1, &released);
             }
-            PyErr_Restore(et, ev, tb);
-            PyMem_Free(entered);
-            release_chain(released);
-            Py_DECREF(all);
-            return NULL;
+            raise_failure(g, &f);
+            released_drop(&released);
+            goto fail;
         }
-        entered[count++] = g;
+        PyTuple_SET_ITEM(guards, count, (PyObject *)g);
+        Py_INCREF(g); /* the record's reference */
+        Py_INCREF(g->key);
+        PyTuple_SET_ITEM(keys, count, (PyObject *)g->key);
+        count++;
     }
-    PyObject *guards = PyTuple_New(count);
-    PyObject *keys = guards ? PyTuple_New(count) : NULL;
-    if (keys == NULL) {
-        /* Cannot record them: leave the guards again. */
-        GuardObject *released = NULL;
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        while (count > 0) {
-            (void)guard_pop(entered[--count], 1, 1, &released);
-        }
-        PyErr_Restore(et, ev, tb);
-        PyMem_Free(entered);
-        release_chain(released);
-        Py_XDECREF(guards);
-        Py_DECREF(all);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_INCREF(entered[i]);
-        PyTuple_SET_ITEM(guards, i, (PyObject *)entered[i]);
-        Py_INCREF(entered[i]->key);
-        PyTuple_SET_ITEM(keys, i, (PyObject *)entered[i]->key);
-    }
-    PyMem_Free(entered);
+    released_drop(&released);
     Py_DECREF(all);
     grp->guards = guards;
     return keys;
+fail:
+    released_drop(&released);
+    Py_XDECREF(guards);
+    Py_XDECREF(keys);
+    Py_DECREF(all);
+    return NULL;
 }
 
 static PyObject *
@@ -3154,7 +3345,11 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
     }
     /* Pop down to the first guard; anything that is not ours means an out-of-order exit. */
     ThreadStack *s = first->stack;
-    GuardObject *released = NULL;
+    Released released;
+    released_init(&released);
+    if (released_reserve(&released, stack_depth(s, first)) < 0) {
+        return PyErr_NoMemory(); /* nothing changed */
+    }
     int foreign = 0, e = 0;
     Py_ssize_t next = n - 1; /* ours come off the stack in reverse order of entry */
     while (s->top != NULL && s->top != first) {
@@ -3171,16 +3366,16 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
             foreign = 1;
             top->ended = ENDED_ORDER;
         }
-        int r = guard_pop(top, 1, 1, &released);
-        e = e ? e : r;
+        int rc = guard_pop(top, 1, 1, &released);
+        e = e ? e : rc;
     }
     if (first->active) {
-        int r = guard_pop(first, 1, 1, &released);
-        e = e ? e : r;
+        int rc = guard_pop(first, 1, 1, &released);
+        e = e ? e : rc;
     }
     grp->guards = NULL;
+    released_drop(&released); /* the state is complete: finalizers may run now */
     Py_DECREF(guards);
-    release_chain(released);
     if (e != 0) {
         return raise_restore_failed(e);
     }
