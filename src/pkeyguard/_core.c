@@ -328,6 +328,9 @@ struct KeyObject {
     int mode;
     int base_level;        /* rights with no guard active (mprotect; pku: initial rights) */
     int effective_level;   /* rights applied to the pages now (mprotect) */
+    int mixed;             /* mprotect: a failed system call left some regions at other rights
+                              than effective_level (narrower, or stuck wider); every switch
+                              applies the level to all of them again until one succeeds */
     Py_ssize_t counts[3];  /* per level: threads whose innermost guard on this key has it */
     Py_ssize_t active;     /* active guards on this key, all threads */
     BindingObject **bindings; /* borrowed: the live bindings of this key */
@@ -395,31 +398,74 @@ key_unregister(KeyObject *k)
     }
 }
 
+/* How key_apply_level() treats a failure. */
+enum {
+    APPLY_ATOMIC = 0, /* put back what it changed: the key stays at its level (the caller's
+                         operation fails as a whole, and says so) */
+    APPLY_FORCE = 1,  /* the level is the key's from now on (a guard of a thread that ended
+                         is gone whatever happens): every region is tried, and the ones that
+                         fail stay as they were, marked by k->mixed */
+};
+
 /* mprotect every live binding's pages to prot ∩ level (mprotect backend).  Returns 0, or
- * the errno of a failure after putting back what it changed; raises nothing (allocating an
- * exception could run finalizers in the middle of its caller's change). */
+ * the errno of the first failure; raises nothing (allocating an exception could run
+ * finalizers in the middle of its caller's change).
+ *
+ * Fail closed: no region is ever left wider than the key's recorded level.  APPLY_ATOMIC
+ * puts back what it changed; if a put-back fails, that region stays at `level`: when that is
+ * narrower (an exit) the key keeps its level and the region lags behind it; when it is wider
+ * (an entry), the change cannot be undone, so it is completed instead: the key takes `level`
+ * (0 is returned: the caller's entry succeeds) and the regions not yet widened lag behind.
+ * k->mixed records lagging regions; every switch re-applies the level to all of them, and a
+ * view re-applies it before an access (view_settle), so a lagging region never faults. */
 static int
-key_apply_level(KeyObject *k, int level)
+key_apply_level(KeyObject *k, int level, int how)
 {
+    int first = 0;
+    Py_ssize_t failed_at = -1;
     for (Py_ssize_t i = 0; i < k->nbindings; i++) {
         MappingObject *m = k->bindings[i]->mapping;
         if (mapping_absent(m)) {
             continue;
         }
         if (mprotect((void *)m->addr, m->len, prot_for_level(m->prot, level)) != 0) {
-            int e = errno;
-            for (Py_ssize_t j = 0; j < i; j++) { /* put back: the pages agree on one level */
-                MappingObject *q = k->bindings[j]->mapping;
-                if (!mapping_absent(q)) {
-                    (void)mprotect((void *)q->addr, q->len,
-                                   prot_for_level(q->prot, k->effective_level));
-                }
+            if (first == 0) {
+                first = errno;
+                failed_at = i;
             }
-            return e;
+            if (how == APPLY_ATOMIC) {
+                break;
+            }
         }
     }
-    k->effective_level = level;
-    return 0;
+    if (first == 0) {
+        k->effective_level = level;
+        k->mixed = 0;
+        return 0;
+    }
+    if (how == APPLY_FORCE) {
+        k->effective_level = level;
+        k->mixed = 1;
+        return first;
+    }
+    int stuck = 0;
+    for (Py_ssize_t j = 0; j < failed_at; j++) { /* put back: the pages agree on one level */
+        MappingObject *q = k->bindings[j]->mapping;
+        if (mapping_absent(q)) {
+            continue;
+        }
+        if (mprotect((void *)q->addr, q->len, prot_for_level(q->prot, k->effective_level)) != 0) {
+            stuck = 1;
+        }
+    }
+    if (stuck) {
+        k->mixed = 1;
+        if (level > k->effective_level) { /* a region stays wider: complete the change */
+            k->effective_level = level;
+            return 0;
+        }
+    }
+    return first;
 }
 
 #include "_keypool.h"
@@ -746,6 +792,8 @@ static PyMemberDef Key_members[] = {
     {"_mode", T_INT, offsetof(KeyObject, mode), READONLY, NULL},
     {"_base_level", T_INT, offsetof(KeyObject, base_level), READONLY, NULL},
     {"_effective_level", T_INT, offsetof(KeyObject, effective_level), READONLY, NULL},
+    {"_mixed", T_BOOL, offsetof(KeyObject, mixed), READONLY,
+     "a failed system call left some regions at other rights than the key's level"},
     {"active_guards", T_PYSSIZET, offsetof(KeyObject, active), READONLY,
      "guards on this key active right now, on all threads"},
     {"closed", T_BOOL, offsetof(KeyObject, closed), READONLY, NULL},
@@ -1957,7 +2005,8 @@ guard_apply(GuardObject *g, ThreadStack *s, GuardFailure *f)
         }
         k->counts[g->level]++;
         int want = key_wanted_level(k);
-        int e = want != k->effective_level ? key_apply_level(k, want) : 0;
+        int e = want != k->effective_level || k->mixed ? key_apply_level(k, want, APPLY_ATOMIC)
+                                                        : 0;
         if (e != 0) {
             k->counts[g->level]--;
             if (outer) {
@@ -1975,9 +2024,11 @@ guard_apply(GuardObject *g, ThreadStack *s, GuardFailure *f)
 /* Undo g's rights: restore exactly the bits (pku) or the level count (mprotect) that its
  * entry changed.  write_pkru: only on the owning thread; apply: 0 while the interpreter
  * finalizes (other threads may still be in native code on those pages).  Returns 0 or the
- * errno of a failed mprotect, and raises nothing. */
+ * errno of a failed mprotect, and raises nothing.  On a failure, force = 0 changes nothing
+ * (g keeps its rights, its pages stay as they were); force = 1 takes g's rights back anyway
+ * (see APPLY_FORCE). */
 static int
-guard_restore(GuardObject *g, int write_pkru, int apply)
+guard_restore(GuardObject *g, int write_pkru, int apply, int force)
 {
     KeyObject *k = g->key;
     if (mode_is_pool(k->mode)) {
@@ -1997,29 +2048,61 @@ guard_restore(GuardObject *g, int write_pkru, int apply)
             k->counts[g->saved_level]++;
         }
         int want = key_wanted_level(k);
-        if (apply && want != k->effective_level) {
-            return key_apply_level(k, want);
+        if (apply && (want != k->effective_level || k->mixed)) {
+            int e = key_apply_level(k, want, force ? APPLY_FORCE : APPLY_ATOMIC);
+            if (e != 0 && !force) {
+                k->counts[g->level]++;
+                if (g->saved_level >= 0) {
+                    k->counts[g->saved_level]--;
+                }
+            }
+            return e;
         }
     }
     return 0;
 }
 
-/* Raise for a failed exit's mprotect (after the state change is complete). */
+/* Raise for an exit that could not re-protect the pages of g's key (nothing changed: g is
+ * still active, its pages keep its rights). */
 static PyObject *
 raise_restore_failed(int e)
 {
-    return raise_errno(e, "mprotect");
+    PyObject *cls = err(E_MPROTECT);
+    PyObject *msg = PyUnicode_FromFormat(
+        "%s: could not re-protect the key's pages on leaving a guard, so the guard is still "
+        "active and its pages keep its rights (nothing was opened further); leave it again "
+        "once the cause is gone (ENOMEM at vm.max_map_count: unmap something first)",
+        strerror(e));
+    PyObject *exc = msg != NULL ? PyObject_CallFunction(cls, "iO", e, msg) : NULL;
+    Py_XDECREF(msg);
+    if (exc == NULL) {
+        return NULL;
+    }
+    PyObject *name = PyUnicode_FromString("mprotect");
+    if (name == NULL || PyObject_SetAttrString(exc, "syscall", name) < 0) {
+        Py_XDECREF(name);
+        Py_DECREF(exc);
+        return NULL;
+    }
+    Py_DECREF(name);
+    PyErr_SetObject(cls, exc);
+    Py_DECREF(exc);
+    return NULL;
 }
 
 /* Take g off the top of its stack and undo its rights.  The stack's reference to g moves to
  * *r, to be dropped once the state is consistent.  The caller has reserved room in r.
- * Returns 0 or an errno (see guard_restore); raises nothing. */
+ * Returns 0 or an errno (see guard_restore); raises nothing.  On a failure with force = 0
+ * nothing changed: g is still on top, active. */
 static int
-guard_pop(GuardObject *g, int write_pkru, int apply, Released *r)
+guard_pop(GuardObject *g, int write_pkru, int apply, int force, Released *r)
 {
+    int rc = guard_restore(g, write_pkru, apply, force);
+    if (rc != 0 && !force) {
+        return rc;
+    }
     ThreadStack *s = g->stack;
     s->top = g->prev;
-    int rc = guard_restore(g, write_pkru, apply);
     g->prev = NULL;
     g->active = 0;
     g->stack = NULL;
@@ -2070,7 +2153,8 @@ stack_abandon(ThreadStack *s)
                            ? released.cap : 1;
         while (s->top != NULL && released.n < n) {
             GuardObject *g = s->top;
-            (void)guard_pop(g, own, apply, &released); /* other threads' PKRU: not ours */
+            /* the thread is gone: its guards end whatever happens (APPLY_FORCE) */
+            (void)guard_pop(g, own, apply, 1, &released); /* other threads' PKRU: not ours */
             g->ended = ENDED_THREAD;
         }
         if (apply) {
@@ -2240,23 +2324,21 @@ raise_not_active(GuardObject *g)
 }
 
 /* Pop everything above g and g itself off g's stack (an out-of-order exit).  Guards other
- * than g are marked ENDED_ORDER.  r has room for all of them. */
+ * than g are marked ENDED_ORDER.  r has room for all of them.  Stops at a guard whose exit
+ * cannot re-protect its pages: that one and those below it stay active. */
 static int
 stack_unwind_through(GuardObject *g, Released *r)
 {
     ThreadStack *s = g->stack;
-    int e = 0;
     while (s->top != NULL && s->top != g) {
         GuardObject *inner = s->top;
+        int e = guard_pop(inner, 1, 1, 0, r);
+        if (e != 0) {
+            return e;
+        }
         inner->ended = ENDED_ORDER;
-        int rc = guard_pop(inner, 1, 1, r);
-        e = e ? e : rc;
     }
-    if (g->active) {
-        int rc = guard_pop(g, 1, 1, r);
-        e = e ? e : rc;
-    }
-    return e;
+    return g->active ? guard_pop(g, 1, 1, 0, r) : 0;
 }
 
 static PyObject *
@@ -2286,7 +2368,7 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
         int e = stack_unwind_through(g, &released);
         released_drop(&released); /* the state is complete: finalizers may run now */
         if (e != 0) {
-            raise_restore_failed(e);
+            raise_restore_failed(e); /* the guard that failed and those below stay active */
         }
         else {
             PyErr_Format(err(E_GUARD_ORDER),
@@ -2301,10 +2383,10 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
         return NULL;
     }
     Py_ssize_t exports = g->exports;
-    int e = guard_pop(g, 1, 1, &released);
+    int e = guard_pop(g, 1, 1, 0, &released);
     released_drop(&released); /* the state is complete: finalizers may run now */
     if (e != 0) {
-        return raise_restore_failed(e);
+        return raise_restore_failed(e); /* g is still active: nothing changed */
     }
     if (exports > 0) {
         return PyErr_Format(err(E_VIEW),
@@ -2511,6 +2593,20 @@ view_rights_now(ViewObject *v)
     return inner->level;
 }
 
+/* A failed system call left some of k's regions at other rights than its level (k->mixed):
+ * apply the level again before an access that relies on it, or refuse the access (a region
+ * left narrower would fault). */
+static int
+view_settle(KeyObject *k)
+{
+    int e = key_apply_level(k, key_wanted_level(k), APPLY_ATOMIC);
+    if (e != 0) {
+        raise_errno(e, "mprotect");
+        return -1;
+    }
+    return 0;
+}
+
 /* The check every access makes, after converting its arguments and before touching memory.
  * Nothing after it may run Python code until the access is done. */
 static int
@@ -2542,6 +2638,9 @@ view_check(ViewObject *v, int write)
     if (write && !v->writable) {
         PyErr_SetString(err(E_ACCESS),
                         "this view is read-only: use mut_ref_guard() under a ReadWrite guard");
+        return -1;
+    }
+    if (g->key->mixed && view_settle(g->key) < 0) {
         return -1;
     }
     if (g->stack->top != g) {
@@ -3154,6 +3253,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *allow;   /* tuple of keys left alone */
     PyObject *guards;  /* tuple of the guards entered, while active; NULL otherwise */
+    int foreign;       /* an exit (that failed) already left guards entered inside the block */
 } GroupObject;
 
 /* How many of the guards in `all` have an open key: those are entered. */
@@ -3291,7 +3391,7 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
              * since), then raise, then let go of what they held. */
             while (count > 0) {
                 count--;
-                (void)guard_pop(s->top, 1, 1, &released);
+                (void)guard_pop(s->top, 1, 1, 1, &released); /* never left half entered */
             }
             raise_failure(g, &f);
             released_drop(&released);
@@ -3350,9 +3450,9 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
     if (released_reserve(&released, stack_depth(s, first)) < 0) {
         return PyErr_NoMemory(); /* nothing changed */
     }
-    int foreign = 0, e = 0;
+    int e = 0;
     Py_ssize_t next = n - 1; /* ours come off the stack in reverse order of entry */
-    while (s->top != NULL && s->top != first) {
+    while (s->top != NULL && s->top != first && e == 0) {
         GuardObject *top = s->top;
         int ours = 0;
         for (Py_ssize_t i = next; i >= 1; i--) {
@@ -3362,23 +3462,26 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
                 break;
             }
         }
-        if (!ours) {
-            foreign = 1;
+        e = guard_pop(top, 1, 1, 0, &released);
+        if (e == 0 && !ours) {
+            grp->foreign = 1;
             top->ended = ENDED_ORDER;
         }
-        int rc = guard_pop(top, 1, 1, &released);
-        e = e ? e : rc;
     }
-    if (first->active) {
-        int rc = guard_pop(first, 1, 1, &released);
-        e = e ? e : rc;
+    if (e == 0 && first->active) {
+        e = guard_pop(first, 1, 1, 0, &released);
     }
+    if (e != 0) {
+        /* A guard that could not re-protect its pages stays active, and so does the block
+         * (with the guards under it): leaving it again retries. */
+        released_drop(&released);
+        return raise_restore_failed(e);
+    }
+    int foreign = grp->foreign;
+    grp->foreign = 0;
     grp->guards = NULL;
     released_drop(&released); /* the state is complete: finalizers may run now */
     Py_DECREF(guards);
-    if (e != 0) {
-        return raise_restore_failed(e);
-    }
     if (foreign) {
         PyErr_SetString(err(E_GUARD_ORDER),
                         "an isolated() block was exited while guards entered inside it were "
@@ -3433,6 +3536,7 @@ core_isolation(PyObject *Py_UNUSED(m), PyObject *allow)
     Py_INCREF(allow);
     grp->allow = allow;
     grp->guards = NULL;
+    grp->foreign = 0;
     return (PyObject *)grp;
 }
 

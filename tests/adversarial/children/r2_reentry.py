@@ -202,8 +202,10 @@ class Scene:
             with contextlib.suppress(PkeyguardError):
                 obj.__exit__(None, None, None)
         self.check(label + " (after unwinding)")
-        for k in self.keys:
+        for k, r in zip(self.keys, self.regions, strict=True):
             assert k.active_guards == 0, (label, k)
+            if MPROTECT and not r.closed:  # closed again (class 2: exits fail closed)
+                assert perms_at(r.address) == PROT[k._base_level], (label, perms_at(r.address))
         now = [sys.getrefcount(g) for g in self.made]
         assert now == self.refs, (label, "a reference leaked or was dropped twice", now, self.refs)
         for region in self.regions:
