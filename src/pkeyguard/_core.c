@@ -337,7 +337,8 @@ struct KeyObject {
     Py_ssize_t nbindings, cap;
     int closed;            /* freed (or never allocated) */
     int closing;           /* key_free() under way */
-    int autoclose;         /* free the key when its last binding ends (a library key) */
+    int autoclose;         /* owned by the library on a user's behalf (a Secret's key): freed
+                              when its last binding ends, never handed out (key_owned) */
     int quarantined;       /* closed, but the number was not freed: some pages kept the tag */
     KeyObject *live_prev, *live_next; /* the registry of open keys (isolation) */
 };
@@ -609,6 +610,37 @@ key_free(KeyObject *k)
     return failed ? -1 : 0;
 }
 
+/* A key the library owns on a user's behalf (a Secret's): nothing public hands it out
+ * (guard.key, the association's key, isolated()'s value), and nothing may close it, bind it
+ * to another region or end its association: closing it would re-tag the secret's pages to
+ * key 0 with their own rights (readable outside reveal()), and leave the Secret unusable.
+ * It is freed when its one association ends (the Secret closes). */
+static inline int
+key_owned(KeyObject *k)
+{
+    return k->autoclose;
+}
+
+static PyObject *
+refuse_owned(int which, const char *what)
+{
+    PyErr_Format(err(which),
+                 "this key belongs to a Secret and cannot be %s by hand; close the Secret "
+                 "instead",
+                 what);
+    return NULL;
+}
+
+static PyObject *
+raise_hidden(const char *what)
+{
+    PyErr_Format(PyExc_AttributeError,
+                 "a Secret's %s is not exposed: it is freed with the Secret, and nothing else "
+                 "may close or re-tag it",
+                 what);
+    return NULL;
+}
+
 static long long next_key_id = 0;
 
 static PyObject *
@@ -692,6 +724,9 @@ Key_close(KeyObject *k, PyObject *Py_UNUSED(ignored))
 {
     if (k->closed || k->closing) {
         Py_RETURN_NONE;
+    }
+    if (key_owned(k)) {
+        return refuse_owned(E_KEY, "closed");
     }
     if (k->active > 0) {
         return PyErr_Format(err(E_KEY),
@@ -1606,6 +1641,10 @@ Key_bind(KeyObject *k, PyObject *args)
         PyErr_Format(err(E_KEY), "%R is closed", (PyObject *)k);
         goto fail;
     }
+    if (key_owned(k) && k->nbindings > 0) {
+        refuse_owned(E_KEY, "associated with another region");
+        goto fail;
+    }
     if (m->base == 0) {
         PyErr_Format(err(E_REGION), "cannot associate %R: it is closed", mobj);
         goto fail;
@@ -1753,6 +1792,9 @@ Binding_unbind(BindingObject *b, PyObject *Py_UNUSED(ignored))
         return PyErr_Format(err(E_REGION), "%R is no longer associated with a key",
                             (PyObject *)b->mapping);
     }
+    if (key_owned(b->key)) {
+        return refuse_owned(E_REGION, "disassociated");
+    }
     if (b->active > 0) {
         return PyErr_Format(err(E_REGION),
                             "cannot detach %R from key %lld: %zd guard(s) on its association "
@@ -1770,6 +1812,9 @@ Binding_get_key(BindingObject *b, void *Py_UNUSED(c))
 {
     if (b->key == NULL) {
         Py_RETURN_NONE;
+    }
+    if (key_owned(b->key)) {
+        return raise_hidden("key");
     }
     Py_INCREF(b->key);
     return (PyObject *)b->key;
@@ -2426,11 +2471,21 @@ Guard_get_thread(GuardObject *g, void *Py_UNUSED(closure))
 static PyObject *
 Guard_get_binding(GuardObject *g, void *Py_UNUSED(closure))
 {
-    if (g->binding == NULL) {
-        Py_RETURN_NONE;
+    if (g->binding == NULL || key_owned(g->key)) {
+        Py_RETURN_NONE; /* a Secret's association (and so its key and region): not exposed */
     }
     Py_INCREF(g->binding);
     return (PyObject *)g->binding;
+}
+
+static PyObject *
+Guard_get_key(GuardObject *g, void *Py_UNUSED(closure))
+{
+    if (key_owned(g->key)) {
+        return raise_hidden("key");
+    }
+    Py_INCREF(g->key);
+    return (PyObject *)g->key;
 }
 
 static PyObject *
@@ -2498,7 +2553,6 @@ static PyMethodDef Guard_methods[] = {
 };
 
 static PyMemberDef Guard_members[] = {
-    {"key", T_OBJECT, offsetof(GuardObject, key), READONLY, "the key this guard switches"},
     {"level", T_INT, offsetof(GuardObject, level), READONLY, NULL},
     {"active", T_BOOL, offsetof(GuardObject, active), READONLY, NULL},
     {"exports", T_PYSSIZET, offsetof(GuardObject, exports), READONLY,
@@ -2510,6 +2564,8 @@ static PyGetSetDef Guard_getset[] = {
     {"thread", (getter)Guard_get_thread, NULL, "ident of the thread that holds it, or None",
      NULL},
     {"_binding", (getter)Guard_get_binding, NULL, NULL, NULL},
+    {"key", (getter)Guard_get_key, NULL,
+     "the key this guard switches (not exposed for a Secret's guards)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -3256,14 +3312,19 @@ typedef struct {
     int foreign;       /* an exit (that failed) already left guards entered inside the block */
 } GroupObject;
 
-/* How many of the guards in `all` have an open key: those are entered. */
+/* How many of the guards in `all` have an open key (those are entered), and how many of
+ * those keys are the user's (those are handed out: a Secret's key is closed without being
+ * handed out). */
 static Py_ssize_t
-group_count_open(PyObject *all, Py_ssize_t made)
+group_count_open(PyObject *all, Py_ssize_t made, Py_ssize_t *users)
 {
     Py_ssize_t n = 0;
+    *users = 0;
     for (Py_ssize_t i = 0; i < made; i++) {
         KeyObject *k = ((GuardObject *)PyTuple_GET_ITEM(all, i))->key;
-        n += !k->closed && !k->closing;
+        int open = !k->closed && !k->closing;
+        n += open;
+        *users += open && !key_owned(k);
     }
     return n;
 }
@@ -3339,20 +3400,22 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
     Released released;
     released_init(&released);
     for (;;) {
-        Py_ssize_t count = group_count_open(all, made);
+        Py_ssize_t users, users_now;
+        Py_ssize_t count = group_count_open(all, made, &users);
         s = get_stack();
         if (s == NULL) {
             goto fail;
         }
         guards = PyTuple_New(count);
-        keys = guards != NULL ? PyTuple_New(count) : NULL;
+        keys = guards != NULL ? PyTuple_New(users) : NULL;
         if (keys == NULL || released_reserve(&released, count) < 0) {
             if (keys != NULL) {
                 PyErr_NoMemory();
             }
             goto fail;
         }
-        if (group_count_open(all, made) == count && tls_stack == s) {
+        if (group_count_open(all, made, &users_now) == count && users_now == users &&
+            tls_stack == s) {
             break; /* nothing ran since the count: it holds until the entries are made */
         }
         Py_CLEAR(guards);
@@ -3379,7 +3442,7 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
             }
         }
     }
-    Py_ssize_t count = 0;
+    Py_ssize_t count = 0, handed = 0;
     for (Py_ssize_t i = 0; i < made; i++) {
         GuardObject *g = (GuardObject *)PyTuple_GET_ITEM(all, i);
         if (g->key->closed || g->key->closing) {
@@ -3399,8 +3462,10 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
         }
         PyTuple_SET_ITEM(guards, count, (PyObject *)g);
         Py_INCREF(g); /* the record's reference */
-        Py_INCREF(g->key);
-        PyTuple_SET_ITEM(keys, count, (PyObject *)g->key);
+        if (!key_owned(g->key)) {
+            Py_INCREF(g->key);
+            PyTuple_SET_ITEM(keys, handed++, (PyObject *)g->key);
+        }
         count++;
     }
     released_drop(&released);
