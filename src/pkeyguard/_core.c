@@ -916,6 +916,22 @@ mapping_absent(MappingObject *m)
 
 static void fork_child_expire_secure_views(void);
 
+/* Secure memory (zeroed on release, wiped or left out on fork) that a fork child inherited:
+ * its bytes did not come along (zero pages, or a hole), so nothing may read or write it as
+ * if it held the parent's secret.  Checked when a guard or view over it is used, not only
+ * when it is made: a guard made before the fork can be entered after it. */
+static int
+mapping_secure_inherited(MappingObject *m)
+{
+    return (m->flags & (MAP_F_WIPE | MAP_F_WIPEONFORK | MAP_F_SECRETMEM)) && m->base != 0 &&
+           mapping_inherited(m);
+}
+
+static const char secret_unavailable_msg[] =
+    "this secret memory was mapped before the process forked: a fork child never gets a "
+    "parent's secret bytes (it has zero pages there), so it cannot be revealed, read or "
+    "written here; make or load the secret again in the child (closing it works)";
+
 static void
 mapping_fill_hole(MappingObject *m)
 {
@@ -1890,6 +1906,7 @@ enum {
     FAIL_EXPORTS,       /* a wider guard on the key has live buffer exports */
     FAIL_ERRNO,         /* a system call failed (err, syscall) */
     FAIL_TAKE,          /* no hardware key could be taken (pool_take's result in err) */
+    FAIL_INHERITED,     /* its region is secure memory a fork child inherited */
 };
 
 typedef struct {
@@ -2232,6 +2249,10 @@ guard_check(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *f)
         f->why = FAIL_UNBOUND;
         return -1;
     }
+    if (g->binding != NULL && mapping_secure_inherited(g->binding->mapping)) {
+        f->why = FAIL_INHERITED;
+        return -1;
+    }
     for (GuardObject *o = check_exports ? s->top : NULL; o != NULL; o = o->prev) {
         if (o->key == k && o->exports > 0 && o->level > g->level) {
             f->why = FAIL_EXPORTS;
@@ -2305,6 +2326,9 @@ raise_failure(GuardObject *g, GuardFailure *f)
         break;
     case FAIL_TAKE:
         raise_take_failed(g->key, f->err, f->syscall);
+        break;
+    case FAIL_INHERITED:
+        PyErr_SetString(err(E_SECRET_UNAVAILABLE), secret_unavailable_msg);
         break;
     default:
         PyErr_SetString(PyExc_SystemError, "pkeyguard: a guard entry failed for no reason");
@@ -2524,6 +2548,10 @@ Guard_view(GuardObject *g, PyObject *arg)
     else if (!b->live || m->base == 0) {
         cls = E_REGION;
         why = "the region is no longer associated with this guard's key";
+    }
+    else if (mapping_secure_inherited(m)) {
+        cls = E_SECRET_UNAVAILABLE;
+        why = secret_unavailable_msg;
     }
     else if (g->level == LEVEL_NONE) {
         cls = E_ACCESS;
