@@ -328,13 +328,17 @@ struct KeyObject {
     int mode;
     int base_level;        /* rights with no guard active (mprotect; pku: initial rights) */
     int effective_level;   /* rights applied to the pages now (mprotect) */
+    int mixed;             /* mprotect: a failed system call left some regions at other rights
+                              than effective_level (narrower, or stuck wider); every switch
+                              applies the level to all of them again until one succeeds */
     Py_ssize_t counts[3];  /* per level: threads whose innermost guard on this key has it */
     Py_ssize_t active;     /* active guards on this key, all threads */
     BindingObject **bindings; /* borrowed: the live bindings of this key */
     Py_ssize_t nbindings, cap;
     int closed;            /* freed (or never allocated) */
     int closing;           /* key_free() under way */
-    int autoclose;         /* free the key when its last binding ends (a library key) */
+    int autoclose;         /* owned by the library on a user's behalf (a Secret's key): freed
+                              when its last binding ends, never handed out (key_owned) */
     int quarantined;       /* closed, but the number was not freed: some pages kept the tag */
     KeyObject *live_prev, *live_next; /* the registry of open keys (isolation) */
 };
@@ -395,31 +399,74 @@ key_unregister(KeyObject *k)
     }
 }
 
+/* How key_apply_level() treats a failure. */
+enum {
+    APPLY_ATOMIC = 0, /* put back what it changed: the key stays at its level (the caller's
+                         operation fails as a whole, and says so) */
+    APPLY_FORCE = 1,  /* the level is the key's from now on (a guard of a thread that ended
+                         is gone whatever happens): every region is tried, and the ones that
+                         fail stay as they were, marked by k->mixed */
+};
+
 /* mprotect every live binding's pages to prot ∩ level (mprotect backend).  Returns 0, or
- * the errno of a failure after putting back what it changed; raises nothing (allocating an
- * exception could run finalizers in the middle of its caller's change). */
+ * the errno of the first failure; raises nothing (allocating an exception could run
+ * finalizers in the middle of its caller's change).
+ *
+ * Fail closed: no region is ever left wider than the key's recorded level.  APPLY_ATOMIC
+ * puts back what it changed; if a put-back fails, that region stays at `level`: when that is
+ * narrower (an exit) the key keeps its level and the region lags behind it; when it is wider
+ * (an entry), the change cannot be undone, so it is completed instead: the key takes `level`
+ * (0 is returned: the caller's entry succeeds) and the regions not yet widened lag behind.
+ * k->mixed records lagging regions; every switch re-applies the level to all of them, and a
+ * view re-applies it before an access (view_settle), so a lagging region never faults. */
 static int
-key_apply_level(KeyObject *k, int level)
+key_apply_level(KeyObject *k, int level, int how)
 {
+    int first = 0;
+    Py_ssize_t failed_at = -1;
     for (Py_ssize_t i = 0; i < k->nbindings; i++) {
         MappingObject *m = k->bindings[i]->mapping;
         if (mapping_absent(m)) {
             continue;
         }
         if (mprotect((void *)m->addr, m->len, prot_for_level(m->prot, level)) != 0) {
-            int e = errno;
-            for (Py_ssize_t j = 0; j < i; j++) { /* put back: the pages agree on one level */
-                MappingObject *q = k->bindings[j]->mapping;
-                if (!mapping_absent(q)) {
-                    (void)mprotect((void *)q->addr, q->len,
-                                   prot_for_level(q->prot, k->effective_level));
-                }
+            if (first == 0) {
+                first = errno;
+                failed_at = i;
             }
-            return e;
+            if (how == APPLY_ATOMIC) {
+                break;
+            }
         }
     }
-    k->effective_level = level;
-    return 0;
+    if (first == 0) {
+        k->effective_level = level;
+        k->mixed = 0;
+        return 0;
+    }
+    if (how == APPLY_FORCE) {
+        k->effective_level = level;
+        k->mixed = 1;
+        return first;
+    }
+    int stuck = 0;
+    for (Py_ssize_t j = 0; j < failed_at; j++) { /* put back: the pages agree on one level */
+        MappingObject *q = k->bindings[j]->mapping;
+        if (mapping_absent(q)) {
+            continue;
+        }
+        if (mprotect((void *)q->addr, q->len, prot_for_level(q->prot, k->effective_level)) != 0) {
+            stuck = 1;
+        }
+    }
+    if (stuck) {
+        k->mixed = 1;
+        if (level > k->effective_level) { /* a region stays wider: complete the change */
+            k->effective_level = level;
+            return 0;
+        }
+    }
+    return first;
 }
 
 #include "_keypool.h"
@@ -545,9 +592,11 @@ key_free(KeyObject *k)
         Py_INCREF(b);
         if (binding_end(b, 1) < 0) {
             /* The pages keep the tag: never free the number (a reused number would reach
-             * them).  Drop the binding from our list and report it. */
+             * them).  Drop the binding from our list and report it.  Raising ran Python code
+             * (the error class): it may have changed the list, so b is looked up, not assumed
+             * to be last; it cannot enter a guard on k or bind to it (k->closing). */
             failed = 1;
-            k->nbindings--;
+            key_remove_binding(k, b);
         }
         Py_DECREF(b);
     }
@@ -559,6 +608,37 @@ key_free(KeyObject *k)
     k->closed = 1;
     key_unregister(k);
     return failed ? -1 : 0;
+}
+
+/* A key the library owns on a user's behalf (a Secret's): nothing public hands it out
+ * (guard.key, the association's key, isolated()'s value), and nothing may close it, bind it
+ * to another region or end its association: closing it would re-tag the secret's pages to
+ * key 0 with their own rights (readable outside reveal()), and leave the Secret unusable.
+ * It is freed when its one association ends (the Secret closes). */
+static inline int
+key_owned(KeyObject *k)
+{
+    return k->autoclose;
+}
+
+static PyObject *
+refuse_owned(int which, const char *what)
+{
+    PyErr_Format(err(which),
+                 "this key belongs to a Secret and cannot be %s by hand; close the Secret "
+                 "instead",
+                 what);
+    return NULL;
+}
+
+static PyObject *
+raise_hidden(const char *what)
+{
+    PyErr_Format(PyExc_AttributeError,
+                 "a Secret's %s is not exposed: it is freed with the Secret, and nothing else "
+                 "may close or re-tag it",
+                 what);
+    return NULL;
 }
 
 static long long next_key_id = 0;
@@ -644,6 +724,9 @@ Key_close(KeyObject *k, PyObject *Py_UNUSED(ignored))
 {
     if (k->closed || k->closing) {
         Py_RETURN_NONE;
+    }
+    if (key_owned(k)) {
+        return refuse_owned(E_KEY, "closed");
     }
     if (k->active > 0) {
         return PyErr_Format(err(E_KEY),
@@ -744,6 +827,8 @@ static PyMemberDef Key_members[] = {
     {"_mode", T_INT, offsetof(KeyObject, mode), READONLY, NULL},
     {"_base_level", T_INT, offsetof(KeyObject, base_level), READONLY, NULL},
     {"_effective_level", T_INT, offsetof(KeyObject, effective_level), READONLY, NULL},
+    {"_mixed", T_BOOL, offsetof(KeyObject, mixed), READONLY,
+     "a failed system call left some regions at other rights than the key's level"},
     {"active_guards", T_PYSSIZET, offsetof(KeyObject, active), READONLY,
      "guards on this key active right now, on all threads"},
     {"closed", T_BOOL, offsetof(KeyObject, closed), READONLY, NULL},
@@ -830,6 +915,22 @@ mapping_absent(MappingObject *m)
 }
 
 static void fork_child_expire_secure_views(void);
+
+/* Secure memory (zeroed on release, wiped or left out on fork) that a fork child inherited:
+ * its bytes did not come along (zero pages, or a hole), so nothing may read or write it as
+ * if it held the parent's secret.  Checked when a guard or view over it is used, not only
+ * when it is made: a guard made before the fork can be entered after it. */
+static int
+mapping_secure_inherited(MappingObject *m)
+{
+    return (m->flags & (MAP_F_WIPE | MAP_F_WIPEONFORK | MAP_F_SECRETMEM)) && m->base != 0 &&
+           mapping_inherited(m);
+}
+
+static const char secret_unavailable_msg[] =
+    "this secret memory was mapped before the process forked: a fork child never gets a "
+    "parent's secret bytes (it has zero pages there), so it cannot be revealed, read or "
+    "written here; make or load the secret again in the child (closing it works)";
 
 static void
 mapping_fill_hole(MappingObject *m)
@@ -1552,8 +1653,12 @@ Key_bind(KeyObject *k, PyObject *args)
     if (key_reserve(k) < 0) {
         goto fail;
     }
-    if (k->closed) {
+    if (k->closed || k->closing) {
         PyErr_Format(err(E_KEY), "%R is closed", (PyObject *)k);
+        goto fail;
+    }
+    if (key_owned(k) && k->nbindings > 0) {
+        refuse_owned(E_KEY, "associated with another region");
         goto fail;
     }
     if (m->base == 0) {
@@ -1703,6 +1808,9 @@ Binding_unbind(BindingObject *b, PyObject *Py_UNUSED(ignored))
         return PyErr_Format(err(E_REGION), "%R is no longer associated with a key",
                             (PyObject *)b->mapping);
     }
+    if (key_owned(b->key)) {
+        return refuse_owned(E_REGION, "disassociated");
+    }
     if (b->active > 0) {
         return PyErr_Format(err(E_REGION),
                             "cannot detach %R from key %lld: %zd guard(s) on its association "
@@ -1720,6 +1828,9 @@ Binding_get_key(BindingObject *b, void *Py_UNUSED(c))
 {
     if (b->key == NULL) {
         Py_RETURN_NONE;
+    }
+    if (key_owned(b->key)) {
+        return raise_hidden("key");
     }
     Py_INCREF(b->key);
     return (PyObject *)b->key;
@@ -1776,6 +1887,93 @@ static PyTypeObject Binding_Type = {
 
 /* ------------------------------------------------------------------------------------ */
 /* Guard                                                                                */
+/*
+ * Entering and leaving change the core's state (this thread's stack, the key's counts, the
+ * pool, the pages).  Nothing between the start of such a change and its end may run Python
+ * code: no exception is built there (an error class's __init__, a repr, the allocation of
+ * the exception, which can start the collector), and no reference that may be the last is
+ * dropped there (a finalizer).  So the steps below report a failure as a GuardFailure, which
+ * the caller raises once the state is consistent again, and the references that popped
+ * guards give up are collected in a Released list that the caller drops at the very end.
+ */
+
+/* Why an entry (or a switch) could not be made; raised by raise_failure(). */
+enum {
+    FAIL_NONE = 0,
+    FAIL_ACTIVE,        /* already active */
+    FAIL_KEY_CLOSED,    /* its key is closed, or being closed */
+    FAIL_UNBOUND,       /* its association has ended */
+    FAIL_EXPORTS,       /* a wider guard on the key has live buffer exports */
+    FAIL_ERRNO,         /* a system call failed (err, syscall) */
+    FAIL_TAKE,          /* no hardware key could be taken (pool_take's result in err) */
+    FAIL_INHERITED,     /* its region is secure memory a fork child inherited */
+};
+
+typedef struct {
+    int why;
+    int err;
+    const char *syscall;
+    GuardObject *other; /* FAIL_EXPORTS: the guard whose views have exports (borrowed) */
+    Py_ssize_t exports;
+} GuardFailure;
+
+/* The references popped guards give up (their stack's), dropped once the state is
+ * consistent: dropping one can run a finalizer.  The list is the caller's own memory, so
+ * whatever that code does to the guards cannot reach it (a guard's own links can change:
+ * the code may enter it again). */
+typedef struct {
+    GuardObject **items;
+    Py_ssize_t n, cap;
+    GuardObject *small[8];
+} Released;
+
+static void
+released_init(Released *r)
+{
+    r->items = r->small;
+    r->n = 0;
+    r->cap = (Py_ssize_t)(sizeof(r->small) / sizeof(r->small[0]));
+}
+
+/* Room for `need` more guards.  PyMem_Malloc runs no Python code (it never starts the
+ * collector), so it may come right before a change; on failure nothing was changed. */
+static int
+released_reserve(Released *r, Py_ssize_t need)
+{
+    if (r->n + need <= r->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = r->n + need;
+    GuardObject **p = PyMem_Malloc((size_t)cap * sizeof(GuardObject *));
+    if (p == NULL) {
+        return -1;
+    }
+    memcpy(p, r->items, (size_t)r->n * sizeof(GuardObject *));
+    if (r->items != r->small) {
+        PyMem_Free(r->items);
+    }
+    r->items = p;
+    r->cap = cap;
+    return 0;
+}
+
+/* Drop the references, keeping the exception being raised (if any). */
+static void
+released_drop(Released *r)
+{
+    if (r->n > 0) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        for (Py_ssize_t i = 0; i < r->n; i++) {
+            Py_DECREF(r->items[i]);
+        }
+        PyErr_Restore(et, ev, tb);
+    }
+    if (r->items != r->small) {
+        PyMem_Free(r->items);
+    }
+    released_init(r);
+}
 
 /* This thread's bits for the numbers of virtual keys, derived again after numbers changed
  * owner since it last looked (or in a new thread, which may have inherited numbers open):
@@ -1809,9 +2007,10 @@ pool_sync(int mode, ThreadStack *s)
     p->syncs++;
 }
 
-/* Apply g's rights for its key on entry, on the thread that owns stack s. */
+/* Apply g's rights for its key on entry, on the thread that owns stack s.  Raises nothing:
+ * on failure *f says why, and everything is as before (the caller raises). */
 static int
-guard_apply(GuardObject *g, ThreadStack *s)
+guard_apply(GuardObject *g, ThreadStack *s, GuardFailure *f)
 {
     KeyObject *k = g->key;
     if (mode_is_pool(k->mode)) {
@@ -1829,7 +2028,9 @@ guard_apply(GuardObject *g, ThreadStack *s)
             const char *syscall_name;
             int e = pool_take(k, 1, &syscall_name);
             if (e != 0) {
-                raise_take_failed(k, e, syscall_name); /* consistent again: may allocate */
+                f->why = FAIL_TAKE;
+                f->err = e;
+                f->syscall = syscall_name;
                 return -1;
             }
             p->misses++;
@@ -1866,13 +2067,16 @@ guard_apply(GuardObject *g, ThreadStack *s)
         }
         k->counts[g->level]++;
         int want = key_wanted_level(k);
-        int e = want != k->effective_level ? key_apply_level(k, want) : 0;
+        int e = want != k->effective_level || k->mixed ? key_apply_level(k, want, APPLY_ATOMIC)
+                                                        : 0;
         if (e != 0) {
             k->counts[g->level]--;
             if (outer) {
                 k->counts[outer->level]++;
             }
-            raise_errno(e, "mprotect"); /* nothing changed: safe to allocate now */
+            f->why = FAIL_ERRNO;
+            f->err = e;
+            f->syscall = "mprotect";
             return -1;
         }
     }
@@ -1882,9 +2086,11 @@ guard_apply(GuardObject *g, ThreadStack *s)
 /* Undo g's rights: restore exactly the bits (pku) or the level count (mprotect) that its
  * entry changed.  write_pkru: only on the owning thread; apply: 0 while the interpreter
  * finalizes (other threads may still be in native code on those pages).  Returns 0 or the
- * errno of a failed mprotect, and raises nothing. */
+ * errno of a failed mprotect, and raises nothing.  On a failure, force = 0 changes nothing
+ * (g keeps its rights, its pages stay as they were); force = 1 takes g's rights back anyway
+ * (see APPLY_FORCE). */
 static int
-guard_restore(GuardObject *g, int write_pkru, int apply)
+guard_restore(GuardObject *g, int write_pkru, int apply, int force)
 {
     KeyObject *k = g->key;
     if (mode_is_pool(k->mode)) {
@@ -1904,50 +2110,83 @@ guard_restore(GuardObject *g, int write_pkru, int apply)
             k->counts[g->saved_level]++;
         }
         int want = key_wanted_level(k);
-        if (apply && want != k->effective_level) {
-            return key_apply_level(k, want);
+        if (apply && (want != k->effective_level || k->mixed)) {
+            int e = key_apply_level(k, want, force ? APPLY_FORCE : APPLY_ATOMIC);
+            if (e != 0 && !force) {
+                k->counts[g->level]++;
+                if (g->saved_level >= 0) {
+                    k->counts[g->saved_level]--;
+                }
+            }
+            return e;
         }
     }
     return 0;
 }
 
-/* Raise for a failed restore (after the state change is complete). */
+/* Raise for an exit that could not re-protect the pages of g's key (nothing changed: g is
+ * still active, its pages keep its rights). */
 static PyObject *
 raise_restore_failed(int e)
 {
-    return raise_errno(e, "mprotect");
+    PyObject *cls = err(E_MPROTECT);
+    PyObject *msg = PyUnicode_FromFormat(
+        "%s: could not re-protect the key's pages on leaving a guard, so the guard is still "
+        "active and its pages keep its rights (nothing was opened further); leave it again "
+        "once the cause is gone (ENOMEM at vm.max_map_count: unmap something first)",
+        strerror(e));
+    PyObject *exc = msg != NULL ? PyObject_CallFunction(cls, "iO", e, msg) : NULL;
+    Py_XDECREF(msg);
+    if (exc == NULL) {
+        return NULL;
+    }
+    PyObject *name = PyUnicode_FromString("mprotect");
+    if (name == NULL || PyObject_SetAttrString(exc, "syscall", name) < 0) {
+        Py_XDECREF(name);
+        Py_DECREF(exc);
+        return NULL;
+    }
+    Py_DECREF(name);
+    PyErr_SetObject(cls, exc);
+    Py_DECREF(exc);
+    return NULL;
 }
 
-/* Take g off the top of its stack and undo its rights.  The stack's reference to g is
- * handed to the caller (chained through g->prev on *released), to be dropped once the
- * state is consistent: dropping it can run arbitrary code.  Returns 0 or an errno (see
- * guard_restore); raises nothing. */
+/* Take g off the top of its stack and undo its rights.  The stack's reference to g moves to
+ * *r, to be dropped once the state is consistent.  The caller has reserved room in r.
+ * Returns 0 or an errno (see guard_restore); raises nothing.  On a failure with force = 0
+ * nothing changed: g is still on top, active. */
 static int
-guard_pop(GuardObject *g, int write_pkru, int apply, GuardObject **released)
+guard_pop(GuardObject *g, int write_pkru, int apply, int force, Released *r)
 {
+    int rc = guard_restore(g, write_pkru, apply, force);
+    if (rc != 0 && !force) {
+        return rc;
+    }
     ThreadStack *s = g->stack;
     s->top = g->prev;
-    int rc = guard_restore(g, write_pkru, apply);
+    g->prev = NULL;
     g->active = 0;
     g->stack = NULL;
     g->key->active--;
     if (g->binding != NULL) {
         g->binding->active--;
     }
-    g->prev = *released;
-    *released = g;
+    r->items[r->n++] = g;
     return rc;
 }
 
-static void
-release_chain(GuardObject *chain)
+static Py_ssize_t
+stack_depth(ThreadStack *s, GuardObject *down_to)
 {
-    while (chain != NULL) {
-        GuardObject *g = chain;
-        chain = g->prev;
-        g->prev = NULL;
-        Py_DECREF(g);
+    Py_ssize_t n = 0;
+    for (GuardObject *g = s->top; g != NULL; g = g->prev) {
+        n++;
+        if (g == down_to) {
+            break;
+        }
     }
+    return n;
 }
 
 /* The thread that owned s has ended (or does not exist in this fork child): end its guards.
@@ -1962,59 +2201,77 @@ stack_abandon(ThreadStack *s)
     if (own) {
         tls_stack = NULL;
     }
+    /* No thread pushes on s from here on (its owner has another stack, or none), and guards
+     * of s cannot be exited from another thread, so the loop below is all that changes s. */
     int apply = !is_finalizing();
-    GuardObject *released = NULL;
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     while (s->top != NULL) {
-        GuardObject *g = s->top;
-        (void)guard_pop(g, own, apply, &released); /* other threads' PKRU: not ours to write */
-        g->ended = ENDED_THREAD;
+        Released released;
+        released_init(&released);
+        /* All at once if the list can hold them; else one at a time, each pop complete
+         * before its reference is dropped. */
+        Py_ssize_t n = released_reserve(&released, stack_depth(s, NULL)) == 0
+                           ? released.cap : 1;
+        while (s->top != NULL && released.n < n) {
+            GuardObject *g = s->top;
+            /* the thread is gone: its guards end whatever happens (APPLY_FORCE) */
+            (void)guard_pop(g, own, apply, 1, &released); /* other threads' PKRU: not ours */
+            g->ended = ENDED_THREAD;
+        }
+        if (apply) {
+            released_drop(&released);
+        }
+        else if (released.items != released.small) {
+            /* the interpreter is finalizing and a daemon thread may still be running native
+             * code on these pages; keep the guards (and so their regions) alive until the
+             * process ends rather than unmap memory under it */
+            PyMem_Free(released.items);
+        }
     }
-    if (apply) {
-        release_chain(released);
-    }
-    /* else: the interpreter is finalizing and a daemon thread may still be running native
-     * code on these pages; keep the guards (and so their regions) alive until the process
-     * ends rather than unmap memory under it. */
     PyErr_Restore(et, ev, tb);
 }
 
-/* The non-allocating part of entering: check, apply, push.  Nothing here runs Python code
- * (PyErr_Format's %R of a guard is C). */
+/* The checks of an entry (nothing changes): 0, or -1 with *f saying why. */
 static int
-guard_activate(GuardObject *g, ThreadStack *s, int check_exports)
+guard_check(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *f)
 {
     KeyObject *k = g->key;
     if (g->active) {
-        PyErr_Format(err(E_GUARD_STATE),
-                     "%R is already active (entered on thread %lu); a guard is entered once at "
-                     "a time: call set_access_rights() again for a second one",
-                     (PyObject *)g, g->thread);
+        f->why = FAIL_ACTIVE;
         return -1;
     }
-    if (k->closed) {
-        PyErr_Format(err(E_GUARD_STATE), "cannot enter %R: its key is closed", (PyObject *)g);
+    if (k->closed || k->closing) {
+        f->why = FAIL_KEY_CLOSED;
         return -1;
     }
     if (g->binding != NULL && !g->binding->live) {
-        PyErr_Format(err(E_GUARD_STATE),
-                     "cannot enter %R: its association has ended (the region was disassociated "
-                     "or closed); associate the region again and use the new association",
-                     (PyObject *)g);
+        f->why = FAIL_UNBOUND;
+        return -1;
+    }
+    if (g->binding != NULL && mapping_secure_inherited(g->binding->mapping)) {
+        f->why = FAIL_INHERITED;
         return -1;
     }
     for (GuardObject *o = check_exports ? s->top : NULL; o != NULL; o = o->prev) {
         if (o->key == k && o->exports > 0 && o->level > g->level) {
-            PyErr_Format(err(E_GUARD_STATE),
-                         "cannot enter %R: %zd buffer export(s) (memoryviews) of a view under "
-                         "%R are still alive, and they would fault under the narrower rights; "
-                         "release them first ('with memoryview(view) as m:')",
-                         (PyObject *)g, o->exports, (PyObject *)o);
+            f->why = FAIL_EXPORTS;
+            f->other = o;
+            f->exports = o->exports;
             return -1;
         }
     }
-    if (guard_apply(g, s) < 0) {
+    return 0;
+}
+
+/* The non-allocating part of entering: check, apply, push.  Nothing here runs Python code;
+ * on failure nothing changed and *f says why (raise it with raise_failure). */
+static int
+guard_activate(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *f)
+{
+    KeyObject *k = g->key;
+    f->why = FAIL_NONE;
+    if (guard_check(g, s, check_exports, f) < 0 || guard_apply(g, s, f) < 0) {
         return -1;
     }
     g->stack = s;
@@ -2033,16 +2290,61 @@ guard_activate(GuardObject *g, ThreadStack *s, int check_exports)
     return 0;
 }
 
+/* Raise what guard_activate() reported, once the state is consistent.  May run Python code
+ * (a repr, the error class): g and whatever *f names are held here meanwhile. */
+static void
+raise_failure(GuardObject *g, GuardFailure *f)
+{
+    Py_INCREF(g);
+    switch (f->why) {
+    case FAIL_ACTIVE:
+        PyErr_Format(err(E_GUARD_STATE),
+                     "%R is already active (entered on thread %lu); a guard is entered once at "
+                     "a time: call set_access_rights() again for a second one",
+                     (PyObject *)g, g->thread);
+        break;
+    case FAIL_KEY_CLOSED:
+        PyErr_Format(err(E_GUARD_STATE), "cannot enter %R: its key is closed", (PyObject *)g);
+        break;
+    case FAIL_UNBOUND:
+        PyErr_Format(err(E_GUARD_STATE),
+                     "cannot enter %R: its association has ended (the region was disassociated "
+                     "or closed); associate the region again and use the new association",
+                     (PyObject *)g);
+        break;
+    case FAIL_EXPORTS:
+        Py_INCREF(f->other);
+        PyErr_Format(err(E_GUARD_STATE),
+                     "cannot enter %R: %zd buffer export(s) (memoryviews) of a view under "
+                     "%R are still alive, and they would fault under the narrower rights; "
+                     "release them first ('with memoryview(view) as m:')",
+                     (PyObject *)g, f->exports, (PyObject *)f->other);
+        Py_DECREF(f->other);
+        break;
+    case FAIL_ERRNO:
+        raise_errno(f->err, f->syscall);
+        break;
+    case FAIL_TAKE:
+        raise_take_failed(g->key, f->err, f->syscall);
+        break;
+    case FAIL_INHERITED:
+        PyErr_SetString(err(E_SECRET_UNAVAILABLE), secret_unavailable_msg);
+        break;
+    default:
+        PyErr_SetString(PyExc_SystemError, "pkeyguard: a guard entry failed for no reason");
+        break;
+    }
+    Py_DECREF(g);
+}
+
 static ViewObject *view_alloc(PyTypeObject *cls);
 static void view_init(ViewObject *v, GuardObject *g, int writable);
 
 static PyObject *
 Guard_enter(GuardObject *g, PyObject *Py_UNUSED(ignored))
 {
-    ThreadStack *s = get_stack(); /* may allocate */
-    if (s == NULL) {
-        return NULL;
-    }
+    /* Allocate first (the view may start the collector, whose finalizers may do anything,
+     * even drop this thread's stack), then find the stack, then check and change. */
     ViewObject *v = NULL;
     if (g->enter_view != NULL) {
         v = view_alloc((PyTypeObject *)g->enter_view);
@@ -2050,7 +2352,14 @@ Guard_enter(GuardObject *g, PyObject *Py_UNUSED(ignored))
             return NULL;
         }
     }
-    if (guard_activate(g, s, 1) < 0) {
+    ThreadStack *s = get_stack(); /* allocates only the first time, and nothing after it */
+    if (s == NULL) {
+        Py_XDECREF(v);
+        return NULL;
+    }
+    GuardFailure f;
+    if (guard_activate(g, s, 1, &f) < 0) {
+        raise_failure(g, &f);
         Py_XDECREF(v);
         return NULL;
     }
@@ -2084,23 +2393,21 @@ raise_not_active(GuardObject *g)
 }
 
 /* Pop everything above g and g itself off g's stack (an out-of-order exit).  Guards other
- * than g are marked ENDED_ORDER. */
+ * than g are marked ENDED_ORDER.  r has room for all of them.  Stops at a guard whose exit
+ * cannot re-protect its pages: that one and those below it stay active. */
 static int
-stack_unwind_through(GuardObject *g, GuardObject **released)
+stack_unwind_through(GuardObject *g, Released *r)
 {
     ThreadStack *s = g->stack;
-    int e = 0;
     while (s->top != NULL && s->top != g) {
         GuardObject *inner = s->top;
+        int e = guard_pop(inner, 1, 1, 0, r);
+        if (e != 0) {
+            return e;
+        }
         inner->ended = ENDED_ORDER;
-        int r = guard_pop(inner, 1, 1, released);
-        e = e ? e : r;
     }
-    if (g->active) {
-        int r = guard_pop(g, 1, 1, released);
-        e = e ? e : r;
-    }
-    return e;
+    return g->active ? guard_pop(g, 1, 1, 0, r) : 0;
 }
 
 static PyObject *
@@ -2117,41 +2424,47 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
                             "entered it",
                             (PyObject *)g, g->thread, PyThread_get_thread_ident());
     }
-    GuardObject *released = NULL;
+    Released released;
+    released_init(&released);
     if (s->top != g) {
         /* Out of order: unwind every guard above g and g itself, so this thread's rights
          * are exactly what they were before g was entered, then report it. */
+        if (released_reserve(&released, stack_depth(s, g)) < 0) {
+            return PyErr_NoMemory(); /* nothing changed */
+        }
         GuardObject *top = s->top;
         Py_INCREF(top);
-        (void)stack_unwind_through(g, &released); /* the order error says more */
-        PyErr_Format(err(E_GUARD_ORDER),
-                     "guards exited out of order: %R was exited while %R, entered after it, was "
-                     "still active. Both are now exited and this thread's rights are as before "
-                     "%R. Common causes: a generator or coroutine suspended inside a 'with' "
-                     "block, manual __enter__/__exit__ calls, an ExitStack closed in the wrong "
-                     "order.",
-                     (PyObject *)g, (PyObject *)top, (PyObject *)g);
+        int e = stack_unwind_through(g, &released);
+        released_drop(&released); /* the state is complete: finalizers may run now */
+        if (e != 0) {
+            raise_restore_failed(e); /* the guard that failed and those below stay active */
+        }
+        else {
+            PyErr_Format(err(E_GUARD_ORDER),
+                         "guards exited out of order: %R was exited while %R, entered after "
+                         "it, was still active. Both are now exited and this thread's rights "
+                         "are as before %R. Common causes: a generator or coroutine suspended "
+                         "inside a 'with' block, manual __enter__/__exit__ calls, an ExitStack "
+                         "closed in the wrong order.",
+                         (PyObject *)g, (PyObject *)top, (PyObject *)g);
+        }
         Py_DECREF(top);
-        release_chain(released);
         return NULL;
     }
     Py_ssize_t exports = g->exports;
-    int e = guard_pop(g, 1, 1, &released);
+    int e = guard_pop(g, 1, 1, 0, &released);
+    released_drop(&released); /* the state is complete: finalizers may run now */
     if (e != 0) {
-        raise_restore_failed(e);
-        release_chain(released);
-        return NULL;
+        return raise_restore_failed(e); /* g is still active: nothing changed */
     }
     if (exports > 0) {
-        PyErr_Format(err(E_VIEW),
-                     "%zd buffer export(s) of a view (a memoryview or slice of it) outlived %R; "
-                     "the rights were restored, so touching them now faults. Release them "
-                     "before the block ends ('with memoryview(view) as m:')",
-                     exports, (PyObject *)g);
-        release_chain(released);
-        return NULL;
+        return PyErr_Format(err(E_VIEW),
+                            "%zd buffer export(s) of a view (a memoryview or slice of it) "
+                            "outlived %R; the rights were restored, so touching them now "
+                            "faults. Release them before the block ends ('with memoryview(view) "
+                            "as m:')",
+                            exports, (PyObject *)g);
     }
-    release_chain(released);
     Py_RETURN_FALSE;
 }
 
@@ -2182,11 +2495,21 @@ Guard_get_thread(GuardObject *g, void *Py_UNUSED(closure))
 static PyObject *
 Guard_get_binding(GuardObject *g, void *Py_UNUSED(closure))
 {
-    if (g->binding == NULL) {
-        Py_RETURN_NONE;
+    if (g->binding == NULL || key_owned(g->key)) {
+        Py_RETURN_NONE; /* a Secret's association (and so its key and region): not exposed */
     }
     Py_INCREF(g->binding);
     return (PyObject *)g->binding;
+}
+
+static PyObject *
+Guard_get_key(GuardObject *g, void *Py_UNUSED(closure))
+{
+    if (key_owned(g->key)) {
+        return raise_hidden("key");
+    }
+    Py_INCREF(g->key);
+    return (PyObject *)g->key;
 }
 
 static PyObject *
@@ -2226,6 +2549,10 @@ Guard_view(GuardObject *g, PyObject *arg)
         cls = E_REGION;
         why = "the region is no longer associated with this guard's key";
     }
+    else if (mapping_secure_inherited(m)) {
+        cls = E_SECRET_UNAVAILABLE;
+        why = secret_unavailable_msg;
+    }
     else if (g->level == LEVEL_NONE) {
         cls = E_ACCESS;
         why = "a NoAccess guard grants no view";
@@ -2254,7 +2581,6 @@ static PyMethodDef Guard_methods[] = {
 };
 
 static PyMemberDef Guard_members[] = {
-    {"key", T_OBJECT, offsetof(GuardObject, key), READONLY, "the key this guard switches"},
     {"level", T_INT, offsetof(GuardObject, level), READONLY, NULL},
     {"active", T_BOOL, offsetof(GuardObject, active), READONLY, NULL},
     {"exports", T_PYSSIZET, offsetof(GuardObject, exports), READONLY,
@@ -2266,6 +2592,8 @@ static PyGetSetDef Guard_getset[] = {
     {"thread", (getter)Guard_get_thread, NULL, "ident of the thread that holds it, or None",
      NULL},
     {"_binding", (getter)Guard_get_binding, NULL, NULL, NULL},
+    {"key", (getter)Guard_get_key, NULL,
+     "the key this guard switches (not exposed for a Secret's guards)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -2349,6 +2677,20 @@ view_rights_now(ViewObject *v)
     return inner->level;
 }
 
+/* A failed system call left some of k's regions at other rights than its level (k->mixed):
+ * apply the level again before an access that relies on it, or refuse the access (a region
+ * left narrower would fault). */
+static int
+view_settle(KeyObject *k)
+{
+    int e = key_apply_level(k, key_wanted_level(k), APPLY_ATOMIC);
+    if (e != 0) {
+        raise_errno(e, "mprotect");
+        return -1;
+    }
+    return 0;
+}
+
 /* The check every access makes, after converting its arguments and before touching memory.
  * Nothing after it may run Python code until the access is done. */
 static int
@@ -2380,6 +2722,9 @@ view_check(ViewObject *v, int write)
     if (write && !v->writable) {
         PyErr_SetString(err(E_ACCESS),
                         "this view is read-only: use mut_ref_guard() under a ReadWrite guard");
+        return -1;
+    }
+    if (g->key->mixed && view_settle(g->key) < 0) {
         return -1;
     }
     if (g->stack->top != g) {
@@ -2992,7 +3337,25 @@ typedef struct {
     PyObject_HEAD
     PyObject *allow;   /* tuple of keys left alone */
     PyObject *guards;  /* tuple of the guards entered, while active; NULL otherwise */
+    int foreign;       /* an exit (that failed) already left guards entered inside the block */
 } GroupObject;
+
+/* How many of the guards in `all` have an open key (those are entered), and how many of
+ * those keys are the user's (those are handed out: a Secret's key is closed without being
+ * handed out). */
+static Py_ssize_t
+group_count_open(PyObject *all, Py_ssize_t made, Py_ssize_t *users)
+{
+    Py_ssize_t n = 0;
+    *users = 0;
+    for (Py_ssize_t i = 0; i < made; i++) {
+        KeyObject *k = ((GuardObject *)PyTuple_GET_ITEM(all, i))->key;
+        int open = !k->closed && !k->closing;
+        n += open;
+        *users += open && !key_owned(k);
+    }
+    return n;
+}
 
 static PyObject *
 Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
@@ -3003,51 +3366,90 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
                         "a second one");
         return NULL;
     }
-    ThreadStack *s = get_stack();
-    if (s == NULL) {
-        return NULL;
-    }
-    /* Snapshot the open keys without allocating while walking the list (an allocation can
-     * run finalizers that open or close keys), then make a guard for each (allocating), then
-     * enter them all with nothing in between that could run Python code. */
+    /* Allocate everything first (any allocation can start the collector, whose finalizers
+     * may open or close keys, enter or leave guards, or drop this thread's stack), then
+     * check, then enter every guard with nothing in between that could run Python code;
+     * a failure undoes the entries made, and is raised only after that. */
     Py_ssize_t n = live_key_count;
     PyObject *keys_now = PyTuple_New(n);
     if (keys_now == NULL) {
         return NULL;
     }
+    /* The snapshot: no allocation while walking the list. */
     Py_ssize_t seen = 0;
     for (KeyObject *k = live_keys.live_next; k != &live_keys && seen < n; k = k->live_next) {
         Py_INCREF(k);
         PyTuple_SET_ITEM(keys_now, seen++, (PyObject *)k);
     }
-    PyObject *all = PyTuple_New(seen);
+    /* Which keys to isolate, decided in one pass with no allocation in it. */
+    char *isolate = PyMem_Malloc((size_t)(seen ? seen : 1));
+    if (isolate == NULL) {
+        Py_DECREF(keys_now);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t want = 0;
+    for (Py_ssize_t j = 0; j < seen; j++) {
+        PyObject *k = PyTuple_GET_ITEM(keys_now, j);
+        int allowed = 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(grp->allow) && !allowed; i++) {
+            allowed = PyTuple_GET_ITEM(grp->allow, i) == k;
+        }
+        isolate[j] = (char)!allowed;
+        want += !allowed;
+    }
+    PyObject *all = PyTuple_New(want);
     if (all == NULL) {
+        PyMem_Free(isolate);
         Py_DECREF(keys_now);
         return NULL;
     }
     Py_ssize_t made = 0;
     for (Py_ssize_t j = 0; j < seen; j++) {
-        KeyObject *k = (KeyObject *)PyTuple_GET_ITEM(keys_now, j);
-        int allowed = 0;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(grp->allow); i++) {
-            if (PyTuple_GET_ITEM(grp->allow, i) == (PyObject *)k) {
-                allowed = 1;
-            }
-        }
-        if (allowed) {
+        if (!isolate[j]) {
             continue;
         }
+        KeyObject *k = (KeyObject *)PyTuple_GET_ITEM(keys_now, j);
         /* A key-wide NoAccess guard per key: same LIFO and per-thread rules as any guard. */
         GuardObject *g = guard_create(&Guard_Type, k, NULL, LEVEL_NONE, NULL);
         if (g == NULL) {
+            PyMem_Free(isolate);
             Py_DECREF(keys_now);
             Py_DECREF(all);
             return NULL;
         }
         PyTuple_SET_ITEM(all, made++, (PyObject *)g);
     }
+    PyMem_Free(isolate);
     Py_DECREF(keys_now); /* each guard holds its key */
-    /* The allocations above may have run finalizers that closed keys: skip those. */
+    /* The record of the entered guards and the keys handed out, sized for the keys still
+     * open once the last allocation is done (a finalizer run by one may close keys). */
+    ThreadStack *s = NULL;
+    PyObject *guards = NULL, *keys = NULL;
+    Released released;
+    released_init(&released);
+    for (;;) {
+        Py_ssize_t users, users_now;
+        Py_ssize_t count = group_count_open(all, made, &users);
+        s = get_stack();
+        if (s == NULL) {
+            goto fail;
+        }
+        guards = PyTuple_New(count);
+        keys = guards != NULL ? PyTuple_New(users) : NULL;
+        if (keys == NULL || released_reserve(&released, count) < 0) {
+            if (keys != NULL) {
+                PyErr_NoMemory();
+            }
+            goto fail;
+        }
+        if (group_count_open(all, made, &users_now) == count && users_now == users &&
+            tls_stack == s) {
+            break; /* nothing ran since the count: it holds until the entries are made */
+        }
+        Py_CLEAR(guards);
+        Py_CLEAR(keys);
+    }
+    /* From here to the entries: no allocation, no Python code. */
     /* The buffer-exports check of each entry, once for the whole group (per guard it would
      * walk this thread's stack every time: quadratic in the number of keys).  Only guards
      * with live exports matter, and they are few. */
@@ -3064,64 +3466,46 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
                              "NoAccess; release them first ('with memoryview(view) as m:') or "
                              "allow the key",
                              o->exports, (PyObject *)o);
-                Py_DECREF(all);
-                return NULL;
+                goto fail;
             }
         }
     }
-    GuardObject **entered = PyMem_Calloc((size_t)(made ? made : 1), sizeof(GuardObject *));
-    if (entered == NULL) {
-        Py_DECREF(all);
-        return PyErr_NoMemory();
-    }
-    Py_ssize_t count = 0;
+    Py_ssize_t count = 0, handed = 0;
     for (Py_ssize_t i = 0; i < made; i++) {
         GuardObject *g = (GuardObject *)PyTuple_GET_ITEM(all, i);
-        if (g->key->closed) {
+        if (g->key->closed || g->key->closing) {
             continue;
         }
-        if (guard_activate(g, s, 0) < 0) {
-            GuardObject *released = NULL;
-            PyObject *et, *ev, *tb;
-            PyErr_Fetch(&et, &ev, &tb);
+        GuardFailure f;
+        if (guard_activate(g, s, 0, &f) < 0) {
+            /* Leave the ones entered (on top of the stack, in reverse order: nothing ran
+             * since), then raise, then let go of what they held. */
             while (count > 0) {
-                (void)guard_pop(entered[--count], 1, 1, &released);
+                count--;
+                (void)guard_pop(s->top, 1, 1, 1, &released); /* never left half entered */
             }
-            PyErr_Restore(et, ev, tb);
-            PyMem_Free(entered);
-            release_chain(released);
-            Py_DECREF(all);
-            return NULL;
+            raise_failure(g, &f);
+            released_drop(&released);
+            goto fail;
         }
-        entered[count++] = g;
-    }
-    PyObject *guards = PyTuple_New(count);
-    PyObject *keys = guards ? PyTuple_New(count) : NULL;
-    if (keys == NULL) {
-        /* Cannot record them: leave the guards again. */
-        GuardObject *released = NULL;
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        while (count > 0) {
-            (void)guard_pop(entered[--count], 1, 1, &released);
+        PyTuple_SET_ITEM(guards, count, (PyObject *)g);
+        Py_INCREF(g); /* the record's reference */
+        if (!key_owned(g->key)) {
+            Py_INCREF(g->key);
+            PyTuple_SET_ITEM(keys, handed++, (PyObject *)g->key);
         }
-        PyErr_Restore(et, ev, tb);
-        PyMem_Free(entered);
-        release_chain(released);
-        Py_XDECREF(guards);
-        Py_DECREF(all);
-        return NULL;
+        count++;
     }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_INCREF(entered[i]);
-        PyTuple_SET_ITEM(guards, i, (PyObject *)entered[i]);
-        Py_INCREF(entered[i]->key);
-        PyTuple_SET_ITEM(keys, i, (PyObject *)entered[i]->key);
-    }
-    PyMem_Free(entered);
+    released_drop(&released);
     Py_DECREF(all);
     grp->guards = guards;
     return keys;
+fail:
+    released_drop(&released);
+    Py_XDECREF(guards);
+    Py_XDECREF(keys);
+    Py_DECREF(all);
+    return NULL;
 }
 
 static PyObject *
@@ -3154,10 +3538,14 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
     }
     /* Pop down to the first guard; anything that is not ours means an out-of-order exit. */
     ThreadStack *s = first->stack;
-    GuardObject *released = NULL;
-    int foreign = 0, e = 0;
+    Released released;
+    released_init(&released);
+    if (released_reserve(&released, stack_depth(s, first)) < 0) {
+        return PyErr_NoMemory(); /* nothing changed */
+    }
+    int e = 0;
     Py_ssize_t next = n - 1; /* ours come off the stack in reverse order of entry */
-    while (s->top != NULL && s->top != first) {
+    while (s->top != NULL && s->top != first && e == 0) {
         GuardObject *top = s->top;
         int ours = 0;
         for (Py_ssize_t i = next; i >= 1; i--) {
@@ -3167,23 +3555,26 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
                 break;
             }
         }
-        if (!ours) {
-            foreign = 1;
+        e = guard_pop(top, 1, 1, 0, &released);
+        if (e == 0 && !ours) {
+            grp->foreign = 1;
             top->ended = ENDED_ORDER;
         }
-        int r = guard_pop(top, 1, 1, &released);
-        e = e ? e : r;
     }
-    if (first->active) {
-        int r = guard_pop(first, 1, 1, &released);
-        e = e ? e : r;
+    if (e == 0 && first->active) {
+        e = guard_pop(first, 1, 1, 0, &released);
     }
-    grp->guards = NULL;
-    Py_DECREF(guards);
-    release_chain(released);
     if (e != 0) {
+        /* A guard that could not re-protect its pages stays active, and so does the block
+         * (with the guards under it): leaving it again retries. */
+        released_drop(&released);
         return raise_restore_failed(e);
     }
+    int foreign = grp->foreign;
+    grp->foreign = 0;
+    grp->guards = NULL;
+    released_drop(&released); /* the state is complete: finalizers may run now */
+    Py_DECREF(guards);
     if (foreign) {
         PyErr_SetString(err(E_GUARD_ORDER),
                         "an isolated() block was exited while guards entered inside it were "
@@ -3238,6 +3629,7 @@ core_isolation(PyObject *Py_UNUSED(m), PyObject *allow)
     Py_INCREF(allow);
     grp->allow = allow;
     grp->guards = NULL;
+    grp->foreign = 0;
     return (PyObject *)grp;
 }
 

@@ -34,8 +34,10 @@ R = TypeVar("R")
 def isolated(*, allow: Iterable[PkeyGuard] = ()) -> AbstractContextManager[tuple[PkeyGuard, ...]]:
     """Revoke this thread's access to every pkeyguard key but ``allow`` inside the block.
 
-    The block's value is the keys that were closed.  Guards entered inside the block work as
-    usual and nest within it.  Keys created inside the block are not affected.
+    The block's value is the keys that were closed, except keys the library owns on your
+    behalf (each Secret's): those are closed too, but never handed out.  Guards entered inside
+    the block work as usual and nest within it.  Keys created inside the block are not
+    affected.
     """
     allowed = tuple(allow)
     for key in allowed:

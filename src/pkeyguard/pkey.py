@@ -132,7 +132,7 @@ class PkeyGuard(_core.Key, Unshareable):
             raise RegionTypeError(
                 f"disassociate() takes a RegionGuard or an AssociatedRegion, not {region!r}"
             )
-        if assoc is None or assoc._key is not self:
+        if assoc is None or _key_of(assoc) is not self:
             raise RegionError(f"{region!r} is not associated with {self!r}")
         return assoc.disassociate()
 
@@ -162,6 +162,15 @@ class PkeyGuard(_core.Key, Unshareable):
             else (f" hardware={hw}" if hw is not None else " parked")
         )
         return f"<PkeyGuard{label} key={self.key}{held} {self.rights.name} {backend} {state}>"
+
+
+def _key_of(assoc: AssociatedRegion[Any]) -> PkeyGuard | None:
+    """The association's key; None once it has ended, or for a Secret's (not exposed)."""
+    try:
+        key: PkeyGuard | None = assoc._key
+    except AttributeError:
+        return None
+    return key
 
 
 def _new_key(cls: type[PkeyGuard], rights: object, name: object) -> PkeyGuard:
@@ -229,7 +238,10 @@ class AssociatedRegion(_core.Binding, Unshareable, Generic[T]):
         return self.region
 
     def __repr__(self) -> str:
-        key = self._key
+        try:
+            key = self._key
+        except AttributeError:  # a Secret's: its key is not exposed
+            return f"<AssociatedRegion {self._mapping!r} key=(a Secret's)>"
         where = f"key={key.key}" if key is not None else "disassociated"
         return f"<AssociatedRegion {self._mapping!r} {where}>"
 
@@ -247,7 +259,11 @@ class AccessGuard(_core.Guard, Unshareable, Generic[T_co]):
 
     @property
     def region(self) -> RegionGuard[Any]:
-        binding: AssociatedRegion[Any] = self._binding
+        binding: AssociatedRegion[Any] | None = self._binding
+        if binding is None:
+            raise AttributeError(
+                "a Secret's region is not exposed: read it through the guard's view"
+            )
         return binding.region
 
     if not TYPE_CHECKING:
@@ -263,7 +279,9 @@ class AccessGuard(_core.Guard, Unshareable, Generic[T_co]):
 
     def _view(self, writable: bool) -> Any:
         # Clear messages first; the C call repeats the checks that hold.
-        binding: AssociatedRegion[Any] = self._binding
+        binding: AssociatedRegion[Any] | None = self._binding
+        if binding is None:  # a Secret's guard: its region is not exposed, the core checks
+            return self._new_view(writable)
         region = binding.region
         if region.closed:
             raise RegionError(f"{region!r} is closed")

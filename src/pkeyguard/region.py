@@ -299,8 +299,11 @@ class RegionGuard(_core.Mapping, Unshareable, Generic[T]):
         except RegionError:  # closed by another thread meanwhile
             return f"<RegionGuard{label} {what} closed>"
         binding = self._binding
-        key = binding._key if binding is not None else None
-        tag = f" key={key.key}" if key is not None else ""
+        try:
+            key = binding._key if binding is not None else None
+            tag = f" key={key.key}" if key is not None else ""
+        except AttributeError:  # a Secret's region: its key is not exposed
+            tag = " key=(a Secret's)"
         return (
             f"<RegionGuard{label} {what} at {address:#x} ({mapped} bytes mapped) "
             f"{AccessPermissions(self._prot).name}{tag}>"
