@@ -72,13 +72,15 @@ def render_info(report: dict[str, Any], out: TextIO) -> None:
             w(f"  - {line}\n")
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def _cmd_info(args: argparse.Namespace, outcome: _Outcome) -> int:
     report = support_report()
+    # Known before the first write: a reader that goes away cannot turn it into a success.
+    outcome.status = 0 if report.get("backend") else 1
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         render_info(report, sys.stdout)
-    return 0 if report.get("backend") else 1
+    return outcome.status
 
 
 def demo() -> int:
@@ -110,7 +112,15 @@ def demo() -> int:
     return 0
 
 
-def _run(argv: Sequence[str] | None) -> int:
+class _Outcome:
+    """The status a command has settled on before its output is complete: what ``main``
+    returns when the reader goes away (``| head -1``) before the rest is written."""
+
+    def __init__(self) -> None:
+        self.status = 0
+
+
+def _run(argv: Sequence[str] | None, outcome: _Outcome) -> int:
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -125,7 +135,7 @@ def _run(argv: Sequence[str] | None) -> int:
     sub.add_parser("demo", help="run the seed example on the active backend")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command == "info":
-        return _cmd_info(args)
+        return _cmd_info(args, outcome)
     return demo()
 
 
@@ -196,16 +206,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     error and a non-zero status, never a traceback: 1 when the output cannot be written
     (standard output closed, a full disk) or the backend cannot work, 2 for a usage error
     (argparse), 130 for Ctrl-C.  A reader that goes away (``| head -1``) is not a failure:
-    the rest of the output is dropped, status 0."""
+    the rest of the output is dropped, and the status is the one the command had settled on
+    before (0, or 1 for ``info`` on a backend that cannot work)."""
     from ._errors import PkeyguardError
 
     real = sys.stdout
     out = _Output(real)
+    outcome = _Outcome()
     sys.stdout = out  # write() and flush() are all the CLI calls
     try:
         leave: SystemExit | None = None
         try:
-            code = _run(argv)
+            code = _run(argv, outcome)
         except SystemExit as exc:  # argparse: --help, --version, a usage error
             code, leave = _exit_code(exc.code), exc
         out.flush()
@@ -216,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader went away (`pkeyguard info | head -1`): that is not an error of ours.
         _drop_stdout(real)
-        return 0
+        return outcome.status
     except KeyboardInterrupt:
         _drop_stdout(real)
         return 130

@@ -118,3 +118,25 @@ def test_a_usage_error_stays_status_2(redirect: str) -> None:
     proc = _cli(["bogus"], redirect)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["info"], ["info", "--json"]], ids=["info", "info --json"])
+def test_a_reader_that_goes_away_keeps_a_failing_status(args: list[str]) -> None:
+    # The backend's failure is known before the first write: a reader gone before it (EPIPE
+    # for certain) drops the output, not the status.  Found by attack round two (F5): `info
+    # | (exec 0<&-; true)` exited 0 on an unusable backend.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        gone = subprocess.run(
+            [sys.executable, "-m", "pkeyguard", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PKEYGUARD_BACKEND": "nonsense"},
+        )
+    finally:
+        os.close(write_end)
+    assert gone.returncode == 1, (gone.returncode, gone.stderr)
+    assert "Traceback" not in gone.stderr, gone.stderr
