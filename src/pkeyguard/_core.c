@@ -227,6 +227,7 @@ wipe_bytes(void *p, size_t n)
 typedef struct ThreadStack {
     GuardObject *top;     /* the stack holds a reference to each active guard */
     unsigned long ident;  /* for messages only */
+    Py_ssize_t depth;     /* how many guards are on it */
 } ThreadStack;
 
 static _Thread_local ThreadStack *tls_stack __attribute__((tls_model("initial-exec"))) = NULL;
@@ -1483,6 +1484,7 @@ struct GuardObject {
     uint64_t generation;       /* bumped on each entry; views remember it */
     Py_ssize_t exports;        /* live buffer exports of this activation's views */
     GuardObject *prev;         /* next-outer guard of the same thread */
+    Py_ssize_t depth;          /* while active: its place on the stack (1: the outermost) */
     /* While active, this thread's guards on the same key, without walking the stack (a view
      * access, an entry and isolated() cost O(1) per key, however many keys are open): */
     GuardObject *same_outer;   /* the next-outer active guard on the same key, this thread */
@@ -2241,7 +2243,9 @@ guard_pop(GuardObject *g, int write_pkru, int apply, int force, Released *r)
     }
     ThreadStack *s = g->stack;
     s->top = g->prev;
+    s->depth--;
     g->prev = NULL;
+    g->depth = 0;
     same_key_pop(g);
     g->active = 0;
     g->stack = NULL;
@@ -2256,14 +2260,11 @@ guard_pop(GuardObject *g, int write_pkru, int apply, int force, Released *r)
 static Py_ssize_t
 stack_depth(ThreadStack *s, GuardObject *down_to)
 {
-    Py_ssize_t n = 0;
-    for (GuardObject *g = s->top; g != NULL; g = g->prev) {
-        n++;
-        if (g == down_to) {
-            break;
-        }
+    /* O(1), not a walk: isolated()'s exit would walk its thousands of guards once more */
+    if (down_to != NULL && down_to->active && down_to->stack == s) {
+        return s->depth - down_to->depth + 1;
     }
-    return n;
+    return s->depth;
 }
 
 /* The thread that owned s has ended (or does not exist in this fork child): end its guards.
@@ -2367,6 +2368,7 @@ guard_activate(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *
     g->prev = s->top;
     Py_INCREF(g); /* the stack's reference */
     s->top = g;
+    g->depth = ++s->depth;
     same_key_push(g, root);
     return 0;
 }
@@ -3417,11 +3419,13 @@ typedef struct {
     int foreign;       /* an exit (that failed) already left guards entered inside the block */
 } GroupObject;
 
+static uint64_t group_stamp = 0; /* KeyObject.mark: protected by the GIL */
+
 /* How many of the guards in `all` have an open key (those are entered), and how many of
  * those keys are the user's (those are handed out: a Secret's key is closed without being
- * handed out). */
+ * handed out).  Each open key's mark is set to stamp (in the same pass over the keys). */
 static Py_ssize_t
-group_count_open(PyObject *all, Py_ssize_t made, Py_ssize_t *users)
+group_count_open(PyObject *all, Py_ssize_t made, Py_ssize_t *users, uint64_t stamp)
 {
     Py_ssize_t n = 0;
     *users = 0;
@@ -3430,11 +3434,12 @@ group_count_open(PyObject *all, Py_ssize_t made, Py_ssize_t *users)
         int open = !k->closed && !k->closing;
         n += open;
         *users += open && !key_owned(k);
+        if (open) {
+            k->mark = stamp;
+        }
     }
     return n;
 }
-
-static uint64_t group_stamp = 0; /* KeyObject.mark: protected by the GIL */
 
 static PyObject *
 Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
@@ -3454,28 +3459,24 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
     if (keys_now == NULL) {
         return NULL;
     }
-    /* The snapshot: no allocation while walking the list. */
-    Py_ssize_t seen = 0;
-    for (KeyObject *k = live_keys.live_next; k != &live_keys && seen < n; k = k->live_next) {
-        Py_INCREF(k);
-        PyTuple_SET_ITEM(keys_now, seen++, (PyObject *)k);
-    }
-    /* Which keys to isolate, decided in one pass with no allocation in it. */
-    char *isolate = PyMem_Malloc((size_t)(seen ? seen : 1));
+    char *isolate = PyMem_Malloc((size_t)(n ? n : 1)); /* runs no Python code */
     if (isolate == NULL) {
         Py_DECREF(keys_now);
         return PyErr_NoMemory();
     }
-    /* O(keys + allowed): the allowed keys are stamped, then each key is looked at once. */
+    /* The snapshot, and which keys to isolate, in one pass with no allocation in it:
+     * O(keys + allowed), the allowed keys stamped first (the pass over the keys is what
+     * costs: with 10,000 keys they do not fit the caches). */
     uint64_t stamp = ++group_stamp;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(grp->allow); i++) {
         ((KeyObject *)PyTuple_GET_ITEM(grp->allow, i))->mark = stamp;
     }
-    Py_ssize_t want = 0;
-    for (Py_ssize_t j = 0; j < seen; j++) {
-        int allowed = ((KeyObject *)PyTuple_GET_ITEM(keys_now, j))->mark == stamp;
-        isolate[j] = (char)!allowed;
-        want += !allowed;
+    Py_ssize_t seen = 0, want = 0;
+    for (KeyObject *k = live_keys.live_next; k != &live_keys && seen < n; k = k->live_next) {
+        Py_INCREF(k);
+        isolate[seen] = (char)(k->mark != stamp);
+        want += k->mark != stamp;
+        PyTuple_SET_ITEM(keys_now, seen++, (PyObject *)k);
     }
     PyObject *all = PyTuple_New(want);
     if (all == NULL) {
@@ -3483,7 +3484,7 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
         Py_DECREF(keys_now);
         return NULL;
     }
-    Py_ssize_t made = 0;
+    Py_ssize_t made = 0, open_n = 0, users_n = 0; /* the counts of group_count_open() */
     for (Py_ssize_t j = 0; j < seen; j++) {
         if (!isolate[j]) {
             continue;
@@ -3498,18 +3499,22 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
             return NULL;
         }
         PyTuple_SET_ITEM(all, made++, (PyObject *)g);
+        /* counted as it goes (one pass less over the keys); checked again below */
+        int open = !k->closed && !k->closing;
+        open_n += open;
+        users_n += open && !key_owned(k);
     }
     PyMem_Free(isolate);
     Py_DECREF(keys_now); /* each guard holds its key */
     /* The record of the entered guards and the keys handed out, sized for the keys still
-     * open once the last allocation is done (a finalizer run by one may close keys). */
+     * open once the last allocation is done (a finalizer run by one may close keys, so the
+     * counts are taken again after it, and the allocations made again if they changed). */
     ThreadStack *s = NULL;
     PyObject *guards = NULL, *keys = NULL;
     Released released;
     released_init(&released);
     for (;;) {
-        Py_ssize_t users, users_now;
-        Py_ssize_t count = group_count_open(all, made, &users);
+        Py_ssize_t count = open_n, users = users_n;
         s = get_stack();
         if (s == NULL) {
             goto fail;
@@ -3522,8 +3527,10 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
             }
             goto fail;
         }
-        if (group_count_open(all, made, &users_now) == count && users_now == users &&
-            tls_stack == s) {
+        /* the keys to isolate are stamped for the buffer-exports check below */
+        stamp = ++group_stamp;
+        open_n = group_count_open(all, made, &users_n, stamp);
+        if (open_n == count && users_n == users && tls_stack == s) {
             break; /* nothing ran since the count: it holds until the entries are made */
         }
         Py_CLEAR(guards);
@@ -3531,15 +3538,8 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
     }
     /* From here to the entries: no allocation, no Python code. */
     /* The buffer-exports check of each entry, once for the whole group (per guard it would
-     * cost a lookup per key): the keys to isolate are stamped, then this thread's stack is
-     * walked once.  O(keys + this thread's guards). */
-    stamp = ++group_stamp;
-    for (Py_ssize_t i = 0; i < made; i++) {
-        KeyObject *k = ((GuardObject *)PyTuple_GET_ITEM(all, i))->key;
-        if (!k->closed && !k->closing) {
-            k->mark = stamp;
-        }
-    }
+     * cost a lookup per key): the keys to isolate were stamped by the count above, and this
+     * thread's stack is walked once.  O(keys + this thread's guards). */
     for (GuardObject *o = s->top; o != NULL; o = o->prev) {
         if (o->exports <= 0 || o->level == LEVEL_NONE) {
             continue;

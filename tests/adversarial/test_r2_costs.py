@@ -19,3 +19,8 @@ def test_view_access_does_not_grow_with_the_number_of_keys(keys: int) -> None:
 def test_isolated_does_not_grow_with_the_number_of_keys(keys: int) -> None:
     case = "case_isolated_does_not_grow_with_keys"
     assert_survived(run_case("r2_costs", case, params={"keys": keys}))
+
+
+def test_isolated_counts_again_after_a_finalizer_closes_a_key() -> None:
+    case = "case_isolated_counts_again_after_a_finalizer_closes_a_key"
+    assert_survived(run_case("r2_costs", case, params={"keys": 20}))

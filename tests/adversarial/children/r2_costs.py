@@ -11,6 +11,7 @@ old core walked this thread's whole, growing stack for each of its entries).
 from __future__ import annotations
 
 import ctypes
+import gc
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,3 +95,55 @@ def case_isolated_does_not_grow_with_keys() -> None:
         # a fixed few per key: the other thread's guard and this thread's on `key`, and on
         # pku a look at the pool's owners per entry; never the keys entered before
         assert entry <= 4 * n + 8, f"isolated() visited {entry} guards for {n} keys"
+
+
+class _Closer:
+    """Garbage in a cycle whose finalizer closes a key: freed at the collector's next run."""
+
+    def __init__(self, key: PkeyGuard, fired: list[int]) -> None:
+        self.me = self
+        self.key = key
+        self.fired = fired
+
+    def __del__(self) -> None:
+        self.key.close()
+        self.fired.append(1)
+
+
+def case_isolated_counts_again_after_a_finalizer_closes_a_key() -> None:
+    """isolated() counts the open keys while it makes their guards (one pass less over the
+    keys): a finalizer run by one of those allocations that closes a key already counted must
+    make it count again, so that the block closes, records and hands out exactly the keys
+    still open.  The collector fires at each allocation in turn (thresholds 1 .. n + 8)."""
+    n = int(params()["keys"])
+    fired: list[int] = []
+    for threshold in range(1, n + 9):
+        keys = [PkeyGuard(NA) for _ in range(n)]
+        gc.collect()
+        gc.disable()
+        _Closer(keys[0], fired)
+        before = len(fired)
+        gc.set_threshold(threshold)
+        gc.enable()
+        try:
+            with isolated() as closed:
+                ran = len(fired) - before
+                gc.set_threshold(700)
+                stack = _core.thread_guards()
+                assert all(g.active for g in stack)
+                if ran:
+                    assert keys[0].closed
+                    assert keys[0] not in closed, threshold
+                    assert len(closed) == n - 1 and len(stack) == n - 1, (threshold, len(closed))
+                else:
+                    assert len(closed) == n and len(stack) == n, (threshold, len(closed))
+                assert set(map(id, closed)) == {id(g.key) for g in stack}
+        finally:
+            gc.set_threshold(700)
+            gc.collect()
+        assert not _core.thread_guards()
+        for k in keys:
+            if not k.closed:
+                k.close()
+    # the finalizer ran inside isolated() for most thresholds (not only before or after it)
+    assert len(fired) >= n, len(fired)
