@@ -227,6 +227,7 @@ wipe_bytes(void *p, size_t n)
 typedef struct ThreadStack {
     GuardObject *top;     /* the stack holds a reference to each active guard */
     unsigned long ident;  /* for messages only */
+    Py_ssize_t depth;     /* how many guards are on it */
 } ThreadStack;
 
 static _Thread_local ThreadStack *tls_stack __attribute__((tls_model("initial-exec"))) = NULL;
@@ -340,6 +341,8 @@ struct KeyObject {
     int autoclose;         /* owned by the library on a user's behalf (a Secret's key): freed
                               when its last binding ends, never handed out (key_owned) */
     int quarantined;       /* closed, but the number was not freed: some pages kept the tag */
+    GuardObject *roots;    /* per thread with active guards on it, the outermost (borrowed) */
+    uint64_t mark;         /* isolated(): a stamp that marks it allowed or isolated */
     KeyObject *live_prev, *live_next; /* the registry of open keys (isolation) */
 };
 
@@ -1481,6 +1484,14 @@ struct GuardObject {
     uint64_t generation;       /* bumped on each entry; views remember it */
     Py_ssize_t exports;        /* live buffer exports of this activation's views */
     GuardObject *prev;         /* next-outer guard of the same thread */
+    Py_ssize_t depth;          /* while active: its place on the stack (1: the outermost) */
+    /* While active, this thread's guards on the same key, without walking the stack (a view
+     * access, an entry and isolated() cost O(1) per key, however many keys are open): */
+    GuardObject *same_outer;   /* the next-outer active guard on the same key, this thread */
+    GuardObject *root;         /* the outermost one (g itself if none is outer) */
+    GuardObject *innermost;    /* roots only: the innermost one */
+    GuardObject *root_prev, *root_next; /* roots only: the key's list of roots (one per
+                                           thread that has guards on it) */
 };
 
 /* Fork child (from fork_child, so only memory writes): the forking thread keeps its guards,
@@ -1975,6 +1986,72 @@ released_drop(Released *r)
     released_init(r);
 }
 
+/* Guards visited while looking for a thread's guards on a key (roots of other threads,
+ * and same-key chains): the cost that must not grow with the number of keys.  Tests read it
+ * through _walk_steps(). */
+static unsigned long long walk_steps = 0;
+
+/* The outermost active guard of the thread of stack s on k, or NULL: O(threads that hold
+ * guards on k). */
+static inline GuardObject *
+key_thread_root(KeyObject *k, ThreadStack *s)
+{
+    for (GuardObject *r = k->roots; r != NULL; r = r->root_next) {
+        walk_steps++;
+        if (r->stack == s) {
+            return r;
+        }
+    }
+    return NULL;
+}
+
+/* Link g (being pushed on s) under root r (NULL: g is the thread's first guard on k). */
+static void
+same_key_push(GuardObject *g, GuardObject *r)
+{
+    KeyObject *k = g->key;
+    if (r != NULL) {
+        g->root = r;
+        g->same_outer = r->innermost;
+        r->innermost = g;
+        return;
+    }
+    g->root = g;
+    g->same_outer = NULL;
+    g->innermost = g;
+    g->root_prev = NULL;
+    g->root_next = k->roots;
+    if (k->roots != NULL) {
+        k->roots->root_prev = g;
+    }
+    k->roots = g;
+}
+
+/* Unlink g, the innermost guard on its key of its thread (it is being popped). */
+static void
+same_key_pop(GuardObject *g)
+{
+    KeyObject *k = g->key;
+    if (g->root == g) {
+        if (g->root_prev != NULL) {
+            g->root_prev->root_next = g->root_next;
+        }
+        else {
+            k->roots = g->root_next;
+        }
+        if (g->root_next != NULL) {
+            g->root_next->root_prev = g->root_prev;
+        }
+        g->root_prev = g->root_next = NULL;
+        g->innermost = NULL;
+    }
+    else {
+        g->root->innermost = g->same_outer;
+    }
+    g->root = NULL;
+    g->same_outer = NULL;
+}
+
 /* This thread's bits for the numbers of virtual keys, derived again after numbers changed
  * owner since it last looked (or in a new thread, which may have inherited numbers open):
  * closed, except what its own active guards opened (the innermost guard on each key). */
@@ -1989,16 +2066,20 @@ pool_sync(int mode, ThreadStack *s)
         unsigned shift = 2u * (unsigned)pool_lowest(left);
         want = (want & ~(3u << shift)) | (PKRU_AD << shift);
     }
-    uint32_t done = 0;
-    for (GuardObject *g = s->top; g != NULL; g = g->prev) {
-        KeyObject *gk = g->key;
-        if (gk->mode != mode || g->hw < 0 || gk->hw != g->hw || (done & (1u << g->hw)) ||
-            !(virtual_numbers & (1u << g->hw))) {
-            continue;
+    /* A number's bits come from this thread's innermost guard on its owner that switched
+     * that number (a NoAccess guard entered while its key held another number does not
+     * count): found through the owner's guards of this thread, not the whole stack. */
+    for (uint32_t left = virtual_numbers & p->owned; left; left &= left - 1) {
+        int h = pool_lowest(left);
+        GuardObject *r = key_thread_root(p->owner[h], s);
+        for (GuardObject *g = r != NULL ? r->innermost : NULL; g != NULL; g = g->same_outer) {
+            walk_steps++;
+            if (g->hw == h) {
+                unsigned shift = 2u * (unsigned)h;
+                want = (want & ~(3u << shift)) | (RIGHTS[g->level].bits << shift);
+                break;
+            }
         }
-        done |= 1u << g->hw;
-        unsigned shift = 2u * (unsigned)g->hw;
-        want = (want & ~(3u << shift)) | (RIGHTS[g->level].bits << shift);
     }
     if (want != pkru) {
         pool_wrpkru(mode, want);
@@ -2010,7 +2091,7 @@ pool_sync(int mode, ThreadStack *s)
 /* Apply g's rights for its key on entry, on the thread that owns stack s.  Raises nothing:
  * on failure *f says why, and everything is as before (the caller raises). */
 static int
-guard_apply(GuardObject *g, ThreadStack *s, GuardFailure *f)
+guard_apply(GuardObject *g, ThreadStack *s, GuardObject *outer, GuardFailure *f)
 {
     KeyObject *k = g->key;
     if (mode_is_pool(k->mode)) {
@@ -2057,10 +2138,7 @@ guard_apply(GuardObject *g, ThreadStack *s, GuardFailure *f)
         return 0;
     }
     if (k->mode == MODE_MPROTECT) {
-        GuardObject *outer = s->top;
-        while (outer != NULL && outer->key != k) {
-            outer = outer->prev;
-        }
+        /* outer: this thread's innermost guard on k before g */
         g->saved_level = outer ? outer->level : -1;
         if (outer) {
             k->counts[outer->level]--;
@@ -2165,7 +2243,10 @@ guard_pop(GuardObject *g, int write_pkru, int apply, int force, Released *r)
     }
     ThreadStack *s = g->stack;
     s->top = g->prev;
+    s->depth--;
     g->prev = NULL;
+    g->depth = 0;
+    same_key_pop(g);
     g->active = 0;
     g->stack = NULL;
     g->key->active--;
@@ -2179,14 +2260,11 @@ guard_pop(GuardObject *g, int write_pkru, int apply, int force, Released *r)
 static Py_ssize_t
 stack_depth(ThreadStack *s, GuardObject *down_to)
 {
-    Py_ssize_t n = 0;
-    for (GuardObject *g = s->top; g != NULL; g = g->prev) {
-        n++;
-        if (g == down_to) {
-            break;
-        }
+    /* O(1), not a walk: isolated()'s exit would walk its thousands of guards once more */
+    if (down_to != NULL && down_to->active && down_to->stack == s) {
+        return s->depth - down_to->depth + 1;
     }
-    return n;
+    return s->depth;
 }
 
 /* The thread that owned s has ended (or does not exist in this fork child): end its guards.
@@ -2234,7 +2312,7 @@ stack_abandon(ThreadStack *s)
 
 /* The checks of an entry (nothing changes): 0, or -1 with *f saying why. */
 static int
-guard_check(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *f)
+guard_check(GuardObject *g, GuardObject *outer, int check_exports, GuardFailure *f)
 {
     KeyObject *k = g->key;
     if (g->active) {
@@ -2253,8 +2331,9 @@ guard_check(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *f)
         f->why = FAIL_INHERITED;
         return -1;
     }
-    for (GuardObject *o = check_exports ? s->top : NULL; o != NULL; o = o->prev) {
-        if (o->key == k && o->exports > 0 && o->level > g->level) {
+    for (GuardObject *o = check_exports ? outer : NULL; o != NULL; o = o->same_outer) {
+        walk_steps++;
+        if (o->exports > 0 && o->level > g->level) {
             f->why = FAIL_EXPORTS;
             f->other = o;
             f->exports = o->exports;
@@ -2271,7 +2350,9 @@ guard_activate(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *
 {
     KeyObject *k = g->key;
     f->why = FAIL_NONE;
-    if (guard_check(g, s, check_exports, f) < 0 || guard_apply(g, s, f) < 0) {
+    GuardObject *root = g->active ? NULL : key_thread_root(k, s);
+    GuardObject *outer = root != NULL ? root->innermost : NULL;
+    if (guard_check(g, outer, check_exports, f) < 0 || guard_apply(g, s, outer, f) < 0) {
         return -1;
     }
     g->stack = s;
@@ -2287,6 +2368,8 @@ guard_activate(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *
     g->prev = s->top;
     Py_INCREF(g); /* the stack's reference */
     s->top = g;
+    g->depth = ++s->depth;
+    same_key_push(g, root);
     return 0;
 }
 
@@ -2666,15 +2749,10 @@ view_init(ViewObject *v, GuardObject *g, int writable)
 
 /* May this thread write through v now?  A guard for the same key entered after v's guard
  * rules the thread's rights (a ReadOnly block nested in a ReadWrite one). */
-static int
+static inline int
 view_rights_now(ViewObject *v)
 {
-    GuardObject *g = v->guard;
-    GuardObject *inner = g->stack->top;
-    while (inner != g && inner->key != g->key) {
-        inner = inner->prev;
-    }
-    return inner->level;
+    return v->guard->root->innermost->level; /* O(1): the thread's innermost on the key */
 }
 
 /* A failed system call left some of k's regions at other rights than its level (k->mixed):
@@ -2727,7 +2805,7 @@ view_check(ViewObject *v, int write)
     if (g->key->mixed && view_settle(g->key) < 0) {
         return -1;
     }
-    if (g->stack->top != g) {
+    if (g->root->innermost != g) {
         int level = view_rights_now(v);
         if (level < (write ? LEVEL_WRITE : LEVEL_READ)) {
             PyErr_Format(err(E_ACCESS),
@@ -3127,7 +3205,8 @@ View_getbuffer(ViewObject *v, Py_buffer *view, int flags)
     /* A write view under a narrower guard nested inside exports read-only: a writable
      * memoryview would fault on its first write. */
     GuardObject *g = v->guard;
-    int can_write = v->writable && (g->stack->top == g || view_rights_now(v) == LEVEL_WRITE);
+    int can_write =
+        v->writable && (g->root->innermost == g || view_rights_now(v) == LEVEL_WRITE);
     if (PyBuffer_FillInfo(view, (PyObject *)v, v->addr, v->size, !can_write, flags) < 0) {
         return -1;
     }
@@ -3340,11 +3419,13 @@ typedef struct {
     int foreign;       /* an exit (that failed) already left guards entered inside the block */
 } GroupObject;
 
+static uint64_t group_stamp = 0; /* KeyObject.mark: protected by the GIL */
+
 /* How many of the guards in `all` have an open key (those are entered), and how many of
  * those keys are the user's (those are handed out: a Secret's key is closed without being
- * handed out). */
+ * handed out).  Each open key's mark is set to stamp (in the same pass over the keys). */
 static Py_ssize_t
-group_count_open(PyObject *all, Py_ssize_t made, Py_ssize_t *users)
+group_count_open(PyObject *all, Py_ssize_t made, Py_ssize_t *users, uint64_t stamp)
 {
     Py_ssize_t n = 0;
     *users = 0;
@@ -3353,6 +3434,9 @@ group_count_open(PyObject *all, Py_ssize_t made, Py_ssize_t *users)
         int open = !k->closed && !k->closing;
         n += open;
         *users += open && !key_owned(k);
+        if (open) {
+            k->mark = stamp;
+        }
     }
     return n;
 }
@@ -3375,27 +3459,24 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
     if (keys_now == NULL) {
         return NULL;
     }
-    /* The snapshot: no allocation while walking the list. */
-    Py_ssize_t seen = 0;
-    for (KeyObject *k = live_keys.live_next; k != &live_keys && seen < n; k = k->live_next) {
-        Py_INCREF(k);
-        PyTuple_SET_ITEM(keys_now, seen++, (PyObject *)k);
-    }
-    /* Which keys to isolate, decided in one pass with no allocation in it. */
-    char *isolate = PyMem_Malloc((size_t)(seen ? seen : 1));
+    char *isolate = PyMem_Malloc((size_t)(n ? n : 1)); /* runs no Python code */
     if (isolate == NULL) {
         Py_DECREF(keys_now);
         return PyErr_NoMemory();
     }
-    Py_ssize_t want = 0;
-    for (Py_ssize_t j = 0; j < seen; j++) {
-        PyObject *k = PyTuple_GET_ITEM(keys_now, j);
-        int allowed = 0;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(grp->allow) && !allowed; i++) {
-            allowed = PyTuple_GET_ITEM(grp->allow, i) == k;
-        }
-        isolate[j] = (char)!allowed;
-        want += !allowed;
+    /* The snapshot, and which keys to isolate, in one pass with no allocation in it:
+     * O(keys + allowed), the allowed keys stamped first (the pass over the keys is what
+     * costs: with 10,000 keys they do not fit the caches). */
+    uint64_t stamp = ++group_stamp;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(grp->allow); i++) {
+        ((KeyObject *)PyTuple_GET_ITEM(grp->allow, i))->mark = stamp;
+    }
+    Py_ssize_t seen = 0, want = 0;
+    for (KeyObject *k = live_keys.live_next; k != &live_keys && seen < n; k = k->live_next) {
+        Py_INCREF(k);
+        isolate[seen] = (char)(k->mark != stamp);
+        want += k->mark != stamp;
+        PyTuple_SET_ITEM(keys_now, seen++, (PyObject *)k);
     }
     PyObject *all = PyTuple_New(want);
     if (all == NULL) {
@@ -3403,7 +3484,7 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
         Py_DECREF(keys_now);
         return NULL;
     }
-    Py_ssize_t made = 0;
+    Py_ssize_t made = 0, open_n = 0, users_n = 0; /* the counts of group_count_open() */
     for (Py_ssize_t j = 0; j < seen; j++) {
         if (!isolate[j]) {
             continue;
@@ -3418,18 +3499,22 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
             return NULL;
         }
         PyTuple_SET_ITEM(all, made++, (PyObject *)g);
+        /* counted as it goes (one pass less over the keys); checked again below */
+        int open = !k->closed && !k->closing;
+        open_n += open;
+        users_n += open && !key_owned(k);
     }
     PyMem_Free(isolate);
     Py_DECREF(keys_now); /* each guard holds its key */
     /* The record of the entered guards and the keys handed out, sized for the keys still
-     * open once the last allocation is done (a finalizer run by one may close keys). */
+     * open once the last allocation is done (a finalizer run by one may close keys, so the
+     * counts are taken again after it, and the allocations made again if they changed). */
     ThreadStack *s = NULL;
     PyObject *guards = NULL, *keys = NULL;
     Released released;
     released_init(&released);
     for (;;) {
-        Py_ssize_t users, users_now;
-        Py_ssize_t count = group_count_open(all, made, &users);
+        Py_ssize_t count = open_n, users = users_n;
         s = get_stack();
         if (s == NULL) {
             goto fail;
@@ -3442,8 +3527,10 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
             }
             goto fail;
         }
-        if (group_count_open(all, made, &users_now) == count && users_now == users &&
-            tls_stack == s) {
+        /* the keys to isolate are stamped for the buffer-exports check below */
+        stamp = ++group_stamp;
+        open_n = group_count_open(all, made, &users_n, stamp);
+        if (open_n == count && users_n == users && tls_stack == s) {
             break; /* nothing ran since the count: it holds until the entries are made */
         }
         Py_CLEAR(guards);
@@ -3451,23 +3538,19 @@ Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
     }
     /* From here to the entries: no allocation, no Python code. */
     /* The buffer-exports check of each entry, once for the whole group (per guard it would
-     * walk this thread's stack every time: quadratic in the number of keys).  Only guards
-     * with live exports matter, and they are few. */
+     * cost a lookup per key): the keys to isolate were stamped by the count above, and this
+     * thread's stack is walked once.  O(keys + this thread's guards). */
     for (GuardObject *o = s->top; o != NULL; o = o->prev) {
         if (o->exports <= 0 || o->level == LEVEL_NONE) {
             continue;
         }
-        for (Py_ssize_t i = 0; i < made; i++) {
-            GuardObject *g = (GuardObject *)PyTuple_GET_ITEM(all, i);
-            if (g->key == o->key && !g->key->closed) {
-                PyErr_Format(err(E_GUARD_STATE),
-                             "cannot enter isolated(): %zd buffer export(s) (memoryviews) of a "
-                             "view under %R are still alive, and they would fault under "
-                             "NoAccess; release them first ('with memoryview(view) as m:') or "
-                             "allow the key",
-                             o->exports, (PyObject *)o);
-                goto fail;
-            }
+        if (o->key->mark == stamp) {
+            PyErr_Format(err(E_GUARD_STATE),
+                         "cannot enter isolated(): %zd buffer export(s) (memoryviews) of a "
+                         "view under %R are still alive, and they would fault under NoAccess; "
+                         "release them first ('with memoryview(view) as m:') or allow the key",
+                         o->exports, (PyObject *)o);
+            goto fail;
         }
     }
     Py_ssize_t count = 0, handed = 0;
@@ -3898,6 +3981,14 @@ core_sim_set_pkru(PyObject *Py_UNUSED(m), PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* _walk_steps(): guards visited so far looking for a thread's guards on a key (tests: a view
+ * access costs none, an entry a few, isolated() a few per key, whatever the number of keys). */
+static PyObject *
+core_walk_steps(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLongLong(walk_steps);
+}
+
 static PyObject *
 core_live_key_count(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
@@ -4102,6 +4193,8 @@ static PyMethodDef core_methods[] = {
      "How many keys pkey_alloc can still hand out (pku only)."},
     {"thread_guards", core_thread_guards, METH_NOARGS, "This thread's active guards, innermost first."},
     {"live_key_count", core_live_key_count, METH_NOARGS, "Open keys (pku and mprotect)."},
+    {"_walk_steps", core_walk_steps, METH_NOARGS,
+     "Guards visited looking for a thread's guards on a key, since the start (tests)."},
     {"isolation", core_isolation, METH_O, "isolation(allow): NoAccess on every other open key."},
     {"wipe_at_exit", core_wipe_at_exit, METH_NOARGS, NULL},
     {"memfd_secret_errno", core_memfd_secret_errno, METH_NOARGS,

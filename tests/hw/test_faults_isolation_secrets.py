@@ -9,7 +9,7 @@ import threading
 from typing import Final
 
 from pkeyguard import PkeyGuard, PkeyPermissions, RegionGuard, Secret, _core, isolated
-from tests.support import Child, run_child
+from tests.support import Child, run_child, secret_key
 
 RW: Final = PkeyPermissions.ReadWrite
 
@@ -102,7 +102,7 @@ def test_isolation_is_per_thread_and_restored() -> None:
 
 def test_secret_on_pku(faultprobe_path: str) -> None:
     with Secret.from_bytes(b"hunter2") as secret:
-        own_key = secret._assoc.key  # each secret's own (not exposed on Secret)
+        own_key = secret_key(secret)  # each secret's own (not exposed on Secret)
         assert own_key.backend == "pku"
         with secret.reveal() as buf:
             assert bytes(buf) == b"hunter2"

@@ -12,7 +12,7 @@ import errno
 import signal
 
 from pkeyguard import Secret, allocator
-from tests.support import SECRETMEM, maps, pkey_at, proc_mem_read, run_child
+from tests.support import SECRETMEM, maps, pkey_at, proc_mem_read, run_child, secret_key
 
 NEEDS = (
     "memfd_secret(2) is unavailable in this guest: Linux 5.14 to 6.4 need secretmem.enable=1 "
@@ -27,11 +27,11 @@ def test_secrets_use_secret_memory_tagged_with_the_key() -> None:
         assert line.split()[5] == SECRETMEM, line
         with secret.reveal() as buf:
             assert bytes(buf) == b"hunter2"
-            own_key = secret._assoc.key  # its own key (one per secret), holding a number now
+            own_key = secret_key(secret)  # its own key (one per secret), holding a number now
             number = own_key.hardware_key
             assert number is not None and pkey_at(secret.address) == number  # pkey_mprotect took
-            assert other._assoc.key is not own_key
-            assert pkey_at(other.address) in (0, other._assoc.key.hardware_key)
+            assert secret_key(other) is not own_key
+            assert pkey_at(other.address) in (0, secret_key(other).hardware_key)
             assert pkey_at(other.address) != number
 
 
@@ -72,10 +72,10 @@ def test_fork_child_gets_zero_pages_with_the_key() -> None:
 import os
 import pkeyguard
 from pkeyguard import Secret, SecretUnavailableError
-from tests.support import pkey_at
+from tests.support import pkey_at, secret_key
 s = Secret.from_bytes(b"hunter2")
 assert s.backing == "memfd_secret"
-key = s._assoc.key.hardware_key
+key = secret_key(s).hardware_key
 assert key is not None
 pid = os.fork()
 if pid == 0:

@@ -18,7 +18,7 @@ from typing import Any, Final
 import pkeyguard
 from pkeyguard import PkeyGuard, PkeyPermissions, Secret, _core
 from tests.profiles import vk_state_examples
-from tests.support import Child, pkey_at, run_child
+from tests.support import Child, pkey_at, run_child, secret_key
 from tests.unit.test_state_machine import lookup, smaps_pkeys
 from tests.unit.test_virtual_keys import VirtualKeysMachine, bits_of
 
@@ -416,7 +416,8 @@ def test_per_thread_rights_hold_under_eviction_from_a_third_thread(faultprobe_pa
 SECRETS_BODY = """
 a = Secret.from_bytes(bytearray(b"alpha-secret"))
 b = Secret.from_bytes(bytearray(b"bravo-secret"))
-ka, kb = a._assoc.key, b._assoc.key
+from tests.support import secret_key
+ka, kb = secret_key(a), secret_key(b)
 say("DISTINCT", ka is not kb and ka.key != kb.key)
 with a.reveal() as buf:
     say("A", bytes(buf).decode())
@@ -447,7 +448,7 @@ def test_revealing_one_secret_in_process() -> None:
     a = Secret.from_bytes(bytearray(b"alpha"))
     b = Secret.from_bytes(bytearray(b"bravo"))
     try:
-        kb: Any = b._assoc.key  # pyright: ignore[reportPrivateUsage]
+        kb: Any = secret_key(b)
         with a.reveal() as buf:
             assert bytes(buf) == b"alpha"
             assert kb._thread_level() == 0

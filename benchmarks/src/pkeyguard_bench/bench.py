@@ -58,6 +58,7 @@ from pkeyguard import (
     _backend,
     _core,
     allocator,
+    isolated,
 )
 from pkeyguard import backend as active_backend
 
@@ -423,6 +424,31 @@ class Fixtures:
         return region
 
     @contextmanager
+    def keys_open(self, n: int) -> Iterator[None]:
+        """``n`` more keys (NoAccess, no region) open for the block."""
+        keys: list[PkeyGuard] = []
+        try:
+            for _ in range(n):
+                keys.append(PkeyGuard())
+            yield
+        finally:
+            for key in keys:
+                key.close()
+
+    @contextmanager
+    def isolated_view(self, n: int, item: Guarded, holder: _Holder) -> Iterator[None]:
+        """``n`` more keys open; inside ``item``'s ReadWrite guard, then inside
+        ``isolated(allow=[item.key])`` (so a guard on every other key is entered after the
+        view's), ``holder.v`` is a write view of ``item``'s region."""
+        with self.keys_open(n), item.guard as g:
+            holder.v = g.mut_ref_guard()
+            try:
+                with isolated(allow=[item.key]):
+                    yield
+            finally:
+                holder.v = None
+
+    @contextmanager
     def secrets_alive(self, total: int) -> Iterator[None]:
         """More private-mmap secrets, so that ``total`` are alive in all (with the fixtures')."""
         extra: list[Secret] = []
@@ -582,6 +608,15 @@ def _instance_id(
     return case_id(slug, threads, size if scope == "size" else None)
 
 
+class _Holder:
+    """Where the ``keys.*_view`` fixtures put the view they make for each sample."""
+
+    __slots__ = ("v",)
+
+    def __init__(self) -> None:
+        self.v: Any = None
+
+
 class _Plain:
     """The cheapest class attribute: ``_Plain.a`` (metaclass ``type``)."""
 
@@ -623,6 +658,12 @@ def build(mode: Mode, backend: str, *, gib_ok: bool, groups: frozenset[str] | No
                           for each backing; ``secret.mmap``/``secret.memfd``: a 32-byte Secret
                           in each (memfd_secret cases are skipped where the kernel has none)
     ``secrets.100_alive`` a context manager that keeps 100 secrets alive in all
+    ``isolated``          ``pkeyguard.isolated``
+    ``keys.1k_open``, ``keys.10k_open``  context managers that keep 1,000 / 10,000 more keys
+                          open (NoAccess, no region)
+    ``keys.1k_view``, ``keys.10k_view``  the same, then the scalar region's ReadWrite guard,
+                          then ``isolated(allow=[its key])``, with ``keys.holder.v`` a write
+                          view of the scalar region
     ``nop.assoc``         a one-page region associated with a ``MODE_NOP`` key
     ``sim.guard/assoc``   a one-page region with a virtual key of the simulated pool
                           (``_backend.SIMULATED``): its ReadWrite guard and association
@@ -719,6 +760,14 @@ def build(mode: Mode, backend: str, *, gib_ok: bool, groups: frozenset[str] | No
     def secrets_100() -> AbstractContextManager[object]:
         return fixtures.secrets_alive(100)
 
+    holder = _Holder()
+
+    def keys_open(n: int) -> Callable[[], AbstractContextManager[object]]:
+        return lambda: fixtures.keys_open(n)
+
+    def keys_view(n: int) -> Callable[[], AbstractContextManager[object]]:
+        return lambda: fixtures.isolated_view(n, scalar, holder)
+
     common: dict[str, object] = {
         "nop_guard": nop_guard,
         "no_syscall_guard": _core.Key(0x7FFF, _core.MODE_MPROTECT, 0)._guard(2),
@@ -752,6 +801,12 @@ def build(mode: Mode, backend: str, *, gib_ok: bool, groups: frozenset[str] | No
         "secret.mmap": secret_mmap,
         "secret.memfd": secret_memfd,
         "secrets.100_alive": secrets_100,
+        "isolated": isolated,
+        "keys.holder": holder,
+        "keys.1k_open": keys_open(1000),
+        "keys.10k_open": keys_open(10000),
+        "keys.1k_view": keys_view(1000),
+        "keys.10k_view": keys_view(10000),
         "nop.assoc": nop_assoc,
         "sim.guard": sim.guard,
         "sim.assoc": sim.assoc,
@@ -979,8 +1034,9 @@ def measure(
             try:
                 for block in rng.sample(blocks, len(blocks)):
                     order = rng.sample(block, len(block))
-                    _warm(order[0])
-                    order[0].run(1)
+                    with _around(order[0]):  # the untimed iteration, in the case's setting
+                        _warm(order[0])
+                        order[0].run(1)
                     for case in order:
                         case.samples.append(sample(case))
             finally:
@@ -1224,6 +1280,7 @@ _SECTIONS = (
     ("bulk", "bulk copy"),
     ("secret", "secrets: memfd_secret against private mmap"),
     ("vkey", "virtual keys"),
+    ("keys", "costs with many keys open"),
 )
 
 

@@ -102,7 +102,7 @@ class Warm:
 class CaseSpec:
     slug: str
     label: str  # ``{bulk}`` is replaced by the bulk size
-    group: Literal["floor", "switch", "alt", "scalar", "bulk", "secret", "vkey"]
+    group: Literal["floor", "switch", "alt", "scalar", "bulk", "secret", "vkey", "keys"]
     timing: Py | Native
     floor: str | None = None  # slug (or HW); same threads, and same size where both have one
     scope: Scope = "thread"
@@ -131,6 +131,10 @@ _REVEAL_MMAP = py("with s.reveal() as b: x = b[0]", s="secret.mmap")
 _REVEAL_MEMFD = py("with s.reveal() as b: x = b[0]", s="secret.memfd")
 _MISS = py("with nx(): pass", nx="miss.sim")
 _MISS_PKU = py("with nx(): pass", nx="miss.pku")
+# The first isolated() after the keys are made also pays for their fresh memory (2-3x the
+# steady cost): two untimed blocks first, so that both sides of the growth ratio time the same
+# steady state, whatever number of iterations a sample runs (one at 10,000 keys in --quick).
+_ISOLATED_WARM = Warm(py("with iso(): pass", iso="isolated"), times=2)
 
 CASES: tuple[CaseSpec, ...] = (
     # Once per thread count.
@@ -553,6 +557,47 @@ CASES: tuple[CaseSpec, ...] = (
             ),
         )
     ),
+    # Costs that must not grow with the number of keys (issue 18): isolated() closes every
+    # open key (O(keys) in all, not a walk of the growing stack per key), and a view access
+    # inside isolated(allow=[k]) is O(1) (not a walk over every other key's guard).  Each
+    # pair runs side by side in one run, with 1,000 and 10,000 keys open (no regions), made
+    # around each sample; the goals hold 10x the keys to at most 12x the time.
+    CaseSpec(
+        "keys.isolated_1k",
+        "with isolated(): pass, 1,000 keys open",
+        "keys",
+        py("with iso(): pass", iso="isolated"),
+        scope="scalar",
+        warm=_ISOLATED_WARM,
+        around="keys.1k_open",
+    ),
+    CaseSpec(
+        "keys.isolated_10k",
+        "with isolated(): pass, 10,000 keys open",
+        "keys",
+        py("with iso(): pass", iso="isolated"),
+        floor="keys.isolated_1k",
+        scope="scalar",
+        warm=_ISOLATED_WARM,
+        around="keys.10k_open",
+    ),
+    CaseSpec(
+        "keys.view_1k",
+        "x = v.value inside isolated(allow=[k]), 1,000 other keys (h.v: the view)",
+        "keys",
+        py("x = h.v.value", h="keys.holder"),
+        scope="scalar",
+        around="keys.1k_view",
+    ),
+    CaseSpec(
+        "keys.view_10k",
+        "the same, 10,000 other keys",
+        "keys",
+        py("x = h.v.value", h="keys.holder"),
+        floor="keys.view_1k",
+        scope="scalar",
+        around="keys.10k_view",
+    ),
 )
 
 
@@ -763,6 +808,25 @@ GOALS: tuple[GoalSpec, ...] = (
         ),
         note="the floor makes the same mprotect calls in C, on 16 regions with no key mapped "
         "the same way",
+    ),
+    GoalSpec(
+        "keys_isolated_growth",
+        "isolated() with 10x the keys open <= 12x the time (O(keys) in all)",
+        "<=",
+        12.0,
+        "x",
+        (Ratio("10,000 vs 1,000 keys", ("keys.isolated_10k",), ("keys.isolated_1k",)),),
+        note="each entry finds its thread's guards on the key in O(1), not by walking the stack",
+    ),
+    GoalSpec(
+        "keys_view_growth",
+        "a view access inside isolated(allow=[k]) with 10x the other keys <= 1.5x the time",
+        "<=",
+        1.5,
+        "x",
+        (Ratio("10,000 vs 1,000 keys", ("keys.view_10k",), ("keys.view_1k",)),),
+        note="O(1), so flat: the view's guard knows this thread's innermost guard on its key "
+        "(a linear walk passes a 12x bound: 4-9x on a3e9ecf)",
     ),
     GoalSpec(
         "secret_reveal_flat",
