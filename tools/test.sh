@@ -73,7 +73,8 @@ for kernel in release backports; do
         tests/adversarial/test_c01_view_conversions.py \
         tests/adversarial/test_c03_thread_end_and_fork.py \
         tests/adversarial/test_c04_buffer_exports.py tests/adversarial/test_c07_finalizers.py \
-        tests/unit/test_secret_fork.py tests/unit/test_secretmem.py
+        tests/unit/test_secret_fork.py tests/unit/test_secretmem.py \
+        tests/adversarial/test_r2_pinned_reuse.py
 done
 
 step "benchmark (quick)"
