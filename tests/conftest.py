@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,3 +60,9 @@ def faultprobe(faultprobe_path: str) -> ctypes.CDLL:
     lib.faultprobe_read.argtypes = [ctypes.c_void_p]
     lib.faultprobe_read.restype = ctypes.c_int
     return lib
+
+
+def pytest_report_header() -> str:
+    """The kernel under test, in every log (the PKU guest's kernel is pinned in pkeyguard_vm,
+    and a log must say which one a run tested)."""
+    return f"kernel: {platform.release()}"

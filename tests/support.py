@@ -9,6 +9,8 @@ import resource
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +140,20 @@ def proc_mem_read(address: int, n: int) -> bytes | int:
         return exc.errno or -1
     finally:
         os.close(fd)
+
+
+def join_os_thread(thread: threading.Thread, timeout: float = 60) -> None:
+    """Join ``thread`` and wait until the kernel no longer lists it.  ``join()`` returns once
+    the Python thread is done, a moment before the OS thread ends (its exit handlers run in
+    between, pkeyguard's among them): until then a key pool must count it as alive, so a
+    test that expects a retired number back waits for this first."""
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{thread.name} did not end"
+    native = thread.native_id
+    deadline = time.monotonic() + timeout
+    while native is not None and os.path.exists(f"/proc/self/task/{native}"):
+        assert time.monotonic() < deadline, f"{thread.name}: the OS thread did not end"
+        time.sleep(0.001)
 
 
 def perms_at(address: int) -> str:

@@ -61,19 +61,25 @@ step "hardware suite and the pku-relevant attacks (QEMU guest with PKU, pku back
 # Classes 1, 3, 4 and 7 of the adversarial suite depend on how rights are switched and
 # memory is released, so they run on pku too; the others are backend-independent.  So do
 # the secret-memory and fork cases: a fork child's zero pages must carry the key.
+# Each kernel is an exact Debian package, pinned in pkeyguard_vm (PINNED_KERNELS); the runner
+# prints the one it boots and pytest's header says `uname -r`. PKEYGUARD_FOLLOW_KERNEL=1 boots
+# what linux-image-amd64 resolves to today instead (to try a new kernel before moving the pin).
+follow=()
+[[ ${PKEYGUARD_FOLLOW_KERNEL:-} == 1 ]] && follow=(--follow-kernel)
 for kernel in release backports; do
-    printf -- '--- kernel: %s\n' "$kernel"
+    printf -- '--- kernel: %s%s\n' "$kernel" "${follow[*]:+ (following linux-image-amd64)}"
     # The virtual-key machine's 200 examples run on the newest kernel; 50 on 6.1 keep the
     # step's time in check (the general machine runs its full count on both).
     vk_examples=$([[ $kernel == release ]] && echo 50 || echo "${PKEYGUARD_VK_STATE_EXAMPLES:-}")
     # secretmem.enable=1: memfd_secret is off by default before Linux 6.5 (6.1 says ENOSYS).
-    PKEYGUARD_VK_STATE_EXAMPLES=$vk_examples PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard_vm --kernel "$kernel" --timeout 2400 \
+    PKEYGUARD_VK_STATE_EXAMPLES=$vk_examples PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard_vm --kernel "$kernel" ${follow[@]+"${follow[@]}"} --timeout 2400 \
         --kernel-arg secretmem.enable=1 -- \
         "$PY" -m pytest -p no:cacheprovider --color=no -rA tests/hw \
         tests/adversarial/test_c01_view_conversions.py \
         tests/adversarial/test_c03_thread_end_and_fork.py \
         tests/adversarial/test_c04_buffer_exports.py tests/adversarial/test_c07_finalizers.py \
-        tests/unit/test_secret_fork.py tests/unit/test_secretmem.py
+        tests/unit/test_secret_fork.py tests/unit/test_secretmem.py \
+        tests/adversarial/test_r2_pinned_reuse.py
 done
 
 step "benchmark (quick)"

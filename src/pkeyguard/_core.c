@@ -681,6 +681,20 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         /* A key with initial rights holds a number of its class for life; a NoAccess key
          * takes one only if it needs no eviction, and starts parked otherwise. */
         k->pinned = base_level != LEVEL_NONE;
+        if (k->pinned) {
+            /* The creator holds the number open: the pool must know this thread (or the
+             * number could never be proved closed), and it closes every retired number
+             * before one can be reused (pool_pinned_reusable). */
+            int seen = pool_thread_seen();
+            if (seen != 0) {
+                raise_errno(seen, "pthread_setspecific");
+                Py_DECREF(k);
+                return NULL;
+            }
+            if (tls_epoch[mode] != pools[mode].epoch) {
+                pool_sync(mode, tls_stack);
+            }
+        }
         const char *syscall_name;
         int e = pool_take(k, k->pinned, &syscall_name);
         if (e != 0 && (k->pinned || e != ENOSPC)) {
@@ -690,6 +704,7 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         }
         if (k->pinned) {
             pool_set_bits(mode, k->hw, RIGHTS[base_level].bits); /* pkey_alloc's rights */
+            tls_thread.created[mode] |= 1u << k->hw;
         }
         k->last_use = ++pools[mode].tick;
     }
@@ -968,6 +983,7 @@ static void
 fork_child(void)
 {
     fork_count++;
+    pool_threads_fork_child();
     fork_child_expire_secure_views();
     for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
         if (m->base != 0 && (m->flags & MAP_F_SECRETMEM) && !(m->flags & MAP_F_LOST)) {
@@ -2054,15 +2070,19 @@ same_key_pop(GuardObject *g)
 
 /* This thread's bits for the numbers of virtual keys, derived again after numbers changed
  * owner since it last looked (or in a new thread, which may have inherited numbers open):
- * closed, except what its own active guards opened (the innermost guard on each key). */
+ * closed, except what its own active guards opened (the innermost guard on each key).  Every
+ * retired pinned number is closed too (see pool_pinned_reusable); the numbers of open pinned
+ * keys keep their bits.  s may be NULL (no guards). */
 static void
 pool_sync(int mode, ThreadStack *s)
 {
     KeyPool *p = &pools[mode];
+    (void)pool_thread_seen(); /* unregistered (no memory): its closing just proves nothing */
     uint32_t pkru = pool_rdpkru(mode);
     uint32_t want = pkru;
     uint32_t virtual_numbers = p->held & ~p->pinned_class;
-    for (uint32_t left = virtual_numbers; left; left &= left - 1) {
+    uint32_t closing = p->held & ~(p->pinned_class & p->owned);
+    for (uint32_t left = closing; left; left &= left - 1) {
         unsigned shift = 2u * (unsigned)pool_lowest(left);
         want = (want & ~(3u << shift)) | (PKRU_AD << shift);
     }
@@ -2071,7 +2091,7 @@ pool_sync(int mode, ThreadStack *s)
      * count): found through the owner's guards of this thread, not the whole stack. */
     for (uint32_t left = virtual_numbers & p->owned; left; left &= left - 1) {
         int h = pool_lowest(left);
-        GuardObject *r = key_thread_root(p->owner[h], s);
+        GuardObject *r = s != NULL ? key_thread_root(p->owner[h], s) : NULL;
         for (GuardObject *g = r != NULL ? r->innermost : NULL; g != NULL; g = g->same_outer) {
             walk_steps++;
             if (g->hw == h) {
@@ -2084,6 +2104,7 @@ pool_sync(int mode, ThreadStack *s)
     if (want != pkru) {
         pool_wrpkru(mode, want);
     }
+    tls_thread.created[mode] &= p->owned;
     tls_epoch[mode] = p->epoch;
     p->syncs++;
 }
@@ -3933,14 +3954,14 @@ core_pool_stats(PyObject *Py_UNUSED(m), PyObject *arg)
     }
     uint32_t pinned_free = p->held & p->pinned_class & ~p->owned;
     return Py_BuildValue(
-        "{si si si si si si sn sn sn sK sK sK sK sK sK sK sK sK}", "limit", p->limit, "held",
+        "{si si si si si si sn sn sn sK sK sK sK sK sK sK sK sK sK}", "limit", p->limit, "held",
         pool_popcount(p->held), "pinned", pool_popcount(p->owned & p->pinned_class),
         "quarantined", pool_popcount(pinned_free | p->lost), "owned", pool_popcount(p->owned),
         "spare", pool_popcount(p->held & ~p->owned & ~p->pinned_class & ~p->lost), "logical",
         logical, "parked", parked, "opening", opening, "switches",
         p->hits + p->misses + p->exhausted, "hits", p->hits, "misses", p->misses, "evictions",
         p->evictions, "retags", p->retags, "parks", p->parks, "allocs", p->allocs, "exhausted",
-        p->exhausted, "syncs", p->syncs);
+        p->exhausted, "syncs", p->syncs, "pinned_waits", p->pinned_waits);
 }
 
 /* _pool_limit(mode, n): the most numbers the pool may hold from now on; returns the old. */
@@ -3960,6 +3981,36 @@ core_pool_limit(PyObject *Py_UNUSED(m), PyObject *args)
     int old = pools[mode].limit;
     pools[mode].limit = n;
     return PyLong_FromLong(old);
+}
+
+/* _pool_thread_seen(): register this thread with the pools now, as its first guard entry
+ * would (tests: a thread seen before a key is made does not hold that key's number up). */
+static PyObject *
+core_pool_thread_seen(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    int e = pool_thread_seen();
+    if (e != 0) {
+        raise_errno(e, "pthread_setspecific");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _pool_sync(mode): what a guard entry does first on this thread: register it and derive its
+ * bits again (tests: a helper thread that never enters a guard stops holding up the numbers
+ * of closed keys with initial rights). */
+static PyObject *
+core_pool_sync(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    int mode;
+    if (pool_mode_arg(arg, &mode) < 0) {
+        return NULL;
+    }
+    if (mode == MODE_PKU && require_pku() < 0) {
+        return NULL;
+    }
+    pool_sync(mode, tls_stack);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -4182,6 +4233,10 @@ static PyMethodDef core_methods[] = {
      "_pool_stats(mode): the hardware-key pool's gauges and counters."},
     {"_pool_limit", core_pool_limit, METH_VARARGS,
      "_pool_limit(mode, n): the most hardware keys the pool may hold; returns the old limit."},
+    {"_pool_thread_seen", core_pool_thread_seen, METH_NOARGS,
+     "_pool_thread_seen(): register this thread with the key pools now (tests)."},
+    {"_pool_sync", core_pool_sync, METH_O,
+     "_pool_sync(mode): sync this thread's bits with the pool now, as a guard entry does."},
     {"_sim_pkru", core_sim_pkru, METH_NOARGS, "This thread's simulated PKRU (MODE_SIM)."},
     {"_sim_set_pkru", core_sim_set_pkru, METH_O,
      "Set this thread's simulated PKRU (MODE_SIM; models inheritance at thread creation)."},

@@ -14,16 +14,16 @@
  *              least recently entered virtual key that no thread has an opening guard on
  *              (that key is parked first).  Then this key's pages are tagged with it.
  *   pinned     a key created with rights other than NoAccess (pkey_alloc's rights for the
- *              calling thread) holds its number for life, a fresh one from pkey_alloc (never
- *              one a NoAccess key used: a thread may have inherited that open).  When it
- *              closes, the number is kept for later pinned keys only: other threads may have
- *              inherited its rights.
+ *              calling thread) holds its number for life, one of the pinned class (never one
+ *              a NoAccess key used: a thread may have inherited that open).  When it closes,
+ *              the number is "retired": kept for later pinned keys only, and given to one only
+ *              once no thread can hold rights to it (below).
  *
  * The two classes of numbers never mix, and the pool never frees a number: a thread may still
  * have it open, and once the kernel hands it to someone else nothing could close it there.
  *
- * What makes a reused number safe: outside its own guards, a thread has every number of the
- * virtual class closed.  A number enters the pool closed in the allocating thread
+ * What makes a reused virtual number safe: outside its own guards, a thread has every number
+ * of the virtual class closed.  A number enters the pool closed in the allocating thread
  * (pkey_alloc(0, access-disabled)) and in every thread that existed before (the kernel's
  * initial PKRU); guards restore what they changed; a guard that opens a key pins it, so its
  * number cannot change owner under it.  A thread started inside an opening guard inherits
@@ -33,10 +33,50 @@
  * number is reused, so a stale thread never reaches them, and reaches the new owner's pages
  * only until that entry.
  *
+ * What makes a reused pinned number safe (issue 18, class 8).  A pinned key's number is open
+ * outside any guard in its creator and in every thread started, directly or not, by a thread
+ * that had it open; closing the key closes it in the closing thread only, and no thread can
+ * write another's PKRU.  So a retired number h goes to a new pinned key only if every live
+ * thread T of the process (/proc/self/task, read by the thread taking it) provably has h
+ * closed (pool_pinned_reusable):
+ *   (a) T has synced since h was retired: retiring bumps the epoch, and pool_sync closes
+ *       every pinned number without an owner; T's epoch >= retired_at[h]; or
+ *   (b) T is not h's creator (the pool keeps, per thread, the pinned numbers it created and
+ *       has not closed) and T existed before h was taken: pkeyguard saw it before (its
+ *       registration epoch <= taken_at[h]), or the kernel says it started earlier (its start
+ *       time in /proc/self/task/T/stat, in clock ticks of CLOCK_BOOTTIME, is below the tick
+ *       read before the take; the kernel stamps a thread's start after copying its PKRU).
+ *       Such a thread had h closed when h was taken (by induction: every live thread had h
+ *       closed then, or h was fresh from pkey_alloc), and only its own guards on the key
+ *       open h again, restoring it on exit; the key cannot close while a guard is active.
+ * Once proved, h stays "clean" until it is taken again: without an owner nothing opens it,
+ * and a thread started later copies a PKRU that has it closed.  Anything that cannot be
+ * proved (a thread pkeyguard never saw, started after the take; an unreadable /proc) keeps h
+ * retired: the new key takes a fresh number, or is refused
+ * (KeyExhaustedError) when none is left.  A thread registers (the registry: PoolThread, a
+ * pthread key whose destructor unlinks it at thread exit, after closing pkeyguard's numbers
+ * in that thread) at its first sync; a pinned key's creator at creation, or the key is
+ * refused.  In a fork child the registry holds the forking thread only, under its new id.
+ * Threads that end without their exit handlers running (a raw exit system call) are not
+ * covered: their id could be reused for a thread the registry would misjudge.
+ *
+ * The cost: a closed pinned key's number waits while its creator, or a thread started while
+ * it was open, lives without entering a guard (or creating a key with initial rights).  A
+ * process can create any number of keys with initial rights over its life if those threads
+ * sync or end; if they never do, each such closed key keeps a number for good, and at most
+ * 15 (fewer: NoAccess keys' and other code's numbers count) can exist over the process's
+ * life.  Threads started before the key was created never hold it up.
+ *
  * All of it runs with the GIL held and allocates nothing: no Python code can run in the
  * middle of a change.  Functions return 0 or an errno (-1: no number can be taken) and raise
  * nothing; the caller raises once the state is consistent again.
  */
+
+#include <dirent.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
 
 #define POOL_NUMBERS 16
 #define POOL_EXHAUSTED (-1)
@@ -49,9 +89,15 @@ typedef struct KeyPool {
     uint32_t owned;            /* held numbers with an owner */
     uint32_t pinned_class;     /* held numbers for pinned keys only (the rest: virtual) */
     uint32_t lost;             /* never used again: pages kept the tag when untagging failed */
-    uint64_t epoch;            /* bumped whenever a number gets a new owner */
+    uint32_t clean;            /* retired pinned numbers proved closed in every thread */
+    uint64_t epoch;            /* bumped whenever a number gets a new owner or is retired */
     uint64_t tick;             /* the LRU clock */
+    /* Pinned numbers: the epoch before the latest take and the clock tick read before it,
+     * and the epoch at which it was retired (closed): see pool_pinned_reusable. */
+    uint64_t taken_at[POOL_NUMBERS], retired_at[POOL_NUMBERS];
+    long long taken_tick[POOL_NUMBERS];
     unsigned long long hits, misses, evictions, retags, parks, allocs, exhausted, syncs;
+    unsigned long long pinned_waits; /* a pinned key could not take a retired number */
 } KeyPool;
 
 static KeyPool pools[MODE_COUNT];
@@ -63,6 +109,28 @@ static _Thread_local uint32_t tls_sim_pkru __attribute__((tls_model("initial-exe
     0x55555554u;
 /* MODE_SIM's "kernel": the numbers allocated (bit h), 1..15 available. */
 static uint32_t sim_allocated = 0;
+
+/* The threads pkeyguard has seen, for pool_pinned_reusable.  Each record is its thread's own
+ * (thread-local); the registry links them under pool_threads_lock, since a thread leaves it
+ * at exit without the GIL (the pthread key's destructor).  Everything else in a record is
+ * read and written with the GIL held. */
+typedef struct PoolThread {
+    struct PoolThread *prev, *next;
+    const uint64_t *epoch;        /* its tls_epoch: the epoch of each pool it last synced at */
+    uint64_t since[MODE_COUNT];   /* each pool's epoch when the thread was first seen */
+    uint32_t created[MODE_COUNT]; /* pinned numbers it created and has not closed itself */
+    pid_t tid;
+    int linked;
+} PoolThread;
+
+static _Thread_local PoolThread tls_thread __attribute__((tls_model("initial-exec")));
+static PoolThread pool_threads = {&pool_threads, &pool_threads, NULL, {0}, {0}, 0, 0};
+static pthread_mutex_t pool_threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_key_t pool_thread_key;
+static pthread_once_t pool_thread_once = PTHREAD_ONCE_INIT;
+static int pool_thread_key_errno = 0;
+
+static void pool_sync(int mode, ThreadStack *s); /* _core.c, Guard section */
 
 static void
 pools_init(void)
@@ -118,6 +186,211 @@ static inline int
 pool_lowest(uint32_t x)
 {
     return __builtin_ctz(x);
+}
+
+/* ---- The threads that may hold a retired pinned number open ------------------------- */
+
+/* pthread key destructor: the thread is ending (no Python code runs in it any more, but the
+ * C library may still run other exit handlers).  Close every number pkeyguard holds in this
+ * thread, then leave the registry: from then on nothing proves the thread closed, and
+ * nothing needs to. */
+static void
+pool_thread_gone(void *arg)
+{
+    PoolThread *t = arg;
+    uint32_t held = __atomic_load_n(&pools[MODE_PKU].held, __ATOMIC_RELAXED);
+    if (held != 0) { /* numbers were allocated: PKRU works here */
+        uint32_t pkru = pkru_read(), want = pkru;
+        for (uint32_t left = held; left; left &= left - 1) {
+            unsigned shift = 2u * (unsigned)pool_lowest(left);
+            want = (want & ~(3u << shift)) | (PKRU_AD << shift);
+        }
+        if (want != pkru) {
+            pkru_write(want);
+        }
+    }
+    tls_sim_pkru = 0x55555554u;
+    pthread_mutex_lock(&pool_threads_lock);
+    if (t->linked) {
+        t->prev->next = t->next;
+        t->next->prev = t->prev;
+        t->linked = 0;
+    }
+    pthread_mutex_unlock(&pool_threads_lock);
+}
+
+static void
+pool_thread_key_make(void)
+{
+    pool_thread_key_errno = pthread_key_create(&pool_thread_key, pool_thread_gone);
+}
+
+/* Register this thread (once): 0 or an errno.  Allocates nothing of Python's. */
+static int
+pool_thread_seen(void)
+{
+    PoolThread *t = &tls_thread;
+    if (t->linked) {
+        return 0;
+    }
+    (void)pthread_once(&pool_thread_once, pool_thread_key_make);
+    if (pool_thread_key_errno != 0) {
+        return pool_thread_key_errno;
+    }
+    int e = pthread_setspecific(pool_thread_key, t);
+    if (e != 0) {
+        return e;
+    }
+    t->tid = (pid_t)syscall(SYS_gettid);
+    t->epoch = tls_epoch;
+    for (int mode = 0; mode < MODE_COUNT; mode++) {
+        if (t->since[mode] == 0) {
+            t->since[mode] = pools[mode].epoch;
+        }
+    }
+    pthread_mutex_lock(&pool_threads_lock);
+    t->next = &pool_threads;
+    t->prev = pool_threads.prev;
+    pool_threads.prev->next = t;
+    pool_threads.prev = t;
+    t->linked = 1;
+    pthread_mutex_unlock(&pool_threads_lock);
+    return 0;
+}
+
+/* Fork child (one thread: the forking one): the registry holds only it, under its new id. */
+static void
+pool_threads_fork_child(void)
+{
+    static const pthread_mutex_t unlocked = PTHREAD_MUTEX_INITIALIZER;
+    memcpy(&pool_threads_lock, &unlocked, sizeof(unlocked));
+    pool_threads.next = pool_threads.prev = &pool_threads;
+    PoolThread *t = &tls_thread;
+    if (t->linked) {
+        t->tid = (pid_t)syscall(SYS_gettid);
+        t->next = t->prev = &pool_threads;
+        pool_threads.next = pool_threads.prev = t;
+    }
+}
+
+/* Now, in the clock ticks of /proc/PID/stat's start time (CLOCK_BOOTTIME, floored); 0 if the
+ * clock cannot be read (then no thread counts as started before). */
+static long long
+pool_clock_tick(void)
+{
+    struct timespec ts;
+    long hz = sysconf(_SC_CLK_TCK);
+    if (hz <= 0 || 1000000000L % hz != 0 || clock_gettime(CLOCK_BOOTTIME, &ts) != 0) {
+        return 0;
+    }
+    return (long long)ts.tv_sec * hz + (long long)(ts.tv_nsec / (1000000000L / hz));
+}
+
+/* Thread tid's start time (field 22 of /proc/self/task/TID/stat), or -1. */
+static long long
+pool_thread_start_tick(long tid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/self/task/%ld/stat", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    (void)close(fd);
+    if (n <= 0) {
+        return -1;
+    }
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* the name (field 2) may hold spaces and parentheses */
+    if (p == NULL) {
+        return -1;
+    }
+    p++;
+    for (int field = 3; field < 22; field++) {
+        while (*p == ' ') {
+            p++;
+        }
+        while (*p != '\0' && *p != ' ') {
+            p++;
+        }
+    }
+    while (*p == ' ') {
+        p++;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(p, &end, 10);
+    if (end == p || errno != 0 || v > (unsigned long long)LLONG_MAX) {
+        return -1;
+    }
+    return (long long)v;
+}
+
+/* Of the retired pinned numbers in candidates, those that no live thread can hold open (the
+ * rule is in the header).  The calling thread has synced.  Reads /proc with the GIL held;
+ * allocates nothing of Python's.  Whatever cannot be read proves nothing: 0. */
+static uint32_t
+pool_pinned_reusable(int mode, uint32_t candidates)
+{
+    KeyPool *p = &pools[mode];
+    DIR *dir = opendir("/proc/self/task");
+    if (dir == NULL) {
+        return 0;
+    }
+    int failed = 0;
+    pthread_mutex_lock(&pool_threads_lock);
+    while (candidates) {
+        errno = 0;
+        struct dirent *d = readdir(dir);
+        if (d == NULL) {
+            failed = errno != 0;
+            break;
+        }
+        char *end;
+        if (d->d_name[0] < '0' || d->d_name[0] > '9') {
+            continue;
+        }
+        long tid = strtol(d->d_name, &end, 10);
+        if (*end != '\0') {
+            continue;
+        }
+        PoolThread *t = NULL;
+        for (PoolThread *q = pool_threads.next; q != &pool_threads; q = q->next) {
+            if (q->tid == tid) {
+                t = q;
+                break;
+            }
+        }
+        long long start = -2; /* read when needed */
+        uint32_t unsure = 0;
+        for (uint32_t left = candidates; left; left &= left - 1) {
+            int h = pool_lowest(left);
+            uint32_t bit = 1u << h;
+            if (t != NULL) {
+                if (t->epoch[mode] >= p->retired_at[h]) {
+                    continue; /* (a) synced since h was retired */
+                }
+                if (t->created[mode] & bit) {
+                    unsure |= bit; /* h's creator, still holding it */
+                    continue;
+                }
+                if (t->since[mode] != 0 && t->since[mode] <= p->taken_at[h]) {
+                    continue; /* (b) seen before h was taken */
+                }
+            }
+            if (start == -2) {
+                start = pool_thread_start_tick(tid);
+            }
+            if (start < 0 || start >= p->taken_tick[h]) {
+                unsure |= bit; /* may have been started by a thread that had h open */
+            }
+        }
+        candidates &= ~unsure;
+    }
+    pthread_mutex_unlock(&pool_threads_lock);
+    (void)closedir(dir);
+    return failed ? 0 : candidates;
 }
 
 /* Tag one mapping's pages with number h and rights prot (park: PROT_NONE and h = 0).  0 or
@@ -224,6 +497,20 @@ pool_take(KeyObject *k, int evict, const char **syscall_name)
     KeyPool *p = &pools[k->mode];
     uint32_t class_mask = k->pinned ? p->pinned_class : ~p->pinned_class;
     uint32_t spare = p->held & class_mask & ~p->owned & ~p->lost;
+    long long tick = 0;
+    if (k->pinned) {
+        /* Read before the decision: a thread stamped earlier existed when it was made. */
+        tick = pool_clock_tick();
+        if (spare && !(spare & p->clean)) {
+            /* Once proved closed in every live thread, a number without an owner stays so
+             * (nothing opens it, and new threads copy a closed one): prove it once. */
+            p->clean |= pool_pinned_reusable(k->mode, spare);
+            if (!(spare & p->clean)) {
+                p->pinned_waits++;
+            }
+        }
+        spare &= p->clean;
+    }
     int h = spare ? pool_lowest(spare) : -1;
     *syscall_name = "pkey_alloc";
     if (h < 0 && pool_popcount(p->held) < p->limit) {
@@ -280,13 +567,19 @@ pool_take(KeyObject *k, int evict, const char **syscall_name)
     p->owner[h] = k;
     p->owned |= 1u << h;
     k->hw = h;
+    if (k->pinned) {
+        p->taken_at[h] = p->epoch;
+        p->taken_tick[h] = tick;
+        p->clean &= ~(1u << h);
+    }
     p->epoch++;
     return 0;
 }
 
 /* k is closing and its pages are untagged (untagged = 1) or kept the tag: let its number go,
  * closed in this thread.  It stays held, a spare of its class; a number whose pages kept the
- * tag is never used again. */
+ * tag is never used again.  A pinned number is retired: the epoch moves, so that every thread
+ * closes it at its next sync, and it waits until pool_pinned_reusable proves it closed. */
 static void
 pool_release(KeyObject *k, int untagged)
 {
@@ -300,6 +593,12 @@ pool_release(KeyObject *k, int untagged)
     p->owned &= ~bit;
     k->hw = -1;
     pool_set_bits(k->mode, h, PKRU_AD);
+    tls_thread.created[k->mode] &= ~bit;
+    if (p->pinned_class & bit) {
+        p->epoch++;
+        p->retired_at[h] = p->epoch;
+        p->clean &= ~bit;
+    }
     if (!untagged) {
         p->lost |= bit;
     }
@@ -318,14 +617,18 @@ raise_take_failed(KeyObject *k, int why, const char *syscall_name)
     int pinned_numbers = pool_popcount(p->pinned_class);
     PyObject *msg;
     if (k->pinned) {
+        int waiting = pool_popcount(p->held & p->pinned_class & ~p->owned & ~p->lost);
         msg = PyUnicode_FromFormat(
             "no hardware protection key can be taken for key %lld, created with initial "
             "rights: such a key needs a number no NoAccess key has used (a thread may have "
             "inherited that one open), and none is left: pkeyguard holds %d of at most %d "
-            "(%d for NoAccess keys, %d for keys with initial rights, all in use) and the kernel "
-            "has no more (x86 has 15; other code in this process holds the rest). Create keys "
-            "NoAccess (the default) and open them with guards",
-            k->id, held, p->limit, held - pinned_numbers, pinned_numbers);
+            "(%d for NoAccess keys, %d for keys with initial rights: %d in use, %d of closed "
+            "keys that wait until every thread that may still hold their rights, the thread "
+            "that created them or one started while they were open, has entered a guard or "
+            "ended) and the kernel has no more (x86 has 15; other code in this process holds "
+            "the rest). Create keys NoAccess (the default) and open them with guards",
+            k->id, held, p->limit, held - pinned_numbers, pinned_numbers,
+            pool_popcount(p->owned & p->pinned_class), waiting);
     }
     else {
         int usable = pool_popcount(p->held & ~p->pinned_class & ~p->lost);

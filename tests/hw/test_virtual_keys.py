@@ -343,6 +343,133 @@ def test_a_thread_started_inside_a_guard_reaches_a_reused_number_until_its_first
     assert said(child, "READ") == [hex(0xC0FFEE)], child
 
 
+# -- class 8 of issue 18: numbers of keys created with initial rights ----------------------
+
+# Thread C creates x ReadWrite (x's number open in C, outside any guard); the main thread
+# closes x (closing it in the main thread only); thread M creates y ReadOnly with a region.
+# C then writes y's pages raw.  With #SYNC, C first enters a guard on another key, which
+# closes every closed pinned key's number in it, and y may take x's number.
+PINNED_CREATOR_BODY = """
+probe.faultprobe_write.argtypes = [ctypes.c_void_p, ctypes.c_int]
+w = PkeyGuard(name="w")
+rw = RegionGuard(ctypes.c_uint32)
+aw = w.associate(rw)
+x_made, closed, synced, y_made = (threading.Event() for _ in range(4))
+box = {}
+
+def creator():
+    x = PkeyGuard(RW, name="x")
+    box["x"], box["n"] = x, x.hardware_key
+    x_made.set()
+    assert closed.wait(60)
+    #SYNC with aw.set_access_rights(NA): pass
+    synced.set()
+    assert y_made.wait(60)
+    n, m = box["n"], box["y"].hardware_key
+    say("CREATOR", n, bits(_core.rdpkru(), n), m, bits(_core.rdpkru(), m))
+    probe.faultprobe_write(box["ry"].address, 0x41)
+    say("WROTE", hex(probe.faultprobe_read(box["ry"].address)))
+
+def maker():
+    y = PkeyGuard(RO, name="y")
+    ry = RegionGuard(ctypes.c_uint32)
+    box["y"], box["ry"], box["ay"] = y, ry, y.associate(ry)
+
+c = threading.Thread(target=creator)
+c.start()
+assert x_made.wait(60)
+box["x"].close()
+closed.set()
+assert synced.wait(60)
+m = threading.Thread(target=maker)
+m.start()
+m.join()
+say("Y", box["y"].hardware_key, "REUSED", box["y"].hardware_key == box["n"])
+y_made.set()
+c.join(60)
+say("NOT REACHED")
+"""
+
+# The main thread creates x ReadWrite and starts thread H (H copies its PKRU: x's number
+# open), then closes x; thread M creates y ReadOnly with a region; H writes y's pages raw.
+PINNED_HEIR_BODY = """
+probe.faultprobe_write.argtypes = [ctypes.c_void_p, ctypes.c_int]
+x = PkeyGuard(RW, name="x")
+n = x.hardware_key
+started, y_made = threading.Event(), threading.Event()
+box = {}
+
+def heir():
+    started.set()
+    assert y_made.wait(60)
+    m = box["y"].hardware_key
+    say("HEIR", n, bits(_core.rdpkru(), n), m, bits(_core.rdpkru(), m))
+    probe.faultprobe_write(box["ry"].address, 0x41)
+    say("WROTE", hex(probe.faultprobe_read(box["ry"].address)))
+
+def maker():
+    y = PkeyGuard(RO, name="y")
+    ry = RegionGuard(ctypes.c_uint32)
+    box["y"], box["ry"], box["ay"] = y, ry, y.associate(ry)
+
+h = threading.Thread(target=heir)
+h.start()
+assert started.wait(60)
+x.close()
+m = threading.Thread(target=maker)
+m.start()
+m.join()
+say("Y", box["y"].hardware_key, "REUSED", box["y"].hardware_key == n)
+y_made.set()
+h.join(60)
+say("NOT REACHED")
+"""
+
+
+def test_the_creator_of_a_closed_pinned_key_cannot_write_a_later_keys_pages(
+    faultprobe_path: str,
+) -> None:
+    """Class 8 of issue 18, the creator as the attacker: after another thread closed x, C
+    still has x's number open (the CPU's PKRU is per thread); y, made ReadOnly by a third
+    thread, must not be writable by C: C's raw write faults on y's number."""
+    child = run(PINNED_CREATOR_BODY, faultprobe_path)
+    words = said(child, "CREATOR")
+    n, m = int(words[0]), int(words[2])
+    assert words[1] == "0", f"the attack: C should still hold x's number open: {child}"
+    assert said(child, "Y") == [str(m), "REUSED", "False"], child
+    assert "WROTE" not in child.stdout, f"C wrote y's pages: {child}"
+    assert m != n and words[3] == "1", child
+    assert_faulted(child, number=m)
+
+
+def test_a_thread_started_while_a_pinned_key_was_open_cannot_write_a_later_keys_pages(
+    faultprobe_path: str,
+) -> None:
+    """The same with a thread that inherited x's rights when it started (the creator itself
+    closed x, which closes the number in the creator only)."""
+    child = run(PINNED_HEIR_BODY, faultprobe_path)
+    words = said(child, "HEIR")
+    n, m = int(words[0]), int(words[2])
+    assert words[1] == "0", f"the attack: H should still hold x's number open: {child}"
+    assert "WROTE" not in child.stdout, f"H wrote y's pages: {child}"
+    assert m != n and words[3] == "1", child
+    assert_faulted(child, number=m)
+
+
+def test_a_closed_pinned_keys_number_is_reused_once_its_creator_entered_a_guard(
+    faultprobe_path: str,
+) -> None:
+    """What the wait costs, and that it ends: once C entered a guard after the close (its
+    sync closed x's number in it), y takes x's number, and C's raw write faults on it."""
+    child = run(PINNED_CREATOR_BODY.replace("#SYNC ", ""), faultprobe_path)
+    words = said(child, "CREATOR")
+    n = int(words[0])
+    assert said(child, "Y") == [str(n), "REUSED", "True"], child
+    assert words == [str(n), "1", str(n), "1"], child
+    assert "WROTE" not in child.stdout, f"C wrote y's pages: {child}"
+    assert_faulted(child, number=n)
+
+
 DENIED_BODY = """
 _core._pool_limit(_core.MODE_PKU, 3)
 x = PkeyGuard(name="x")

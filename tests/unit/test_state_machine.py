@@ -67,7 +67,7 @@ from pkeyguard import (
 )
 from pkeyguard.pkey import AccessGuard, AssociatedRegion
 from tests.profiles import state_examples
-from tests.support import anon_mappings, new_anon_mappings, run_child
+from tests.support import anon_mappings, join_os_thread, new_anon_mappings, run_child
 
 R = TypeVar("R")
 
@@ -200,7 +200,7 @@ class Worker:
 
     def stop(self) -> None:
         self._inbox.put(None)
-        self.thread.join(60)
+        join_os_thread(self.thread)
 
 
 # -- the model --------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import errno
 import functools
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -56,7 +57,7 @@ from pkeyguard import (
 )
 from pkeyguard.pkey import AccessGuard, AssociatedRegion
 from tests.profiles import vk_state_examples
-from tests.support import perms_at
+from tests.support import join_os_thread, perms_at
 from tests.unit.test_state_machine import Worker
 
 R = TypeVar("R")
@@ -184,6 +185,7 @@ class Capacity:
         self.release, held = threading.Event(), threading.Event()
 
         def hold() -> None:
+            _core._pool_sync(mode)  # started after the pinned keys above: clear of them
             guards = [a.set_access_rights(RO) for a in assocs]
             for g in guards:
                 g.__enter__()
@@ -200,7 +202,7 @@ class Capacity:
 
     def close(self) -> None:
         self.release.set()
-        self.thread.join(60)
+        join_os_thread(self.thread)
         for k in self.ballast + self.pinned_ballast:
             k.close()
         for r in self.regions:
@@ -284,9 +286,16 @@ class VirtualKeysMachine(RuleBasedStateMachine):
     NoAccess ("virtual") keys, spares or owned, and those for keys with initial rights
     ("pinned"), which never evict.  ``tracked[t]`` is thread t's expected PKRU for the
     pinned class: it changes only by the documented rules (a pinned key's initial rights on
-    its creating thread, closing on the closing thread, guards on pinned keys).  For every
-    number of the virtual class, every thread's bits are derived from its own guard stack:
-    closed unless its innermost active guard on the key that owns it opened it.
+    its creating thread, closing on the closing thread, guards on pinned keys, and a sync
+    closing every closed pinned key's number).  For every number of the virtual class, every
+    thread's bits are derived from its own guard stack: closed unless its innermost active
+    guard on the key that owns it opened it.
+
+    A closed pinned key's number goes to a later pinned key only when every thread is
+    *clear* of it (:meth:`clear`): synced since it was closed, or seen before the number was
+    taken and not its creator.  The model counts time in steps (``clock``); every worker is
+    registered with the pool when it starts (``_pool_thread_seen``), and thread 0 counts as
+    started before everything (the pool reads its start time from the kernel).
     """
 
     MODE: int = _core.MODE_SIM
@@ -315,8 +324,12 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         inherited = self.pkru(0)
         self.workers[t - 1] = Worker(f"vk-{t}")
         self.workers[t - 1].run(lambda: sim_set_pkru(inherited))
+        self.workers[t - 1].run(_core._pool_thread_seen)
         self.tracked[t] = inherited
         self.synced[t] = False
+        self.seen[t] = self.now()
+        self.synced_at[t] = None
+        self.made[t] = set()
 
     def check_tags(self) -> None:
         """pku: the key tag of every region (smaps).  The sim has none."""
@@ -342,14 +355,29 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         self.pinned_ballast: set[int] = set()  # initial-rights class, Capacity's keys
         self.capacity: Capacity | None = None
         self.limit = self.old_limit
+        # Pinned numbers: when each was last taken and closed, and those proved closed in every
+        # thread; per thread: when the pool first saw it (thread 0: before everything), last
+        # synced, and what it created and holds.  Each thread syncs first: what an earlier
+        # example left in this process (thread 0 and the pool outlive it) is then settled.
+        self.clock = 0
+        self.taken: dict[int, int] = {}
+        self.retired: dict[int, int] = {}
+        self.clean: set[int] = set()
+        self.seen: list[int | None] = [-1] + [None] * (N_THREADS - 1)
+        self.synced_at: list[int | None] = [None] * N_THREADS
+        self.made: list[set[int]] = [set() for _ in range(N_THREADS)]
+        _core._pool_sync(self.MODE)
+        self.synced_at[0] = self.now()
         self.tracked = [self.read_pkru()]
         self.synced = [False] * N_THREADS
         new_thread = self.new_thread_pkru()
         self.workers = [Worker(f"vk-{i}") for i in range(1, N_THREADS)]
-        for w in self.workers:
+        for i, w in enumerate(self.workers, start=1):
             got = w.run(self.read_pkru)
             assert got == new_thread, f"a new thread's PKRU {got:#x}, expected {new_thread:#x}"
-            self.tracked.append(got)
+            w.run(functools.partial(_core._pool_sync, self.MODE))
+            self.seen[i] = self.synced_at[i] = self.now()
+            self.tracked.append(w.run(self.read_pkru))
 
     # -- running on a thread --------------------------------------------------------------
     def on(self, t: int, fn: Callable[[], R]) -> R:
@@ -400,8 +428,38 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         """A guard entry (even a refused one) first re-derives the thread's bits for the
         NoAccess-class numbers if numbers changed owner since it last did; a new thread always
         does.  From then on they are what its guards say (:meth:`pkru`): a number that changes
-        owner later was closed in it before and stays closed."""
+        owner later was closed in it before and stays closed.  It also closes the numbers of
+        closed pinned keys (so does creating a pinned key), which clears the thread of them."""
         self.synced[t] = True
+        for n in self.pinned_spares:
+            self.tracked[t] = with_bits(self.tracked[t], n, CLOSED)
+        live_pinned = {k.number for k in self.live_keys() if k.pinned}
+        self.made[t] &= live_pinned
+        if self.seen[t] is None:
+            self.seen[t] = self.now()
+        self.synced_at[t] = self.now()
+
+    def now(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def clear(self, t: int, n: int) -> bool:
+        """Thread t provably has closed pinned number n closed: it synced since n was closed,
+        or the pool saw it before n was taken and it did not create n."""
+        synced, seen = self.synced_at[t], self.seen[t]
+        if synced is not None and synced > self.retired[n]:
+            return True
+        return n not in self.made[t] and seen is not None and seen < self.taken[n]
+
+    def reusable(self) -> set[int]:
+        """The closed pinned keys' numbers that a new pinned key may take: those proved closed
+        in every thread (which stay so while they have no owner); the pool checks the threads
+        again only when none is."""
+        if not self.pinned_spares & self.clean:
+            self.clean |= {
+                n for n in self.pinned_spares if all(self.clear(t, n) for t in range(N_THREADS))
+            }
+        return self.pinned_spares & self.clean
 
     def pkru(self, t: int) -> int:
         """Thread t's PKRU: before its first guard entry what it inherited, changed only by its
@@ -486,6 +544,9 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         self.limit = self.capacity.limit
         start = self.stats()
         self.counters = {name: start[name] for name in COUNTERS}
+        for n in self.pinned_spares:  # made and closed by thread 0 after every worker started
+            self.taken[n] = self.now()
+            self.retired[n] = self.now()
         self.tracked = [self.on(t, self.read_pkru) for t in range(N_THREADS)]
         for rights in keys:
             self.new_key(rights, 0)
@@ -500,7 +561,11 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         pinned = rights is not NA
         error: type[Exception] | None = None
         source = ""
-        spares = self.pinned_spares if pinned else self.spares
+        if pinned:  # the creator syncs first; then only numbers every thread is clear of
+            self.sync(t)
+        spares = self.reusable() if pinned else self.spares
+        if pinned and self.pinned_spares and not spares:
+            event("a closed pinned key's number waits for a thread")
         if spares:
             source = "spare"
         elif self.can_alloc():
@@ -525,10 +590,14 @@ class VirtualKeysMachine(RuleBasedStateMachine):
             number = self.check_fresh(number, what)
         elif source == "spare":  # the lowest spare of its class
             assert number is not None and number == min(spares), f"{what}: took {number}"
-            spares.remove(number)
+            (self.pinned_spares if pinned else self.spares).remove(number)
         else:
             assert number is None, f"{what}: took {number} although none was free"
         k = KeyM(obj, pinned, LEVEL[rights], number)
+        if pinned and number is not None:
+            self.taken[number] = self.now()
+            self.made[t].add(number)
+            self.clean.discard(number)
         self.touch(k)  # every new key is stamped (a parked one is restamped when it takes one)
         if number is not None:  # closed in the calling thread, then pkey_alloc's rights
             self.tracked[t] = with_bits(self.tracked[t], number, PKRU_BITS[k.base])
@@ -550,6 +619,10 @@ class VirtualKeysMachine(RuleBasedStateMachine):
         if k.number is not None:  # kept, a spare of its class; closed in this thread
             (self.pinned_spares if k.pinned else self.spares).add(k.number)
             self.tracked[t] = with_bits(self.tracked[t], k.number, CLOSED)
+            self.made[t].discard(k.number)
+            if k.pinned:
+                self.retired[k.number] = self.now()
+                self.clean.discard(k.number)
 
     # -- rules: regions -------------------------------------------------------------------
     @precondition(lambda self: len(self.live_regions()) < MAX_REGIONS)
@@ -761,7 +834,8 @@ class VirtualKeysMachine(RuleBasedStateMachine):
             "exhausted",
             "switches",
             "syncs",
-        } | also  # a refused entry syncs this thread first
+            "pinned_waits",
+        } | also  # a refused entry syncs this thread first; a refused pinned key may wait
         assert set(changed) <= allowed, f"{what} changed the pool: {changed}"
 
     @invariant()
@@ -877,8 +951,9 @@ TestVirtualKeysMachine.settings = settings(
 
 def unchanged(before: dict[str, int], after: dict[str, int]) -> bool:
     """The pool is as it was, but for the counters a refused entry moves: ``exhausted``, and
-    ``switches`` and ``syncs`` (the entry was attempted; the thread synced first)."""
-    counted = {"exhausted", "switches", "syncs"}
+    ``switches`` and ``syncs`` (the entry was attempted; the thread synced first), and
+    ``pinned_waits`` (a refused pinned key found closed ones still held up)."""
+    counted = {"exhausted", "switches", "syncs", "pinned_waits"}
     return {n: v for n, v in after.items() if n not in counted} == {
         n: v for n, v in before.items() if n not in counted
     }
@@ -1129,7 +1204,7 @@ def test_numbers_of_keys_with_initial_rights_never_go_to_noaccess_keys() -> None
     other_thread_bits: list[int] = []
     t = threading.Thread(target=lambda: other_thread_bits.append(_core._sim_pkru()))
     t.start()
-    t.join()
+    join_os_thread(t)  # started while the key was open: it holds the number up while it lives
     assert bits_of(other_thread_bits[0], number) == CLOSED, "only the creating thread"
     pinned.close()
     assert pool()["quarantined"] == 1 and bits_of(_core._sim_pkru(), number) == CLOSED
@@ -1151,6 +1226,155 @@ def test_numbers_of_keys_with_initial_rights_never_go_to_noaccess_keys() -> None
             k.close()
         for region, _ in regions:
             region.close()
+
+
+def enter_and_leave(assoc: Any, rights: PkeyPermissions = NA) -> None:
+    with assoc.set_access_rights(rights):
+        pass
+
+
+def test_a_closed_pinned_keys_number_waits_for_its_creator_thread() -> None:
+    """Class 8 of issue 18.  Thread C creates x ReadWrite: x's number is open in C, outside
+    any guard.  This thread closes x, which closes the number here only.  A later key with
+    initial rights must not get that number while C may hold it: it takes a fresh one, which
+    C has closed.  Once C enters a guard (its sync closes every closed pinned key's number),
+    the number is reused, closed in C."""
+    cap = set_limit(1, pinned=1)
+    (number,) = cap.pinned_spares
+    _core._pool_limit(_core.MODE_SIM, cap.limit + 1)  # room for one fresh number
+    c = Worker("creator")
+    other = sim_key()
+    region, assoc = region_with(other)
+    made: list[PkeyGuard] = []
+    try:
+        x = c.run(lambda: sim_key(RW))
+        assert x.hardware_key == number
+        x.close()
+        assert bits_of(c.run(_core._sim_pkru), number) == PKRU_BITS[WRITE], "the attack: C has it"
+        waits = pool()["pinned_waits"]
+        made.append(y := sim_key(RO))
+        assert y.hardware_key is not None
+        assert bits_of(c.run(_core._sim_pkru), y.hardware_key) == CLOSED, "C could write y"
+        assert y.hardware_key != number and pool()["pinned_waits"] == waits + 1
+        c.run(functools.partial(enter_and_leave, assoc))
+        assert bits_of(c.run(_core._sim_pkru), number) == CLOSED, "its sync closed it"
+        made.append(z := sim_key(RO))
+        assert z.hardware_key == number and pool()["pinned_waits"] == waits + 1
+        assert bits_of(c.run(_core._sim_pkru), number) == CLOSED
+    finally:
+        for k in made:
+            k.close()
+        c.stop()
+        other.close()
+        region.close()
+
+
+def test_a_closed_pinned_keys_number_waits_for_a_thread_started_while_it_was_open() -> None:
+    """The same for a thread that copied the creator's PKRU when it started (the CPU does;
+    the sim's ``_sim_set_pkru`` plays it): the creator closing the key clears itself, not
+    the thread it started, whose rights no other thread can close."""
+    cap = set_limit(1, pinned=1)
+    (number,) = cap.pinned_spares
+    _core._pool_limit(_core.MODE_SIM, cap.limit + 1)
+    other = sim_key()
+    region, assoc = region_with(other)
+    x = sim_key(RW)
+    inherited = _core._sim_pkru()
+    heir, maker = Worker("heir"), Worker("maker")
+    made: list[PkeyGuard] = []
+    try:
+        heir.run(lambda: sim_set_pkru(inherited))
+        x.close()
+        assert bits_of(heir.run(_core._sim_pkru), number) == PKRU_BITS[WRITE], "the attack"
+        made.append(y := maker.run(lambda: sim_key(RO)))
+        assert y.hardware_key is not None
+        assert bits_of(heir.run(_core._sim_pkru), y.hardware_key) == CLOSED, "heir could write y"
+        assert y.hardware_key != number
+        heir.run(functools.partial(enter_and_leave, assoc))
+        made.append(z := maker.run(lambda: sim_key(RO)))
+        assert z.hardware_key == number
+        assert bits_of(heir.run(_core._sim_pkru), number) == CLOSED
+    finally:
+        for k in made:
+            k.close()
+        heir.stop()
+        maker.stop()
+        other.close()
+        region.close()
+
+
+def test_threads_started_before_a_pinned_key_never_hold_its_number_up() -> None:
+    """A thread that existed before the number was taken, and did not create it, never had
+    it open: one pkeyguard saw before (registered), and one it never saw, judged by the
+    start time the kernel gives it.  Neither enters a guard, and the number is reused."""
+    seen, unseen = Worker("seen"), Worker("unseen")
+    try:
+        seen.run(_core._pool_thread_seen)
+        time.sleep(0.03)  # the kernel's start times count 10 ms ticks: "unseen" is older
+        cap = set_limit(1, pinned=1)  # its pinned keys are made (and closed) after both
+        (number,) = cap.pinned_spares
+        x = sim_key(RW)
+        x.close()
+        waits = pool()["pinned_waits"]
+        y = sim_key(RO)  # the limit allows no fresh number: the reuse must be proved
+        try:
+            assert y.hardware_key == number and pool()["pinned_waits"] == waits
+        finally:
+            y.close()
+    finally:
+        seen.stop()
+        unseen.stop()
+
+
+def test_a_number_proved_closed_stays_so_until_it_is_taken() -> None:
+    """Once every live thread is proved to have a closed pinned number closed, a thread
+    started later (copying a PKRU that has it closed) does not hold it up."""
+    cap = set_limit(1, pinned=2)
+    first, second = sorted(cap.pinned_spares)
+    xs = [sim_key(RW) for _ in range(2)]
+    assert {k.hardware_key for k in xs} == {first, second}
+    for k in xs:
+        k.close()
+    y1 = sim_key(RO)  # proves both, takes the lower
+    late = Worker("late")
+    y2: PkeyGuard | None = None
+    try:
+        assert y1.hardware_key == first
+        state = _core._sim_pkru()
+        late.run(lambda: sim_set_pkru(state))  # started now: seen by no one, copies this PKRU
+        waits = pool()["pinned_waits"]
+        y2 = sim_key(RO)
+        assert y2.hardware_key == second and pool()["pinned_waits"] == waits
+        assert bits_of(late.run(_core._sim_pkru), second) == CLOSED
+    finally:
+        y1.close()
+        if y2 is not None:
+            y2.close()
+        late.stop()
+
+
+def test_exhaustion_says_closed_pinned_keys_wait_for_their_threads() -> None:
+    cap = set_limit(1, pinned=1)
+    (number,) = cap.pinned_spares
+    c = Worker("creator")
+    try:
+        x = c.run(lambda: sim_key(RW))
+        x.close()
+        before = pool()
+        with pytest.raises(KeyExhaustedError) as info:
+            sim_key(RO)
+        assert re.search(
+            r"\d+ in use, 1 of closed keys that wait until every thread", str(info.value)
+        )
+        assert unchanged(before, pool()) and pool()["pinned_waits"] == before["pinned_waits"] + 1
+        assert bits_of(c.run(_core._sim_pkru), number) == PKRU_BITS[WRITE]
+    finally:
+        c.stop()
+    y = sim_key(RO)  # the creator has ended: nothing holds the number up
+    try:
+        assert y.hardware_key == number
+    finally:
+        y.close()
 
 
 def test_keys_with_initial_rights_never_evict() -> None:

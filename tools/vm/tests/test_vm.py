@@ -8,6 +8,7 @@ cached).
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -139,6 +140,67 @@ def test_modules_in_dependency_order(prov: vm.Provisioned) -> None:
         deps = vm.modinfo(module.read_bytes()).get("depends", [""])[0]
         for dep in filter(None, deps.split(",")):
             assert dep.replace("-", "_") in order[:index], f"{module.name} needs {dep} first"
+
+
+@pytest.mark.parametrize("kernel", vm.KERNELS)
+def test_each_kernel_is_its_pinned_package(kernel: str) -> None:
+    # Issue 18: following linux-image-amd64 let a fresh machine boot 6.1.0-57 where cached
+    # ones booted 6.1.0-50, unannounced.  The pin decides, and the cache records it.
+    got = vm.provision(kernel=kernel).kernel
+    assert (got.package, got.deb_version) == vm.PINNED_KERNELS[kernel]
+    assert got.version == got.package.removeprefix("linux-image-")
+    assert got.describe() == f"{got.version} ({got.package} {got.deb_version}, pinned)"
+
+
+def _fake_kernel_dir(kdir: Path, package: str, deb_version: str) -> None:
+    (kdir / "modules").mkdir(parents=True)
+    (kdir / "vmlinux").write_bytes(b"\x7fELF")
+    (kdir / "modules" / "9p.ko").write_bytes(b"")
+    record = {
+        "version": package.removeprefix("linux-image-"),
+        "package": package,
+        "deb_version": deb_version,
+        "image": "vmlinux",
+        "modules": ["modules/9p.ko"],
+    }
+    (kdir / "kernel.json").write_text(json.dumps(record))
+
+
+def test_a_cached_kernel_other_than_the_pin_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package, deb_version = vm.PINNED_KERNELS["release"]
+    _fake_kernel_dir(tmp_path / "kernel", "linux-image-6.1.0-57-amd64", "6.1.192-3")
+    asked: list[str] = []
+
+    def download(spec: str, *args: object, **kwargs: object) -> None:
+        asked.append(spec)
+        raise vm.ProvisionError("no network in this test")
+
+    monkeypatch.setattr(vm, "_download_kernel", download)
+    with pytest.raises(vm.ProvisionError, match="no network"):
+        vm.ensure_kernel(tmp_path, kernel="release", log=lambda _: None)
+    assert asked == [f"{package}={deb_version}"]
+    # The pinned one, cached, is used as it is.
+    (tmp_path / "kernel").rename(tmp_path / "other")
+    _fake_kernel_dir(tmp_path / "kernel", package, deb_version)
+    got = vm.ensure_kernel(tmp_path, kernel="release", log=lambda _: None)
+    assert (got.package, got.deb_version, got.followed) == (package, deb_version, False)
+    assert asked == [f"{package}={deb_version}"]
+
+
+def test_a_pin_that_cannot_be_downloaded_says_how_to_move_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(args: object, log: object, **kwargs: object) -> None:
+        raise vm.ProvisionError("E: Can't find a source to download version '1' of 'x'")
+
+    monkeypatch.setattr(vm, "_apt", fail)
+    with pytest.raises(vm.ProvisionError, match=r"pinned guest kernel x=1 .*--follow-kernel"):
+        vm._download_kernel("x=1", [], lambda _: None, cwd=tmp_path, pinned=True)  # pyright: ignore[reportPrivateUsage]
+    with pytest.raises(vm.ProvisionError, match=r"^E: Can't find") as info:
+        vm._download_kernel("x=1", [], lambda _: None, cwd=tmp_path, pinned=False)  # pyright: ignore[reportPrivateUsage]
+    assert "--follow-kernel" not in str(info.value)
 
 
 @pytest.mark.parametrize("kernel", vm.KERNELS)
@@ -349,7 +411,16 @@ def test_cli_help_version_and_bad_options() -> None:
     helped = _cli("--help")
     assert helped.returncode == 0
     assert helped.stdout.startswith("usage: python -m pkeyguard_vm ")
-    for option in ("--timeout", "--no-pku", "--kernel", "--smp", "--mem", "--out", "--verbose"):
+    for option in (
+        "--timeout",
+        "--no-pku",
+        "--kernel",
+        "--follow-kernel",
+        "--smp",
+        "--mem",
+        "--out",
+        "--verbose",
+    ):
         assert option in helped.stdout
     version = _cli("--version")
     assert version.returncode == 0
@@ -502,9 +573,11 @@ def pkey_alloc_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.boot
 @pytest.mark.parametrize("kernel", vm.KERNELS)
 def test_each_kernel_boots_with_pku_and_pkey_alloc_works(
-    kernel: str, pkey_alloc_program: Path
+    kernel: str, pkey_alloc_program: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    expected = vm.provision(kernel=kernel).kernel.version
+    booted = vm.provision(kernel=kernel).kernel
+    expected = booted.version
+    capsys.readouterr()
     result = vm.run(
         [
             "sh",
@@ -519,6 +592,8 @@ def test_each_kernel_boots_with_pku_and_pkey_alloc_works(
     assert result.returncode == 0, result.output
     release, *flags, pkey = result.output.split()
     assert release == expected
+    # Every run says which kernel it booted (issue 18), pinned or not.
+    assert f"pkeyguard-vm: guest kernel {booted.describe()}\n" in capsys.readouterr().err
     assert flags == ["pku", "ospke"]
     assert pkey.startswith("pkey=")
     assert int(pkey.removeprefix("pkey=")) >= 1

@@ -10,13 +10,15 @@ package makes that one command::
 What happens:
 
 1. Provisioning (cached in ``$PKEYGUARD_VM_CACHE`` or ``~/.cache/pkeyguard-vm``): qemu, a static
-   busybox and cpio are installed with apt when missing and we are root; the Debian kernel
-   ``linux-image-amd64`` is downloaded and unpacked into the cache (nothing is installed into
-   /boot); an initramfs (busybox, ``/init``, the 9p/virtio/overlay modules) is built. Which
-   kernel (``--kernel``, ``kernel=``): ``release``, the one this machine's apt sources offer
-   (6.1 on Debian 12), or ``backports``, the newest Debian builds for this release, from
+   busybox and cpio are installed with apt when missing and we are root; a Debian kernel
+   package is downloaded and unpacked into the cache (nothing is installed into /boot); an
+   initramfs (busybox, ``/init``, the 9p/virtio/overlay modules) is built. Which kernel
+   (``--kernel``, ``kernel=``): ``release``, from this machine's apt sources (6.1 on Debian
+   12), or ``backports``, the newest Debian builds for this release, from
    ``<codename>-backports`` through a private apt configuration in the cache (6.12 on Debian 12;
-   the machine's apt setup is not touched and this needs no root).
+   the machine's apt setup is not touched and this needs no root). Each is pinned to an exact
+   package and version (``PINNED_KERNELS``); ``--follow-kernel`` boots what
+   ``linux-image-amd64`` resolves to today instead. Every run prints the kernel it boots.
 2. QEMU boots that kernel with the host's ``/`` shared read-only over 9p. The guest puts a
    tmpfs overlay on top (writable, discarded at power-off), mounts proc/sys/dev, ``chroot``\\ s
    into it, ``cd``\\ s to the host's current directory, takes over the host's environment and runs
@@ -96,6 +98,7 @@ __all__ = [
     "GUEST_MODULES",
     "INIT_SCRIPT",
     "KERNELS",
+    "PINNED_KERNELS",
     "Kernel",
     "NoPKUError",
     "ProvisionError",
@@ -136,6 +139,16 @@ KERNEL_META_PACKAGE: Final = "linux-image-amd64"
 # builds for this release (6.12 on Debian 12).
 KERNELS: Final = ("release", "backports")
 DEFAULT_KERNEL: Final = "release"
+# The exact package each kernel is, with its Debian version: pinned, so that a test run means
+# the same on every machine until a commit moves the pin.  Following linux-image-amd64 instead
+# let the guest step change meaning unannounced: a fresh machine got 6.1.0-57 where the cached
+# ones had 6.1.0-50, and a run that passed on one failed on the other (issue 18).
+# ``follow_kernel=True`` (``--follow-kernel``) boots what linux-image-amd64 resolves to today:
+# to try Debian's newest before moving a pin.  Every run prints the kernel it boots.
+PINNED_KERNELS: Final[Mapping[str, tuple[str, str]]] = {
+    "release": ("linux-image-6.1.0-50-amd64", "6.1.176-1"),
+    "backports": ("linux-image-6.12.95+deb12-amd64", "6.12.95-1~bpo12+1"),
+}
 DEBIAN_ARCHIVE: Final = "http://deb.debian.org/debian"
 DEBIAN_KEYRING: Final = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 # Loaded in dependency order; anything built into the kernel is skipped.
@@ -187,6 +200,14 @@ class Kernel:
     version: str
     image: Path  # what qemu -kernel boots: the uncompressed vmlinux (PVH) or the bzImage
     modules: tuple[Path, ...]  # uncompressed .ko files in load order
+    package: str = ""  # the Debian package it came from, and that package's version
+    deb_version: str = ""
+    followed: bool = False  # what linux-image-amd64 resolved to, not the pin
+
+    def describe(self) -> str:
+        """``6.1.0-50-amd64 (linux-image-6.1.0-50-amd64 6.1.176-1, pinned)``: for the log."""
+        how = "followed linux-image-amd64" if self.followed else "pinned"
+        return f"{self.version} ({self.package} {self.deb_version or '?'}, {how})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -580,43 +601,103 @@ def _kernel_package(log: Log, apt_options: Sequence[str] = ()) -> str:
     return match.group(1)
 
 
+def _package_version(package: str, apt_options: Sequence[str] = ()) -> str:
+    """The version apt would take of ``package`` (its candidate), or ""."""
+    proc = subprocess.run(
+        ["apt-cache", *apt_options, "show", "--no-all-versions", package],
+        capture_output=True,
+        check=False,
+    )
+    text = proc.stdout.decode(errors="replace") if proc.returncode == 0 else ""
+    match = re.search(r"^Version:\s*(\S+)", text, re.MULTILINE)
+    return match.group(1) if match else ""
+
+
 def _kernel_dir(cache: Path, kernel: str) -> Path:
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     return cache / ("kernel" if kernel == DEFAULT_KERNEL else f"kernel-{kernel}")
 
 
-def ensure_kernel(cache: Path, *, kernel: str = DEFAULT_KERNEL, log: Log = _stderr_log) -> Kernel:
-    """The guest kernel and its modules, downloaded and unpacked into ``cache`` once.
-
-    ``kernel`` is one of :data:`KERNELS` (see there); each has its own folder in the cache.
-    """
-    kdir = _kernel_dir(cache, kernel)
-    meta = kdir / "kernel.json"
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        data = json.loads(meta.read_text())
+def _cached_kernel(kdir: Path) -> Kernel | None:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        data = json.loads((kdir / "kernel.json").read_text())
         cached = Kernel(
             str(data["version"]),
             kdir / str(data["image"]),
             tuple(kdir / str(m) for m in data["modules"]),
+            str(data.get("package", "")),
+            str(data.get("deb_version", "")),
         )
         if cached.image.is_file() and all(m.is_file() for m in cached.modules):
             return cached
-    apt_options = _backports_apt(cache) if kernel == "backports" else []
-    package = _kernel_package(log, apt_options)
+    return None
+
+
+def _download_kernel(
+    spec: str, apt_options: Sequence[str], log: Log, *, cwd: Path, pinned: bool
+) -> None:
+    """``apt-get download spec`` (``package=version``), refreshing the lists once if needed."""
+    try:
+        if apt_options:
+            try:
+                _run_logged(["apt-get", *apt_options, "download", spec], log, cwd=cwd)
+            except ProvisionError:
+                _run_logged(["apt-get", *apt_options, "update"], log)
+                _run_logged(["apt-get", *apt_options, "download", spec], log, cwd=cwd)
+        else:
+            _apt(["apt-get", "download", spec], log, cwd=cwd)
+    except ProvisionError as exc:
+        if not pinned:
+            raise
+        raise ProvisionError(
+            f"cannot download the pinned guest kernel {spec} (Debian may have dropped it from "
+            "its archive, or this is not the Debian release it was pinned for). Move the pin "
+            "(PINNED_KERNELS in pkeyguard_vm, and its README) to a kernel apt offers, or boot "
+            f"what linux-image-amd64 resolves to today with --follow-kernel.\n{exc}"
+        ) from exc
+
+
+def ensure_kernel(
+    cache: Path,
+    *,
+    kernel: str = DEFAULT_KERNEL,
+    log: Log = _stderr_log,
+    follow_kernel: bool = False,
+) -> Kernel:
+    """The guest kernel and its modules, downloaded and unpacked into ``cache`` once.
+
+    ``kernel`` is one of :data:`KERNELS` (see there); each has its own folder in the cache.
+    The package is the pin of :data:`PINNED_KERNELS`, or with ``follow_kernel`` what
+    linux-image-amd64 resolves to now (asked of apt on every call).  A cached kernel is used
+    only if it is that package at that version; otherwise it is replaced.
+    """
+    kdir = _kernel_dir(cache, kernel)
+    apt_options: list[str] | None = None
+    if follow_kernel:
+        apt_options = _backports_apt(cache) if kernel == "backports" else []
+        package = _kernel_package(log, apt_options)
+        deb_version = _package_version(package, apt_options)
+        if not deb_version:
+            raise ProvisionError(f"apt-cache show {package} gave no version")
+    else:
+        package, deb_version = PINNED_KERNELS[kernel]
+    cached = _cached_kernel(kdir)
+    if cached is not None and (cached.package, cached.deb_version) == (package, deb_version):
+        return dataclasses.replace(cached, followed=follow_kernel)
+    if apt_options is None:
+        apt_options = _backports_apt(cache) if kernel == "backports" else []
     version = package.removeprefix("linux-image-")
-    log(f"downloading guest kernel {package} into {cache}")
+    spec = f"{package}={deb_version}"
+    log(f"downloading guest kernel {spec} into {cache}")
     with tempfile.TemporaryDirectory(dir=cache, prefix=".kernel-") as tmp_name:
         tmp = Path(tmp_name)
         download = tmp / "deb"
         download.mkdir()
-        if apt_options:
-            _run_logged(["apt-get", *apt_options, "download", package], log, cwd=download)
-        else:
-            _apt(["apt-get", "download", package], log, cwd=download)
+        _download_kernel(spec, apt_options, log, cwd=download, pinned=not follow_kernel)
         debs = sorted(download.glob("*.deb"))
         if len(debs) != 1:
-            raise ProvisionError(f"apt-get download {package} left {len(debs)} .deb files")
+            raise ProvisionError(f"apt-get download {spec} left {len(debs)} .deb files")
         unpacked = tmp / "root"
         _run_logged(["dpkg", "-x", str(debs[0]), str(unpacked)], log)
         vmlinuz = unpacked / "boot" / f"vmlinuz-{version}"
@@ -645,14 +726,27 @@ def ensure_kernel(cache: Path, *, kernel: str = DEFAULT_KERNEL, log: Log = _stde
             name = f"modules/{_module_name(path.name)}.ko"
             (staged / name).write_bytes(_read_module(path))
             names.append(name)
-        record = {"version": version, "package": package, "image": image, "modules": names}
+        record = {
+            "version": version,
+            "package": package,
+            "deb_version": deb_version,
+            "image": image,
+            "modules": names,
+        }
         (staged / "kernel.json").write_text(json.dumps(record, indent=1) + "\n")
         if kdir.exists():
             shutil.rmtree(kdir)
         os.replace(staged, kdir)
     loaded = " ".join(_module_name(p.name) for p in ordered)
     log(f"guest kernel {version} ({image}); modules: {loaded}")
-    return Kernel(version, kdir / image, tuple(kdir / n for n in names))
+    return Kernel(
+        version,
+        kdir / image,
+        tuple(kdir / n for n in names),
+        package,
+        deb_version,
+        follow_kernel,
+    )
 
 
 # --------------------------------------------------------------------------- initramfs
@@ -806,10 +900,12 @@ def provision(
     allow_install: bool = True,
     log: Log = _stderr_log,
     kernel: str = DEFAULT_KERNEL,
+    follow_kernel: bool = False,
 ) -> Provisioned:
     """Make sure qemu, the guest kernel and the initramfs exist; cheap when cached.
 
-    ``kernel`` is one of :data:`KERNELS`: which Debian kernel the guest boots.
+    ``kernel`` is one of :data:`KERNELS`: which Debian kernel the guest boots; the pinned
+    package (:data:`PINNED_KERNELS`), or with ``follow_kernel`` what apt resolves today.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
@@ -821,7 +917,7 @@ def provision(
         raise ProvisionError(f"cannot create the cache directory {cache}: {exc}") from exc
     with _locked(cache):
         tools = ensure_tools(allow_install=allow_install, log=log)
-        image = ensure_kernel(cache, kernel=kernel, log=log)
+        image = ensure_kernel(cache, kernel=kernel, log=log, follow_kernel=follow_kernel)
         bb = tools.busybox.stat()
         key = hashlib.sha256(
             json.dumps(
@@ -1230,6 +1326,7 @@ def run(
     out_dir: str | os.PathLike[str] | None = None,
     kernel: str = DEFAULT_KERNEL,
     kernel_args: Sequence[str] = (),
+    follow_kernel: bool = False,
 ) -> VMResult:
     """Run ``argv`` in a fresh PKU guest and return its exit status and output.
 
@@ -1239,8 +1336,9 @@ def run(
     but the guest has none), :class:`ProvisionError` or :class:`VMError`. ``cpu`` overrides
     qemu's CPU model (see :func:`qemu_argv`). What the command writes under
     ``$PKEYGUARD_VM_OUT`` is copied to ``out_dir`` at the end, also after a failure. ``kernel``
-    picks the guest kernel, one of :data:`KERNELS`; ``kernel_args`` are extra words for its
-    command line (``secretmem.enable=1``).
+    picks the guest kernel, one of :data:`KERNELS` (pinned; ``follow_kernel``: what apt
+    resolves today); ``kernel_args`` are extra words for its command line
+    (``secretmem.enable=1``).  The kernel booted is always printed on stderr.
     """
     if not argv:
         raise ValueError("empty command")
@@ -1251,8 +1349,14 @@ def run(
     log = _stderr_log if verbose else _quiet_log
     # Slow provisioning steps (apt, kernel download) are always announced.
     prov = provision(
-        cache_dir=cache_dir, allow_install=allow_install, log=_stderr_log, kernel=kernel
+        cache_dir=cache_dir,
+        allow_install=allow_install,
+        log=_stderr_log,
+        kernel=kernel,
+        follow_kernel=follow_kernel,
     )
+    # Always, so that every test log says which kernel it tested.
+    _stderr_log(f"guest kernel {prov.kernel.describe()}")
     timings = {"provision": time.monotonic() - start}
     environ = dict(os.environ if env is None else env)
     work_dir = os.path.abspath(cwd if cwd is not None else os.getcwd())
@@ -1363,6 +1467,12 @@ def _parser() -> argparse.ArgumentParser:
         "release, from <codename>-backports (Debian 12: 6.12)",
     )
     parser.add_argument(
+        "--follow-kernel",
+        action="store_true",
+        help="boot what linux-image-amd64 resolves to today instead of the pinned package "
+        "(to try Debian's newest kernel before moving the pin)",
+    )
+    parser.add_argument(
         "--kernel-arg",
         action="append",
         default=[],
@@ -1419,8 +1529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 allow_install=not args.no_install,
                 log=_stderr_log,
                 kernel=args.kernel,
+                follow_kernel=args.follow_kernel,
             )
-            print(f"kernel     {prov.kernel.version} {prov.kernel.image}")
+            print(f"kernel     {prov.kernel.describe()} {prov.kernel.image}")
             print(f"initramfs  {prov.initramfs}")
             print(f"qemu       {prov.tools.qemu} (bios: {prov.tools.bios or 'default'})")
             print(f"provision  {prov.seconds:.2f} s")
@@ -1437,6 +1548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out_dir=args.out,
             kernel=args.kernel,
             kernel_args=args.kernel_arg,
+            follow_kernel=args.follow_kernel,
         )
         if args.verbose:
             _stderr_log(
