@@ -39,7 +39,17 @@ def isolated(*, allow: Iterable[PkeyGuard] = ()) -> AbstractContextManager[tuple
     the block work as usual and nest within it.  Keys created inside the block are not
     affected.
     """
-    allowed = tuple(allow)
+    if isinstance(allow, PkeyGuard) or allow is None:
+        raise ArgumentTypeError(
+            f"allow= takes an iterable of PkeyGuard objects (allow=[key]), not {allow!r}"
+        )
+    try:
+        keys = iter(allow)
+    except TypeError:
+        raise ArgumentTypeError(
+            f"allow= takes an iterable of PkeyGuard objects, not {type(allow).__name__}"
+        ) from None
+    allowed = tuple(keys)
     for key in allowed:
         if type(key) is not PkeyGuard:
             raise ArgumentTypeError(f"allow= takes PkeyGuard objects, not {key!r}")

@@ -110,6 +110,8 @@ _ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
 #: EOPNOTSUPP (a terminal, a FIFO opened by path, a /proc file, many file systems),
 #: EINVAL (a kernel before 4.14), ENOSYS (before 4.6).
 _NO_NOWAIT = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
+# The largest descriptor number (a C int); a larger one names no open descriptor.
+_FD_MAX = 2**31 - 1
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
@@ -386,6 +388,9 @@ class Secret(Unshareable):
         if isinstance(fd, bool) or not isinstance(fd, int):
             raise ArgumentTypeError(f"fd must be an int (a file descriptor), not {fd!r}")
         fd = operator.index(fd)
+        if not 0 <= fd <= _FD_MAX:
+            # what the kernel says of any other number that names no open descriptor
+            raise OSError(errno.EBADF, f"{os.strerror(errno.EBADF)}: {fd}")
         max_size = _check_max_size(max_size)
         name = _check_name(name, RegionTypeError)
         return cls._from_descriptor(fd, max_size, name, f"file descriptor {fd}", _no_data)

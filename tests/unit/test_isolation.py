@@ -65,6 +65,18 @@ def test_allow_list_and_exceptions(
         pass
 
 
+@pytest.mark.parametrize("allow", [None, 3, "not a key list"], ids=["None", "int", "str"])
+def test_allow_that_is_no_list_of_keys_is_an_argument_type_error(allow: object) -> None:
+    # a str is iterable: its items are refused one by one, with the same error
+    with pytest.raises(ArgumentTypeError, match="allow="):
+        isolated(allow=allow)  # type: ignore[arg-type]
+
+
+def test_a_single_key_as_allow_says_how_to_pass_it(no_leaks: None) -> None:
+    with PkeyGuard(RW) as key, pytest.raises(ArgumentTypeError, match=r"allow=\[key\]"):
+        isolated(allow=key)  # type: ignore[arg-type]
+
+
 def test_isolate_calls_and_returns(
     two: tuple[AssociatedRegion[ctypes.c_int], AssociatedRegion[ctypes.c_int]],
 ) -> None:

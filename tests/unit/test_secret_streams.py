@@ -9,6 +9,7 @@ an unexpected exception fails them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import io
 import os
@@ -178,6 +179,11 @@ class TestRefused:
             Secret.from_fd(0, max_size=0)
         with pytest.raises(OSError):
             Secret.from_fd(987654)  # not open
+        # numbers beyond a C int name no descriptor either: the same error, not OverflowError
+        for fd in (1 << 40, -(1 << 40), -1):
+            with pytest.raises(OSError) as info:
+                Secret.from_fd(fd)
+            assert info.value.errno == errno.EBADF, info.value
 
 
 # -- hostile streams, each in a child interpreter -------------------------------------------
