@@ -40,6 +40,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -941,6 +942,26 @@ mapping_release(MappingObject *m, int *canary_ok)
     return rc;
 }
 
+/* Fault in every page of a new memfd_secret mapping, so that a page the kernel cannot back
+ * fails the creation instead of killing the process at its first touch.  Some kernels charge
+ * secret memory against RLIMIT_MEMLOCK only when a page is first touched, and answer a touch
+ * over the limit with SIGBUS (Debian's 6.1.0-57, Linux 6.1.192, even with CAP_IPC_LOCK);
+ * MADV_POPULATE_WRITE and mlock refuse secret memory (EINVAL), and it has no fallocate.  So the
+ * kernel writes into each page for us: rt_sigprocmask() stores the signal mask there with
+ * put_user(), and a page it cannot back makes the call fail (EFAULT) instead.  0 or an errno. */
+static int
+secretmem_populate(uintptr_t addr, size_t len)
+{
+    for (size_t off = 0; off < len; off += (size_t)page_size) {
+        void *p = (void *)(addr + off);
+        if (syscall(SYS_rt_sigprocmask, SIG_BLOCK, NULL, p, sizeof(uint64_t)) != 0) {
+            return errno;
+        }
+        wipe_bytes(p, sizeof(uint64_t)); /* a new page starts zeroed */
+    }
+    return 0;
+}
+
 static int
 raise_canary(MappingObject *m)
 {
@@ -1044,6 +1065,16 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             goto fail;
         }
         flags |= MAP_F_SECRETMEM;
+        e = secretmem_populate(addr, len);
+        if (e != 0) {
+            /* EFAULT: the kernel would not back a page.  Other kernels refuse the same
+             * request at mmap (EAGAIN over RLIMIT_MEMLOCK): report it the same way. */
+            struct rlimit rl;
+            int limited = getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY;
+            errno = e != EFAULT ? e : limited ? EAGAIN : ENOMEM;
+            failed = "mmap";
+            goto fail;
+        }
         if (madvise(base, total, MADV_DONTFORK) != 0) {
             failed = "madvise";
             goto fail;
