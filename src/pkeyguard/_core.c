@@ -362,6 +362,7 @@ struct MappingObject {
     char fmt;              /* struct code of a scalar, 's' for bytes and composites */
     char swap;             /* scalar stored in the non-native byte order */
     MappingObject *wipe_prev, *wipe_next; /* the registry of mappings to wipe at exit */
+    uintptr_t releasing;   /* base while its release runs the test hook (Python code) */
 };
 
 struct BindingObject {
@@ -846,9 +847,10 @@ static void fork_child_expire_secure_views(void);
 static void
 mapping_fill_hole(MappingObject *m)
 {
-    void *p = mmap((void *)m->base, m->total, PROT_NONE,
+    uintptr_t base = m->base != 0 ? m->base : m->releasing;
+    void *p = mmap((void *)base, m->total, PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (p != (void *)m->base) {
+    if (p != (void *)base) {
         if (p != MAP_FAILED) { /* a kernel before 4.17 took the address as a hint */
             (void)munmap(p, m->total);
         }
@@ -859,7 +861,10 @@ mapping_fill_hole(MappingObject *m)
     (void)madvise(p, m->total, MADV_DONTFORK);
     BindingObject *b = m->binding;
     KeyObject *k = b != NULL ? b->key : NULL;
-    if (k != NULL && k->mode == MODE_PKU) {
+    if (m->base == 0) { /* released but for the hook: zeros it may read (mapping_show_zeros) */
+        (void)mprotect((void *)m->addr, m->len, PROT_READ);
+    }
+    else if (k != NULL && k->mode == MODE_PKU) {
         (void)syscall(SYS_pkey_mprotect, m->addr, m->len, key_page_prot(k, m), key_page_pkey(k));
     }
     else {
@@ -878,7 +883,8 @@ fork_child(void)
     fork_count++;
     fork_child_expire_secure_views();
     for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
-        if (m->base != 0 && (m->flags & MAP_F_SECRETMEM) && !(m->flags & MAP_F_LOST)) {
+        if ((m->base != 0 || m->releasing != 0) && (m->flags & MAP_F_SECRETMEM) &&
+            !(m->flags & MAP_F_LOST)) {
             mapping_fill_hole(m);
         }
     }
@@ -1130,8 +1136,8 @@ mapping_release(MappingObject *m, int *canary_ok, int e, const char *what)
     }
     m->base = 0;
     fault_table_remove(m->addr);
-    wipe_unregister(m);
     if (mapping_absent(m)) { /* nothing of it in this process: the address is not ours */
+        wipe_unregister(m);
         return 0;
     }
     int rc = 0;
@@ -1142,13 +1148,26 @@ mapping_release(MappingObject *m, int *canary_ok, int e, const char *what)
     m->flags &= ~MAP_F_CANARY_BAD;
     if (e == 0 && (m->flags & MAP_F_WIPE) && m->on_release != NULL &&
         (e = mapping_show_zeros(m, &what)) == 0) {
-        /* the pages read as zeros here, and no page ever held the secret open */
+        /* the pages read as zeros here, and no page ever held the secret open.  The hook is
+         * Python code: a fork there must leave the child its own copy to unmap, not a hole
+         * that its next mapping lands in (secret memory is DONTFORK): the mapping stays on
+         * the wipe list, marked releasing, and fork_child() fills the hole. */
+        m->releasing = base;
         PyObject *r = PyObject_CallFunction(m->on_release, "KK", (unsigned long long)m->addr,
                                             (unsigned long long)m->len);
+        m->releasing = 0;
         if (r == NULL) {
             rc = -1;
         }
         Py_XDECREF(r);
+    }
+    wipe_unregister(m);
+    if (mapping_absent(m)) { /* a raw clone(2) child ran the hook on: not ours any more */
+        if (e != 0 && rc == 0) {
+            raise_errno(e, what);
+            rc = -1;
+        }
+        return rc;
     }
     if (munmap((void *)base, m->total) != 0) {
         if (e == 0) {
