@@ -1008,30 +1008,31 @@ canary_check_by_kernel(MappingObject *m)
 static int
 mapping_discard(MappingObject *m, int prot, int pkey, const char **what)
 {
-    if (m->flags & MAP_F_SECRETMEM) {
-        /* Secret memory cannot be discarded while mapped (no MADV_DONTNEED, no hole punch):
-         * a fresh private mapping replaces it, and the kernel zeroes the pages it frees. */
-        void *p = mmap((void *)m->addr, m->len, prot,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-        if (p == MAP_FAILED) {
-            *what = "mmap";
-            return errno;
+    if (!(m->flags & MAP_F_SECRETMEM)) {
+        /* Private pages: dropped (locked ones must be unlocked first); if the kernel refuses,
+         * replaced like secret memory below. */
+        if (!(m->flags & MAP_F_LOCKED) ||
+            syscall(SYS_munlock, (void *)m->addr, m->len) == 0) {
+            m->flags &= ~MAP_F_LOCKED;
+            if (madvise((void *)m->addr, m->len, MADV_DONTNEED) == 0) {
+                return 0;
+            }
         }
-        (void)madvise(p, m->len, MADV_DONTDUMP);
-        (void)madvise(p, m->len, MADV_DONTFORK); /* still a hole in a fork child */
-        if (pkey >= 0 && syscall(SYS_pkey_mprotect, m->addr, m->len, prot, pkey) != 0) {
-            *what = "pkey_mprotect";
-            return errno;
-        }
-        return 0;
     }
-    if ((m->flags & MAP_F_LOCKED) && syscall(SYS_munlock, (void *)m->addr, m->len) != 0) {
-        *what = "munlock";
+    /* Secret memory cannot be discarded while mapped (no MADV_DONTNEED, no hole punch): a
+     * fresh private mapping replaces it, and the kernel zeroes the pages it frees. */
+    void *p = mmap((void *)m->addr, m->len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (p == MAP_FAILED) {
+        *what = "mmap";
         return errno;
     }
     m->flags &= ~MAP_F_LOCKED;
-    if (madvise((void *)m->addr, m->len, MADV_DONTNEED) != 0) {
-        *what = "madvise";
+    (void)madvise(p, m->len, MADV_DONTDUMP);
+    if (m->flags & MAP_F_SECRETMEM) {
+        (void)madvise(p, m->len, MADV_DONTFORK); /* still a hole in a fork child */
+    }
+    if (pkey >= 0 && syscall(SYS_pkey_mprotect, m->addr, m->len, prot, pkey) != 0) {
+        *what = "pkey_mprotect";
         return errno;
     }
     return 0;
@@ -1174,7 +1175,12 @@ mapping_release(MappingObject *m, int *canary_ok, int e, const char *what)
             e = errno;
             what = "munmap";
         }
-        (void)mprotect((void *)base, m->total, PROT_NONE); /* kept: closed, at least */
+        /* kept (leaked): its bytes discarded unless they were zeroed, and closed */
+        if (m->flags & MAP_F_WIPE) {
+            const char *w = NULL;
+            (void)mapping_discard(m, PROT_NONE, -1, &w);
+        }
+        (void)mprotect((void *)base, m->total, PROT_NONE);
     }
     if (e != 0 && rc == 0) {
         raise_errno(e, what);
