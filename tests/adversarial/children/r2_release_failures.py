@@ -21,7 +21,7 @@ from typing import Any
 from pkeyguard import PkeyGuard, PkeyguardError, RegionGuard, Secret, _core, allocator
 from pkeyguard.allocator import Backing
 from tests import failinject
-from tests.adversarial.childlib import NA, RW, params
+from tests.adversarial.childlib import MPROTECT, NA, RW, params
 
 PATTERN = 0x5A
 SIZE = 3 * allocator.PAGE_SIZE + 100
@@ -154,6 +154,8 @@ def case_every_release_syscall_fails() -> None:
     target.release()
     for name in NAMES:
         counts[name] = failinject.calls(name)
+    gc.collect()
+    check_closed(target.address, f"{path} (no failure)")
     target.cleanup()
     injected = 0
     errors: set[str] = set()
@@ -169,7 +171,8 @@ def case_every_release_syscall_fails() -> None:
                 injected += got
                 if message:
                     errors.add(message.split(" at ")[0][:80])
-    assert injected > 0, counts
+    # pku wipes a region in use at exit with this thread's PKRU alone: no system call at all
+    assert injected > 0 or (path == "exit-active" and not MPROTECT), counts
     # the core still works
     s = Secret(5, allocator=allocator.Secure(backing=backing))
     s.write(0, b"after")
