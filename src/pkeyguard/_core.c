@@ -1295,7 +1295,9 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     size_t page = (size_t)page_size;
     size_t len = ((size_t)size + (size_t)canary_size + page - 1) / page * page;
-    size_t total = len + (guard_pages ? 2 * page : 0);
+    /* A PROT_NONE page on each side: a guard page, or for a region without guard pages a
+     * spacer, so that the region's pages are a mapping entry of their own (see "Spacers"). */
+    size_t total = len + 2 * page;
     void *base = mmap(NULL, total, guard_pages ? PROT_NONE : PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
@@ -1303,7 +1305,7 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(m);
         return NULL;
     }
-    uintptr_t addr = (uintptr_t)base + (guard_pages ? page : 0);
+    uintptr_t addr = (uintptr_t)base + page;
     if (secretmem) {
         wipe = 1; /* on the wipe list: fork_child() finds it there */
     }
@@ -1361,6 +1363,11 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         failed = "mprotect";
         goto fail;
     }
+    if (!guard_pages && (mprotect(base, page, PROT_NONE) != 0 ||
+                         mprotect((void *)(addr + len), page, PROT_NONE) != 0)) {
+        failed = "mprotect";
+        goto fail;
+    }
     if (dontdump) {
         if (madvise(base, total, MADV_DONTDUMP) == 0) {
             flags |= MAP_F_DONTDUMP;
@@ -1369,6 +1376,13 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             failed = "madvise";
             goto fail;
         }
+    }
+    else if ((madvise(base, page, MADV_DONTDUMP) != 0 ||
+              madvise((void *)(addr + len), page, MADV_DONTDUMP) != 0) &&
+             errno != EINVAL) {
+        /* the side pages differ from the region's in a flag: never merged with it */
+        failed = "madvise";
+        goto fail;
     }
     if (wipeonfork) {
         if (madvise((void *)addr, len, MADV_WIPEONFORK) == 0) {
