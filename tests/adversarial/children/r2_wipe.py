@@ -60,9 +60,9 @@ class Reader:
         assert self.lib.faultprobe_reader_stop() == 0
 
 
-def secret_full(allocator_: allocator.Secure | None = None) -> Secret:
-    secret = Secret(SIZE, allocator=allocator_ or allocator.Secure(backing=params()["backing"]))
-    secret.write(0, bytes([PATTERN]) * SIZE)
+def secret_full(allocator_: allocator.Secure | None = None, size: int = SIZE) -> Secret:
+    secret = Secret(size, allocator=allocator_ or allocator.Secure(backing=params()["backing"]))
+    secret.write(0, bytes([PATTERN]) * size)
     return secret
 
 
@@ -154,7 +154,7 @@ def release_once(reader: Reader, how: str, round_: int) -> int:
         key.close()
     elif how == "many":
         # more secrets than hardware keys (pku: the first ones are parked)
-        secrets = [secret_full() for _ in range(16)]
+        secrets = [secret_full(size=64 << 10) for _ in range(16)]
         s = secrets[round_ % len(secrets)]
         hits += release_under_watch(reader, last_bytes(s), s.close)
         for other in secrets:
