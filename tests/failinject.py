@@ -7,7 +7,8 @@ failinject=True)`` in the adversarial suite does this).  Child side: :func:`arm`
 (``_core*.so``) count and fail; the interpreter's own never do.
 
 Names: mprotect, pkey_mprotect, pkey_alloc, pkey_free, memfd_secret, mmap, munmap, madvise,
-mlock, munlock, ftruncate, fallocate, close.
+mlock, munlock, ftruncate, fallocate, close, rt_sigprocmask (the core faults secret memory in
+with it, one call per page).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ NAMES = (
     "ftruncate",
     "fallocate",
     "close",
+    "rt_sigprocmask",
 )
 _SOURCE = Path(__file__).resolve().parent / "native" / "failinject.c"
 _ENV = "PKEYGUARD_FAILINJECT_LIB"

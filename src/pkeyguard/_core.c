@@ -40,6 +40,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -87,9 +88,11 @@ enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2 };
 #define MAP_F_DONTDUMP 0x04    /* MADV_DONTDUMP applied */
 #define MAP_F_WIPEONFORK 0x08  /* MADV_WIPEONFORK applied */
 #define MAP_F_GUARDED 0x10     /* a PROT_NONE guard page before and after */
-#define MAP_F_WIPED 0x20       /* zeroed at interpreter exit: the canary is gone too */
+#define MAP_F_WIPED 0x20       /* its bytes are gone (or closed and going): the canary too */
 #define MAP_F_SECRETMEM 0x40   /* memfd_secret(2) pages: MAP_SHARED, so MADV_DONTFORK */
 #define MAP_F_LOST 0x80        /* a fork child could not map zero pages in its place */
+#define MAP_F_UNKNOWN 0x100    /* a change failed half-way: the rights may not be the books' */
+#define MAP_F_CANARY_BAD 0x200 /* the wipe found the canary overwritten (not reported yet) */
 #define CANARY_MAX 64
 
 #define MAX_REGION_SIZE ((size_t)1 << 46)
@@ -366,6 +369,7 @@ struct MappingObject {
     char fmt;              /* struct code of a scalar, 's' for bytes and composites */
     char swap;             /* scalar stored in the non-native byte order */
     MappingObject *wipe_prev, *wipe_next; /* the registry of mappings to wipe at exit */
+    uintptr_t releasing;   /* base while its release runs the test hook (Python code) */
 };
 
 struct BindingObject {
@@ -538,13 +542,17 @@ binding_end(BindingObject *b, int untag)
     int pku_call = k->mode == MODE_PKU;
     if (untag != UNTAG_NO && !mapping_absent(m)) {
         long rc = 0;
+        /* The collector takes a secure mapping apart: it was wiped, and nobody can use its
+         * pages any more (the memory goes in its deallocator): closed, not its own rights. */
+        int collected = untag == UNTAG_FORCE && (m->flags & MAP_F_WIPE);
+        int prot = collected ? PROT_NONE : m->prot;
         if (k->mode == MODE_PKU) {
             /* back to key 0, so a later key that reuses the number cannot reach the pages
              * (and out of parking: the region's own rights) */
-            rc = syscall(SYS_pkey_mprotect, m->addr, m->len, m->prot, 0);
+            rc = syscall(SYS_pkey_mprotect, m->addr, m->len, prot, 0);
         }
         else if (k->mode == MODE_MPROTECT || k->mode == MODE_SIM) {
-            rc = mprotect((void *)m->addr, m->len, m->prot);
+            rc = mprotect((void *)m->addr, m->len, prot);
         }
         if (rc != 0) {
             failed_errno = errno;
@@ -555,6 +563,10 @@ binding_end(BindingObject *b, int untag)
             if (mode_is_pool(k->mode) && k->hw >= 0) {
                 k->leaked = 1;
             }
+            m->flags |= MAP_F_UNKNOWN; /* the pages kept the key's rights and tag */
+        }
+        else if (collected) {
+            m->prot = PROT_NONE;
         }
     }
     key_remove_binding(k, b);
@@ -600,6 +612,9 @@ key_free(KeyObject *k)
              * to be last; it cannot enter a guard on k or bind to it (k->closing). */
             failed = 1;
             key_remove_binding(k, b);
+            if (b->mapping != NULL) {
+                b->mapping->flags |= MAP_F_UNKNOWN; /* tagged with a number the key gives up */
+            }
         }
         Py_DECREF(b);
     }
@@ -953,9 +968,10 @@ static const char secret_unavailable_msg[] =
 static void
 mapping_fill_hole(MappingObject *m)
 {
-    void *p = mmap((void *)m->base, m->total, PROT_NONE,
+    uintptr_t base = m->base != 0 ? m->base : m->releasing;
+    void *p = mmap((void *)base, m->total, PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (p != (void *)m->base) {
+    if (p != (void *)base) {
         if (p != MAP_FAILED) { /* a kernel before 4.17 took the address as a hint */
             (void)munmap(p, m->total);
         }
@@ -966,7 +982,10 @@ mapping_fill_hole(MappingObject *m)
     (void)madvise(p, m->total, MADV_DONTFORK);
     BindingObject *b = m->binding;
     KeyObject *k = b != NULL ? b->key : NULL;
-    if (k != NULL && k->mode == MODE_PKU) {
+    if (m->base == 0) { /* released but for the hook: zeros it may read (mapping_show_zeros) */
+        (void)mprotect((void *)m->addr, m->len, PROT_READ);
+    }
+    else if (k != NULL && k->mode == MODE_PKU) {
         (void)syscall(SYS_pkey_mprotect, m->addr, m->len, key_page_prot(k, m), key_page_pkey(k));
     }
     else {
@@ -986,7 +1005,8 @@ fork_child(void)
     pool_threads_fork_child();
     fork_child_expire_secure_views();
     for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
-        if (m->base != 0 && (m->flags & MAP_F_SECRETMEM) && !(m->flags & MAP_F_LOST)) {
+        if ((m->base != 0 || m->releasing != 0) && (m->flags & MAP_F_SECRETMEM) &&
+            !(m->flags & MAP_F_LOST)) {
             mapping_fill_hole(m);
         }
     }
@@ -1002,11 +1022,235 @@ mapping_check_open(MappingObject *m)
     return 0;
 }
 
-/* Release the memory: zero it (WIPE), call the test hook, munlock, munmap.  The mapping is
- * marked released first, so nothing can reach it twice.  *canary_ok is set to 0 if the canary
- * after the value was overwritten.  The mapping must not be bound. */
+/* ------------------------------------------------------------------------------------ */
+/* Wiping: a secure mapping's bytes are destroyed before its pages go, and never opened   */
+/*
+ * Zeroing a page needs a thread that can write it, and on the mprotect backend (and for a
+ * parked key, or pages whose own rights are closed) no rights can be given to one thread
+ * only: opening the pages to zero them would open the secret to every thread until the
+ * zeroing reaches it.  So a secret is never opened to be wiped:
+ *
+ *   pku, its key holds a number   the pages keep their number (their rights are raised to
+ *                                 read-write only where no other thread can have the number
+ *                                 open), this thread's PKRU alone opens it, the canary is
+ *                                 checked and every page in memory is zeroed in place;
+ *   pages every thread can write  (own rights read-write and untagged, or the mprotect
+ *                                 backend's current level) zeroed in place: nothing changes;
+ *   otherwise                     never read: the canary is read through /proc/self/mem
+ *                                 (private pages; the kernel reads them for us, whatever their
+ *                                 rights) or not at all (secret memory: out of the kernel's
+ *                                 direct map, nothing can read it without opening it), and the
+ *                                 pages are discarded: munmap (or, where they must stay mapped,
+ *                                 MADV_DONTNEED for private pages, a fresh anonymous mapping in
+ *                                 place of secret memory).  The kernel zeroes secret memory
+ *                                 pages when it frees them; private pages are cleared before
+ *                                 the kernel hands them to anyone (at once with init_on_free=1).
+ *
+ * Only pages in memory are touched (mincore), so wiping costs what was touched, never the size:
+ * zeroing a never-touched page would first allocate it.  Nothing here allocates or calls Python
+ * code; failures are returned as an errno and raised by the caller once it is done.
+ */
+
+/* The page rights and pku number (-1: key 0, or not pku) the mapping's pages have now, from
+ * the bookkeeping; *raisable: whether their rights may be raised to read-write for a moment
+ * without opening them to another thread (no other thread can have the number open). */
+static void
+mapping_pages_now(MappingObject *m, int *prot, int *pkey, int *raisable)
+{
+    BindingObject *b = m->binding;
+    KeyObject *k = b != NULL ? b->key : NULL;
+    *pkey = -1;
+    *raisable = 0;
+    if (k == NULL || k->mode == MODE_NOP) {
+        *prot = m->prot;
+    }
+    else if (k->mode == MODE_MPROTECT) {
+        *prot = prot_for_level(m->prot, k->effective_level);
+    }
+    else {
+        *prot = key_page_prot(k, m);
+        if (k->mode == MODE_PKU && k->hw >= 0 && pku_enabled) {
+            *pkey = k->hw;
+            /* an opening guard (any thread) or a key made with rights (its creator, and
+             * threads it started) may have the number open */
+            *raisable = k->opening == 0 && !k->pinned;
+        }
+    }
+}
+
+/* Zero the pages of [addr, addr + len) that are in memory (a page never touched reads as
+ * zeros already, and zeroing it would allocate it).  The caller can write them all. */
+static void
+zero_resident_pages(uintptr_t addr, size_t len)
+{
+    unsigned char vec[4096];
+    size_t page = (size_t)page_size;
+    for (size_t off = 0; off < len; off += sizeof(vec) * page) {
+        size_t n = len - off < sizeof(vec) * page ? len - off : sizeof(vec) * page;
+        if (mincore((void *)(addr + off), n, vec) != 0) {
+            wipe_bytes((void *)(addr + off), n); /* cannot tell: all of it */
+            continue;
+        }
+        for (size_t i = 0; i < n / page; i++) {
+            if (vec[i] & 1) {
+                wipe_bytes((void *)(addr + off + i * page), page);
+            }
+        }
+    }
+}
+
+/* Compare the canary with what is after the value (at p), remember a mismatch, forget it. */
+static void
+canary_compare(MappingObject *m, const void *p)
+{
+    if (memcmp(p, m->canary, (size_t)m->canary_len) != 0) {
+        m->flags |= MAP_F_CANARY_BAD;
+    }
+}
+
+/* The canary of private pages this thread cannot read, read by the kernel (/proc/self/mem
+ * ignores page rights and keys): nothing is opened.  Unchecked if that fails. */
+static void
+canary_check_by_kernel(MappingObject *m)
+{
+    unsigned char seen[CANARY_MAX];
+    int fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return;
+    }
+    ssize_t got = pread(fd, seen, (size_t)m->canary_len, (off_t)(m->addr + m->size));
+    (void)close(fd);
+    if (got == (ssize_t)m->canary_len) {
+        canary_compare(m, seen);
+    }
+}
+
+/* Discard the pages in place: the range stays mapped with rights prot and number pkey (-1:
+ * key 0), and reads as zeros.  0 or an errno (*what: the call). */
 static int
-mapping_release(MappingObject *m, int *canary_ok)
+mapping_discard(MappingObject *m, int prot, int pkey, const char **what)
+{
+    if (!(m->flags & MAP_F_SECRETMEM)) {
+        /* Private pages: dropped (locked ones must be unlocked first); if the kernel refuses,
+         * replaced like secret memory below. */
+        if (!(m->flags & MAP_F_LOCKED) ||
+            syscall(SYS_munlock, (void *)m->addr, m->len) == 0) {
+            m->flags &= ~MAP_F_LOCKED;
+            if (madvise((void *)m->addr, m->len, MADV_DONTNEED) == 0) {
+                return 0;
+            }
+        }
+    }
+    /* Secret memory cannot be discarded while mapped (no MADV_DONTNEED, no hole punch): a
+     * fresh private mapping replaces it, and the kernel zeroes the pages it frees. */
+    void *p = mmap((void *)m->addr, m->len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (p == MAP_FAILED) {
+        *what = "mmap";
+        return errno;
+    }
+    m->flags &= ~MAP_F_LOCKED;
+    (void)madvise(p, m->len, MADV_DONTDUMP);
+    if (m->flags & MAP_F_SECRETMEM) {
+        (void)madvise(p, m->len, MADV_DONTFORK); /* still a hole in a fork child */
+    }
+    if (pkey >= 0 && syscall(SYS_pkey_mprotect, m->addr, m->len, prot, pkey) != 0) {
+        *what = "pkey_mprotect";
+        return errno;
+    }
+    return 0;
+}
+
+/* Destroy the bytes of a secure mapping whose pages are in their current state (bound or not)
+ * and check its canary, never opening a page to another thread (see above).  in_place: the
+ * pages stay mapped with their rights and number, reading as zeros (interpreter exit, a guard
+ * still active); else they are about to be unmapped.  Sets MAP_F_WIPED (and MAP_F_CANARY_BAD).
+ * 0 or an errno (*what: the call); raises nothing. */
+static int
+mapping_scrub(MappingObject *m, int in_place, const char **what)
+{
+    if ((m->flags & (MAP_F_WIPE | MAP_F_WIPED)) != MAP_F_WIPE || mapping_absent(m)) {
+        return 0;
+    }
+    /* A fork child has zero pages here (or, on a kernel without WIPEONFORK, an intact copy):
+     * no canary to check either way. */
+    int check = m->canary_len > 0 && !mapping_inherited(m);
+    int prot, pkey, raisable;
+    mapping_pages_now(m, &prot, &pkey, &raisable);
+    int known = !(m->flags & MAP_F_UNKNOWN);
+    const int rw = PROT_READ | PROT_WRITE;
+    int e = 0;
+    m->flags |= MAP_F_WIPED; /* from here on the bytes are gone, or closed and going */
+    if (known && pkey >= 0 && ((prot & rw) == rw || raisable)) {
+        /* pku: this thread alone */
+        if ((prot & rw) != rw &&
+            syscall(SYS_pkey_mprotect, m->addr, m->len, prot | rw, pkey) != 0) {
+            *what = "pkey_mprotect";
+            e = errno;
+            goto closed;
+        }
+        uint32_t pkru = pkru_read();
+        pkru_write(pkru & ~(3u << (2 * pkey)));
+        if (check) {
+            canary_compare(m, (const void *)(m->addr + m->size));
+        }
+        zero_resident_pages(m->addr, m->len);
+        pkru_write(pkru);
+        wipe_bytes(m->canary, sizeof(m->canary));
+        if ((prot & rw) != rw &&
+            syscall(SYS_pkey_mprotect, m->addr, m->len, prot, pkey) != 0) {
+            *what = "pkey_mprotect"; /* zeros, open to this key's number only */
+            return errno;
+        }
+        return 0;
+    }
+closed:
+    if (check && known && pkey < 0 && (prot & PROT_READ)) {
+        canary_compare(m, (const void *)(m->addr + m->size)); /* every thread can read it */
+    }
+    else if (check && !(m->flags & MAP_F_SECRETMEM)) {
+        canary_check_by_kernel(m);
+    }
+    wipe_bytes(m->canary, sizeof(m->canary));
+    if (known && pkey < 0 && (prot & rw) == rw) {
+        zero_resident_pages(m->addr, m->len); /* every thread can write it: nothing opens */
+        return e;
+    }
+    if (!in_place) {
+        return e; /* munmap discards them */
+    }
+    const char *w = NULL;
+    int d = mapping_discard(m, prot, pkey, &w);
+    if (d != 0 && e == 0) {
+        *what = w;
+        e = d;
+    }
+    return e;
+}
+
+/* For the test hook: the pages of a wiped mapping about to be unmapped read as zeros and can
+ * be read by this thread (by every thread: key 0; they hold nothing). */
+static int
+mapping_show_zeros(MappingObject *m, const char **what)
+{
+    int e = mapping_discard(m, PROT_READ, -1, what);
+    if (e != 0 || (m->flags & MAP_F_SECRETMEM)) {
+        return e; /* a fresh mapping, readable and untagged */
+    }
+    long r = pku_enabled ? syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_READ, 0)
+                         : mprotect((void *)m->addr, m->len, PROT_READ);
+    if (r != 0) {
+        *what = pku_enabled ? "pkey_mprotect" : "mprotect";
+        return errno;
+    }
+    return 0;
+}
+
+/* Release the memory: destroy the bytes (WIPE, see "Wiping"), call the test hook, munmap.
+ * The mapping is marked released first, so nothing can reach it twice.  *canary_ok is set to
+ * 0 if the canary after the value was overwritten.  The mapping is unbound: a bound one is
+ * wiped while bound, and e/what carry the error of that wipe (mapping_close_now). */
+static int
+mapping_release(MappingObject *m, int *canary_ok, int e, const char *what)
 {
     *canary_ok = 1;
     uintptr_t base = m->base;
@@ -1015,50 +1259,105 @@ mapping_release(MappingObject *m, int *canary_ok)
     }
     m->base = 0;
     fault_table_remove(m->addr);
-    wipe_unregister(m);
     if (mapping_absent(m)) { /* nothing of it in this process: the address is not ours */
+        wipe_unregister(m);
         return 0;
     }
     int rc = 0;
-    if (m->flags & MAP_F_WIPE) {
-        /* Open the pages to this thread: their own rights may be closed, and on pku they may
-         * still carry the key of a binding that was just ended without untagging (the pages
-         * were about to go): back to key 0, which every thread may use. */
-        long r = pku_enabled
-                     ? syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_READ | PROT_WRITE, 0)
-                     : mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE);
-        if (r != 0) {
-            raise_errno(errno, pku_enabled ? "pkey_mprotect" : "mprotect");
+    if (e == 0) {
+        e = mapping_scrub(m, 0, &what);
+    }
+    *canary_ok = !(m->flags & MAP_F_CANARY_BAD);
+    m->flags &= ~MAP_F_CANARY_BAD;
+    if (e == 0 && (m->flags & MAP_F_WIPE) && m->on_release != NULL &&
+        (e = mapping_show_zeros(m, &what)) == 0) {
+        /* the pages read as zeros here, and no page ever held the secret open.  The hook is
+         * Python code: a fork there must leave the child its own copy to unmap, not a hole
+         * that its next mapping lands in (secret memory is DONTFORK): the mapping stays on
+         * the wipe list, marked releasing, and fork_child() fills the hole. */
+        m->releasing = base;
+        PyObject *r = PyObject_CallFunction(m->on_release, "KK", (unsigned long long)m->addr,
+                                            (unsigned long long)m->len);
+        m->releasing = 0;
+        if (r == NULL) {
             rc = -1;
         }
-        else {
-            /* A fork child has zero pages here (or, on a kernel without WIPEONFORK, an
-             * intact copy): no canary to check either way. */
-            if (m->canary_len > 0 && !mapping_inherited(m) && !(m->flags & MAP_F_WIPED)) {
-                *canary_ok = memcmp((void *)(m->addr + m->size), m->canary,
-                                    (size_t)m->canary_len) == 0;
-            }
-            wipe_bytes((void *)m->addr, m->len);
-            wipe_bytes(m->canary, sizeof(m->canary));
-            if (m->on_release != NULL) {
-                PyObject *r = PyObject_CallFunction(m->on_release, "KK",
-                                                    (unsigned long long)m->addr,
-                                                    (unsigned long long)m->len);
-                if (r == NULL) {
-                    rc = -1;
-                }
-                Py_XDECREF(r);
-            }
+        Py_XDECREF(r);
+    }
+    wipe_unregister(m);
+    if (mapping_absent(m)) { /* a raw clone(2) child ran the hook on: not ours any more */
+        if (e != 0 && rc == 0) {
+            raise_errno(e, what);
+            rc = -1;
         }
+        return rc;
     }
-    if (m->flags & MAP_F_LOCKED) {
-        (void)syscall(SYS_munlock, (void *)m->addr, m->len);
+    if (munmap((void *)base, m->total) != 0) {
+        if (e == 0) {
+            e = errno;
+            what = "munmap";
+        }
+        /* kept (leaked): its bytes discarded unless they were zeroed, and closed */
+        if (m->flags & MAP_F_WIPE) {
+            const char *w = NULL;
+            (void)mapping_discard(m, PROT_NONE, -1, &w);
+        }
+        (void)mprotect((void *)base, m->total, PROT_NONE);
     }
-    if (munmap((void *)base, m->total) != 0 && rc == 0) {
-        raise_errno(errno, "munmap");
+    if (e != 0 && rc == 0) {
+        raise_errno(e, what);
         rc = -1;
     }
     return rc;
+}
+
+/* close() and interpreter exit: wipe the bytes while the pages are still bound (their state
+ * is known), end the binding without untagging, release the memory. */
+static int
+mapping_close_now(MappingObject *m, int *canary_ok)
+{
+    const char *what = NULL;
+    int e = mapping_scrub(m, 0, &what);
+    BindingObject *b = m->binding;
+    if (b != NULL) {
+        Py_INCREF(b);
+        (void)binding_end(b, UNTAG_NO); /* fails only when untagging */
+        Py_DECREF(b);
+    }
+    return mapping_release(m, canary_ok, e, what);
+}
+
+/* The collector is taking a bound secure mapping apart (tp_clear): wipe it now, while its
+ * pages' state is known; the forced untag that follows closes them (binding_end). */
+static void
+mapping_collect_wipe(MappingObject *m)
+{
+    const char *what = NULL;
+    int e = mapping_scrub(m, 0, &what);
+    if (e != 0) {
+        raise_errno(e, what);
+        write_unraisable("pkeyguard: wiping a collected secure region");
+    }
+}
+
+/* Fault in every page of a new memfd_secret mapping, so that a page the kernel cannot back
+ * fails the creation instead of killing the process at its first touch.  Some kernels charge
+ * secret memory against RLIMIT_MEMLOCK only when a page is first touched, and answer a touch
+ * over the limit with SIGBUS (Debian's 6.1.0-57, Linux 6.1.192, even with CAP_IPC_LOCK);
+ * MADV_POPULATE_WRITE and mlock refuse secret memory (EINVAL), and it has no fallocate.  So the
+ * kernel writes into each page for us: rt_sigprocmask() stores the signal mask there with
+ * put_user(), and a page it cannot back makes the call fail (EFAULT) instead.  0 or an errno. */
+static int
+secretmem_populate(uintptr_t addr, size_t len)
+{
+    for (size_t off = 0; off < len; off += (size_t)page_size) {
+        void *p = (void *)(addr + off);
+        if (syscall(SYS_rt_sigprocmask, SIG_BLOCK, NULL, p, sizeof(uint64_t)) != 0) {
+            return errno;
+        }
+        wipe_bytes(p, sizeof(uint64_t)); /* a new page starts zeroed */
+    }
+    return 0;
 }
 
 static int
@@ -1118,7 +1417,9 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     size_t page = (size_t)page_size;
     size_t len = ((size_t)size + (size_t)canary_size + page - 1) / page * page;
-    size_t total = len + (guard_pages ? 2 * page : 0);
+    /* A PROT_NONE page on each side: a guard page, or for a region without guard pages a
+     * spacer, so that the region's pages are a mapping entry of their own (see "Spacers"). */
+    size_t total = len + 2 * page;
     void *base = mmap(NULL, total, guard_pages ? PROT_NONE : PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
@@ -1126,7 +1427,7 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(m);
         return NULL;
     }
-    uintptr_t addr = (uintptr_t)base + (guard_pages ? page : 0);
+    uintptr_t addr = (uintptr_t)base + page;
     if (secretmem) {
         wipe = 1; /* on the wipe list: fork_child() finds it there */
     }
@@ -1164,6 +1465,16 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             goto fail;
         }
         flags |= MAP_F_SECRETMEM;
+        e = secretmem_populate(addr, len);
+        if (e != 0) {
+            /* EFAULT: the kernel would not back a page.  Other kernels refuse the same
+             * request at mmap (EAGAIN over RLIMIT_MEMLOCK): report it the same way. */
+            struct rlimit rl;
+            int limited = getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY;
+            errno = e != EFAULT ? e : limited ? EAGAIN : ENOMEM;
+            failed = "mmap";
+            goto fail;
+        }
         if (madvise(base, total, MADV_DONTFORK) != 0) {
             failed = "madvise";
             goto fail;
@@ -1171,6 +1482,11 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         lock = wipeonfork = 0; /* locked by the kernel; WIPEONFORK is for private pages */
     }
     else if (guard_pages && mprotect((void *)addr, len, PROT_READ | PROT_WRITE) != 0) {
+        failed = "mprotect";
+        goto fail;
+    }
+    if (!guard_pages && (mprotect(base, page, PROT_NONE) != 0 ||
+                         mprotect((void *)(addr + len), page, PROT_NONE) != 0)) {
         failed = "mprotect";
         goto fail;
     }
@@ -1182,6 +1498,13 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             failed = "madvise";
             goto fail;
         }
+    }
+    else if ((madvise(base, page, MADV_DONTDUMP) != 0 ||
+              madvise((void *)(addr + len), page, MADV_DONTDUMP) != 0) &&
+             errno != EINVAL) {
+        /* the side pages differ from the region's in a flag: never merged with it */
+        failed = "madvise";
+        goto fail;
     }
     if (wipeonfork) {
         if (madvise((void *)addr, len, MADV_WIPEONFORK) == 0) {
@@ -1271,9 +1594,11 @@ Mapping_traverse(MappingObject *m, visitproc visit, void *arg)
 static int
 Mapping_clear(MappingObject *m)
 {
-    /* In a garbage cycle with its binding: untag now; the memory goes in the deallocator. */
+    /* In a garbage cycle with its binding: wipe (while the pages' state is known) and untag
+     * now; the memory goes in the deallocator. */
     BindingObject *b = m->binding;
     if (b != NULL) {
+        mapping_collect_wipe(m);
         Py_INCREF(b);
         if (binding_end(b, UNTAG_FORCE) < 0) {
             write_unraisable("pkeyguard: untagging a collected region");
@@ -1292,7 +1617,7 @@ Mapping_dealloc(MappingObject *m)
     PyErr_Fetch(&et, &ev, &tb);
     /* A bound mapping is held by its binding: none reaches its deallocator bound. */
     int canary_ok;
-    if (mapping_release(m, &canary_ok) < 0) {
+    if (mapping_release(m, &canary_ok, 0, NULL) < 0) {
         write_unraisable("pkeyguard: releasing a region's memory");
     }
     else if (!canary_ok) {
@@ -1322,15 +1647,9 @@ Mapping_close(MappingObject *m, PyObject *Py_UNUSED(ignored))
                                 "active; leave their 'with' blocks first",
                                 (PyObject *)m, b->active);
         }
-        Py_INCREF(b);
-        int rc = binding_end(b, 0); /* no re-tag: the pages are unmapped next */
-        Py_DECREF(b);
-        if (rc < 0) {
-            return NULL;
-        }
     }
     int canary_ok;
-    if (mapping_release(m, &canary_ok) < 0) {
+    if (mapping_close_now(m, &canary_ok) < 0) {
         return NULL;
     }
     if (!canary_ok) {
@@ -1752,6 +2071,7 @@ static int
 Binding_clear(BindingObject *b)
 {
     if (b->live) {
+        mapping_collect_wipe(b->mapping); /* garbage too: it holds this binding */
         Py_INCREF(b);
         if (binding_end(b, UNTAG_FORCE) < 0) {
             write_unraisable("pkeyguard: untagging a collected association");
@@ -4063,42 +4383,10 @@ core_memfd_secret_errno(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 #endif
 }
 
-/* Zero a secure region in place, for a thread that may have no rights to it right now. */
-static void
-mapping_zero_in_place(MappingObject *m)
-{
-    int applied = m->prot;
-    int pkey = -1;
-    BindingObject *b = m->binding;
-    if (b != NULL && b->key->mode == MODE_MPROTECT) {
-        applied = prot_for_level(m->prot, b->key->effective_level);
-    }
-    if (b != NULL && mode_is_pool(b->key->mode)) {
-        applied = key_page_prot(b->key, m);
-        if (b->key->mode == MODE_PKU) {
-            pkey = b->key->hw; /* -1 when parked: key 0 there, open to every thread */
-        }
-    }
-    if (mapping_absent(m) || mprotect((void *)m->addr, m->len, PROT_READ | PROT_WRITE) != 0) {
-        return;
-    }
-    uint32_t pkru = 0;
-    if (pkey >= 0) {
-        pkru = pkru_read();
-        pkru_write(pkru & ~(3u << (2 * pkey)));
-    }
-    wipe_bytes((void *)m->addr, m->len);
-    if (pkey >= 0) {
-        pkru_write(pkru);
-    }
-    (void)mprotect((void *)m->addr, m->len, applied);
-    m->flags |= MAP_F_WIPED;
-}
-
-/* At interpreter exit (an atexit hook): every secure region still open is released (zeroed,
+/* At interpreter exit (an atexit hook): every secure region still open is released (wiped,
  * then unmapped), except one that a guard is using right now (a daemon thread inside
- * reveal(), say): that one is zeroed in place and left mapped, so the daemon reads zeros
- * instead of faulting. */
+ * reveal(), say): that one is wiped in place and left mapped with its rights, so the daemon
+ * reads zeros instead of faulting. */
 static PyObject *
 core_wipe_at_exit(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
@@ -4120,21 +4408,16 @@ core_wipe_at_exit(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
         }
         BindingObject *b = m->binding;
         if (b != NULL && b->active > 0) {
-            mapping_zero_in_place(m);
+            const char *what = NULL;
+            int e = mapping_scrub(m, 1, &what);
+            if (e != 0) {
+                raise_errno(e, what);
+                write_unraisable("pkeyguard: wiping a secure region in use at exit");
+            }
             continue;
         }
-        if (b != NULL) {
-            Py_INCREF(b);
-            int rc = binding_end(b, 0);
-            Py_DECREF(b);
-            if (rc < 0) {
-                write_unraisable("pkeyguard: releasing a secure region at exit");
-                mapping_zero_in_place(m);
-                continue;
-            }
-        }
         int canary_ok;
-        if (mapping_release(m, &canary_ok) < 0) {
+        if (mapping_close_now(m, &canary_ok) < 0) {
             write_unraisable("pkeyguard: releasing a secure region at exit");
         }
         else if (!canary_ok) {

@@ -436,6 +436,7 @@ key_retag(KeyObject *k, int h, int back, unsigned long long *count, int *mixed)
                 if (pool_tag(k->mode, q, back >= 0 ? q->prot : PROT_NONE,
                              back >= 0 ? back : 0) != 0) {
                     *mixed = 1;
+                    q->flags |= MAP_F_UNKNOWN; /* it kept h, while its key's books say back */
                 }
             }
             return e;

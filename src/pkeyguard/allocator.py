@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import atexit
 import errno
+import os
 import resource
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, get_args
@@ -79,6 +80,49 @@ def secret_memory() -> tuple[Literal["memfd_secret", "mmap"], str]:
 
 R = TypeVar("R")
 
+#: CAP_IPC_LOCK's bit in the capability sets (linux/capability.h).
+_CAP_IPC_LOCK = 14
+
+
+def _has_cap_ipc_lock() -> bool:
+    """Whether this thread's effective capabilities hold CAP_IPC_LOCK (which lifts
+    RLIMIT_MEMLOCK for mlock and, on most kernels, for secret memory)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_IPC_LOCK & 1)
+    except (OSError, ValueError):
+        pass
+    return False  # unknown: the limit is the safer reading
+
+
+def _check_lockable(need: int, *, secretmem: bool) -> None:
+    """Refuse, before anything is mapped, locked memory that can never be backed: more than
+    the machine's memory, or more than RLIMIT_MEMLOCK allows (without CAP_IPC_LOCK).
+
+    The kernel would refuse the second too, but only once the range is reserved (and some
+    kernels only at the first touch of a page, see SECURITY.md); the first it would accept,
+    and every touch of a page would then fault memory in until the OOM killer ends the
+    process."""
+    physical = os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE
+    if physical > 0 and need > physical:
+        raise RegionError(
+            f"a secure region of {need} bytes (the value and its canary, in whole pages) cannot "
+            f"be backed: its pages are locked in memory, and this machine has {physical} bytes"
+        )
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == resource.RLIM_INFINITY or need <= soft or _has_cap_ipc_lock():
+        return
+    what = "map locked secret memory for" if secretmem else "mlock"
+    err = MprotectError(
+        errno.EAGAIN if secretmem else errno.ENOMEM,
+        f"cannot {what} a secure region of {need} bytes: RLIMIT_MEMLOCK is {soft} bytes and "
+        f"locked memory counts against it; {_RLIMIT_HINT}",
+    )
+    err.syscall = "mmap" if secretmem else "mlock"
+    raise err
+
 
 def round_to_pages(size: int) -> int:
     """``size`` rounded up to a whole number of pages."""
@@ -106,8 +150,9 @@ class Allocator(abc.ABC):
         """A clearer error for a failed mapping (the default: unchanged)."""
         return exc
 
-    def _map(self, make: Callable[..., R]) -> R:
-        """``make(**options)``: the core's mapping, with a clearer error if it fails."""
+    def _map(self, make: Callable[..., R], size: int) -> R:
+        """``make(**options)``: the core's mapping of ``size`` bytes, with a clearer error if
+        it fails."""
         try:
             return make(**self._options())
         except MprotectError as exc:
@@ -136,7 +181,10 @@ class Secure(Allocator):
     - a random canary right after the value is checked on release: a small overflow raises
       :class:`CanaryError` instead of passing silently;
     - the pages are zeroed before they are unmapped, whoever releases them (``close()``, the
-      garbage collector); at interpreter exit, secure regions still open are zeroed.
+      garbage collector); at interpreter exit, secure regions still open are zeroed;
+    - locked pages are allocated when the region is made, so one that cannot be backed fails
+      there (:class:`MprotectError` naming ``RLIMIT_MEMLOCK``, or :class:`RegionError` for a
+      size larger than the machine's memory), never with ``SIGBUS`` at a later touch.
 
     ``backing`` says where the pages come from:
 
@@ -195,17 +243,22 @@ class Secure(Allocator):
             "secretmem": self.backing == "memfd_secret",
         }
 
-    def _map(self, make: Callable[..., R]) -> R:
+    def _map(self, make: Callable[..., R], size: int) -> R:
         """``auto``: memfd_secret first, then private memory if the kernel has none."""
-        if self.backing != "auto" or not self.lock or secret_memory()[0] == "mmap":
-            return super()._map(make)
+        secretmem = self.backing == "memfd_secret" or (
+            self.backing == "auto" and self.lock and secret_memory()[0] == "memfd_secret"
+        )
+        if self.lock:
+            _check_lockable(round_to_pages(size + self.canary_size), secretmem=secretmem)
+        if self.backing != "auto" or not secretmem:
+            return super()._map(make, size)
         try:
             return make(**{**self._options(), "secretmem": True})
         except MprotectError as exc:
             if exc.syscall != "memfd_secret" or exc.errno not in _SECRETMEM_MISSING:
                 raise self._explain(exc, secretmem=True) from None
             _secretmem_missing.append(exc.errno)
-        return super()._map(make)
+        return super()._map(make, size)
 
     def _explain(self, exc: MprotectError, *, secretmem: bool | None = None) -> MprotectError:
         if secretmem is None:

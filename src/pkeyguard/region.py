@@ -341,7 +341,8 @@ def _new_region(
             ctype=vt if kind == "composite" else None,
             view_types=_VIEW_TYPES[kind],
             label=f"{name} ({what})" if name else what,
-        )
+        ),
+        size,
     )
     # If anything interrupts us from here on, the object is dropped and its memory unmapped.
     self._kind = kind

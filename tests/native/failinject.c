@@ -2,7 +2,7 @@
  *
  * Interposes the libc entry points the core uses (mprotect, mmap, munmap, madvise, mlock,
  * munlock, ftruncate, fallocate, close, and syscall() for pkey_mprotect, pkey_alloc,
- * pkey_free and memfd_secret).  Only calls made *from the core* (the caller's return address
+ * pkey_free, memfd_secret and rt_sigprocmask, which the core uses to fault in secret memory).  Only calls made *from the core* (the caller's return address
  * lies in an object whose path contains "_core") are counted and can fail, so the
  * interpreter's own allocations never do.  Armed at run time through ctypes
  * (tests/failinject.py):
@@ -40,11 +40,13 @@
 
 enum {
     FI_MPROTECT, FI_PKEY_MPROTECT, FI_PKEY_ALLOC, FI_PKEY_FREE, FI_MEMFD_SECRET, FI_MMAP,
-    FI_MUNMAP, FI_MADVISE, FI_MLOCK, FI_MUNLOCK, FI_FTRUNCATE, FI_FALLOCATE, FI_CLOSE, FI_COUNT
+    FI_MUNMAP, FI_MADVISE, FI_MLOCK, FI_MUNLOCK, FI_FTRUNCATE, FI_FALLOCATE, FI_CLOSE,
+    FI_RT_SIGPROCMASK, FI_COUNT
 };
 static const char *const fi_names[FI_COUNT] = {
     "mprotect", "pkey_mprotect", "pkey_alloc", "pkey_free", "memfd_secret", "mmap",
     "munmap", "madvise", "mlock", "munlock", "ftruncate", "fallocate", "close",
+    "rt_sigprocmask",
 };
 
 static struct {
@@ -252,6 +254,7 @@ syscall(long number, ...)
     case SYS_pkey_alloc: which = FI_PKEY_ALLOC; break;
     case SYS_pkey_free: which = FI_PKEY_FREE; break;
     case SYS_memfd_secret: which = FI_MEMFD_SECRET; break;
+    case SYS_rt_sigprocmask: which = FI_RT_SIGPROCMASK; break;
     default: break;
     }
     if (which >= 0 && fi_should_fail(which, __builtin_return_address(0)))

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_test_the_threat_model_names_exists() -> None:
     text = (ROOT / "SECURITY.md").read_text()
     table = text[text.index("## Threat model") :]
+    table = table[: table.find("\n## ", 1)] if "\n## " in table else table  # its section
     refs = re.findall(r"`(tests/[\w/]+\.py)((?:::\w+)*)(?:\[[^\]]*\])?`", table)
     assert len(refs) >= 15, refs
     for path, names in refs:
