@@ -369,6 +369,12 @@ class Secret(Unshareable):
         Any readable file: a regular file, a pipe or FIFO, ``/dev/stdin``, a ``/proc`` file
         (which reports size 0).  See :meth:`from_fd` for ``max_size``.
         """
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            # open() would take an int as a descriptor to read and then close
+            raise ArgumentTypeError(
+                f"path must be a str or an os.PathLike (from_fd reads a descriptor), "
+                f"not {type(path).__name__}"
+            )
         name = _check_name(name, RegionTypeError)
         with open(path, "rb", buffering=0) as f:
             return cls.from_fd(f.fileno(), max_size=max_size, name=name)

@@ -179,6 +179,18 @@ class TestRefused:
             Secret.from_fd(0, max_size=0)
         with pytest.raises(OSError):
             Secret.from_fd(987654)  # not open
+        # a descriptor is no path: from_file must neither read it nor close it
+        r, w = os.pipe()
+        os.write(w, b"not for from_file")
+        os.close(w)  # (the old code read it to its end: let that end come)
+        try:
+            for not_a_path in (r, True, 1.5, None):
+                with pytest.raises(ArgumentTypeError, match="from_fd"):
+                    Secret.from_file(not_a_path)  # type: ignore[arg-type]
+            os.fstat(r)  # still open
+            assert os.read(r, 100) == b"not for from_file"  # and unread
+        finally:
+            os.close(r)
         # numbers beyond a C int name no descriptor either: the same error, not OverflowError
         for fd in (1 << 40, -(1 << 40), -1):
             with pytest.raises(OSError) as info:
