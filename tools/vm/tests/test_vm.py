@@ -170,7 +170,7 @@ def test_a_cached_kernel_other_than_the_pin_is_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     package, deb_version = vm.PINNED_KERNELS["release"]
-    _fake_kernel_dir(tmp_path / "kernel", "linux-image-6.1.0-57-amd64", "6.1.192-3")
+    _fake_kernel_dir(tmp_path / "kernel", "linux-image-6.1.0-1-amd64", "6.1.4-1")
     asked: list[str] = []
 
     def download(spec: str, *args: object, **kwargs: object) -> None:

@@ -146,7 +146,7 @@ DEFAULT_KERNEL: Final = "release"
 # ``follow_kernel=True`` (``--follow-kernel``) boots what linux-image-amd64 resolves to today:
 # to try Debian's newest before moving a pin.  Every run prints the kernel it boots.
 PINNED_KERNELS: Final[Mapping[str, tuple[str, str]]] = {
-    "release": ("linux-image-6.1.0-50-amd64", "6.1.176-1"),
+    "release": ("linux-image-6.1.0-57-amd64", "6.1.192-3"),
     "backports": ("linux-image-6.12.95+deb12-amd64", "6.12.95-1~bpo12+1"),
 }
 DEBIAN_ARCHIVE: Final = "http://deb.debian.org/debian"
@@ -205,7 +205,7 @@ class Kernel:
     followed: bool = False  # what linux-image-amd64 resolved to, not the pin
 
     def describe(self) -> str:
-        """``6.1.0-50-amd64 (linux-image-6.1.0-50-amd64 6.1.176-1, pinned)``: for the log."""
+        """``6.1.0-57-amd64 (linux-image-6.1.0-57-amd64 6.1.192-3, pinned)``: for the log."""
         how = "followed linux-image-amd64" if self.followed else "pinned"
         return f"{self.version} ({self.package} {self.deb_version or '?'}, {how})"
 
