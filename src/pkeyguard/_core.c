@@ -965,6 +965,24 @@ static const char secret_unavailable_msg[] =
     "parent's secret bytes (it has zero pages there), so it cannot be revealed, read or "
     "written here; make or load the secret again in the child (closing it works)";
 
+/* Fork child: the zero pages of an inherited secure mapping are closed (PROT_NONE, the pku
+ * number kept), and its own rights become PROT_NONE, so every later switch (a guard's exit, a
+ * key's level on the mprotect backend) keeps them closed.  A memoryview exported before the
+ * fork then faults in the child instead of reading zeros as if they were the secret (an HMAC
+ * under an all-zero key).  If the mprotect fails the pages keep their rights: zeros, as before. */
+static void
+mapping_close_inherited(MappingObject *m)
+{
+    BindingObject *b = m->binding;
+    KeyObject *k = b != NULL ? b->key : NULL;
+    long rc = k != NULL && k->mode == MODE_PKU
+                  ? syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_NONE, key_page_pkey(k))
+                  : mprotect((void *)m->addr, m->len, PROT_NONE);
+    if (rc == 0) {
+        m->prot = PROT_NONE;
+    }
+}
+
 static void
 mapping_fill_hole(MappingObject *m)
 {
@@ -980,24 +998,22 @@ mapping_fill_hole(MappingObject *m)
     }
     (void)madvise(p, m->total, MADV_DONTDUMP);
     (void)madvise(p, m->total, MADV_DONTFORK);
-    BindingObject *b = m->binding;
-    KeyObject *k = b != NULL ? b->key : NULL;
     if (m->base == 0) { /* released but for the hook: zeros it may read (mapping_show_zeros) */
         (void)mprotect((void *)m->addr, m->len, PROT_READ);
+        return;
     }
-    else if (k != NULL && k->mode == MODE_PKU) {
-        (void)syscall(SYS_pkey_mprotect, m->addr, m->len, key_page_prot(k, m), key_page_pkey(k));
+    BindingObject *b = m->binding;
+    KeyObject *k = b != NULL ? b->key : NULL;
+    if (k != NULL && k->mode == MODE_PKU) { /* closed, with the key's number */
+        (void)syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_NONE, key_page_pkey(k));
     }
-    else {
-        int prot = k != NULL && k->mode == MODE_MPROTECT ? prot_for_level(m->prot, k->effective_level)
-                   : k != NULL && k->mode == MODE_SIM    ? key_page_prot(k, m)
-                                                         : m->prot;
-        (void)mprotect((void *)m->addr, m->len, prot);
-    }
+    m->prot = PROT_NONE; /* mapped PROT_NONE above */
 }
 
 /* pthread_atfork child handler: only system calls, and the wipe list is stable (it changes
- * with the GIL held, and fork() runs with the GIL held). */
+ * with the GIL held, and fork() runs with the GIL held).  Every inherited secure mapping is
+ * closed (see mapping_close_inherited); secret memory holes are filled with closed zero pages
+ * first. */
 static void
 fork_child(void)
 {
@@ -1005,9 +1021,14 @@ fork_child(void)
     pool_threads_fork_child();
     fork_child_expire_secure_views();
     for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
-        if ((m->base != 0 || m->releasing != 0) && (m->flags & MAP_F_SECRETMEM) &&
-            !(m->flags & MAP_F_LOST)) {
+        if (m->flags & MAP_F_LOST) {
+            continue;
+        }
+        if ((m->base != 0 || m->releasing != 0) && (m->flags & MAP_F_SECRETMEM)) {
             mapping_fill_hole(m);
+        }
+        else if (m->base != 0) {
+            mapping_close_inherited(m);
         }
     }
 }
