@@ -948,6 +948,7 @@ mapping_absent(MappingObject *m)
 }
 
 static void fork_child_expire_secure_views(void);
+static int fork_child_writing(MappingObject *m);
 
 /* Secure memory (zeroed on release, wiped or left out on fork) that a fork child inherited:
  * its bytes did not come along (zero pages, or a hole), so nothing may read or write it as
@@ -969,10 +970,17 @@ static const char secret_unavailable_msg[] =
  * number kept), and its own rights become PROT_NONE, so every later switch (a guard's exit, a
  * key's level on the mprotect backend) keeps them closed.  A memoryview exported before the
  * fork then faults in the child instead of reading zeros as if they were the secret (an HMAC
- * under an all-zero key).  If the mprotect fails the pages keep their rights: zeros, as before. */
+ * under an all-zero key).  If the mprotect fails the pages keep their rights: zeros, as before.
+ * Pages the forking thread holds open for writing (a Secret's fill in progress: its reader or
+ * writer may go on writing into the buffer in the child before the fill sees the fork and
+ * raises) stay writable zero pages: what a write guard's view reads there is only what the
+ * child wrote itself. */
 static void
 mapping_close_inherited(MappingObject *m)
 {
+    if (fork_child_writing(m)) {
+        return;
+    }
     BindingObject *b = m->binding;
     KeyObject *k = b != NULL ? b->key : NULL;
     long rc = k != NULL && k->mode == MODE_PKU
@@ -1004,6 +1012,20 @@ mapping_fill_hole(MappingObject *m)
     }
     BindingObject *b = m->binding;
     KeyObject *k = b != NULL ? b->key : NULL;
+    if (fork_child_writing(m)) { /* its rights and key, as in mapping_close_inherited */
+        if (k != NULL && k->mode == MODE_PKU) {
+            (void)syscall(SYS_pkey_mprotect, m->addr, m->len, key_page_prot(k, m),
+                          key_page_pkey(k));
+        }
+        else {
+            int prot = k != NULL && k->mode == MODE_MPROTECT
+                           ? prot_for_level(m->prot, k->effective_level)
+                       : k != NULL && k->mode == MODE_SIM ? key_page_prot(k, m)
+                                                          : m->prot;
+            (void)mprotect((void *)m->addr, m->len, prot);
+        }
+        return;
+    }
     if (k != NULL && k->mode == MODE_PKU) { /* closed, with the key's number */
         (void)syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_NONE, key_page_pkey(k));
     }
@@ -1867,6 +1889,18 @@ fork_child_expire_secure_views(void)
                                see the old generation and leave this count alone) */
         }
     }
+}
+
+/* Fork child: whether the forking thread holds an active write guard over m. */
+static int
+fork_child_writing(MappingObject *m)
+{
+    for (GuardObject *g = tls_stack != NULL ? tls_stack->top : NULL; g != NULL; g = g->prev) {
+        if (g->level == LEVEL_WRITE && g->binding != NULL && g->binding->mapping == m) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* The rights members and guard classes, registered by pkeyguard at import. */
