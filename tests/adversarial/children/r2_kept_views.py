@@ -25,7 +25,7 @@ from pkeyguard import (
     allocator,
 )
 from tests import failinject
-from tests.adversarial.childlib import NA, RW, params
+from tests.adversarial.childlib import NA, PAGE, RW, params
 from tests.support import perms_at
 
 NEW = b"NEWSECRET" + b"!" * 23
@@ -48,22 +48,23 @@ def read_by_kernel(address: int, n: int) -> bytes:
 
 def assert_held_and_never_reused(address: int) -> None:
     """The stale range is reserved and closed, and nothing mapped later lands in it."""
-    assert perms_at(address) == "---p", f"{address:#x}: {perms_at(address)!r}"
-    assert read_by_kernel(address, 16) == bytes(16), "the held range kept bytes"
     later: list[Secret] = []
     regions: list[RegionGuard[bytes]] = []
     for _ in range(48):
         s = Secret.from_bytes(bytearray(NEW))
+        # its whole span: the guard (or spacer) page on each side, one page of value
         lo = s.address
-        assert not lo <= address < lo + allocator.PAGE_SIZE, (
+        assert not lo - PAGE <= address < lo + 2 * PAGE, (
             "a later secret was mapped where the stale memoryview points"
         )
         later.append(s)
         r = RegionGuard(32, allocator=allocator.Secure(backing=str(params()["backing"])))  # type: ignore[arg-type]
-        assert not r.address <= address < r.address + allocator.PAGE_SIZE, (
+        assert not r.address - PAGE <= address < r.address + 2 * PAGE, (
             "a later region was mapped where the stale memoryview points"
         )
         regions.append(r)
+    assert perms_at(address) == "---p", f"{address:#x}: {perms_at(address)!r}"
+    assert read_by_kernel(address, 16) == bytes(16), "the held range kept bytes"
     for s in later:
         s.close()
     for r in regions:
