@@ -370,6 +370,8 @@ struct MappingObject {
     char swap;             /* scalar stored in the non-native byte order */
     MappingObject *wipe_prev, *wipe_next; /* the registry of mappings to wipe at exit */
     uintptr_t releasing;   /* base while its release runs the test hook (Python code) */
+    Py_ssize_t exports;    /* live buffer exports of views over it (all guards) */
+    struct HeldRange *held; /* its released range, kept reserved while exports live */
 };
 
 struct BindingObject {
@@ -948,6 +950,8 @@ mapping_absent(MappingObject *m)
 }
 
 static void fork_child_expire_secure_views(void);
+static void held_fork_child(void);
+static int fork_child_writing(MappingObject *m);
 
 /* Secure memory (zeroed on release, wiped or left out on fork) that a fork child inherited:
  * its bytes did not come along (zero pages, or a hole), so nothing may read or write it as
@@ -965,6 +969,31 @@ static const char secret_unavailable_msg[] =
     "parent's secret bytes (it has zero pages there), so it cannot be revealed, read or "
     "written here; make or load the secret again in the child (closing it works)";
 
+/* Fork child: the zero pages of an inherited secure mapping are closed (PROT_NONE, the pku
+ * number kept), and its own rights become PROT_NONE, so every later switch (a guard's exit, a
+ * key's level on the mprotect backend) keeps them closed.  A memoryview exported before the
+ * fork then faults in the child instead of reading zeros as if they were the secret (an HMAC
+ * under an all-zero key).  If the mprotect fails the pages keep their rights: zeros, as before.
+ * Pages the forking thread holds open for writing (a Secret's fill in progress: its reader or
+ * writer may go on writing into the buffer in the child before the fill sees the fork and
+ * raises) stay writable zero pages: what a write guard's view reads there is only what the
+ * child wrote itself. */
+static void
+mapping_close_inherited(MappingObject *m)
+{
+    if (fork_child_writing(m)) {
+        return;
+    }
+    BindingObject *b = m->binding;
+    KeyObject *k = b != NULL ? b->key : NULL;
+    long rc = k != NULL && k->mode == MODE_PKU
+                  ? syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_NONE, key_page_pkey(k))
+                  : mprotect((void *)m->addr, m->len, PROT_NONE);
+    if (rc == 0) {
+        m->prot = PROT_NONE;
+    }
+}
+
 static void
 mapping_fill_hole(MappingObject *m)
 {
@@ -980,34 +1009,52 @@ mapping_fill_hole(MappingObject *m)
     }
     (void)madvise(p, m->total, MADV_DONTDUMP);
     (void)madvise(p, m->total, MADV_DONTFORK);
-    BindingObject *b = m->binding;
-    KeyObject *k = b != NULL ? b->key : NULL;
     if (m->base == 0) { /* released but for the hook: zeros it may read (mapping_show_zeros) */
         (void)mprotect((void *)m->addr, m->len, PROT_READ);
+        return;
     }
-    else if (k != NULL && k->mode == MODE_PKU) {
-        (void)syscall(SYS_pkey_mprotect, m->addr, m->len, key_page_prot(k, m), key_page_pkey(k));
+    BindingObject *b = m->binding;
+    KeyObject *k = b != NULL ? b->key : NULL;
+    if (fork_child_writing(m)) { /* its rights and key, as in mapping_close_inherited */
+        if (k != NULL && k->mode == MODE_PKU) {
+            (void)syscall(SYS_pkey_mprotect, m->addr, m->len, key_page_prot(k, m),
+                          key_page_pkey(k));
+        }
+        else {
+            int prot = k != NULL && k->mode == MODE_MPROTECT
+                           ? prot_for_level(m->prot, k->effective_level)
+                       : k != NULL && k->mode == MODE_SIM ? key_page_prot(k, m)
+                                                          : m->prot;
+            (void)mprotect((void *)m->addr, m->len, prot);
+        }
+        return;
     }
-    else {
-        int prot = k != NULL && k->mode == MODE_MPROTECT ? prot_for_level(m->prot, k->effective_level)
-                   : k != NULL && k->mode == MODE_SIM    ? key_page_prot(k, m)
-                                                         : m->prot;
-        (void)mprotect((void *)m->addr, m->len, prot);
+    if (k != NULL && k->mode == MODE_PKU) { /* closed, with the key's number */
+        (void)syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_NONE, key_page_pkey(k));
     }
+    m->prot = PROT_NONE; /* mapped PROT_NONE above */
 }
 
 /* pthread_atfork child handler: only system calls, and the wipe list is stable (it changes
- * with the GIL held, and fork() runs with the GIL held). */
+ * with the GIL held, and fork() runs with the GIL held).  Every inherited secure mapping is
+ * closed (see mapping_close_inherited); secret memory holes are filled with closed zero pages
+ * first. */
 static void
 fork_child(void)
 {
     fork_count++;
     pool_threads_fork_child();
     fork_child_expire_secure_views();
+    held_fork_child();
     for (MappingObject *m = wipe_list.wipe_next; m != &wipe_list; m = m->wipe_next) {
-        if ((m->base != 0 || m->releasing != 0) && (m->flags & MAP_F_SECRETMEM) &&
-            !(m->flags & MAP_F_LOST)) {
+        if (m->flags & MAP_F_LOST) {
+            continue;
+        }
+        if ((m->base != 0 || m->releasing != 0) && (m->flags & MAP_F_SECRETMEM)) {
             mapping_fill_hole(m);
+        }
+        else if (m->base != 0) {
+            mapping_close_inherited(m);
         }
     }
 }
@@ -1245,6 +1292,96 @@ mapping_show_zeros(MappingObject *m, const char **what)
     return 0;
 }
 
+/* Held ranges.  A released mapping's address range is never handed back to the kernel while
+ * a buffer export of one of its views (a memoryview, a slice of one) is alive: the next mmap
+ * could land there, and the stale memoryview would then read or write another region's bytes
+ * (another Secret's, inside its reveal()).  Such a range is kept reserved with its pages
+ * dropped (a fresh PROT_NONE anonymous mapping over it, which also frees secret memory): the
+ * memoryview faults, as the library says, and nothing else can be mapped there.  The last
+ * export's release unmaps it.  A range whose munmap failed is kept the same way (closed, its
+ * bytes discarded) and retried at every later release, instead of being leaked for good.
+ * The records are plain memory (a mapping may go while its range stays), changed with the GIL
+ * held; nothing here allocates Python objects or runs Python code. */
+typedef struct HeldRange {
+    uintptr_t base;
+    size_t total;
+    MappingObject *owner;   /* borrowed: the mapping while it lives (its exports), or NULL */
+    int dontfork;           /* may be a hole in a fork child (secret memory left in place) */
+    struct HeldRange *next;
+} HeldRange;
+
+static HeldRange *held_ranges = NULL;
+
+/* Keep [base, base + total) reserved for m.  The pages must already hold no secret bytes (or
+ * be about to be dropped by the caller).  If no record can be made the range stays reserved
+ * for good: leaked, never reused. */
+static void
+held_add(MappingObject *m, uintptr_t base, int dontfork)
+{
+    HeldRange *h = PyMem_RawMalloc(sizeof(HeldRange));
+    if (h == NULL) {
+        return;
+    }
+    h->base = base;
+    h->total = m->total;
+    h->owner = m;
+    h->dontfork = dontfork;
+    h->next = held_ranges;
+    held_ranges = h;
+    m->held = h;
+}
+
+/* Unmap every held range nobody can reach any more (no live export); keep the others. */
+static void
+held_sweep(void)
+{
+    HeldRange **link = &held_ranges;
+    while (*link != NULL) {
+        HeldRange *h = *link;
+        if ((h->owner == NULL || h->owner->exports <= 0) &&
+            munmap((void *)h->base, h->total) == 0) {
+            if (h->owner != NULL) {
+                h->owner->held = NULL;
+            }
+            *link = h->next;
+            PyMem_RawFree(h);
+            continue;
+        }
+        link = &h->next;
+    }
+}
+
+/* Fork child (system calls only): a held range that may be a hole here (secret memory is
+ * DONTFORK) is filled with a closed mapping, so the child's sweep unmaps its own pages; if it
+ * cannot be, the address is not the child's: forget the range. */
+static void
+held_fork_child(void)
+{
+    HeldRange **link = &held_ranges;
+    while (*link != NULL) {
+        HeldRange *h = *link;
+        if (h->dontfork) {
+            void *p = mmap((void *)h->base, h->total, PROT_NONE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+            if (p == (void *)h->base) {
+                h->dontfork = 0;
+            }
+            else {
+                if (p != MAP_FAILED) {
+                    (void)munmap(p, h->total);
+                }
+                if (h->owner != NULL) {
+                    h->owner->held = NULL;
+                }
+                *link = h->next;
+                PyMem_RawFree(h); /* plain memory: the child's own copy */
+                continue;
+            }
+        }
+        link = &h->next;
+    }
+}
+
 /* Release the memory: destroy the bytes (WIPE, see "Wiping"), call the test hook, munmap.
  * The mapping is marked released first, so nothing can reach it twice.  *canary_ok is set to
  * 0 if the canary after the value was overwritten.  The mapping is unbound: a bound one is
@@ -1292,17 +1429,36 @@ mapping_release(MappingObject *m, int *canary_ok, int e, const char *what)
         }
         return rc;
     }
-    if (munmap((void *)base, m->total) != 0) {
+    if (m->exports > 0) {
+        /* a memoryview of it is alive: the range stays reserved, its pages dropped (Held
+         * ranges), until the last export goes */
+        void *p = mmap((void *)base, m->total, PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+        int dontfork = 0;
+        if (p == MAP_FAILED) { /* the pages stay: discarded and closed, as below */
+            const char *w = NULL;
+            (void)mapping_discard(m, PROT_NONE, -1, &w);
+            (void)mprotect((void *)base, m->total, PROT_NONE);
+            dontfork = (m->flags & MAP_F_SECRETMEM) != 0;
+        }
+        held_add(m, base, dontfork);
+    }
+    else if (munmap((void *)base, m->total) != 0) {
         if (e == 0) {
             e = errno;
             what = "munmap";
         }
-        /* kept (leaked): its bytes discarded unless they were zeroed, and closed */
+        /* kept: its bytes discarded unless they were zeroed, and closed; unmapped at a later
+         * release (Held ranges) */
         if (m->flags & MAP_F_WIPE) {
             const char *w = NULL;
             (void)mapping_discard(m, PROT_NONE, -1, &w);
         }
         (void)mprotect((void *)base, m->total, PROT_NONE);
+        held_add(m, base, (m->flags & MAP_F_SECRETMEM) != 0);
+    }
+    else if (held_ranges != NULL) {
+        held_sweep(); /* retry the ranges whose munmap failed before */
     }
     if (e != 0 && rc == 0) {
         raise_errno(e, what);
@@ -1625,6 +1781,11 @@ Mapping_dealloc(MappingObject *m)
         write_unraisable("pkeyguard: releasing a secure region");
     }
     PyErr_Restore(et, ev, tb);
+    if (m->held != NULL) { /* no view is left (views hold their mapping): unmap it now */
+        m->held->owner = NULL;
+        m->held = NULL;
+        held_sweep();
+    }
     Py_CLEAR(m->on_release);
     Py_CLEAR(m->view_types);
     Py_CLEAR(m->ctype);
@@ -1846,6 +2007,18 @@ fork_child_expire_secure_views(void)
                                see the old generation and leave this count alone) */
         }
     }
+}
+
+/* Fork child: whether the forking thread holds an active write guard over m. */
+static int
+fork_child_writing(MappingObject *m)
+{
+    for (GuardObject *g = tls_stack != NULL ? tls_stack->top : NULL; g != NULL; g = g->prev) {
+        if (g->level == LEVEL_WRITE && g->binding != NULL && g->binding->mapping == m) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* The rights members and guard classes, registered by pkeyguard at import. */
@@ -3553,6 +3726,7 @@ View_getbuffer(ViewObject *v, Py_buffer *view, int flags)
     }
     v->exports++;
     g->exports++;
+    g->binding->mapping->exports++;
     return 0;
 }
 
@@ -3564,6 +3738,10 @@ View_releasebuffer(ViewObject *v, Py_buffer *Py_UNUSED(view))
      * touch the count of the current one. */
     if (v->guard->generation == v->generation && v->guard->exports > 0) {
         v->guard->exports--;
+    }
+    MappingObject *m = v->guard->binding->mapping; /* views hold their guard, it the binding */
+    if (--m->exports == 0 && m->held != NULL) {
+        held_sweep(); /* the last export of a released mapping: its range can go */
     }
 }
 

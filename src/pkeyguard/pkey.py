@@ -292,6 +292,8 @@ class AccessGuard(_core.Guard, Unshareable, Generic[T_co]):
                 "use the new association's set_access_rights()"
             )
         access = region.access
+        if region._inherited:  # a fork closed secure pages here: the core says why
+            return self._new_view(writable)
         if not access.readable or (writable and not access.writable):
             raise AccessError(
                 f"the region's page rights are {access.name}: "

@@ -66,13 +66,13 @@ ctypes.string_at(s.address, 7)
     assert "SEGV_PKUERR" in child.stderr and "db-password" in child.stderr
 
 
-def test_fork_child_gets_zero_pages_with_the_key() -> None:
+def test_fork_child_gets_closed_zero_pages_with_the_key() -> None:
     child = run_child(
         """
 import os
 import pkeyguard
 from pkeyguard import Secret, SecretUnavailableError
-from tests.support import pkey_at, secret_key
+from tests.support import perms_at, pkey_at, secret_key
 s = Secret.from_bytes(b"hunter2")
 assert s.backing == "memfd_secret"
 key = secret_key(s).hardware_key
@@ -82,13 +82,14 @@ if pid == 0:
     fd = os.open("/proc/self/mem", os.O_RDONLY)
     zeros = os.pread(fd, 7, s.address) == bytes(7)   # private zero pages: readable here
     tagged = pkey_at(s.address) == key
+    closed = perms_at(s.address).startswith("---")  # a memoryview from before faults here
     try:
         s.reveal()
         refused = False
     except SecretUnavailableError:
         refused = True
     s.close()
-    os._exit(0 if (zeros and tagged and refused) else 1)
+    os._exit(0 if (zeros and tagged and closed and refused) else 1)
 _, status = os.waitpid(pid, 0)
 print("child", os.waitstatus_to_exitcode(status))
 with s.reveal() as buf:
