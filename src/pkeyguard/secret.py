@@ -781,7 +781,7 @@ class Secret(Unshareable):
         # exit.)
         region: Any = getattr(self, "_region", None)
         if region is not None:
-            try:  # noqa: SIM105 - not contextlib: it may be gone at exit
+            try:  # not contextlib: it may be gone at exit
                 _end(self)
                 region.close()
             except _refused:

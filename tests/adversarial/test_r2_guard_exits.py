@@ -52,3 +52,13 @@ def test_fill_exit_fails(count: int, fill: str) -> None:
 
 def test_disassociate_by_a_secrets_key_says_why() -> None:
     assert_survived(run_case("r2_guard_exits", "case_disassociate_a_secrets_region_by_its_key"))
+
+
+@mprotect_only
+def test_an_entry_put_back_is_retried() -> None:
+    _run("case_entry_put_back_retried")
+
+
+@mprotect_only
+def test_a_stuck_guard_is_left_by_the_next_exit() -> None:
+    _run("case_stuck_guard_left_by_the_next_exit")

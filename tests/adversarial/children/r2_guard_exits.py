@@ -20,10 +20,12 @@ page permission is what another thread's raw read meets), or gone.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import io
 import os
 from collections.abc import Callable
+from typing import Any
 
 from pkeyguard import MprotectError, Secret, _core
 from tests import failinject
@@ -196,3 +198,60 @@ def case_disassociate_a_secrets_region_by_its_key() -> None:
             raise AssertionError("a Secret's key re-tagged its region by hand")
     assert sec.equals(SOURCE)
     sec.close()
+
+
+def _scene(regions: int) -> tuple[list[Any], Any, list[Any]]:
+    from pkeyguard import PkeyGuard, PkeyPermissions, RegionGuard
+
+    key = PkeyGuard(PkeyPermissions.NoAccess)
+    rs = [RegionGuard(ctypes.c_uint64) for _ in range(regions)]
+    return rs, key, [key.associate(r) for r in rs]
+
+
+def case_entry_put_back_retried() -> None:
+    """A ReadWrite entry widens region 0, fails on region 1, and putting region 0 back fails
+    once: the put-back is retried, so the entry fails whole and every region stays closed
+    (before, the entry was completed instead, leaving the key open)."""
+    from pkeyguard import PkeyPermissions
+
+    assert MPROTECT
+    rs, key, assocs = _scene(3)
+    g = assocs[0].set_access_rights(PkeyPermissions.ReadWrite)
+    failinject.arm("mprotect", errno.ENOMEM, skip=1, count=2)
+    try:
+        g.__enter__()
+    except MprotectError as exc:
+        assert exc.syscall == "mprotect", exc
+    else:
+        raise AssertionError("the entry was completed although its put-back could be retried")
+    disarm()
+    assert not g.active and _core.thread_guards() == []
+    assert [perms_at(r.address) for r in rs] == ["---p"] * 3
+    assert not key._mixed
+    for r in rs:
+        r.close()
+    key.close()
+
+
+def case_stuck_guard_left_by_the_next_exit() -> None:
+    """A plain guard whose exit fails every try stays active; the next exit on the thread
+    (another guard's) completes it, and leaving it again afterwards is a quiet no-op."""
+    from pkeyguard import PkeyPermissions
+
+    assert MPROTECT
+    rs, key, assocs = _scene(1)
+    g = assocs[0].set_access_rights(PkeyPermissions.ReadWrite)
+    g.__enter__()
+    failinject.arm("mprotect", errno.ENOMEM, skip=0, count=-1)
+    with contextlib.suppress(MprotectError):
+        g.__exit__(None, None, None)
+        raise AssertionError("the exit reported success although every mprotect failed")
+    disarm()
+    assert g.active and perms_at(rs[0].address) == "rw-p"
+    with assocs[0].set_access_rights(PkeyPermissions.ReadOnly):
+        pass
+    assert not g.active and _core.thread_guards() == []
+    assert perms_at(rs[0].address) == "---p"
+    assert g.__exit__(None, None, None) is False  # its exit was completed
+    rs[0].close()
+    key.close()
