@@ -453,7 +453,7 @@ static int
 key_apply_level(KeyObject *k, int level, int how)
 {
     int first = 0, lagging = 0;
-    int narrowing = level <= k->effective_level;
+    int narrowing = level < k->effective_level; /* not a re-apply: its regions may widen */
     Py_ssize_t failed_at = -1;
     for (Py_ssize_t i = 0; i < k->nbindings; i++) {
         MappingObject *m = k->bindings[i]->mapping;

@@ -62,3 +62,9 @@ def test_an_entry_put_back_is_retried() -> None:
 @mprotect_only
 def test_a_stuck_guard_is_left_by_the_next_exit() -> None:
     _run("case_stuck_guard_left_by_the_next_exit")
+
+
+@mprotect_only
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_a_view_reapply_is_never_narrowed(count: int) -> None:
+    _run("case_view_reapply_is_never_narrowed", count=count)

@@ -255,3 +255,34 @@ def case_stuck_guard_left_by_the_next_exit() -> None:
     assert g.__exit__(None, None, None) is False  # its exit was completed
     rs[0].close()
     key.close()
+
+
+def case_view_reapply_is_never_narrowed() -> None:
+    """A failed exit leaves region 0 narrowed under a still-active ReadWrite guard whose
+    view is on region 0 (``_mixed``).  A view access re-applies ReadWrite first; when that
+    fails (``count`` times) the access is refused: the retry of a narrowing must never turn
+    a re-apply into no access and let the access fault."""
+    from pkeyguard import PkeyPermissions
+
+    assert MPROTECT
+    rs, key, assocs = _scene(2)
+    g = assocs[0].set_access_rights(PkeyPermissions.ReadWrite)  # its view is on region 0
+    g.__enter__()
+    v = g.mut_ref_guard()
+    v.value = 7
+    failinject.arm("mprotect", errno.ENOMEM, skip=1, count=-1)
+    with contextlib.suppress(MprotectError):
+        g.__exit__(None, None, None)
+    disarm()
+    assert g.active and key._mixed and perms_at(rs[0].address) == "---p"
+    failinject.arm("mprotect", errno.ENOMEM, skip=0, count=int(params()["count"]))
+    with contextlib.suppress(MprotectError):
+        v.value = 8  # refused, or written once re-applied: never a fault
+    disarm()
+    v.value = 9
+    assert v.value == 9 and not key._mixed
+    g.__exit__(None, None, None)
+    assert [perms_at(r.address) for r in rs] == ["---p"] * 2
+    for r in rs:
+        r.close()
+    key.close()
