@@ -80,7 +80,8 @@ enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2, MODE_SIM = 3, MODE_COUNT =
 /* Rights levels, PKRU bits and their names: the RIGHTS table in _rights.h. */
 
 /* Why a guard stopped being active without its own __exit__. */
-enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2 };
+enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2,
+       ENDED_RETRIED = 3 /* its own exit failed; a later exit on its thread completed it */ };
 
 /* Mapping flags. */
 #define MAP_F_WIPE 0x01        /* zero the pages before unmapping them */
@@ -421,40 +422,75 @@ enum {
  * the errno of the first failure; raises nothing (allocating an exception could run
  * finalizers in the middle of its caller's change).
  *
- * Fail closed: no region is ever left wider than the key's recorded level.  APPLY_ATOMIC
- * puts back what it changed; if a put-back fails, that region stays at `level`: when that is
- * narrower (an exit) the key keeps its level and the region lags behind it; when it is wider
- * (an entry), the change cannot be undone, so it is completed instead: the key takes `level`
- * (0 is returned: the caller's entry succeeds) and the regions not yet widened lag behind.
+ * Fail closed: no region is ever left wider than the key's recorded level.  A region that
+ * cannot be narrowed (an exit, a put-back) is tried once more, then with no access at all,
+ * which is narrower than every level: if that works the region lags *narrower* (k->mixed)
+ * and the change goes on, so an exit completes closed unless every try fails.  If both fail,
+ * a narrowing change (an exit) keeps the key at its level, and the regions it narrowed
+ * already stay narrowed, lagging behind it (nothing is widened again).  A widening change
+ * (an entry) under APPLY_ATOMIC puts back what it changed (narrowing, with the same retry);
+ * a region that cannot be put back stays wider, so the change cannot be undone and is
+ * completed instead: the key takes `level` (0 is returned: the caller's entry succeeds) and
+ * the regions not yet widened lag behind.
  * k->mixed records lagging regions; every switch re-applies the level to all of them, and a
  * view re-applies it before an access (view_settle), so a lagging region never faults. */
 static int
+region_protect(MappingObject *m, int level, int narrowing, int *lagging)
+{
+    void *addr = (void *)m->addr;
+    if (mprotect(addr, m->len, prot_for_level(m->prot, level)) == 0) {
+        return 0;
+    }
+    int e = errno;
+    if (!narrowing) {
+        return e;
+    }
+    if (mprotect(addr, m->len, prot_for_level(m->prot, level)) == 0) { /* a passing cause */
+        return 0;
+    }
+    if (level != LEVEL_NONE && mprotect(addr, m->len, prot_for_level(m->prot, LEVEL_NONE)) == 0) {
+        *lagging = 1; /* narrower than the level */
+        return 0;
+    }
+    return e;
+}
+
+static int
 key_apply_level(KeyObject *k, int level, int how)
 {
-    int first = 0;
+    int first = 0, lagging = 0;
+    int narrowing = level < k->effective_level; /* not a re-apply: its regions may widen */
     Py_ssize_t failed_at = -1;
     for (Py_ssize_t i = 0; i < k->nbindings; i++) {
         MappingObject *m = k->bindings[i]->mapping;
         if (mapping_absent(m)) {
             continue;
         }
-        if (mprotect((void *)m->addr, m->len, prot_for_level(m->prot, level)) != 0) {
+        int e = region_protect(m, level, narrowing, &lagging);
+        if (e != 0) {
             if (first == 0) {
-                first = errno;
+                first = e;
                 failed_at = i;
             }
-            if (how == APPLY_ATOMIC) {
-                break;
+            if (how == APPLY_ATOMIC && !narrowing) {
+                break; /* an entry: put back below */
             }
         }
     }
     if (first == 0) {
         k->effective_level = level;
-        k->mixed = 0;
+        k->mixed = lagging;
         return 0;
     }
     if (how == APPLY_FORCE) {
         k->effective_level = level;
+        k->mixed = 1;
+        return first;
+    }
+    if (narrowing) {
+        /* An exit (or a re-apply) that failed: the regions that could be narrowed stay
+         * narrowed, lagging behind the key, which keeps its level (nothing is widened again;
+         * the failed ones are as they were). */
         k->mixed = 1;
         return first;
     }
@@ -464,16 +500,17 @@ key_apply_level(KeyObject *k, int level, int how)
         if (mapping_absent(q)) {
             continue;
         }
-        if (mprotect((void *)q->addr, q->len, prot_for_level(q->prot, k->effective_level)) != 0) {
+        if (region_protect(q, k->effective_level, 1, &lagging) != 0) {
             stuck = 1;
         }
     }
+    if (lagging) {
+        k->mixed = 1; /* a put-back left a region narrower than the key's level */
+    }
     if (stuck) {
         k->mixed = 1;
-        if (level > k->effective_level) { /* a region stays wider: complete the change */
-            k->effective_level = level;
-            return 0;
-        }
+        k->effective_level = level; /* a region stays wider: complete the change */
+        return 0;
     }
     return first;
 }
@@ -1972,6 +2009,8 @@ struct GuardObject {
     int level;                 /* rights this guard grants while active */
     int active;
     int ended;                 /* ENDED_*: how it stopped without its own exit */
+    int stuck;                 /* active, and its own exit failed (its pages could not be
+                                  re-protected): the library retries it (stuck_retry) */
     int saved_bits;            /* pku/sim: the bits of number hw before entry */
     int hw;                    /* pku/sim: the number it switched, -1 if none (parked) */
     int saved_level;           /* MODE_MPROTECT: previous innermost level, -1 if none */
@@ -2366,6 +2405,8 @@ Binding_get_mapping(BindingObject *b, void *Py_UNUSED(c))
     return (PyObject *)b->mapping;
 }
 
+static PyObject *Binding_end_stuck(BindingObject *b, PyObject *arg);
+
 static PyMethodDef Binding_methods[] = {
     {"set_access_rights", (PyCFunction)Binding_set_access_rights, METH_O,
      "A new guard that, inside ``with``, gives this thread ``rights`` to the key's memory.\n\n"
@@ -2375,6 +2416,7 @@ static PyMethodDef Binding_methods[] = {
      "exited (never twice at once)."},
     {"_guard", (PyCFunction)Binding_guard, METH_VARARGS, NULL},
     {"_unbind", (PyCFunction)Binding_unbind, METH_NOARGS, NULL},
+    {"_end_stuck", (PyCFunction)Binding_end_stuck, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2762,6 +2804,7 @@ guard_pop(GuardObject *g, int write_pkru, int apply, int force, Released *r)
     g->depth = 0;
     same_key_pop(g);
     g->active = 0;
+    g->stuck = 0;
     g->stack = NULL;
     g->key->active--;
     if (g->binding != NULL) {
@@ -2873,6 +2916,7 @@ guard_activate(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *
     g->thread = s->ident;
     g->active = 1;
     g->ended = ENDED_NO;
+    g->stuck = 0;
     g->generation++;
     g->exports = 0;
     k->active++;
@@ -3007,10 +3051,97 @@ stack_unwind_through(GuardObject *g, Released *r)
     return g->active ? guard_pop(g, 1, 1, 0, r) : 0;
 }
 
+/* Stuck guards: a guard whose own exit failed stays active (fail closed: its pages keep
+ * its rights), but often nobody holds it any more: the guard of a 'with secret.reveal() as
+ * buf:' block, or one the library entered for a Secret.  So the library retries it: after
+ * every exit that completes on its thread, the stuck guards it uncovers on top of the stack
+ * are exited again (stuck_retry), and a Secret ends its own before it is closed
+ * (Binding._end_stuck).  A caller that does hold one and leaves it again later gets False:
+ * its exit was completed.  The ones above are counted first, so `released` has room. */
+static Py_ssize_t
+stuck_count(GuardObject *below)
+{
+    Py_ssize_t n = 0;
+    for (GuardObject *o = below; o != NULL && o->stuck; o = o->prev) {
+        n++;
+    }
+    return n;
+}
+
+/* Exit the stuck guards on top of s (at most `most`), each with its own retry; stops at the
+ * first that still fails (it stays stuck).  Raises nothing. */
+static void
+stuck_retry(ThreadStack *s, Py_ssize_t most, int force, Released *r)
+{
+    while (most-- > 0 && s->top != NULL && s->top->stuck) {
+        GuardObject *g = s->top;
+        if (guard_pop(g, 1, 1, force, r) != 0 && !force) {
+            return;
+        }
+        g->ended = ENDED_RETRIED;
+    }
+}
+
+/* Mark the guards whose exit just failed: from the top of s (the one that failed: everything
+ * above it was popped) down to `down_to`, whose exit was asked for (still active). */
+static void
+stuck_mark(ThreadStack *s, GuardObject *down_to)
+{
+    for (GuardObject *o = s->top; o != NULL; o = o->prev) {
+        o->stuck = 1;
+        if (o == down_to) {
+            break;
+        }
+    }
+}
+
+/* _end_stuck(force): exit again this thread's stuck guards on b's key that sit on top of
+ * its stack (a Secret's: nobody else holds them).  force: end them even if their pages still
+ * cannot be re-protected (the caller unmaps the region next: a Secret's close(), which also
+ * wipes it); never one whose views have buffer exports (those rely on the pages). */
+static PyObject *
+Binding_end_stuck(BindingObject *b, PyObject *arg)
+{
+    int force = PyObject_IsTrue(arg);
+    if (force < 0) {
+        return NULL;
+    }
+    ThreadStack *s = tls_stack;
+    if (s == NULL || !b->live) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t n = 0;
+    for (GuardObject *o = s->top; o != NULL && o->stuck && o->key == b->key; o = o->prev) {
+        n++;
+    }
+    if (n == 0) {
+        Py_RETURN_NONE;
+    }
+    Released released;
+    released_init(&released);
+    if (released_reserve(&released, n) < 0) {
+        return PyErr_NoMemory(); /* nothing changed */
+    }
+    while (n-- > 0) {
+        GuardObject *g = s->top;
+        int hard = force && g->exports == 0;
+        if (guard_pop(g, 1, 1, hard, &released) != 0 && !hard) {
+            break; /* still stuck, still active */
+        }
+        g->ended = ENDED_RETRIED;
+    }
+    released_drop(&released); /* the state is complete: finalizers may run now */
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
 {
     if (!g->active) {
+        if (g->ended == ENDED_RETRIED) {
+            g->ended = ENDED_NO;
+            Py_RETURN_FALSE; /* its failed exit was completed since */
+        }
         return raise_not_active(g);
     }
     ThreadStack *s = tls_stack;
@@ -3026,12 +3157,19 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
     if (s->top != g) {
         /* Out of order: unwind every guard above g and g itself, so this thread's rights
          * are exactly what they were before g was entered, then report it. */
-        if (released_reserve(&released, stack_depth(s, g)) < 0) {
+        Py_ssize_t stuck = stuck_count(g->prev);
+        if (released_reserve(&released, stack_depth(s, g) + stuck) < 0) {
             return PyErr_NoMemory(); /* nothing changed */
         }
         GuardObject *top = s->top;
         Py_INCREF(top);
         int e = stack_unwind_through(g, &released);
+        if (e != 0) {
+            stuck_mark(s, g);
+        }
+        else {
+            stuck_retry(s, stuck, 0, &released);
+        }
         released_drop(&released); /* the state is complete: finalizers may run now */
         if (e != 0) {
             raise_restore_failed(e); /* the guard that failed and those below stay active */
@@ -3049,7 +3187,17 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
         return NULL;
     }
     Py_ssize_t exports = g->exports;
+    Py_ssize_t stuck = stuck_count(g->prev);
+    if (stuck > 0 && released_reserve(&released, 1 + stuck) < 0) {
+        return PyErr_NoMemory(); /* nothing changed */
+    }
     int e = guard_pop(g, 1, 1, 0, &released);
+    if (e != 0) {
+        g->stuck = 1;
+    }
+    else {
+        stuck_retry(s, stuck, 0, &released);
+    }
     released_drop(&released); /* the state is complete: finalizers may run now */
     if (e != 0) {
         return raise_restore_failed(e); /* g is still active: nothing changed */
@@ -4125,6 +4273,13 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
         Py_RETURN_FALSE;
     }
     GuardObject *first = (GuardObject *)PyTuple_GET_ITEM(guards, 0);
+    if (!first->active && first->ended == ENDED_RETRIED) {
+        first->ended = ENDED_NO; /* its failed exit was completed since */
+        grp->guards = NULL;
+        grp->foreign = 0;
+        Py_DECREF(guards);
+        Py_RETURN_FALSE;
+    }
     if (!first->active) {
         grp->guards = NULL;
         PyObject *r = raise_not_active(first);
@@ -4142,7 +4297,8 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
     ThreadStack *s = first->stack;
     Released released;
     released_init(&released);
-    if (released_reserve(&released, stack_depth(s, first)) < 0) {
+    Py_ssize_t stuck = stuck_count(first->prev);
+    if (released_reserve(&released, stack_depth(s, first) + stuck) < 0) {
         return PyErr_NoMemory(); /* nothing changed */
     }
     int e = 0;
@@ -4169,9 +4325,11 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
     if (e != 0) {
         /* A guard that could not re-protect its pages stays active, and so does the block
          * (with the guards under it): leaving it again retries. */
+        stuck_mark(s, first);
         released_drop(&released);
         return raise_restore_failed(e);
     }
+    stuck_retry(s, stuck, 0, &released);
     int foreign = grp->foreign;
     grp->foreign = 0;
     grp->guards = NULL;

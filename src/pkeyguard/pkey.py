@@ -132,6 +132,8 @@ class PkeyGuard(_core.Key, Unshareable):
             raise RegionTypeError(
                 f"disassociate() takes a RegionGuard or an AssociatedRegion, not {region!r}"
             )
+        if assoc is not None and assoc.associated and _key_of(assoc) is None:
+            return assoc.disassociate()  # a Secret's (its key is hidden): refused, saying so
         if assoc is None or _key_of(assoc) is not self:
             raise RegionError(f"{region!r} is not associated with {self!r}")
         return assoc.disassociate()

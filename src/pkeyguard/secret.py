@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._errors import (
     ArgumentTypeError,
+    MprotectError,
     PkeyguardError,
     RegionError,
     RegionTypeError,
@@ -303,6 +304,15 @@ def _digest_name(digest: object) -> str:
     return name
 
 
+def _end_stuck(secret: Secret) -> None:
+    """End, on this thread, the guards on ``secret`` whose exit failed (no caller holds them:
+    a reveal() block's, or one an operation entered), even if the pages still cannot be
+    re-protected: the caller closes the secret next, which wipes and unmaps it."""
+    assoc: Any = getattr(secret, "_assoc", None)
+    if assoc is not None and assoc.associated:
+        assoc._end_stuck(True)
+
+
 class Secret(Unshareable):
     """Secret bytes in protected memory; read them only inside :meth:`reveal`.
 
@@ -562,9 +572,14 @@ class Secret(Unshareable):
         return secret
 
     def _newline_at(self, offset: int) -> bool:
-        with self.reveal() as buf, memoryview(buf) as whole:
-            # one byte as a small int: CPython's preallocated singletons, nothing is allocated
-            return whole[offset] == 0x0A
+        try:
+            with self.reveal() as buf, memoryview(buf) as whole:
+                # one byte as a small int: CPython's preallocated singletons, nothing is
+                # allocated
+                return whole[offset] == 0x0A
+        except MprotectError:
+            self._settle()
+            raise
 
     def _read_into(
         self,
@@ -583,6 +598,9 @@ class Secret(Unshareable):
                 with memoryview(g.mut_ref_guard()) as whole, whole[offset:] as target:
                     room = target.nbytes
                     n = read(target)
+        except MprotectError:
+            self._settle()
+            raise
         except ViewError as exc:
             if self._region._binding is None or self._region.closed:
                 raise
@@ -681,8 +699,12 @@ class Secret(Unshareable):
                 raise RegionError(
                     f"writing {src.nbytes} bytes at {offset} overflows a {len(self)}-byte secret"
                 )
-            with self._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
-                g.mut_ref_guard()[offset : offset + src.nbytes] = src
+            try:
+                with self._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
+                    g.mut_ref_guard()[offset : offset + src.nbytes] = src
+            except MprotectError:
+                self._settle()
+                raise
 
     def reveal(self) -> AbstractContextManager[BytesRef]:
         """Inside the block: a read-only buffer over the secret (this thread only).
@@ -711,13 +733,30 @@ class Secret(Unshareable):
             )
         # The message's buffer first: its __buffer__ is user code (it may fork, or close this
         # secret), and nothing but OpenSSL may run while the secret is open.
-        with memoryview(msg) as message, self.reveal() as key:
-            return _openssl_hmac(key, message, name)
+        try:
+            with memoryview(msg) as message, self.reveal() as key:
+                return _openssl_hmac(key, message, name)
+        except MprotectError:
+            self._settle()
+            raise
 
     def equals(self, other: BytesLike) -> bool:
         """Constant-time comparison with ``other``."""
-        with memoryview(other) as theirs, self.reveal() as buf:
-            return _hmac.compare_digest(buf, theirs)
+        try:
+            with memoryview(other) as theirs, self.reveal() as buf:
+                return _hmac.compare_digest(buf, theirs)
+        except MprotectError:
+            self._settle()
+            raise
+
+    def _settle(self) -> None:
+        """After an MprotectError in an operation that opened the secret internally: if the
+        exit of its guard failed (the core already tried twice), try once more.  That guard
+        is the library's, so no caller could leave it again; if it still fails it stays
+        active (fail closed) and the next exit on this thread, or close(), retries it."""
+        assoc = self._assoc
+        if assoc.associated:
+            assoc._end_stuck(False)
 
     def _check(self) -> None:
         region = self._region
@@ -735,17 +774,26 @@ class Secret(Unshareable):
         """Wipe and unmap the secret (idempotent).
 
         Refused (RegionError, nothing changed) while this secret is being revealed; it can
-        be closed once the reveal() block ends.
+        be closed once the reveal() block ends.  A reveal() block (or an operation) whose
+        exit failed to re-protect the pages has ended all the same: close() ends its guard
+        for good on this thread, then wipes and unmaps the secret.
         """
+        _end_stuck(self)
         self._region.close()
 
-    def __del__(self, _refused: type[Exception] = PkeyguardError) -> None:
+    def __del__(
+        self,
+        _refused: type[Exception] = PkeyguardError,
+        _end: Callable[[Secret], None] = _end_stuck,
+    ) -> None:
         # Wipe as soon as the Secret is dropped.  A secret still being revealed is wiped when
         # the garbage collector frees its memory, once the block has ended.  (The error class
-        # is bound at definition: module globals may be gone at interpreter exit.)
+        # and the helper are bound at definition: module globals may be gone at interpreter
+        # exit.)
         region: Any = getattr(self, "_region", None)
         if region is not None:
-            try:  # noqa: SIM105 - not contextlib: it may be gone at exit
+            try:  # not contextlib: it may be gone at exit
+                _end(self)
                 region.close()
             except _refused:
                 pass
