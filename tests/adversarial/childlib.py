@@ -13,6 +13,7 @@ import contextlib
 import gc
 import json
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -127,3 +128,17 @@ def exit_all(stack: list[Any]) -> None:
         if getattr(g, "active", False):
             with contextlib.suppress(PkeyguardError):
                 g.__exit__(None, None, None)
+
+
+def room_to_lock(nbytes: int) -> None:
+    """Raise this process's ``RLIMIT_MEMLOCK`` to at least ``nbytes`` where it may (root).
+    A case that makes large secrets needs it on kernels that charge secret memory against the
+    limit even with ``CAP_IPC_LOCK`` (Debian's 6.1.0-57 does, per user): there pkeyguard
+    refuses such a secret at creation, as it should, and the case would test nothing."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    infinite = resource.RLIM_INFINITY
+    if soft == infinite or soft >= nbytes:
+        return
+    new_hard = hard if hard == infinite or hard >= nbytes else nbytes
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (nbytes, new_hard))

@@ -8,11 +8,20 @@ and checks that the core's bookkeeping and the pages agree, and that everything 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.adversarial.support import assert_survived, run_case
 
 ACTIONS = ["reenter", "exit_top", "enter_new", "close_others", "isolated"]
+
+# The failing system calls below are the mprotect backend's (on pku a guard exit is a WRPKRU,
+# and isolated() changes no page): the children assert the backend instead of passing quietly.
+mprotect_only = pytest.mark.skipif(
+    os.environ.get("PKEYGUARD_BACKEND", "mprotect") != "mprotect",
+    reason="injects failures into the mprotect backend's switches",
+)
 
 
 @pytest.mark.parametrize("action", ACTIONS)
@@ -21,6 +30,7 @@ def test_error_built_after_the_exit(case: str, action: str) -> None:
     assert_survived(run_case("r2_reentry", case, params={"action": action}))
 
 
+@mprotect_only
 @pytest.mark.parametrize("bomb", [False, True], ids=["init", "collector"])
 @pytest.mark.parametrize("action", ACTIONS)
 @pytest.mark.parametrize(
@@ -37,5 +47,6 @@ def test_failed_system_call_reported_after_the_change(case: str, action: str, bo
     )
 
 
+@mprotect_only
 def test_half_closed_key_refuses_guards_and_bindings() -> None:
     assert_survived(run_case("r2_reentry", "case_key_close_whose_untag_fails", failinject=True))

@@ -16,7 +16,15 @@ from collections.abc import Callable
 from typing import Any
 
 from pkeyguard import PkeyGuard, RegionGuard, Secret, _core, allocator
-from tests.adversarial.childlib import MPROTECT, NA, RW, assert_clean, params, snapshot
+from tests.adversarial.childlib import (
+    MPROTECT,
+    NA,
+    RW,
+    assert_clean,
+    params,
+    room_to_lock,
+    snapshot,
+)
 
 PATTERN = 0xA5
 SIZE = 4 << 20
@@ -173,6 +181,7 @@ def release_once(reader: Reader, how: str, round_: int) -> int:
 
 def case_release_never_opens_the_secret() -> None:
     how = params()["how"]
+    room_to_lock(64 << 20)  # a grown secret and its old copy exceed 8 MiB
     snap = snapshot()
     reader = Reader()
     hits = 0
@@ -190,6 +199,7 @@ def case_wiping_costs_what_was_touched() -> None:
     # (the old wipe did: 15 s to close an untouched 1 GiB secret).  Pages it faults in show in
     # the process's peak RSS.
     backing = params()["backing"]
+    room_to_lock(256 << 20)
     lock = backing != "mmap-unlocked"
     secure = allocator.Secure(backing="mmap" if backing == "mmap-unlocked" else backing, lock=lock)
     size = 128 << 20
