@@ -380,6 +380,7 @@ struct BindingObject {
     KeyObject *key;          /* strong while live, NULL once ended */
     MappingObject *mapping;  /* strong */
     Py_ssize_t active;       /* active guards through this binding */
+    Py_ssize_t slot;         /* its index in key->bindings while listed there */
     int live;
 };
 
@@ -545,17 +546,20 @@ key_reserve(KeyObject *k)
     return 0;
 }
 
+/* Drop b from k's list in O(1): the last binding takes its slot (the list has no order).
+ * A search from the start made closing a key, or ending its associations newest first,
+ * quadratic in its number of regions (0.3 s for 30,000 regions). */
 static void
 key_remove_binding(KeyObject *k, BindingObject *b)
 {
-    for (Py_ssize_t i = 0; i < k->nbindings; i++) {
-        if (k->bindings[i] == b) {
-            memmove(&k->bindings[i], &k->bindings[i + 1],
-                    (size_t)(k->nbindings - i - 1) * sizeof(BindingObject *));
-            k->nbindings--;
-            return;
-        }
+    Py_ssize_t i = b->slot;
+    if (i < 0 || i >= k->nbindings || k->bindings[i] != b) {
+        return; /* not listed */
     }
+    BindingObject *last = k->bindings[--k->nbindings];
+    k->bindings[i] = last;
+    last->slot = i;
+    b->slot = -1;
 }
 
 /* End a live binding: untag its pages (unless they are about to be unmapped), unlink it
@@ -2261,6 +2265,7 @@ Key_bind(KeyObject *k, PyObject *args)
     b->live = 1;
     Py_INCREF(b);
     m->binding = b;
+    b->slot = k->nbindings;
     k->bindings[k->nbindings++] = b;
     fault_table_set_pkey(m->addr, !mode_is_pool(k->mode) ? (int)k->id
                                   : k->hw >= 0           ? k->hw

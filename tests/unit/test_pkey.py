@@ -4,6 +4,7 @@ import copy
 import ctypes
 import gc
 import pickle
+import random
 from typing import Final
 
 import pytest
@@ -206,3 +207,38 @@ class TestAssociation:
                 with pytest.raises(KeyStateError, match="still active"):
                     key.close()
             assert key.regions == (first,)
+
+
+@pytest.mark.usefixtures("no_leaks")
+@pytest.mark.parametrize("seed", [18, 1802])
+def test_regions_stay_listed_whatever_order_they_leave(seed: int) -> None:
+    # A key drops an association from its list in O(1) (the last one takes its slot): every
+    # association still listed, whatever the order of the others' leaving, keeps getting the
+    # key's rights, and one that left is gone from the list.
+    rng = random.Random(seed)
+    with PkeyGuard(NA) as key:
+        regions = [RegionGuard(ctypes.c_int) for _ in range(40)]
+        assocs = {id(r): key.associate(r) for r in regions}
+        live = list(regions)
+        step = 0
+        while live:
+            region = live.pop(rng.randrange(len(live)))
+            if step % 3 == 0:
+                assocs.pop(id(region)).disassociate()
+            elif step % 3 == 1:
+                key.disassociate(region)
+                del assocs[id(region)]
+            else:
+                del assocs[id(region)]
+                region.close()
+            step += 1
+            listed = sorted(id(a.region) for a in key.regions)
+            assert listed == sorted(id(r) for r in live), step
+            for r in live:
+                assert perms_at(r.address) == "---p", (step, "a listed region lost the key")
+            if live:
+                with assocs[id(live[0])].set_access_rights(RW) as guard:
+                    guard.mut_ref_guard().value = step
+                    assert all(perms_at(r.address) == "rw-p" for r in live)
+        for r in regions:
+            r.close()
