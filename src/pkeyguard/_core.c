@@ -152,11 +152,13 @@ err(int which)
 
 /* Raise MprotectError(errno, "<strerror>") with .syscall set (psutil-style "(originated from
  * <syscall>)" comes from the class's __str__). */
+/* Raise MprotectError(errnum, message or strerror(errnum)) with .syscall set. */
 static PyObject *
-raise_errno(int errnum, const char *syscall_name)
+raise_syscall_error(int errnum, PyObject *message, const char *syscall_name)
 {
     PyObject *cls = err(E_MPROTECT);
-    PyObject *exc = PyObject_CallFunction(cls, "is", errnum, strerror(errnum));
+    PyObject *exc = message != NULL ? PyObject_CallFunction(cls, "iO", errnum, message)
+                                    : PyObject_CallFunction(cls, "is", errnum, strerror(errnum));
     if (exc == NULL) {
         return NULL;
     }
@@ -170,6 +172,12 @@ raise_errno(int errnum, const char *syscall_name)
     PyErr_SetObject(cls, exc);
     Py_DECREF(exc);
     return NULL;
+}
+
+static PyObject *
+raise_errno(int errnum, const char *syscall_name)
+{
+    return raise_syscall_error(errnum, NULL, syscall_name);
 }
 
 static int
@@ -2768,26 +2776,16 @@ guard_restore(GuardObject *g, int write_pkru, int apply, int force)
 static PyObject *
 raise_restore_failed(int e)
 {
-    PyObject *cls = err(E_MPROTECT);
     PyObject *msg = PyUnicode_FromFormat(
         "%s: could not re-protect the key's pages on leaving a guard, so the guard is still "
         "active and its pages keep its rights (nothing was opened further); leave it again "
         "once the cause is gone (ENOMEM at vm.max_map_count: unmap something first)",
         strerror(e));
-    PyObject *exc = msg != NULL ? PyObject_CallFunction(cls, "iO", e, msg) : NULL;
-    Py_XDECREF(msg);
-    if (exc == NULL) {
+    if (msg == NULL) {
         return NULL;
     }
-    PyObject *name = PyUnicode_FromString("mprotect");
-    if (name == NULL || PyObject_SetAttrString(exc, "syscall", name) < 0) {
-        Py_XDECREF(name);
-        Py_DECREF(exc);
-        return NULL;
-    }
-    Py_DECREF(name);
-    PyErr_SetObject(cls, exc);
-    Py_DECREF(exc);
+    raise_syscall_error(e, msg, "mprotect");
+    Py_DECREF(msg);
     return NULL;
 }
 
