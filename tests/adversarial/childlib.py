@@ -14,8 +14,10 @@ import gc
 import json
 import os
 import resource
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -142,3 +144,23 @@ def room_to_lock(nbytes: int) -> None:
     new_hard = hard if hard == infinite or hard >= nbytes else nbytes
     with contextlib.suppress(OSError, ValueError):
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (nbytes, new_hard))
+
+
+def fork_status(check: Callable[[], None]) -> int:
+    """Run ``check`` in a fork child; its wait status (exit 1 with the traceback on stderr
+    if ``check`` raised)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            check()
+        except BaseException:  # reported through the exit code
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return status

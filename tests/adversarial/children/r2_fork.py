@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
-import sys
-import traceback
 from collections.abc import Callable
 
 from pkeyguard import (
@@ -24,7 +22,7 @@ from pkeyguard import (
     allocator,
     isolated,
 )
-from tests.adversarial.childlib import NA, RW, params
+from tests.adversarial.childlib import NA, RW, fork_status, params
 
 DATA = b"correct horse battery staple"
 
@@ -44,20 +42,7 @@ def backing() -> allocator.Backing:
 
 def in_child(check: Callable[[], None]) -> None:
     """Run ``check`` in a fork child; fail here unless it returned normally."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            check()
-        except BaseException:  # reported through the exit code
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    status = fork_status(check)
     assert os.waitstatus_to_exitcode(status) == 0, "the child's check failed (see stderr)"
 
 

@@ -16,12 +16,10 @@ import hmac
 import os
 import signal
 import sys
-import traceback
-from collections.abc import Callable
 
 from pkeyguard import Secret, SecretUnavailableError, allocator
 from tests import failinject
-from tests.adversarial.childlib import params
+from tests.adversarial.childlib import fork_status, params
 
 DATA = b"correct horse battery staple, 32"
 ZERO_KEY_HMAC = hmac.digest(bytes(len(DATA)), b"message", "sha256")
@@ -34,25 +32,6 @@ def make_secret() -> Secret:
     secret.write(0, DATA)
     assert secret.backing == b
     return secret
-
-
-def fork_status(check: Callable[[], None]) -> int:
-    """Run ``check`` in a fork child; its wait status."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            check()
-        except BaseException:  # reported through the exit code
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return status
 
 
 def page_rights(address: int) -> str:
