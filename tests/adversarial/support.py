@@ -28,12 +28,16 @@ import sys
 import textwrap
 from collections.abc import Mapping
 
+import pytest
+
+from pkeyguard import _core
 from tests.failinject import preload_env as failinject_env
 from tests.support import Child, run_child
 
 __all__ = [
     "MARKER",
     "REPO_ROOT",
+    "SECRET_BACKINGS",
     "assert_died_with",
     "assert_survived",
     "attack",
@@ -44,6 +48,18 @@ __all__ = [
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MARKER = "ADVERSARIAL-OK"
+
+#: Both backings of secret memory, as a parameter list: memfd_secret skips on a kernel without
+#: it (the mmap case still runs).
+SECRET_BACKINGS = [
+    pytest.param(
+        "memfd_secret",
+        marks=pytest.mark.skipif(
+            _core.memfd_secret_errno() != 0, reason="this kernel has no memfd_secret"
+        ),
+    ),
+    "mmap",
+]
 
 _PRELUDE = """\
 import sys, os

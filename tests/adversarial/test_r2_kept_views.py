@@ -6,18 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from pkeyguard import _core
-from tests.adversarial.support import assert_survived, run_case
+from tests.adversarial.support import SECRET_BACKINGS, assert_survived, run_case
 
-BACKINGS = [
-    pytest.param(
-        "memfd_secret",
-        marks=pytest.mark.skipif(
-            _core.memfd_secret_errno() != 0, reason="this kernel has no memfd_secret"
-        ),
-    ),
-    "mmap",
-]
+BACKINGS = SECRET_BACKINGS
 
 
 @pytest.mark.parametrize("backing", BACKINGS)
