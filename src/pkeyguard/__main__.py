@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import json
@@ -147,13 +148,24 @@ class _Output:
     def __init__(self, stream: TextIO | None) -> None:
         self.stream = stream
         self.error: OSError | None = None
+        # Written with os.write where there is a descriptor: an unbuffered TextIOWrapper
+        # (python -u) over a full non-blocking pipe drops what EAGAIN refused, silently.
+        self.fd: int | None = None
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.fd = stream.fileno()
 
     def write(self, text: str) -> int:
         if self.stream is None:
             self.error = OSError(errno.EBADF, "standard output is closed")
             raise self.error
         try:
-            return self.stream.write(text)
+            if self.fd is None:
+                return self.stream.write(text)
+            data = memoryview(text.encode(self.stream.encoding, self.stream.errors or "strict"))
+            while data:
+                data = data[os.write(self.fd, data) :]  # EAGAIN raises BlockingIOError
+            return len(text)
         except OSError as exc:
             self.error = exc
             raise

@@ -9,6 +9,7 @@ The CLI is the child here: each run is a fresh ``sh -c 'exec python -m pkeyguard
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -140,3 +141,33 @@ def test_a_reader_that_goes_away_keeps_a_failing_status(args: list[str]) -> None
         os.close(write_end)
     assert gone.returncode == 1, (gone.returncode, gone.stderr)
     assert "Traceback" not in gone.stderr, gone.stderr
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "python -u"])
+@pytest.mark.parametrize("args", COMMANDS[:3], ids=IDS[:3])
+def test_a_full_non_blocking_pipe_is_one_line_and_status_1(
+    args: list[str], unbuffered: bool
+) -> None:
+    # Found by attack round two (C2): with stdout a full O_NONBLOCK pipe, the unbuffered
+    # interpreter dropped the output on EAGAIN and the CLI exited 0 with nothing said.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    filled = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filled += os.write(write_end, b"x" * 4096)
+    try:
+        proc = subprocess.run(
+            [sys.executable, *(["-u"] if unbuffered else []), "-m", "pkeyguard", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PKEYGUARD_BACKEND": "mprotect"},
+        )
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+    assert filled > 0, "the attack: the pipe was full before the CLI wrote"
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    _one_line(proc, "cannot write the output: Resource temporarily unavailable")
