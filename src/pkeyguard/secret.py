@@ -71,8 +71,13 @@ def _associate(region: RegionGuard[bytes]) -> AssociatedRegion[bytes]:
     """Tag a secret's region with a key of its own.  The core frees the key when the
     association ends (the secret closes): nobody else can reach it."""
     key = PkeyGuard(PkeyPermissions.NoAccess, name="pkeyguard secret")
-    key._set_autoclose()
-    return key.associate(region)
+    try:
+        assoc = key.associate(region)
+    except BaseException:
+        key.close()  # not held while the traceback keeps this frame alive
+        raise
+    key._set_autoclose()  # from here on the key is the Secret's: closed with its association
+    return assoc
 
 
 def _check_size(size: object) -> int:
@@ -340,12 +345,17 @@ class Secret(Unshareable):
             raise ArgumentTypeError(
                 f"a Secret's allocator must be allocator.Secure(...), not {allocator!r}"
             )
-        # Each step hands its resource to an object that releases it when dropped, so an
-        # exception at any point (a KeyboardInterrupt too) leaves nothing behind.
-        self._region = RegionGuard(
-            size, AccessPermissions.ReadWrite, allocator=allocator, name=name
-        )
-        self._assoc = _associate(self._region)
+        # Each step hands its resource to an object that releases it when dropped; a failed
+        # step closes what the steps before made at once, since the traceback keeps this
+        # frame (and the region, mapped read-write) alive as long as the caller keeps the
+        # exception.
+        region = RegionGuard(size, AccessPermissions.ReadWrite, allocator=allocator, name=name)
+        try:
+            self._assoc = _associate(region)
+        except BaseException:
+            region.close()
+            raise
+        self._region = region
         self.name = name
 
     # -- constructors -------------------------------------------------------------------
