@@ -449,8 +449,8 @@ enum {
  * the regions not yet widened lag behind.
  * k->mixed records that a key has lagging regions, MAP_F_LAGGING which ones may lag (every
  * region of a key whose change failed: the wipe does not trust their rights); every switch
- * re-applies the level to all of them, and a view re-applies it before an access
- * (view_settle), so a lagging region never faults. */
+ * re-applies the level to all of them, and a view re-applies it to its own region before an
+ * access (view_settle), so a lagging region never faults. */
 static int
 region_protect(MappingObject *m, int level, int narrowing, int *lagging)
 {
@@ -3442,13 +3442,16 @@ view_rights_now(ViewObject *v)
     return v->guard->root->innermost->level; /* O(1): the thread's innermost on the key */
 }
 
-/* A failed system call left some of k's regions at other rights than its level (k->mixed):
- * apply the level again before an access that relies on it, or refuse the access (a region
- * left narrower would fault). */
+/* A failed system call may have left the view's region m at other rights than its key's
+ * level (MAP_F_LAGGING): apply the level to that region alone again before an access that
+ * relies on it (O(1): the key's other regions wait for its next switch), or refuse the
+ * access (a region left narrower would fault).  The key's level is what its books say the
+ * pages have (never wider), so this is not a widening of the key: nothing is put back. */
 static int
-view_settle(KeyObject *k)
+view_settle(KeyObject *k, MappingObject *m)
 {
-    int e = key_apply_level(k, key_wanted_level(k), APPLY_ATOMIC);
+    int lagging = 0;
+    int e = region_protect(m, k->effective_level, 0, &lagging);
     if (e != 0) {
         raise_errno(e, "mprotect");
         return -1;
@@ -3489,7 +3492,8 @@ view_check(ViewObject *v, int write)
                         "this view is read-only: use mut_ref_guard() under a ReadWrite guard");
         return -1;
     }
-    if (g->key->mixed && view_settle(g->key) < 0) {
+    MappingObject *vm = g->binding->mapping;
+    if ((vm->flags & MAP_F_LAGGING) && view_settle(g->key, vm) < 0) {
         return -1;
     }
     if (g->root->innermost != g) {

@@ -36,3 +36,13 @@ def test_wipe_after_a_double_failed_exit(how: str, backing: str) -> None:
 @pytest.mark.parametrize("err", ERRNOS, ids=IDS)
 def test_export_kept_across_a_failed_exit(err: int) -> None:
     _run("case_export_kept_across_a_failed_exit", errno=err)
+
+
+@pytest.mark.parametrize("skip", [0, 1, 2])
+@pytest.mark.parametrize("err", ERRNOS, ids=IDS)
+def test_view_settle_on_its_own_region(err: int, skip: int) -> None:
+    _run("case_view_settle_on_its_own_region", errno=err, skip=skip)
+
+
+def test_view_settle_is_one_mprotect() -> None:
+    _run("case_view_settle_is_one_mprotect", errno=errno.ENOMEM)

@@ -17,6 +17,7 @@ The mprotect backend only (``params()``: errno, and per case its knobs).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from typing import Any
@@ -115,4 +116,70 @@ def case_export_kept_across_a_failed_exit() -> None:
     rw.__exit__(None, None, None)  # again, without the failure
     assert _rights(regions[0].address) == "---"
     regions[0].close()
+    key.close()
+
+
+def _mixed_with_view(n: int, at: int) -> tuple[PkeyGuard, list[RegionGuard[Any]], Any, Any]:
+    """A ReadWrite guard (with a view) on region ``at`` of ``n``, whose exit failed on the
+    first region (twice): the others went to no access, the key stays ReadWrite, mixed."""
+    key, regions, assocs = _regions(n)
+    g = assocs[at].set_access_rights(RW)
+    v = g.__enter__().mut_ref_guard()
+    v.value = 7
+    failinject.arm("mprotect", _errno(), skip=0, count=2)
+    with contextlib.suppress(MprotectError):
+        g.__exit__(None, None, None)
+        raise AssertionError("the exit succeeded although its first region's mprotect failed")
+    assert failinject.failed("mprotect") == 2
+    failinject.reset()
+    assert g.active and getattr(key, "_mixed", False)
+    assert [_rights(r.address) for r in regions] == ["rw-"] + ["---"] * (n - 1)
+    return key, regions, g, v
+
+
+def case_view_settle_on_its_own_region() -> None:
+    """The view's region (the last of three) lags at no access; the re-apply before an access
+    fails (from its ``skip``-th mprotect on).  It must either open the view's own region or
+    refuse the access: never return with the region still closed (a fault), never put other
+    regions back to no access."""
+    key, regions, g, v = _mixed_with_view(3, 2)
+    skip = int(params()["skip"])
+    failinject.arm("mprotect", _errno(), skip=skip, count=-1)
+    refused = False
+    try:
+        v.value = 8
+    except MprotectError as exc:
+        refused = True
+        assert exc.syscall == "mprotect", exc
+    failed = failinject.failed("mprotect")
+    failinject.reset()
+    if skip == 0:
+        assert refused and failed >= 1, (refused, failed)
+    else:  # the view's own region is re-applied first: no failure reaches it
+        assert not refused
+    assert _rights(regions[0].address) == "rw-", "a re-apply narrowed another region"
+    v.value = 9
+    assert v.value == 9
+    g.__exit__(None, None, None)
+    assert [_rights(r.address) for r in regions] == ["---"] * 3
+    assert not getattr(key, "_mixed", False)
+    for r in regions:
+        r.close()
+    key.close()
+
+
+def case_view_settle_is_one_mprotect() -> None:
+    """On a key with eight regions, seven lagging, a view access re-applies its own region
+    only: one mprotect, however many regions the key has (and none the next time)."""
+    key, regions, g, v = _mixed_with_view(8, 5)
+    failinject.reset()
+    v.value = 1
+    first = failinject.calls("mprotect")
+    v.value = 2
+    second = failinject.calls("mprotect") - first
+    assert (first, second) == (1, 0), (first, second)
+    g.__exit__(None, None, None)
+    assert [_rights(r.address) for r in regions] == ["---"] * 8
+    for r in regions:
+        r.close()
     key.close()
