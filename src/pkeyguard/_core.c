@@ -94,6 +94,10 @@ enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2,
 #define MAP_F_LOST 0x80        /* a fork child could not map zero pages in its place */
 #define MAP_F_UNKNOWN 0x100    /* a change failed half-way: the rights may not be the books' */
 #define MAP_F_CANARY_BAD 0x200 /* the wipe found the canary overwritten (not reported yet) */
+#define MAP_F_LAGGING 0x400    /* mprotect: the pages may be narrower (or stuck wider) than the
+                                  key's effective_level after a failed change; set on every
+                                  region of a key whose change failed, cleared per region when
+                                  the level is applied to it again */
 #define CANARY_MAX 64
 
 #define MAX_REGION_SIZE ((size_t)1 << 46)
@@ -433,21 +437,26 @@ enum {
  *
  * Fail closed: no region is ever left wider than the key's recorded level.  A region that
  * cannot be narrowed (an exit, a put-back) is tried once more, then with no access at all,
- * which is narrower than every level: if that works the region lags *narrower* (k->mixed)
- * and the change goes on, so an exit completes closed unless every try fails.  If both fail,
+ * which is narrower than every level: if that works the region lags *narrower* (k->mixed,
+ * MAP_F_LAGGING) and the change goes on, so an exit completes closed unless every try fails.
+ * Never on a region with live buffer exports: a memoryview taken under the target level
+ * would fault, so that narrowing fails instead (the region keeps its wider rights).  If both fail,
  * a narrowing change (an exit) keeps the key at its level, and the regions it narrowed
  * already stay narrowed, lagging behind it (nothing is widened again).  A widening change
  * (an entry) under APPLY_ATOMIC puts back what it changed (narrowing, with the same retry);
  * a region that cannot be put back stays wider, so the change cannot be undone and is
  * completed instead: the key takes `level` (0 is returned: the caller's entry succeeds) and
  * the regions not yet widened lag behind.
- * k->mixed records lagging regions; every switch re-applies the level to all of them, and a
- * view re-applies it before an access (view_settle), so a lagging region never faults. */
+ * k->mixed records that a key has lagging regions, MAP_F_LAGGING which ones may lag (every
+ * region of a key whose change failed: the wipe does not trust their rights); every switch
+ * re-applies the level to all of them, and a view re-applies it to its own region before an
+ * access (view_settle), so a lagging region never faults. */
 static int
 region_protect(MappingObject *m, int level, int narrowing, int *lagging)
 {
     void *addr = (void *)m->addr;
     if (mprotect(addr, m->len, prot_for_level(m->prot, level)) == 0) {
+        m->flags &= ~MAP_F_LAGGING;
         return 0;
     }
     int e = errno;
@@ -455,13 +464,26 @@ region_protect(MappingObject *m, int level, int narrowing, int *lagging)
         return e;
     }
     if (mprotect(addr, m->len, prot_for_level(m->prot, level)) == 0) { /* a passing cause */
+        m->flags &= ~MAP_F_LAGGING;
         return 0;
     }
-    if (level != LEVEL_NONE && mprotect(addr, m->len, prot_for_level(m->prot, LEVEL_NONE)) == 0) {
-        *lagging = 1; /* narrower than the level */
+    if (level != LEVEL_NONE && m->exports == 0 &&
+        mprotect(addr, m->len, prot_for_level(m->prot, LEVEL_NONE)) == 0) {
+        m->flags |= MAP_F_LAGGING; /* narrower than the level */
+        *lagging = 1;
         return 0;
     }
     return e;
+}
+
+/* A change of k failed part-way: no region's rights can be trusted to be its level. */
+static void
+key_mark_lagging(KeyObject *k)
+{
+    k->mixed = 1;
+    for (Py_ssize_t i = 0; i < k->nbindings; i++) {
+        k->bindings[i]->mapping->flags |= MAP_F_LAGGING;
+    }
 }
 
 static int
@@ -493,14 +515,14 @@ key_apply_level(KeyObject *k, int level, int how)
     }
     if (how == APPLY_FORCE) {
         k->effective_level = level;
-        k->mixed = 1;
+        key_mark_lagging(k);
         return first;
     }
     if (narrowing) {
         /* An exit (or a re-apply) that failed: the regions that could be narrowed stay
          * narrowed, lagging behind the key, which keeps its level (nothing is widened again;
          * the failed ones are as they were). */
-        k->mixed = 1;
+        key_mark_lagging(k);
         return first;
     }
     int stuck = 0;
@@ -517,7 +539,7 @@ key_apply_level(KeyObject *k, int level, int how)
         k->mixed = 1; /* a put-back left a region narrower than the key's level */
     }
     if (stuck) {
-        k->mixed = 1;
+        key_mark_lagging(k);
         k->effective_level = level; /* a region stays wider: complete the change */
         return 0;
     }
@@ -1272,7 +1294,7 @@ mapping_scrub(MappingObject *m, int in_place, const char **what)
     int check = m->canary_len > 0 && !mapping_inherited(m);
     int prot, pkey, raisable;
     mapping_pages_now(m, &prot, &pkey, &raisable);
-    int known = !(m->flags & MAP_F_UNKNOWN);
+    int known = !(m->flags & (MAP_F_UNKNOWN | MAP_F_LAGGING)); /* else: rights not trusted */
     const int rw = PROT_READ | PROT_WRITE;
     int e = 0;
     m->flags |= MAP_F_WIPED; /* from here on the bytes are gone, or closed and going */
@@ -3420,13 +3442,16 @@ view_rights_now(ViewObject *v)
     return v->guard->root->innermost->level; /* O(1): the thread's innermost on the key */
 }
 
-/* A failed system call left some of k's regions at other rights than its level (k->mixed):
- * apply the level again before an access that relies on it, or refuse the access (a region
- * left narrower would fault). */
+/* A failed system call may have left the view's region m at other rights than its key's
+ * level (MAP_F_LAGGING): apply the level to that region alone again before an access that
+ * relies on it (O(1): the key's other regions wait for its next switch), or refuse the
+ * access (a region left narrower would fault).  The key's level is what its books say the
+ * pages have (never wider), so this is not a widening of the key: nothing is put back. */
 static int
-view_settle(KeyObject *k)
+view_settle(KeyObject *k, MappingObject *m)
 {
-    int e = key_apply_level(k, key_wanted_level(k), APPLY_ATOMIC);
+    int lagging = 0;
+    int e = region_protect(m, k->effective_level, 0, &lagging);
     if (e != 0) {
         raise_errno(e, "mprotect");
         return -1;
@@ -3467,7 +3492,8 @@ view_check(ViewObject *v, int write)
                         "this view is read-only: use mut_ref_guard() under a ReadWrite guard");
         return -1;
     }
-    if (g->key->mixed && view_settle(g->key) < 0) {
+    MappingObject *vm = g->binding->mapping;
+    if ((vm->flags & MAP_F_LAGGING) && view_settle(g->key, vm) < 0) {
         return -1;
     }
     if (g->root->innermost != g) {
