@@ -1,0 +1,92 @@
+"""Issue 18, second review (b): Python code that runs between a change in the core and its
+completion.
+
+Closing a region ends its association and drops the references the association held: often
+the key's last (``PkeyGuard(...).associate(region)`` keeps no other).  The subclass check of
+the public classes goes by module name, so a class that claims pkeyguard's module gets a
+``__del__`` onto a key; whatever runs there must find the region released, not unbound and
+still mapped (where it could bind it again, and the release would then unmap the pages under
+a live association).  Closing a key over several regions whose untagging fails must raise the
+first failure, built once the key is closed, not one per region from inside the loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import gc
+from typing import Any
+
+from pkeyguard import MprotectError, PkeyGuard, PkeyguardError, RegionGuard
+from tests import failinject
+from tests.adversarial.childlib import MPROTECT, NA
+
+
+def case_key_finalizer_during_region_close() -> None:
+    outcome: list[str] = []
+    kept: list[Any] = []
+    region = RegionGuard(ctypes.c_uint32)
+
+    class Spoofed(PkeyGuard):
+        __module__ = "pkeyguard.spoofed"  # passes the subclass check (it reads the module)
+        __slots__ = ()
+
+        def __del__(self) -> None:
+            # the attack: runs when close() drops the key's last reference
+            try:
+                key = PkeyGuard(NA)
+                assoc = key.associate(region)
+            except PkeyguardError as exc:
+                outcome.append(f"refused: {type(exc).__name__}")
+            else:
+                kept.append((key, assoc))
+                outcome.append("bound again while closing")
+
+    Spoofed(NA).associate(region)
+    gc.set_threshold(1)
+    region.close()
+    gc.set_threshold(700)
+    assert len(outcome) == 1, f"the key's __del__ did not run in close(): {outcome}"
+    assert outcome[0].startswith("refused"), outcome
+    assert region.closed
+    print("finalizer ran:", outcome[0])
+
+
+def case_key_close_untag_failures_first_error() -> None:
+    call = "mprotect" if MPROTECT else "pkey_mprotect"
+    key = PkeyGuard(NA)
+    regions = [RegionGuard(ctypes.c_uint32) for _ in range(4)]
+    for r in regions:
+        key.associate(r)
+    built: list[tuple[int, int]] = []  # (id, live associations of the key) per error built
+    original = MprotectError.__init__
+
+    def recording_init(self: MprotectError, *args: Any) -> None:
+        built.append((id(self), len(key.regions) if not key.closed else -1))
+        original(self, *args)
+
+    MprotectError.__init__ = recording_init  # type: ignore[method-assign,assignment]
+    failinject.arm(call, errno.ENOMEM, count=2)
+    try:
+        key.close()
+    except MprotectError as exc:
+        raised: MprotectError | None = exc
+    else:
+        raised = None
+    finally:
+        MprotectError.__init__ = original  # type: ignore[method-assign]
+    assert failinject.failed(call) == 2, failinject.failed(call)
+    failinject.reset()
+    assert raised is not None, "key.close() hid its untag failures"
+    assert raised.errno == errno.ENOMEM and raised.syscall == call, raised
+    assert len(built) == 1, f"one error per failed region, the first replaced: {built}"
+    assert built[0][0] == id(raised)
+    assert built[0][1] == -1, f"the error was built with the key half closed: {built}"
+    assert key.closed
+    # the regions whose untag failed keep the (closed) key's tag: still listed as associated
+    stuck = [r for r in regions if r.association is not None]
+    assert len(stuck) == 2, regions
+    for r in regions:
+        r.close()
+        assert r.closed
+    print("first error raised:", raised)
