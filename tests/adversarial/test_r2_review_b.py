@@ -15,3 +15,15 @@ def test_key_close_raises_the_first_untag_failure_once_closed() -> None:
     child = run_case("r2_review_b", "case_key_close_untag_failures_first_error", failinject=True)
     assert_survived(child)
     assert "first error raised" in child.stdout
+
+
+def test_nonblocking_fifo_read_blocks_no_signal() -> None:
+    child = run_case("r2_review_b", "case_nonblocking_fifo_read_needs_no_mask")
+    assert_survived(child)
+    assert "masks: 0" in child.stdout
+
+
+def test_prompt_reads_switch_nothing() -> None:
+    child = run_case("r2_review_b", "case_prompt_reads_need_no_mask")
+    assert_survived(child)
+    assert "masks: 0" in child.stdout

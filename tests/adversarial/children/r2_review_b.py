@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import gc
+import os
+import tempfile
 from typing import Any
 
-from pkeyguard import MprotectError, PkeyGuard, PkeyguardError, RegionGuard
+from pkeyguard import MprotectError, PkeyGuard, PkeyguardError, RegionGuard, Secret
 from tests import failinject
 from tests.adversarial.childlib import MPROTECT, NA
+from tests.adversarial.children.r2_terminal import _controlling_pty, _Terminal
 
 
 def case_key_finalizer_during_region_close() -> None:
@@ -90,3 +94,90 @@ def case_key_close_untag_failures_first_error() -> None:
         r.close()
         assert r.closed
     print("first error raised:", raised)
+
+
+class _CountReads:
+    """Counts the reads that take the O_NONBLOCK route and the signal-mask calls made."""
+
+    def __init__(self) -> None:
+        from pkeyguard import secret as module
+
+        self.module = module
+        self.reads = 0
+        self.masks = 0
+        self._read = module._FdReader._read_nonblocking
+        self._mask = module._sigmask
+
+    def __enter__(self) -> _CountReads:
+        read, mask = self._read, self._mask
+
+        def counting_read(reader: Any, target: memoryview) -> int | None:
+            self.reads += 1
+            return read(reader, target)
+
+        def counting_mask(how: int, signals: Any) -> Any:
+            self.masks += 1
+            return mask(how, signals)
+
+        self.module._FdReader._read_nonblocking = counting_read  # type: ignore[method-assign,assignment]
+        self.module._sigmask = counting_mask
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.module._FdReader._read_nonblocking = self._read  # type: ignore[method-assign]
+        self.module._sigmask = self._mask
+
+
+def case_nonblocking_fifo_read_needs_no_mask() -> None:
+    """A FIFO opened by path (no RWF_NOWAIT): the O_NONBLOCK route.  The caller's descriptor
+    is non-blocking already: the reads switch nothing and block no signal."""
+    folder = tempfile.mkdtemp()
+    path = os.path.join(folder, "fifo")
+    os.mkfifo(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    w = os.open(path, os.O_WRONLY)
+    os.write(w, b"hunter2")
+    os.close(w)
+    try:
+        with _CountReads() as counts:
+            secret = Secret.from_fd(fd)
+        assert counts.reads >= 1, "the FIFO was not read through the O_NONBLOCK route"
+        assert counts.masks == 0, f"{counts.masks} pthread_sigmask calls for {counts.reads} reads"
+        assert not os.get_blocking(fd)
+        with secret.reveal() as view:
+            assert bytes(view) == b"hunter2"
+        secret.close()
+    finally:
+        os.close(fd)
+        os.unlink(path)
+        os.rmdir(folder)
+    print("reads:", counts.reads, "masks:", counts.masks)
+
+
+def case_prompt_reads_need_no_mask() -> None:
+    """from_prompt reads QuietTerminal's own non-blocking description: no flag switched, no
+    signal blocked, no F_GETFL per read."""
+    master, _slave = _controlling_pty()
+    terminal = _Terminal(master)
+    try:
+        with _CountReads() as counts:
+            getfl = 0
+            real_fcntl = fcntl.fcntl
+
+            def counting_fcntl(fd: int, cmd: int, *args: Any) -> Any:
+                nonlocal getfl
+                getfl += cmd == fcntl.F_GETFL
+                return real_fcntl(fd, cmd, *args)
+
+            fcntl.fcntl = counting_fcntl  # type: ignore[assignment]
+            try:
+                for _ in range(5):
+                    Secret.from_prompt("pw: ").close()
+            finally:
+                fcntl.fcntl = real_fcntl
+    finally:
+        terminal.close()
+    assert counts.reads >= 5, counts.reads
+    assert counts.masks == 0, f"{counts.masks} pthread_sigmask calls for {counts.reads} reads"
+    assert getfl == 0, f"{getfl} F_GETFL calls for {counts.reads} reads"
+    print("reads:", counts.reads, "masks:", counts.masks)
