@@ -2148,11 +2148,23 @@ fork_child_expire_secure_views(void)
     }
 }
 
-/* Fork child: whether the forking thread holds an active write guard over m. */
+static inline GuardObject *key_thread_root(KeyObject *k, ThreadStack *s);
+static unsigned long long walk_steps;
+
+/* Fork child: whether the forking thread holds an active write guard over m.  Only the
+ * thread's guards on m's key are looked at (its root on the key, then the same-key chain):
+ * a walk of the whole stack for each secure mapping made a fork inside N nested guards over
+ * N secrets O(N^2) in the child's handler. */
 static int
 fork_child_writing(MappingObject *m)
 {
-    for (GuardObject *g = tls_stack != NULL ? tls_stack->top : NULL; g != NULL; g = g->prev) {
+    BindingObject *b = m->binding;
+    if (b == NULL || b->key == NULL || tls_stack == NULL) {
+        return 0; /* a guard holds its binding: none is active over an unbound mapping */
+    }
+    GuardObject *r = key_thread_root(b->key, tls_stack);
+    for (GuardObject *g = r != NULL ? r->innermost : NULL; g != NULL; g = g->same_outer) {
+        walk_steps++;
         if (g->level == LEVEL_WRITE && g->binding != NULL && g->binding->mapping == m) {
             return 1;
         }

@@ -27,3 +27,9 @@ def test_prompt_reads_switch_nothing() -> None:
     child = run_case("r2_review_b", "case_prompt_reads_need_no_mask")
     assert_survived(child)
     assert "masks: 0" in child.stdout
+
+
+def test_fork_inside_nested_reveals_visits_each_key_once() -> None:
+    child = run_case("r2_review_b", "case_fork_inside_nested_reveals_is_linear", params={"n": 300})
+    assert_survived(child)
+    assert "child steps:" in child.stdout

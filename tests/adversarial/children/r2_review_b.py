@@ -12,6 +12,7 @@ first failure, built once the key is closed, not one per region from inside the 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -20,9 +21,9 @@ import os
 import tempfile
 from typing import Any
 
-from pkeyguard import MprotectError, PkeyGuard, PkeyguardError, RegionGuard, Secret
+from pkeyguard import MprotectError, PkeyGuard, PkeyguardError, RegionGuard, Secret, _core
 from tests import failinject
-from tests.adversarial.childlib import MPROTECT, NA
+from tests.adversarial.childlib import MPROTECT, NA, fork_status, params
 from tests.adversarial.children.r2_terminal import _controlling_pty, _Terminal
 
 
@@ -181,3 +182,27 @@ def case_prompt_reads_need_no_mask() -> None:
     assert counts.masks == 0, f"{counts.masks} pthread_sigmask calls for {counts.reads} reads"
     assert getfl == 0, f"{getfl} F_GETFL calls for {counts.reads} reads"
     print("reads:", counts.reads, "masks:", counts.masks)
+
+
+def case_fork_inside_nested_reveals_is_linear() -> None:
+    """A fork with N secrets revealed, nested (N guards on the forking thread's stack): the
+    child's handler decides for each secure mapping whether the forking thread writes it.
+    It must look only at that thread's guards on the mapping's key (a few steps each), not
+    walk the whole stack for each (N * N)."""
+    n = params()["n"]
+    secrets = [Secret.from_bytes(bytes([i % 251 + 1]) * 32) for i in range(n)]
+    with contextlib.ExitStack() as stack:
+        for s in secrets:
+            stack.enter_context(s.reveal())
+        before = _core._walk_steps()
+
+        def check() -> None:
+            spent = _core._walk_steps() - before
+            assert n <= spent <= 4 * n, f"{spent} guards visited for {n} secrets"
+            print("child steps:", spent, flush=True)
+
+        status = fork_status(check)
+    assert status == 0, f"fork child: wait status {status}"
+    for s in secrets:
+        s.close()
+    print("forked with", n, "nested reveals")
