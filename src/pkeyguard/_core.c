@@ -394,6 +394,7 @@ struct BindingObject {
     Py_ssize_t active;       /* active guards through this binding */
     Py_ssize_t slot;         /* its index in key->bindings while listed there */
     int live;
+    BindingObject *ended_next; /* key_free()'s list of references it drops at its end */
 };
 
 static KeyObject live_keys = {.live_prev = &live_keys, .live_next = &live_keys};
@@ -597,6 +598,41 @@ key_remove_binding(KeyObject *k, BindingObject *b)
  * only if the untagging system call fails. */
 static int key_free(KeyObject *k);
 
+/* What binding_end() gives up, handed to its caller.  Dropping a reference can run Python
+ * code (a finalizer on the key, often dropped for the last time here; the binding's own
+ * deallocator), and so can building the error: the caller finishes its own change first (the
+ * release and munmap of close(), every binding of key_free()) and then calls ended_finish().
+ * binding_end() raises nothing itself. */
+typedef struct {
+    KeyObject *key;        /* the binding's reference to its key */
+    BindingObject *held;   /* the mapping's reference to the binding */
+    BindingObject *ours;   /* the caller's own reference to the binding (it sets this) */
+    int err;               /* errno of a failed untag, 0 if none */
+    const char *syscall;
+} Ended;
+
+/* Drop what binding_end() gave up, keeping the exception being raised (if any); then raise
+ * the untag's error, unless one is already being raised.  -1 if the untag failed. */
+static int
+ended_finish(Ended *e)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    Py_XDECREF(e->key);
+    Py_XDECREF(e->held);
+    Py_XDECREF(e->ours);
+    e->key = NULL;
+    e->held = NULL;
+    e->ours = NULL;
+    if (et != NULL) {
+        PyErr_Restore(et, ev, tb);
+    }
+    else if (e->err != 0) {
+        raise_errno(e->err, e->syscall);
+    }
+    return e->err != 0 ? -1 : 0;
+}
+
 /* untag: UNTAG_NO (the pages are about to be unmapped), UNTAG_YES (a failure changes nothing
  * and raises), UNTAG_FORCE (the collector is taking the binding apart: on a failure the
  * binding ends anyway, the pages keep the tag, and the key never gives its number to
@@ -604,15 +640,19 @@ static int key_free(KeyObject *k);
 enum { UNTAG_NO = 0, UNTAG_YES = 1, UNTAG_FORCE = 2 };
 
 static int
-binding_end(BindingObject *b, int untag)
+binding_end(BindingObject *b, int untag, Ended *out)
 {
+    out->key = NULL;
+    out->held = NULL;
+    out->err = 0;
+    out->syscall = NULL;
     if (!b->live) {
         return 0;
     }
     KeyObject *k = b->key;
     MappingObject *m = b->mapping;
     int failed_errno = 0;
-    int pku_call = k->mode == MODE_PKU;
+    const char *call = k->mode == MODE_PKU ? "pkey_mprotect" : "mprotect";
     if (untag != UNTAG_NO && !mapping_absent(m)) {
         long rc = 0;
         /* The collector takes a secure mapping apart: it was wiped, and nobody can use its
@@ -630,7 +670,8 @@ binding_end(BindingObject *b, int untag)
         if (rc != 0) {
             failed_errno = errno;
             if (untag != UNTAG_FORCE) {
-                raise_errno(failed_errno, k->mode == MODE_PKU ? "pkey_mprotect" : "mprotect");
+                out->err = failed_errno;
+                out->syscall = call;
                 return -1;
             }
             if (mode_is_pool(k->mode) && k->hw >= 0) {
@@ -657,13 +698,24 @@ binding_end(BindingObject *b, int untag)
         }
         PyErr_Restore(et, ev, tb);
     }
-    Py_DECREF(k);
-    Py_XDECREF(held);
-    if (failed_errno != 0) { /* k may be gone: the mode was read before */
-        raise_errno(failed_errno, pku_call ? "pkey_mprotect" : "mprotect");
+    out->key = k;
+    out->held = held;
+    if (failed_errno != 0) {
+        out->err = failed_errno;
+        out->syscall = call;
         return -1;
     }
     return 0;
+}
+
+/* binding_end() for a caller with nothing left to change: drop and raise at once. */
+static int
+binding_end_now(BindingObject *b, int untag)
+{
+    Ended e;
+    e.ours = NULL;
+    (void)binding_end(b, untag, &e);
+    return ended_finish(&e);
 }
 
 /* Free the key (after ending its bindings).  Used by close() and by the deallocator. */
@@ -675,21 +727,36 @@ key_free(KeyObject *k)
     }
     k->closing = 1;
     int failed = 0;
+    Ended first = {0}; /* the first failed untag: the error raised */
+    /* The references the ended bindings give up (ours on each binding, chained through
+     * ended_next; the key's are counted): dropped once the key is closed, since dropping one
+     * can run Python code (a binding's deallocator drops its mapping).  The chain lives in the
+     * bindings themselves, so it needs no memory that could fail to come. */
+    BindingObject *chain = NULL;
+    Py_ssize_t key_refs = 0;
     while (k->nbindings > 0) {
         BindingObject *b = k->bindings[k->nbindings - 1];
         Py_INCREF(b);
-        if (binding_end(b, 1) < 0) {
+        Ended e;
+        if (binding_end(b, UNTAG_YES, &e) < 0) {
             /* The pages keep the tag: never free the number (a reused number would reach
-             * them).  Drop the binding from our list and report it.  Raising ran Python code
-             * (the error class): it may have changed the list, so b is looked up, not assumed
-             * to be last; it cannot enter a guard on k or bind to it (k->closing). */
+             * them).  Drop the binding from our list and report the first failure at the
+             * end (nothing was raised, so no Python code ran). */
+            if (!failed) {
+                first = e;
+            }
             failed = 1;
             key_remove_binding(k, b);
             if (b->mapping != NULL) {
                 b->mapping->flags |= MAP_F_UNKNOWN; /* tagged with a number the key gives up */
             }
         }
-        Py_DECREF(b);
+        else {
+            key_refs += e.key != NULL;
+            Py_XDECREF(e.held); /* not the last: ours is held until the end */
+        }
+        b->ended_next = chain;
+        chain = b;
     }
     if (mode_is_pool(k->mode)) {
         /* The number goes back (closed in this thread) only if every page lost the tag. */
@@ -698,7 +765,22 @@ key_free(KeyObject *k)
     }
     k->closed = 1;
     key_unregister(k);
-    return failed ? -1 : 0;
+    /* The state is complete: drop the references (the caller holds k, so k's are not its
+     * last), then raise the first error. */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    for (; key_refs > 0; key_refs--) {
+        Py_DECREF(k);
+    }
+    while (chain != NULL) {
+        BindingObject *b = chain;
+        chain = b->ended_next;
+        b->ended_next = NULL;
+        Py_DECREF(b);
+    }
+    PyErr_Restore(et, ev, tb);
+    first.ours = NULL;
+    return ended_finish(&first) < 0 || failed ? -1 : 0;
 }
 
 /* A key the library owns on a user's behalf (a Secret's): nothing public hands it out
@@ -1546,12 +1628,18 @@ mapping_close_now(MappingObject *m, int *canary_ok)
     const char *what = NULL;
     int e = mapping_scrub(m, 0, &what);
     BindingObject *b = m->binding;
+    Ended ended = {0};
     if (b != NULL) {
         Py_INCREF(b);
-        (void)binding_end(b, UNTAG_NO); /* fails only when untagging */
-        Py_DECREF(b);
+        (void)binding_end(b, UNTAG_NO, &ended); /* fails only when untagging */
+        ended.ours = b;
     }
-    return mapping_release(m, canary_ok, e, what);
+    /* the references the binding gave up (often the key's last: a finalizer on it runs) go
+     * after the memory is released, so that code finds the region closed, not unbound and
+     * still mapped */
+    int rc = mapping_release(m, canary_ok, e, what);
+    (void)ended_finish(&ended);
+    return rc;
 }
 
 /* The collector is taking a bound secure mapping apart (tp_clear): wipe it now, while its
@@ -1827,7 +1915,7 @@ Mapping_clear(MappingObject *m)
     if (b != NULL) {
         mapping_collect_wipe(m);
         Py_INCREF(b);
-        if (binding_end(b, UNTAG_FORCE) < 0) {
+        if (binding_end_now(b, UNTAG_FORCE) < 0) {
             write_unraisable("pkeyguard: untagging a collected region");
         }
         Py_DECREF(b);
@@ -2082,11 +2170,23 @@ fork_child_expire_secure_views(void)
     }
 }
 
-/* Fork child: whether the forking thread holds an active write guard over m. */
+static inline GuardObject *key_thread_root(KeyObject *k, ThreadStack *s);
+static unsigned long long walk_steps;
+
+/* Fork child: whether the forking thread holds an active write guard over m.  Only the
+ * thread's guards on m's key are looked at (its root on the key, then the same-key chain):
+ * a walk of the whole stack for each secure mapping made a fork inside N nested guards over
+ * N secrets O(N^2) in the child's handler. */
 static int
 fork_child_writing(MappingObject *m)
 {
-    for (GuardObject *g = tls_stack != NULL ? tls_stack->top : NULL; g != NULL; g = g->prev) {
+    BindingObject *b = m->binding;
+    if (b == NULL || b->key == NULL || tls_stack == NULL) {
+        return 0; /* a guard holds its binding: none is active over an unbound mapping */
+    }
+    GuardObject *r = key_thread_root(b->key, tls_stack);
+    for (GuardObject *g = r != NULL ? r->innermost : NULL; g != NULL; g = g->same_outer) {
+        walk_steps++;
         if (g->level == LEVEL_WRITE && g->binding != NULL && g->binding->mapping == m) {
             return 1;
         }
@@ -2320,7 +2420,7 @@ Binding_clear(BindingObject *b)
     if (b->live) {
         mapping_collect_wipe(b->mapping); /* garbage too: it holds this binding */
         Py_INCREF(b);
-        if (binding_end(b, UNTAG_FORCE) < 0) {
+        if (binding_end_now(b, UNTAG_FORCE) < 0) {
             write_unraisable("pkeyguard: untagging a collected association");
         }
         Py_DECREF(b);
@@ -2411,7 +2511,7 @@ Binding_unbind(BindingObject *b, PyObject *Py_UNUSED(ignored))
                             "are still active; leave their 'with' blocks first",
                             (PyObject *)b->mapping, b->key->id, b->active);
     }
-    if (binding_end(b, 1) < 0) {
+    if (binding_end_now(b, UNTAG_YES) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;

@@ -141,7 +141,10 @@ class _FdReader:
     - else, for anything but a regular file, ``readv`` with ``O_NONBLOCK`` switched on for
       that one read (terminals, FIFOs opened by path, character devices), with every
       asynchronous signal blocked until the flag is back (it is a flag of the open file
-      description: other holders of the description see it during that one read);
+      description: other holders of the description see it during that one read); a
+      descriptor that is non-blocking already (the caller's, or QuietTerminal's own
+      description) is read as it is, with no signal blocked (``pthread_sigmask`` runs pending
+      Python handlers, which must not run inside the guard);
     - else (a regular file on a file system without ``RWF_NOWAIT``: /proc, FUSE, NFS on old
       kernels) a plain ``readv``: it waits for the file system, never for a peer, but a
       stalled FUSE server holds the secret open while it stalls (SECURITY.md).
@@ -151,11 +154,30 @@ class _FdReader:
     in this process).
     """
 
-    __slots__ = ("_block", "_empty", "_fd", "_misses", "_nowait", "_regular", "_want")
+    __slots__ = (
+        "_block",
+        "_empty",
+        "_fd",
+        "_misses",
+        "_nowait",
+        "_own_nonblocking",
+        "_regular",
+        "_want",
+    )
 
-    def __init__(self, fd: int, *, block: bool, empty: Callable[[], BaseException]) -> None:
+    def __init__(
+        self,
+        fd: int,
+        *,
+        block: bool,
+        empty: Callable[[], BaseException],
+        own_description: bool = False,
+    ) -> None:
         st = os.fstat(fd)
         self._fd = fd
+        # A non-blocking description of the library's own (QuietTerminal's): nobody else can
+        # switch the flag off, so a read needs no flag and no signal mask.
+        self._own_nonblocking = own_description and not os.get_blocking(fd)
         self._regular = stat.S_ISREG(st.st_mode)
         self._nowait = _RWF_NOWAIT is not None
         self._block = block  # wait for data (a blocking descriptor), or raise empty()
@@ -184,6 +206,14 @@ class _FdReader:
 
     def _read_nonblocking(self, target: memoryview) -> int | None:
         fd = self._fd
+        # Already non-blocking (our own description, or the caller's choice, read per call
+        # since another holder can change it): nothing to switch, so no signal to block
+        # (pthread_sigmask runs pending Python handlers, here inside the guard).
+        if self._own_nonblocking or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+            try:
+                return os.readv(fd, [target])
+            except BlockingIOError:
+                return None
         # The mask to restore is read first: pthread_sigmask() runs pending handlers after it
         # changes the mask, so the call that blocks may raise with the mask already changed.
         mask = _sigmask(signal.SIG_BLOCK, ())
@@ -500,7 +530,7 @@ class Secret(Unshareable):
         # guard (see _FdReader).
         with QuietTerminal() as fd:
             _write_all(fd, text)
-            reader = _FdReader(fd, block=True, empty=_no_data)
+            reader = _FdReader(fd, block=True, empty=_no_data, own_description=True)
             return cls._from_reader(
                 reader.read, 0, limit, name, "the terminal", line=True, wait=reader.wait
             )

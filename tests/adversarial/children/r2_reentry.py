@@ -322,9 +322,10 @@ def case_isolated_exit_fails() -> None:
 
 
 def case_key_close_whose_untag_fails() -> None:
-    """key.close() untags its regions one by one; the first untag fails and raises (its
-    __init__ runs) while the key is half closed.  Entering a guard on it, or binding a
-    region to it, must be refused then; the close reports the failure."""
+    """key.close() untags its regions one by one; the first untag fails, and its error is
+    built (its __init__ runs) once the key is closed.  Entering a guard on the region that
+    kept the tag (its association stays), or binding a region to the key, must be refused
+    then; the close reports the failure."""
     assert MPROTECT
     key = PkeyGuard(NA)
     regions = [RegionGuard(64) for _ in range(3)]
@@ -333,7 +334,7 @@ def case_key_close_whose_untag_fails() -> None:
     tried: list[str] = []
 
     def sabotage() -> None:
-        g = assocs[0].set_access_rights(RW)
+        g = assocs[-1].set_access_rights(RW)  # untagged first (from the end): it failed
         try:
             g.__enter__()
             tried.append("entered")
