@@ -3037,19 +3037,26 @@ raise_not_active(GuardObject *g)
 }
 
 /* Pop everything above g and g itself off g's stack (an out-of-order exit).  Guards other
- * than g are marked ENDED_ORDER.  r has room for all of them.  Stops at a guard whose exit
- * cannot re-protect its pages: that one and those below it stay active. */
+ * than g are marked ENDED_ORDER, or ENDED_RETRIED if they were stuck; *foreign is set if one
+ * was not stuck (a user's block left open: a real out-of-order exit).  r has room for all of
+ * them.  Stops at a guard whose exit cannot re-protect its pages: that one and those below it
+ * stay active. */
 static int
-stack_unwind_through(GuardObject *g, Released *r)
+stack_unwind_through(GuardObject *g, int *foreign, Released *r)
 {
     ThreadStack *s = g->stack;
     while (s->top != NULL && s->top != g) {
         GuardObject *inner = s->top;
+        int stuck = inner->stuck;
         int e = guard_pop(inner, 1, 1, 0, r);
         if (e != 0) {
             return e;
         }
-        inner->ended = ENDED_ORDER;
+        /* a stuck guard is in nobody's block any more: retried, not exited out of order */
+        inner->ended = stuck ? ENDED_RETRIED : ENDED_ORDER;
+        if (!stuck) {
+            *foreign = 1;
+        }
     }
     return g->active ? guard_pop(g, 1, 1, 0, r) : 0;
 }
@@ -3137,6 +3144,21 @@ Binding_end_stuck(BindingObject *b, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The end of a completed exit of g: False, or the error for exports that outlived it. */
+static PyObject *
+exit_exports_check(GuardObject *g, Py_ssize_t exports)
+{
+    if (exports > 0) {
+        return PyErr_Format(err(E_VIEW),
+                            "%zd buffer export(s) of a view (a memoryview or slice of it) "
+                            "outlived %R; the rights were restored, so touching them now "
+                            "faults. Release them before the block ends ('with memoryview(view) "
+                            "as m:')",
+                            exports, (PyObject *)g);
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyObject *
 Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
 {
@@ -3159,14 +3181,18 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
     released_init(&released);
     if (s->top != g) {
         /* Out of order: unwind every guard above g and g itself, so this thread's rights
-         * are exactly what they were before g was entered, then report it. */
+         * are exactly what they were before g was entered, then report it.  Unless all the
+         * guards above g are stuck (their exits failed, their blocks are over): then this is
+         * an exit in order that retries them first. */
+        Py_ssize_t exports = g->exports;
         Py_ssize_t stuck = stuck_count(g->prev);
         if (released_reserve(&released, stack_depth(s, g) + stuck) < 0) {
             return PyErr_NoMemory(); /* nothing changed */
         }
         GuardObject *top = s->top;
         Py_INCREF(top);
-        int e = stack_unwind_through(g, &released);
+        int foreign = 0;
+        int e = stack_unwind_through(g, &foreign, &released);
         if (e != 0) {
             stuck_mark(s, g);
         }
@@ -3176,6 +3202,10 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
         released_drop(&released); /* the state is complete: finalizers may run now */
         if (e != 0) {
             raise_restore_failed(e); /* the guard that failed and those below stay active */
+        }
+        else if (!foreign) {
+            Py_DECREF(top);
+            return exit_exports_check(g, exports);
         }
         else {
             PyErr_Format(err(E_GUARD_ORDER),
@@ -3205,15 +3235,7 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
     if (e != 0) {
         return raise_restore_failed(e); /* g is still active: nothing changed */
     }
-    if (exports > 0) {
-        return PyErr_Format(err(E_VIEW),
-                            "%zd buffer export(s) of a view (a memoryview or slice of it) "
-                            "outlived %R; the rights were restored, so touching them now "
-                            "faults. Release them before the block ends ('with memoryview(view) "
-                            "as m:')",
-                            exports, (PyObject *)g);
-    }
-    Py_RETURN_FALSE;
+    return exit_exports_check(g, exports);
 }
 
 static void
@@ -4308,7 +4330,7 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
     Py_ssize_t next = n - 1; /* ours come off the stack in reverse order of entry */
     while (s->top != NULL && s->top != first && e == 0) {
         GuardObject *top = s->top;
-        int ours = 0;
+        int ours = top->stuck; /* a stuck guard's block is over: not left open inside ours */
         for (Py_ssize_t i = next; i >= 1; i--) {
             if (PyTuple_GET_ITEM(guards, i) == (PyObject *)top) {
                 ours = 1;
@@ -4316,8 +4338,12 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
                 break;
             }
         }
+        int was_stuck = top->stuck;
         e = guard_pop(top, 1, 1, 0, &released);
-        if (e == 0 && !ours) {
+        if (e == 0 && was_stuck) {
+            top->ended = ENDED_RETRIED;
+        }
+        else if (e == 0 && !ours) {
             grp->foreign = 1;
             top->ended = ENDED_ORDER;
         }
