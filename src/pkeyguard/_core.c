@@ -3105,10 +3105,93 @@ stuck_mark(ThreadStack *s, GuardObject *down_to)
     }
 }
 
-/* _end_stuck(force): exit again this thread's stuck guards on b's key that sit on top of
- * its stack (a Secret's: nobody else holds them).  force: end them even if their pages still
- * cannot be re-protected (the caller unmaps the region next: a Secret's close(), which also
- * wipes it); never one whose views have buffer exports (those rely on the pages). */
+/* Take the stuck guard g off its stack wherever it sits (its block is over: no user's
+ * 'with' is left by this), keeping the same-key links, the counts and the rights of the
+ * guards around it as if g had never been entered.  A guard above g on the same key takes
+ * over what g saved (its own exit restores what was before g); otherwise g is this thread's
+ * innermost on its key and its rights are undone as an exit would (guard_restore).  Returns
+ * 0 or an errno as guard_pop; on a failure with force = 0 nothing changed. */
+static int
+guard_remove(GuardObject *g, int force, Released *r)
+{
+    ThreadStack *s = g->stack;
+    if (s->top == g) {
+        return guard_pop(g, 1, 1, force, r);
+    }
+    GuardObject *same_inner = NULL; /* the next-inner guard on g's key, this thread */
+    for (GuardObject *o = g->root->innermost; o != g; o = o->same_outer) {
+        same_inner = o;
+    }
+    if (same_inner == NULL) {
+        int rc = guard_restore(g, 1, 1, force);
+        if (rc != 0 && !force) {
+            return rc;
+        }
+        same_key_pop(g); /* the innermost on its key */
+    }
+    else {
+        if (mode_is_pool(g->key->mode)) {
+            if (g->level != LEVEL_NONE) {
+                g->key->opening--;
+            }
+            if (same_inner->hw == g->hw) {
+                same_inner->saved_bits = g->saved_bits;
+            }
+        }
+        else {
+            same_inner->saved_level = g->saved_level; /* counts: g was not innermost */
+        }
+        same_inner->same_outer = g->same_outer;
+        if (g->root == g) {
+            /* same_inner becomes the thread's root on the key, in g's place in k->roots */
+            KeyObject *k = g->key;
+            for (GuardObject *o = g->innermost; o != NULL; o = o->same_outer) {
+                o->root = same_inner;
+            }
+            same_inner->innermost = g->innermost;
+            same_inner->root_prev = g->root_prev;
+            same_inner->root_next = g->root_next;
+            if (g->root_prev != NULL) {
+                g->root_prev->root_next = same_inner;
+            }
+            else {
+                k->roots = same_inner;
+            }
+            if (g->root_next != NULL) {
+                g->root_next->root_prev = same_inner;
+            }
+            g->root_prev = g->root_next = NULL;
+            g->innermost = NULL;
+        }
+        g->root = NULL;
+        g->same_outer = NULL;
+    }
+    GuardObject *above = s->top;
+    while (above->prev != g) {
+        above->depth--;
+        above = above->prev;
+    }
+    above->depth--;
+    above->prev = g->prev;
+    s->depth--;
+    g->prev = NULL;
+    g->depth = 0;
+    g->active = 0;
+    g->stuck = 0;
+    g->stack = NULL;
+    g->key->active--;
+    if (g->binding != NULL) {
+        g->binding->active--;
+    }
+    r->items[r->n++] = g;
+    return 0;
+}
+
+/* _end_stuck(force): exit again this thread's stuck guards on b's key, wherever they sit on
+ * its stack (a Secret's: nobody else holds them, and their blocks are over).  force: end
+ * them even if their pages still cannot be re-protected (the caller unmaps the region next:
+ * a Secret's close(), which also wipes it); never one whose views have buffer exports (those
+ * rely on the pages). */
 static PyObject *
 Binding_end_stuck(BindingObject *b, PyObject *arg)
 {
@@ -3120,9 +3203,11 @@ Binding_end_stuck(BindingObject *b, PyObject *arg)
     if (s == NULL || !b->live) {
         Py_RETURN_NONE;
     }
+    /* this thread's guards on the key, innermost first, through the same-key links */
+    GuardObject *root = key_thread_root(b->key, s);
     Py_ssize_t n = 0;
-    for (GuardObject *o = s->top; o != NULL && o->stuck && o->key == b->key; o = o->prev) {
-        n++;
+    for (GuardObject *o = root != NULL ? root->innermost : NULL; o != NULL; o = o->same_outer) {
+        n += o->stuck;
     }
     if (n == 0) {
         Py_RETURN_NONE;
@@ -3132,13 +3217,16 @@ Binding_end_stuck(BindingObject *b, PyObject *arg)
     if (released_reserve(&released, n) < 0) {
         return PyErr_NoMemory(); /* nothing changed */
     }
-    while (n-- > 0) {
-        GuardObject *g = s->top;
-        int hard = force && g->exports == 0;
-        if (guard_pop(g, 1, 1, hard, &released) != 0 && !hard) {
-            break; /* still stuck, still active */
+    GuardObject *g = root->innermost;
+    while (g != NULL) {
+        GuardObject *outer = g->same_outer; /* read before g is unlinked */
+        if (g->stuck) {
+            int hard = force && g->exports == 0;
+            if (guard_remove(g, hard, &released) == 0 || hard) {
+                g->ended = ENDED_RETRIED;
+            } /* else: still stuck, still active; the others are independent of it */
         }
-        g->ended = ENDED_RETRIED;
+        g = outer;
     }
     released_drop(&released); /* the state is complete: finalizers may run now */
     Py_RETURN_NONE;
