@@ -3159,19 +3159,26 @@ raise_not_active(GuardObject *g)
 }
 
 /* Pop everything above g and g itself off g's stack (an out-of-order exit).  Guards other
- * than g are marked ENDED_ORDER.  r has room for all of them.  Stops at a guard whose exit
- * cannot re-protect its pages: that one and those below it stay active. */
+ * than g are marked ENDED_ORDER, or ENDED_RETRIED if they were stuck; *foreign is set if one
+ * was not stuck (a user's block left open: a real out-of-order exit).  r has room for all of
+ * them.  Stops at a guard whose exit cannot re-protect its pages: that one and those below it
+ * stay active. */
 static int
-stack_unwind_through(GuardObject *g, Released *r)
+stack_unwind_through(GuardObject *g, int *foreign, Released *r)
 {
     ThreadStack *s = g->stack;
     while (s->top != NULL && s->top != g) {
         GuardObject *inner = s->top;
+        int stuck = inner->stuck;
         int e = guard_pop(inner, 1, 1, 0, r);
         if (e != 0) {
             return e;
         }
-        inner->ended = ENDED_ORDER;
+        /* a stuck guard is in nobody's block any more: retried, not exited out of order */
+        inner->ended = stuck ? ENDED_RETRIED : ENDED_ORDER;
+        if (!stuck) {
+            *foreign = 1;
+        }
     }
     return g->active ? guard_pop(g, 1, 1, 0, r) : 0;
 }
@@ -3220,10 +3227,93 @@ stuck_mark(ThreadStack *s, GuardObject *down_to)
     }
 }
 
-/* _end_stuck(force): exit again this thread's stuck guards on b's key that sit on top of
- * its stack (a Secret's: nobody else holds them).  force: end them even if their pages still
- * cannot be re-protected (the caller unmaps the region next: a Secret's close(), which also
- * wipes it); never one whose views have buffer exports (those rely on the pages). */
+/* Take the stuck guard g off its stack wherever it sits (its block is over: no user's
+ * 'with' is left by this), keeping the same-key links, the counts and the rights of the
+ * guards around it as if g had never been entered.  A guard above g on the same key takes
+ * over what g saved (its own exit restores what was before g); otherwise g is this thread's
+ * innermost on its key and its rights are undone as an exit would (guard_restore).  Returns
+ * 0 or an errno as guard_pop; on a failure with force = 0 nothing changed. */
+static int
+guard_remove(GuardObject *g, int force, Released *r)
+{
+    ThreadStack *s = g->stack;
+    if (s->top == g) {
+        return guard_pop(g, 1, 1, force, r);
+    }
+    GuardObject *same_inner = NULL; /* the next-inner guard on g's key, this thread */
+    for (GuardObject *o = g->root->innermost; o != g; o = o->same_outer) {
+        same_inner = o;
+    }
+    if (same_inner == NULL) {
+        int rc = guard_restore(g, 1, 1, force);
+        if (rc != 0 && !force) {
+            return rc;
+        }
+        same_key_pop(g); /* the innermost on its key */
+    }
+    else {
+        if (mode_is_pool(g->key->mode)) {
+            if (g->level != LEVEL_NONE) {
+                g->key->opening--;
+            }
+            if (same_inner->hw == g->hw) {
+                same_inner->saved_bits = g->saved_bits;
+            }
+        }
+        else {
+            same_inner->saved_level = g->saved_level; /* counts: g was not innermost */
+        }
+        same_inner->same_outer = g->same_outer;
+        if (g->root == g) {
+            /* same_inner becomes the thread's root on the key, in g's place in k->roots */
+            KeyObject *k = g->key;
+            for (GuardObject *o = g->innermost; o != NULL; o = o->same_outer) {
+                o->root = same_inner;
+            }
+            same_inner->innermost = g->innermost;
+            same_inner->root_prev = g->root_prev;
+            same_inner->root_next = g->root_next;
+            if (g->root_prev != NULL) {
+                g->root_prev->root_next = same_inner;
+            }
+            else {
+                k->roots = same_inner;
+            }
+            if (g->root_next != NULL) {
+                g->root_next->root_prev = same_inner;
+            }
+            g->root_prev = g->root_next = NULL;
+            g->innermost = NULL;
+        }
+        g->root = NULL;
+        g->same_outer = NULL;
+    }
+    GuardObject *above = s->top;
+    while (above->prev != g) {
+        above->depth--;
+        above = above->prev;
+    }
+    above->depth--;
+    above->prev = g->prev;
+    s->depth--;
+    g->prev = NULL;
+    g->depth = 0;
+    g->active = 0;
+    g->stuck = 0;
+    g->stack = NULL;
+    g->key->active--;
+    if (g->binding != NULL) {
+        g->binding->active--;
+    }
+    r->items[r->n++] = g;
+    return 0;
+}
+
+/* _end_stuck(force): exit again this thread's stuck guards on b's key, wherever they sit on
+ * its stack (a Secret's: nobody else holds them, and their blocks are over).  force: end
+ * them even if their pages still cannot be re-protected (the caller unmaps the region next:
+ * a Secret's close(), which also wipes it); never one whose views have buffer exports (those
+ * rely on the pages). */
 static PyObject *
 Binding_end_stuck(BindingObject *b, PyObject *arg)
 {
@@ -3235,9 +3325,11 @@ Binding_end_stuck(BindingObject *b, PyObject *arg)
     if (s == NULL || !b->live) {
         Py_RETURN_NONE;
     }
+    /* this thread's guards on the key, innermost first, through the same-key links */
+    GuardObject *root = key_thread_root(b->key, s);
     Py_ssize_t n = 0;
-    for (GuardObject *o = s->top; o != NULL && o->stuck && o->key == b->key; o = o->prev) {
-        n++;
+    for (GuardObject *o = root != NULL ? root->innermost : NULL; o != NULL; o = o->same_outer) {
+        n += o->stuck;
     }
     if (n == 0) {
         Py_RETURN_NONE;
@@ -3247,16 +3339,34 @@ Binding_end_stuck(BindingObject *b, PyObject *arg)
     if (released_reserve(&released, n) < 0) {
         return PyErr_NoMemory(); /* nothing changed */
     }
-    while (n-- > 0) {
-        GuardObject *g = s->top;
-        int hard = force && g->exports == 0;
-        if (guard_pop(g, 1, 1, hard, &released) != 0 && !hard) {
-            break; /* still stuck, still active */
+    GuardObject *g = root->innermost;
+    while (g != NULL) {
+        GuardObject *outer = g->same_outer; /* read before g is unlinked */
+        if (g->stuck) {
+            int hard = force && g->exports == 0;
+            if (guard_remove(g, hard, &released) == 0 || hard) {
+                g->ended = ENDED_RETRIED;
+            } /* else: still stuck, still active; the others are independent of it */
         }
-        g->ended = ENDED_RETRIED;
+        g = outer;
     }
     released_drop(&released); /* the state is complete: finalizers may run now */
     Py_RETURN_NONE;
+}
+
+/* The end of a completed exit of g: False, or the error for exports that outlived it. */
+static PyObject *
+exit_exports_check(GuardObject *g, Py_ssize_t exports)
+{
+    if (exports > 0) {
+        return PyErr_Format(err(E_VIEW),
+                            "%zd buffer export(s) of a view (a memoryview or slice of it) "
+                            "outlived %R; the rights were restored, so touching them now "
+                            "faults. Release them before the block ends ('with memoryview(view) "
+                            "as m:')",
+                            exports, (PyObject *)g);
+    }
+    Py_RETURN_FALSE;
 }
 
 static PyObject *
@@ -3281,14 +3391,18 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
     released_init(&released);
     if (s->top != g) {
         /* Out of order: unwind every guard above g and g itself, so this thread's rights
-         * are exactly what they were before g was entered, then report it. */
+         * are exactly what they were before g was entered, then report it.  Unless all the
+         * guards above g are stuck (their exits failed, their blocks are over): then this is
+         * an exit in order that retries them first. */
+        Py_ssize_t exports = g->exports;
         Py_ssize_t stuck = stuck_count(g->prev);
         if (released_reserve(&released, stack_depth(s, g) + stuck) < 0) {
             return PyErr_NoMemory(); /* nothing changed */
         }
         GuardObject *top = s->top;
         Py_INCREF(top);
-        int e = stack_unwind_through(g, &released);
+        int foreign = 0;
+        int e = stack_unwind_through(g, &foreign, &released);
         if (e != 0) {
             stuck_mark(s, g);
         }
@@ -3298,6 +3412,10 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
         released_drop(&released); /* the state is complete: finalizers may run now */
         if (e != 0) {
             raise_restore_failed(e); /* the guard that failed and those below stay active */
+        }
+        else if (!foreign) {
+            Py_DECREF(top);
+            return exit_exports_check(g, exports);
         }
         else {
             PyErr_Format(err(E_GUARD_ORDER),
@@ -3327,15 +3445,7 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
     if (e != 0) {
         return raise_restore_failed(e); /* g is still active: nothing changed */
     }
-    if (exports > 0) {
-        return PyErr_Format(err(E_VIEW),
-                            "%zd buffer export(s) of a view (a memoryview or slice of it) "
-                            "outlived %R; the rights were restored, so touching them now "
-                            "faults. Release them before the block ends ('with memoryview(view) "
-                            "as m:')",
-                            exports, (PyObject *)g);
-    }
-    Py_RETURN_FALSE;
+    return exit_exports_check(g, exports);
 }
 
 static void
@@ -4434,7 +4544,7 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
     Py_ssize_t next = n - 1; /* ours come off the stack in reverse order of entry */
     while (s->top != NULL && s->top != first && e == 0) {
         GuardObject *top = s->top;
-        int ours = 0;
+        int ours = top->stuck; /* a stuck guard's block is over: not left open inside ours */
         for (Py_ssize_t i = next; i >= 1; i--) {
             if (PyTuple_GET_ITEM(guards, i) == (PyObject *)top) {
                 ours = 1;
@@ -4442,8 +4552,12 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
                 break;
             }
         }
+        int was_stuck = top->stuck;
         e = guard_pop(top, 1, 1, 0, &released);
-        if (e == 0 && !ours) {
+        if (e == 0 && was_stuck) {
+            top->ended = ENDED_RETRIED;
+        }
+        else if (e == 0 && !ours) {
             grp->foreign = 1;
             top->ended = ENDED_ORDER;
         }
