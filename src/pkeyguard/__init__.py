@@ -13,7 +13,7 @@ import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import allocator, faults
+from . import _owned, allocator, faults
 from ._backend import BackendInfo, backend
 from ._errors import (
     DEPRECATED_NAMES,
@@ -108,6 +108,7 @@ def _public_module_names() -> None:
 
 
 _public_module_names()
+_owned.seal()  # every class is defined: none can be subclassed from here on
 
 
 def __getattr__(name: str) -> Any:

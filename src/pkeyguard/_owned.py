@@ -4,6 +4,23 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, NoReturn
 
+_sealed = False
+
+
+def seal() -> None:
+    """pkeyguard has defined its classes (the end of its ``__init__``): from now on no class
+    may subclass them, whatever its ``__module__`` claims."""
+    global _sealed
+    _sealed = True
+
+
+def refuse_outside_subclass(cls: type, message: str) -> None:
+    """The one rule for the classes users must not subclass: only pkeyguard's own modules,
+    and only while pkeyguard is being imported (a ``__module__`` can be set to anything)."""
+    ours = cls.__module__ == "pkeyguard" or cls.__module__.startswith("pkeyguard.")
+    if _sealed or not ours:
+        raise TypeError(message)
+
 
 class Unshareable:
     """Refuses ``pickle`` and ``copy`` (a copy would be a second owner of the same key or
@@ -21,12 +38,12 @@ class Unshareable:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__module__ != "pkeyguard" and not cls.__module__.startswith("pkeyguard."):
-            base = next(b for b in cls.__mro__[1:] if b.__module__.startswith("pkeyguard"))
-            raise TypeError(
-                f"{base.__name__} cannot be subclassed: it guards memory or keys of this "
-                "process, and its checks must hold as written (wrap it instead)"
-            )
+        base = next(b for b in cls.__mro__[1:] if b.__module__.startswith("pkeyguard"))
+        refuse_outside_subclass(
+            cls,
+            f"{base.__name__} cannot be subclassed: it guards memory or keys of this "
+            "process, and its checks must hold as written (wrap it instead)",
+        )
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(self._cannot_pickle)

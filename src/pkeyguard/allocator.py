@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, get_args
 
 from . import _core
 from ._errors import ArgumentTypeError, CanaryError, MprotectError, RegionError
+from ._owned import refuse_outside_subclass
 
 __all__ = [
     "PAGE_SIZE",
@@ -136,11 +137,11 @@ class Allocator(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__module__.startswith("pkeyguard"):
-            raise TypeError(
-                "pkeyguard allocators cannot be subclassed: the library maps, owns and "
-                "releases the memory it protects. Use allocator.Mmap() or allocator.Secure()"
-            )
+        refuse_outside_subclass(
+            cls,
+            "pkeyguard allocators cannot be subclassed: the library maps, owns and "
+            "releases the memory it protects. Use allocator.Mmap() or allocator.Secure()",
+        )
 
     @abc.abstractmethod
     def _options(self) -> dict[str, Any]:

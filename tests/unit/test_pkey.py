@@ -242,3 +242,28 @@ def test_regions_stay_listed_whatever_order_they_leave(seed: int) -> None:
                     assert all(perms_at(r.address) == "rw-p" for r in live)
         for r in regions:
             r.close()
+
+
+@pytest.mark.parametrize("module", ["user", "pkeyguard", "pkeyguard.mine"])
+def test_no_class_can_be_subclassed_once_pkeyguard_is_imported(module: str) -> None:
+    # A __module__ can claim anything: a class that names pkeyguard's own got past the
+    # module check (found while attacking the release: a spoofed key subclass ran __del__
+    # inside close()).  Once pkeyguard is imported, none is accepted.
+    import pkeyguard
+    from pkeyguard import views
+    from pkeyguard.pkey import AccessGuard, AssociatedRegion, ReadGuard, WriteGuard
+
+    bases: list[type] = [
+        PkeyGuard,
+        RegionGuard,
+        pkeyguard.Secret,
+        AssociatedRegion,
+        AccessGuard,
+        ReadGuard,
+        WriteGuard,
+        views.BytesRef,
+        views.MutScalarRef,
+    ]
+    for base in bases:
+        with pytest.raises(TypeError, match="cannot be subclassed"):
+            type("Mine", (base,), {"__module__": module, "__slots__": ()})

@@ -171,6 +171,8 @@ class TestLifecycle:
         for base in (allocator.Allocator, allocator.Mmap, allocator.Secure):
             with pytest.raises(TypeError, match="cannot be subclassed"):
                 type("Mine", (base,), {"__module__": "user"})
+            with pytest.raises(TypeError, match="cannot be subclassed"):  # a claimed module
+                type("Mine", (base,), {"__module__": "pkeyguard.mine"})
         region = RegionGuard(16, allocator=allocator.Mmap())
         region.close()
         region.close()

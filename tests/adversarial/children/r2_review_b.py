@@ -21,7 +21,7 @@ import os
 import tempfile
 from typing import Any
 
-from pkeyguard import MprotectError, PkeyGuard, PkeyguardError, RegionGuard, Secret, _core
+from pkeyguard import MprotectError, PkeyGuard, PkeyguardError, RegionGuard, Secret, _core, _owned
 from tests import failinject
 from tests.adversarial.childlib import MPROTECT, NA, fork_status, params
 from tests.adversarial.children.r2_terminal import _controlling_pty, _Terminal
@@ -32,21 +32,29 @@ def case_key_finalizer_during_region_close() -> None:
     kept: list[Any] = []
     region = RegionGuard(ctypes.c_uint32)
 
-    class Spoofed(PkeyGuard):
-        __module__ = "pkeyguard.spoofed"  # passes the subclass check (it reads the module)
-        __slots__ = ()
+    # A subclass is the only way to run Python code when a key is freed (keys take no
+    # weakref), and pkeyguard refuses subclasses once imported: this test opens that door
+    # through the private seal, to prove the release is complete before any such code runs.
+    _owned._sealed = False
+    try:
 
-        def __del__(self) -> None:
-            # the attack: runs when close() drops the key's last reference
-            try:
-                key = PkeyGuard(NA)
-                assoc = key.associate(region)
-            except PkeyguardError as exc:
-                outcome.append(f"refused: {type(exc).__name__}")
-            else:
-                kept.append((key, assoc))
-                outcome.append("bound again while closing")
+        class Spoofed(PkeyGuard):
+            __module__ = "pkeyguard.spoofed"
+            __slots__ = ()
 
+            def __del__(self) -> None:
+                # the attack: runs when close() drops the key's last reference
+                try:
+                    key = PkeyGuard(NA)
+                    assoc = key.associate(region)
+                except PkeyguardError as exc:
+                    outcome.append(f"refused: {type(exc).__name__}")
+                else:
+                    kept.append((key, assoc))
+                    outcome.append("bound again while closing")
+
+    finally:
+        _owned._sealed = True
     Spoofed(NA).associate(region)
     gc.set_threshold(1)
     region.close()
