@@ -80,7 +80,12 @@ THREAD = st.integers(0, N_THREADS - 1)
 VALUE = st.integers(0, 2**31 - 1)
 
 NONE, READ, WRITE = 0, 1, 2  # rights levels, as in the C core
-MAX_PINNED_PKU = 6  # keys with initial rights one pku example makes (see new_key)
+# Keys with initial rights one pku example makes (see new_key): none.  A closed one's number
+# waits until every thread that may hold it has synced, and whether a thread can be proven
+# not to (its start time against the number's, in clock ticks) depends on timing: in the
+# guest a run made such keys wait and refused the 13th, at random.  Their numbers are tested
+# on their own, with raw accesses (tests/hw/test_virtual_keys.py, test_r2_pinned_reuse).
+MAX_PINNED_PKU = 0
 LEVEL = {
     PkeyPermissions.NoAccess: NONE,
     PkeyPermissions.ReadOnly: READ,
