@@ -35,6 +35,23 @@ def _cli(
     )
 
 
+def _reader_gone(args: list[str], backend: str) -> subprocess.CompletedProcess[str]:
+    """``python -m pkeyguard ARGS`` writing to a pipe whose reader is already gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "pkeyguard", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PKEYGUARD_BACKEND": backend},
+        )
+    finally:
+        os.close(write_end)
+
+
 def _one_line(proc: subprocess.CompletedProcess[str], ending: str) -> None:
     err = proc.stderr.strip()
     assert "Traceback" not in err, err
@@ -77,18 +94,7 @@ def test_a_reader_that_goes_away_is_not_an_error(args: list[str]) -> None:
     assert piped.stderr == "", piped.stderr
     # (head may go only after all was written) and with the reader gone before the first
     # write: EPIPE for certain
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        gone = subprocess.run(
-            [sys.executable, "-m", "pkeyguard", *args],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        os.close(write_end)
+    gone = _reader_gone(args, "mprotect")
     assert gone.returncode == 0 and gone.stderr == "", (gone.returncode, gone.stderr)
 
 
@@ -126,19 +132,7 @@ def test_a_reader_that_goes_away_keeps_a_failing_status(args: list[str]) -> None
     # The backend's failure is known before the first write: a reader gone before it (EPIPE
     # for certain) drops the output, not the status.  Found by attack round two (F5): `info
     # | (exec 0<&-; true)` exited 0 on an unusable backend.
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        gone = subprocess.run(
-            [sys.executable, "-m", "pkeyguard", *args],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            env={**os.environ, "PKEYGUARD_BACKEND": "nonsense"},
-        )
-    finally:
-        os.close(write_end)
+    gone = _reader_gone(args, "nonsense")
     assert gone.returncode == 1, (gone.returncode, gone.stderr)
     assert "Traceback" not in gone.stderr, gone.stderr
 
