@@ -66,7 +66,7 @@ step "hardware suite and the pku-relevant attacks (QEMU guest with PKU, pku back
 # what linux-image-amd64 resolves to today instead (to try a new kernel before moving the pin).
 # Issue 18's attacks that depend on the backend, the kernel or secret memory (the others, and
 # the cases that inject failures into the mprotect backend's switches, run on this machine).
-r2_pku=(tests/adversarial/test_r2_{backing,costs,fork,fork_release,fork_views,guard_exits,kept_views,pinned_reuse,reentry,release_failures,secret_key,spacers,wipe}.py)
+r2_pku=(tests/adversarial/test_r2_{backing,costs,fork,fork_release,fork_views,guard_exits,half_made,kept_views,pinned_reuse,reentry,release_failures,review_b,secret_key,spacers,wipe}.py)
 follow=()
 [[ ${PKEYGUARD_FOLLOW_KERNEL:-} == 1 ]] && follow=(--follow-kernel)
 for kernel in release backports; do
