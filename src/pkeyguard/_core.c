@@ -2911,6 +2911,23 @@ raise_restore_failed(int e)
     return NULL;
 }
 
+/* g has left its stack: inactive, counted off its key and binding, its reference moved to r
+ * (dropped once the state is consistent). */
+static void
+guard_retire(GuardObject *g, Released *r)
+{
+    g->prev = NULL;
+    g->depth = 0;
+    g->active = 0;
+    g->stuck = 0;
+    g->stack = NULL;
+    g->key->active--;
+    if (g->binding != NULL) {
+        g->binding->active--;
+    }
+    r->items[r->n++] = g;
+}
+
 /* Take g off the top of its stack and undo its rights.  The stack's reference to g moves to
  * *r, to be dropped once the state is consistent.  The caller has reserved room in r.
  * Returns 0 or an errno (see guard_restore); raises nothing.  On a failure with force = 0
@@ -2925,17 +2942,8 @@ guard_pop(GuardObject *g, int write_pkru, int apply, int force, Released *r)
     ThreadStack *s = g->stack;
     s->top = g->prev;
     s->depth--;
-    g->prev = NULL;
-    g->depth = 0;
     same_key_pop(g);
-    g->active = 0;
-    g->stuck = 0;
-    g->stack = NULL;
-    g->key->active--;
-    if (g->binding != NULL) {
-        g->binding->active--;
-    }
-    r->items[r->n++] = g;
+    guard_retire(g, r);
     return rc;
 }
 
@@ -3296,16 +3304,7 @@ guard_remove(GuardObject *g, int force, Released *r)
     above->depth--;
     above->prev = g->prev;
     s->depth--;
-    g->prev = NULL;
-    g->depth = 0;
-    g->active = 0;
-    g->stuck = 0;
-    g->stack = NULL;
-    g->key->active--;
-    if (g->binding != NULL) {
-        g->binding->active--;
-    }
-    r->items[r->n++] = g;
+    guard_retire(g, r);
     return 0;
 }
 
