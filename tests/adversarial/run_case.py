@@ -1,7 +1,8 @@
 """Run one attack case in this (fresh) interpreter: ``python -m tests.adversarial.run_case
 MODULE CASE``.
 
-``MODULE`` is a module under ``tests.adversarial.children``, ``CASE`` the name of one of its
+``MODULE`` is a module under ``tests.adversarial.children`` (a bare name) or any importable
+module (a dotted name, e.g. ``tests.unit.children.fork``), ``CASE`` the name of one of its
 ``case_*`` functions.  A watchdog (``PKEYGUARD_CASE_WATCHDOG`` seconds) ends a hung child with
 every thread's traceback; a case that returns prints the marker that
 :func:`tests.adversarial.support.assert_survived` looks for.
@@ -25,7 +26,8 @@ def main(argv: list[str]) -> int:
     faulthandler.dump_traceback_later(
         float(os.environ.get("PKEYGUARD_CASE_WATCHDOG", "60")), exit=True
     )
-    module = importlib.import_module(f"tests.adversarial.children.{argv[1]}")
+    name = argv[1] if "." in argv[1] else f"tests.adversarial.children.{argv[1]}"
+    module = importlib.import_module(name)
     case = getattr(module, argv[2])
     case()
     from tests.adversarial.support import MARKER

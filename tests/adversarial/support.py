@@ -225,7 +225,8 @@ def run_case(
     failinject: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> Child:
-    """Run ``case`` (a ``case_*`` function of ``tests.adversarial.children.<module>``) in a
+    """Run ``case`` (a ``case_*`` function of ``tests.adversarial.children.<module>``, or of
+    ``module`` itself when it is a dotted name such as ``tests.unit.children.fork``) in a
     fresh interpreter; like :func:`attack`, but the child program is a module the linters
     and type checkers read.  ``params`` reach the child as JSON (``childlib.params()``);
     ``failinject`` preloads the system-call failure shim (:mod:`tests.failinject`)."""
