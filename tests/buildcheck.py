@@ -19,7 +19,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-__all__ = ["REBUILD", "package_dir", "stale_build"]
+__all__ = ["ALLOW_ENV", "REBUILD", "build_problem", "package_dir", "stale_build"]
 
 #: What to run after changing the C core (CONTRIBUTING.md, "changed X, run Y").
 REBUILD = "python setup.py build_ext --inplace"
@@ -80,3 +80,14 @@ def stale_build(package: Path | None) -> str | None:
                 f"(or `pip install -e .`), or set {ALLOW_ENV}=1 to test the old build"
             )
     return None
+
+
+def build_problem() -> str | None:
+    """What is wrong with the pkeyguard the tests would import, in one line, or None."""
+    package = package_dir()
+    if package is None:
+        return (
+            "pkeyguard is not importable: run `pip install -e .` here (a source tree's src/ "
+            "is not on the path by itself)"
+        )
+    return stale_build(package)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.buildcheck import ALLOW_ENV, package_dir, stale_build
+from tests.buildcheck import ALLOW_ENV, build_problem
 
 NATIVE = Path(__file__).resolve().parent / "native"
 
@@ -24,9 +24,9 @@ NATIVE = Path(__file__).resolve().parent / "native"
 # stale core may not even import.  (A conftest that raises is reported as an ImportError with
 # a traceback, hence the message and SystemExit.)
 if not os.environ.get(ALLOW_ENV):
-    _stale = stale_build(package_dir())
-    if _stale is not None:
-        sys.stderr.write(f"ERROR: {_stale}\n")
+    _problem = build_problem()
+    if _problem is not None:
+        sys.stderr.write(f"ERROR: {_problem}\n")
         raise SystemExit(pytest.ExitCode.USAGE_ERROR)
 
 # Hypothesis profiles: `dev` (the default: a bare `pytest` stays under a minute), `ci` (what

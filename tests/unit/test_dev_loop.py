@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.buildcheck import ALLOW_ENV, stale_build
+from tests import buildcheck
+from tests.buildcheck import ALLOW_ENV, build_problem, stale_build
 
 ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -104,6 +105,12 @@ def test_the_imported_package_is_checked() -> None:
     spec = importlib.util.find_spec("pkeyguard")
     assert spec is not None and spec.origin is not None
     assert stale_build(Path(spec.origin).parent) is None  # else this run would have stopped
+
+
+def test_a_package_that_cannot_be_found_says_what_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(buildcheck, "package_dir", lambda: None)
+    message = build_problem()
+    assert message is not None and "pkeyguard is not importable: run `pip install -e .`" in message
 
 
 def _pytest_with(package_root: Path, **env: str) -> subprocess.CompletedProcess[str]:
