@@ -58,8 +58,8 @@ def stale_build(package: Path | None) -> str | None:
     ``package`` is not a source tree."""
     if package is None or not (package / "_core.c").is_file():
         return None  # an installed package (a wheel): nothing to compare with
-    headers = sorted(package.glob("*.h"))
-    sources = sorted(package.glob("*.c"))
+    headers = sorted(package.rglob("*.h"))  # any *.c.h too, and any folder of the core's
+    sources = sorted(package.rglob("*.c"))
     root = package.parent.parent  # src/pkeyguard -> the directory of setup.py
     run = REBUILD if Path.cwd() == root else f"cd {root} && {REBUILD}"
     for extension in ("_core", "_terminal"):

@@ -86,6 +86,16 @@ def test_each_extension_is_compared_with_its_own_sources(tmp_path: Path) -> None
     assert message is not None and f"_terminal{SUFFIX} is older than _terminal.c" in message
 
 
+def test_sources_in_a_folder_of_the_package_count(tmp_path: Path) -> None:
+    package = _tree(tmp_path)
+    _rebuild(package)
+    (package / "core").mkdir()
+    (package / "core" / "keys.c").write_text("")
+    _touch(package / "core" / "keys.c", age=-5)  # written after the build
+    message = stale_build(package)
+    assert message is not None and f"_core{SUFFIX} is older than keys.c" in message
+
+
 def test_a_missing_build_says_what_to_run(tmp_path: Path) -> None:
     message = stale_build(_tree(tmp_path, built=False))
     assert message is not None
