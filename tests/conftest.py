@@ -8,12 +8,26 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.buildcheck import ALLOW_ENV, build_problem
+
 NATIVE = Path(__file__).resolve().parent / "native"
+
+# Fail fast on an in-place build older than its C sources (tests/buildcheck.py): one line
+# saying what to run, instead of failures that test the old core.  Here, at import, rather
+# than in pytest_configure: the suites' conftests import pkeyguard before that hook runs, and a
+# stale core may not even import.  (A conftest that raises is reported as an ImportError with
+# a traceback, hence the message and SystemExit.)
+if not os.environ.get(ALLOW_ENV):
+    _problem = build_problem()
+    if _problem is not None:
+        sys.stderr.write(f"ERROR: {_problem}\n")
+        raise SystemExit(pytest.ExitCode.USAGE_ERROR)
 
 # Hypothesis profiles: `dev` (the default: a bare `pytest` stays under a minute), `ci` (what
 # tools/test.sh runs), `long` (for a night).  HYPOTHESIS_PROFILE picks one; the stateful tests

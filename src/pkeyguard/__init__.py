@@ -7,6 +7,28 @@ Without PKU, the ``mprotect`` backend keeps the same API with process-wide right
 :func:`backend` for which one is active and what it guarantees.
 """
 
+# Layout, in layers: a module imports from its own layer and the layers below it only
+# (docs/architecture.md says what each part of the C core does).
+#
+#   C core        _core (keys and their pool, mappings, bindings, guards, views, the fault
+#                 reporter; every check-and-change is one call there), _terminal (echo off)
+#   vocabulary    _errors (the error tree), _permissions (the rights enums, from the core's
+#                 one table), _owned (no pickling, copying or subclassing)
+#   shared rules  _checks (the argument checkers: exact ints, names, rights, page rights),
+#                 _layouts (what ctypes recorded about a type: scalar codes, pointers, array
+#                 and field layouts)
+#   parts         allocator (how region memory is mapped), views (view classes, composite
+#                 proxies), _backend (which backend, why; the mode new keys get), faults
+#   objects       region (RegionGuard), then pkey (PkeyGuard, AssociatedRegion, the guards);
+#                 region names AssociatedRegion for type checkers only, since the public
+#                 types point both ways (region.association, assoc.region)
+#   uses          secret (Secret), isolation (isolated), _support and __main__ (the CLI)
+#   this module   the public names, sealed once every class exists
+#
+# Modules use each other's public names only.  Underscored methods of the core's types and
+# Allocator._map (how a region asks for its memory) are interfaces inside the package: they
+# stay underscored because users must not call them.
+
 from __future__ import annotations
 
 import warnings

@@ -12,11 +12,11 @@ import errno
 import os
 import platform
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, TypeVar
 
 from . import _core, allocator
 from ._errors import PkeyguardError, PkuUnavailableError
-from ._permissions import LEVEL_TO_PERMISSION, PkeyPermissions
+from ._permissions import PkeyPermissions
 
 __all__ = ["BackendInfo", "KeyStats", "backend", "probe_pku"]
 
@@ -165,64 +165,43 @@ def probe_pku() -> tuple[bool, str]:
     return True, "cpu has pku, kernel enabled it (ospke) and pkey_alloc works"
 
 
-class Backend(Protocol):
-    """What pkeyguard needs from a backend (one class per backend, like psutil).
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A backend as the Python layer sees it: its name, and the core's mode for its keys.
 
-    The core does the system calls and keeps the state; a backend decides what a key is
-    (a hardware key or a logical number) and how to read a thread's rights.
+    One class, not one per backend: everything that differs between the backends (what a key
+    number is, how a switch changes rights: WRPKRU, a thread-local PKRU or mprotect of every
+    region; how a thread's rights are read back; how memory is released) is done by the C
+    core, keyed by the mode each key is created with.  A class per backend here could only
+    repeat that mode (three such classes once differed by nothing else), and would promise a
+    seam in Python that does not exist.  A new backend (arm64 POE, say) is a mode in the core
+    plus a probe and a :class:`BackendInfo` in this module, not a class.
     """
 
     name: BackendName
-
-    def new_key(self, cls: type[K], rights: PkeyPermissions) -> K: ...
-    def current_rights(self, key: _core.Key) -> PkeyPermissions: ...
-    def live_keys(self) -> int: ...
-
-
-class PkuBackend:
-    """Virtual keys over the hardware keys (the core's pool, ``_keypool.h``): a key holds a
-    hardware key while it is used, and is parked when evicted; switches are WRPKRU in C."""
-
-    name: BackendName = "pku"
-    mode = _core.MODE_PKU
+    mode: int
 
     def new_key(self, cls: type[K], rights: PkeyPermissions) -> K:
         # The core raises KeyExhaustedError itself, when no hardware key can be taken.
         return _core.Key.__new__(cls, -1, self.mode, rights.level)
 
-    def current_rights(self, key: _core.Key) -> PkeyPermissions:
-        return LEVEL_TO_PERMISSION[key._thread_level()]
-
     def live_keys(self) -> int:
         return _core.live_key_count()
 
 
-class SimulatedPkuBackend(PkuBackend):
-    """The pku backend's key pool with PKU simulated (``MODE_SIM``): PKRU is a thread-local
-    value and tags are ``mprotect`` calls.  It protects nothing a thread could not reach
-    anyway (a held key's pages are open to every thread): it exists so that the pool's
-    policy can be tested and measured on machines without PKU.  Never selected by
-    :func:`backend`; tests and the benchmark make keys with ``SIMULATED.new_key(...)``."""
+#: Virtual keys over the hardware keys (the core's pool, ``_keypool.h``): a key holds a
+#: hardware key while it is used, and is parked when evicted; switches are WRPKRU in C.
+PKU = Backend("pku", _core.MODE_PKU)
 
-    mode = _core.MODE_SIM
+#: The pku backend's key pool with PKU simulated (``MODE_SIM``): PKRU is a thread-local
+#: value and tags are ``mprotect`` calls.  It protects nothing a thread could not reach
+#: anyway (a held key's pages are open to every thread): it exists so that the pool's policy
+#: can be tested and measured on machines without PKU.  Never selected by :func:`backend`;
+#: tests and the benchmark make keys with ``SIMULATED.new_key(...)``.
+SIMULATED = Backend("pku", _core.MODE_SIM)
 
-
-SIMULATED = SimulatedPkuBackend()
-
-
-class MprotectBackend:
-    """Logical keys; a switch mprotects every region of the key (process-wide)."""
-
-    name: BackendName = "mprotect"
-
-    def new_key(self, cls: type[K], rights: PkeyPermissions) -> K:
-        return _core.Key.__new__(cls, -1, _core.MODE_MPROTECT, rights.level)
-
-    def current_rights(self, key: _core.Key) -> PkeyPermissions:
-        return LEVEL_TO_PERMISSION[key._thread_level()]
-
-    def live_keys(self) -> int:
-        return _core.live_key_count()
+#: Logical keys; a switch mprotects every region of the key (process-wide).
+MPROTECT = Backend("mprotect", _core.MODE_MPROTECT)
 
 
 _selected: dict[str, tuple[BackendInfo, Backend]] = {}
@@ -241,7 +220,7 @@ def _select() -> tuple[BackendInfo, Backend]:
     if ok:
         _core.enable_pku()
         info = BackendInfo("pku", reason, True, 15, forced, PKU_GUARANTEES)
-        return info, PkuBackend()
+        return info, PKU
     if wanted == "pku":
         raise PkuUnavailableError(
             f"PKEYGUARD_BACKEND=pku, but PKU cannot work here: {reason}. Run on a CPU with "
@@ -254,9 +233,7 @@ def _select() -> tuple[BackendInfo, Backend]:
 
 
 def _mprotect_info(reason: str, *, forced: bool) -> tuple[BackendInfo, Backend]:
-    return BackendInfo("mprotect", reason, False, 0, forced, MPROTECT_GUARANTEES), (
-        MprotectBackend()
-    )
+    return BackendInfo("mprotect", reason, False, 0, forced, MPROTECT_GUARANTEES), MPROTECT
 
 
 def active() -> tuple[BackendInfo, Backend]:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar, get_args
 
 from . import _core
+from ._checks import exact_int
 from ._errors import ArgumentTypeError, CanaryError, MprotectError, RegionError
 from ._owned import refuse_outside_subclass
 
@@ -212,9 +213,9 @@ class Secure(Allocator):
         backing: Backing = "auto",
         on_before_unmap: Callable[[int, int], None] | None = None,
     ) -> None:
-        if isinstance(canary_size, bool) or not isinstance(canary_size, int):
-            raise ArgumentTypeError(f"canary_size must be an int, not {canary_size!r}")
-        canary_size = int(canary_size)
+        canary_size = exact_int(
+            canary_size, ArgumentTypeError, "canary_size must be an int, not {!r}"
+        )
         if not 0 <= canary_size <= MAX_CANARY:
             raise RegionError(f"canary_size must be within 0..{MAX_CANARY}, got {canary_size}")
         if on_before_unmap is not None and not callable(on_before_unmap):

@@ -12,10 +12,11 @@ import ctypes
 from typing import TYPE_CHECKING, Any, Generic, Literal, Never, TypeVar, overload
 
 from . import _backend, _core
+from ._checks import check_name, check_rights
 from ._errors import AccessError, ArgumentTypeError, KeyStateError, RegionError, RegionTypeError
 from ._owned import Unshareable
 from ._permissions import LEVEL_TO_PERMISSION, PkeyPermissions
-from .region import RegionGuard, _check_name
+from .region import RegionGuard
 from .views import (
     BytesRef,
     CompositeRef,
@@ -44,12 +45,6 @@ T = TypeVar(
 T_co = TypeVar("T_co", covariant=True)
 V = TypeVar("V")
 C = TypeVar("C", bound="ctypes.Structure | ctypes.Union | ctypes.Array[Any]")
-
-
-def _check_rights(rights: object) -> PkeyPermissions:
-    if type(rights) is not PkeyPermissions:
-        raise ArgumentTypeError(f"rights must be a PkeyPermissions member, not {rights!r}")
-    return rights
 
 
 class PkeyGuard(_core.Key, Unshareable):
@@ -177,8 +172,8 @@ def _key_of(assoc: AssociatedRegion[Any]) -> PkeyGuard | None:
 
 def _new_key(cls: type[PkeyGuard], rights: object, name: object) -> PkeyGuard:
     """PkeyGuard(...): check the arguments, then allocate the key in one step."""
-    rights = _check_rights(rights)
-    name = _check_name(name, ArgumentTypeError)
+    rights = check_rights(rights)
+    name = check_name(name, ArgumentTypeError)
     self = _backend.active()[1].new_key(cls, rights)
     self._name = name  # if interrupted before this, the key is dropped and freed
     return self

@@ -5,27 +5,18 @@ from __future__ import annotations
 import ctypes
 import functools
 import operator
-import re
 import struct
-import sys
-from _ctypes import CFuncPtr
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from . import _core
-from ._errors import ArgumentTypeError, ArgumentValueError, RegionError, RegionTypeError
+from ._checks import MAX_NAME_LENGTH as MAX_NAME_LENGTH  # re-exported: its old home
+from ._checks import check_access, check_name, is_int
+from ._errors import RegionError, RegionTypeError
+from ._layouts import SCALAR_CODES, pointer_in, scalar_code
 from ._owned import Unshareable
 from ._permissions import AccessPermissions
 from .allocator import Allocator, Mmap
-from .views import (
-    BytesRef,
-    CompositeRef,
-    MutBytesRef,
-    MutCompositeRef,
-    MutScalarRef,
-    ScalarRef,
-    _array_layout,
-    _stored_format,
-)
+from .views import BytesRef, CompositeRef, MutBytesRef, MutCompositeRef, MutScalarRef, ScalarRef
 
 if TYPE_CHECKING:
     from .pkey import AssociatedRegion
@@ -47,13 +38,6 @@ _CT = TypeVar(
 #: The largest region accepted (64 TiB): larger sizes are a bug, not a request.
 MAX_REGION_SIZE: int = _core.MAX_REGION_SIZE
 
-# ctypes type codes a scalar view reads and writes in C (c_char_p/c_wchar_p hold pointers
-# to memory outside the region, and long double has no portable C conversion: refused).
-_SCALAR_CODES = frozenset("bBhHiIlLqQfd?c")
-# Type codes that hold a pointer or a Python object: never in a region, at any depth (their
-# bytes can be overwritten through a byte view, and reading them dereferences them).
-_POINTER_CODES = frozenset("zZPOXv")
-
 RegionKind = Literal["bytes", "scalar", "composite"]
 
 _VIEW_TYPES: dict[RegionKind, tuple[type[_core.View], type[_core.View]]] = {
@@ -63,59 +47,9 @@ _VIEW_TYPES: dict[RegionKind, tuple[type[_core.View], type[_core.View]]] = {
 }
 
 
-# What ctypes recorded about a type when the class was made. ``_type_``, ``_length_`` and the
-# field descriptors are class attributes that anyone can reassign later (``c_char_p._type_ =
-# "Q"``); the record is what ctypes itself reads and writes by, and it cannot be changed.
-# Field names are stripped before looking for codes; ``_STRUCT_NAME`` matches one.
-_STRUCT_NAME = re.compile(r":[^:]*:")
-_BYTE_ORDER = "<>@=!"
-
-
-def _scalar_code(ctype: Any) -> tuple[str, bool]:
-    """(struct code, byte-swapped) of a ctypes scalar type, from ctypes' own record."""
-    fmt = _stored_format(ctype)
-    code = fmt.lstrip(_BYTE_ORDER)
-    foreign = ">" if sys.byteorder == "little" else "<"
-    return code, fmt[:1] == foreign and len(code) == 1 and ctypes.sizeof(ctype) > 1
-
-
-def _pointer_in(value_type: Any, seen: set[type[Any]]) -> str | None:
-    """The name of a pointer-like member of a ctypes type, or None if it is plain data.
-
-    Two independent looks, both from what ctypes recorded: the type tree (scalar codes and
-    array elements taken from instances, not from ``_type_``), and the codes in the whole
-    type's buffer format, with field names stripped."""
-    if value_type in seen:
-        return None
-    seen.add(value_type)
-    if issubclass(value_type, (ctypes._Pointer, CFuncPtr)):
-        return str(value_type.__name__)
-    if issubclass(value_type, ctypes._SimpleCData):
-        code, _ = _scalar_code(value_type)
-        return str(value_type.__name__) if set(code) & _POINTER_CODES else None
-    fmt = _STRUCT_NAME.sub("", _stored_format(value_type))
-    if set(fmt) & (_POINTER_CODES | {"&"}):
-        return str(value_type.__name__)
-    if issubclass(value_type, ctypes.Array):
-        # checked against the stored layout (a relabelled array is refused) and kept, so that
-        # the region's views index it by these element types even if _type_ changes later
-        return _pointer_in(_array_layout(value_type)[0], seen)
-    for klass in value_type.__mro__:
-        for field in klass.__dict__.get("_fields_", ()):
-            found = _pointer_in(field[1], seen)
-            if found is not None:
-                return f"{field[0]}: {found}"
-    return None
-
-
 def _classify(value_type: object) -> tuple[RegionKind, int, str, bool]:
     """(kind, size in bytes, view format, byte-swapped) for an accepted value type."""
-    if isinstance(value_type, bool) or not isinstance(value_type, (int, type)):
-        raise RegionTypeError(
-            f"value_type must be a ctypes type (c_uint32, a Structure, c_uint8 * 16) or a "
-            f"byte size (int), not {value_type!r}"
-        )
-    if isinstance(value_type, int):
+    if is_int(value_type):
         nbytes = operator.index(value_type)  # an exact int: subclasses cannot lie later
         if nbytes <= 0:
             raise RegionError(f"region size must be positive, got {nbytes}")
@@ -124,13 +58,18 @@ def _classify(value_type: object) -> tuple[RegionKind, int, str, bool]:
                 f"region size {nbytes} is larger than MAX_REGION_SIZE ({MAX_REGION_SIZE})"
             )
         return "bytes", nbytes, "s", False
+    if not isinstance(value_type, type):  # a bool is no byte size either
+        raise RegionTypeError(
+            f"value_type must be a ctypes type (c_uint32, a Structure, c_uint8 * 16) or a "
+            f"byte size (int), not {value_type!r}"
+        )
     vt: Any = value_type
     size: int | None = None
     pointer: str | None = None
     try:
         if issubclass(vt, ctypes._SimpleCData):
-            code, swapped = _scalar_code(vt)
-            if code not in _SCALAR_CODES or struct.calcsize(code) != ctypes.sizeof(vt):
+            code, swapped = scalar_code(vt)
+            if code not in SCALAR_CODES or struct.calcsize(code) != ctypes.sizeof(vt):
                 raise RegionTypeError(
                     f"{value_type.__name__} (type code {code!r}) cannot live in a region: "
                     "pointers and long double are not supported; use an integer, float, bool "
@@ -139,7 +78,7 @@ def _classify(value_type: object) -> tuple[RegionKind, int, str, bool]:
             return "scalar", ctypes.sizeof(vt), code, swapped
         if issubclass(vt, (ctypes.Structure, ctypes.Union, ctypes.Array)):
             size = ctypes.sizeof(vt)
-            pointer = _pointer_in(vt, set())
+            pointer = pointer_in(vt, set())
     except RegionError:
         raise
     except Exception as exc:  # a type that only pretends to be a ctypes type
@@ -158,46 +97,6 @@ def _classify(value_type: object) -> tuple[RegionKind, int, str, bool]:
             "follow them"
         )
     return "composite", size, "s", False
-
-
-def _check_access(access: object) -> AccessPermissions:
-    if type(access) is not AccessPermissions:
-        raise RegionTypeError(f"access must be an AccessPermissions member, not {access!r}")
-    return access
-
-
-#: The longest name a key, region or secret may have (in characters).
-MAX_NAME_LENGTH = 256
-
-
-def _check_name(name: object, error: type[Exception] = ArgumentTypeError) -> str | None:
-    """The one rule for every ``name=`` of the public constructors (PkeyGuard, RegionGuard,
-    Secret and its ``from_*``): None, or a ``str`` of at most :data:`MAX_NAME_LENGTH`
-    printable characters (``str.isprintable``: no NUL or other control character, no lone
-    surrogate, no format character such as a bidi override), since names go into reprs,
-    the core's C label and fault reports written to a terminal.
-
-    Returns an exact ``str`` copy: a subclass's methods (``__str__``, ``__eq__``,
-    ``__hash__``, ``__len__``) never run, now or later.  A wrong type raises ``error`` (an
-    :class:`ArgumentTypeError`); a refused value :class:`ArgumentValueError`.
-    """
-    if name is None:
-        return None
-    # The real type first: isinstance() alone would ask a lying __class__ property.
-    if not (issubclass(type(name), str) and isinstance(name, str)):
-        raise error(f"name must be a str or None, not {type(name).__name__}")
-    text = str.__str__(name)  # an exact copy: no method of name runs
-    if len(text) > MAX_NAME_LENGTH:
-        raise ArgumentValueError(
-            f"name must be at most {MAX_NAME_LENGTH} characters, got {len(text)}"
-        )
-    if not text.isprintable():
-        at, bad = next((i, c) for i, c in enumerate(text) if not c.isprintable())
-        raise ArgumentValueError(
-            f"name must be printable text: character {at} is {bad!a} "
-            f"(U+{ord(bad):04X}, not printable)"
-        )
-    return text
 
 
 def _printable(text: str) -> str:
@@ -277,7 +176,7 @@ class RegionGuard(_core.Mapping, Unshareable, Generic[T]):
         taken inside it was checked against the old page rights, and would fault under new
         ones.
         """
-        self._protect(int(_check_access(access)))
+        self._protect(int(check_access(access)))
 
     def __enter__(self) -> RegionGuard[T]:
         if self.closed:
@@ -320,14 +219,14 @@ def _new_region(
 ) -> RegionGuard[Any]:
     """RegionGuard(...): check every argument, then map the memory in one step."""
     kind, size, fmt, swap = _classify(value_type)
-    access = _check_access(access)
+    access = check_access(access)
     if allocator is None:
         allocator = Mmap()
     elif not isinstance(allocator, Allocator):
         raise RegionTypeError(
             f"allocator must be a pkeyguard.allocator.Allocator, not {allocator!r}"
         )
-    name = _check_name(name, RegionTypeError)
+    name = check_name(name, RegionTypeError)
     vt = None if isinstance(value_type, int) else value_type
     what = _printable(vt.__name__) if vt is not None else "bytes"  # a class name may hold ESC
     self = allocator._map(

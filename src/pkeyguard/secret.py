@@ -21,7 +21,6 @@ import errno
 import fcntl
 import hmac as _hmac
 import io
-import operator
 import os
 import select
 import signal
@@ -30,6 +29,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from ._checks import check_name, exact_int
 from ._errors import (
     ArgumentTypeError,
     MprotectError,
@@ -45,7 +45,7 @@ from ._permissions import AccessPermissions, PkeyPermissions
 from ._terminal import QuietTerminal
 from .allocator import PAGE_SIZE, Secure
 from .pkey import AssociatedRegion, PkeyGuard, ReadGuard
-from .region import RegionGuard, _check_name
+from .region import RegionGuard
 from .views import BytesRef
 
 if TYPE_CHECKING:
@@ -81,9 +81,9 @@ def _associate(region: RegionGuard[bytes]) -> AssociatedRegion[bytes]:
 
 
 def _check_size(size: object) -> int:
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise RegionTypeError(f"a secret needs a positive size in bytes (an int), got {size!r}")
-    n = operator.index(size)  # an exact int
+    n = exact_int(
+        size, RegionTypeError, "a secret needs a positive size in bytes (an int), got {!r}"
+    )
     if n <= 0:
         raise RegionError(f"a secret needs a positive size in bytes, got {n}")
     return n
@@ -92,9 +92,7 @@ def _check_size(size: object) -> int:
 def _check_max_size(max_size: object) -> int | None:
     if max_size is None:
         return None
-    if isinstance(max_size, bool) or not isinstance(max_size, int):
-        raise ArgumentTypeError(f"max_size must be an int or None, not {max_size!r}")
-    n = operator.index(max_size)
+    n = exact_int(max_size, ArgumentTypeError, "max_size must be an int or None, not {!r}")
     if n <= 0:
         raise RegionError(f"max_size must be positive, got {n}")
     return n
@@ -368,7 +366,7 @@ class Secret(Unshareable):
         """An all-zero secret of ``size`` bytes; fill it with :meth:`write` or use a
         ``from_*`` constructor."""
         size = _check_size(size)
-        name = _check_name(name, RegionTypeError)
+        name = check_name(name, RegionTypeError)
         if allocator is None:
             allocator = Secure()
         elif type(allocator) is not Secure:
@@ -394,7 +392,7 @@ class Secret(Unshareable):
         cls, data: BytesLike, *, wipe_source: bool = True, name: str | None = None
     ) -> Secret:
         """Copy ``data`` in; a writable source (bytearray, memoryview) is zeroed after."""
-        name = _check_name(name, RegionTypeError)  # each from_* checks first: nothing is read
+        name = check_name(name, RegionTypeError)  # each from_* checks first: nothing is read
         with memoryview(data) as raw, raw.cast("B") as view:
             secret = cls(view.nbytes, name=name)
             try:
@@ -425,7 +423,7 @@ class Secret(Unshareable):
                 f"path must be a str or an os.PathLike (from_fd reads a descriptor), "
                 f"not {type(path).__name__}"
             )
-        name = _check_name(name, RegionTypeError)
+        name = check_name(name, RegionTypeError)
         with open(path, "rb", buffering=0) as f:
             return cls.from_fd(f.fileno(), max_size=max_size, name=name)
 
@@ -441,14 +439,12 @@ class Secret(Unshareable):
         or shrinks while it is read gives the bytes that were read.  Any failure wipes and
         unmaps what was read.
         """
-        if isinstance(fd, bool) or not isinstance(fd, int):
-            raise ArgumentTypeError(f"fd must be an int (a file descriptor), not {fd!r}")
-        fd = operator.index(fd)
+        fd = exact_int(fd, ArgumentTypeError, "fd must be an int (a file descriptor), not {!r}")
         if not 0 <= fd <= _FD_MAX:
             # what the kernel says of any other number that names no open descriptor
             raise OSError(errno.EBADF, f"{os.strerror(errno.EBADF)}: {fd}")
         max_size = _check_max_size(max_size)
-        name = _check_name(name, RegionTypeError)
+        name = check_name(name, RegionTypeError)
         return cls._from_descriptor(fd, max_size, name, f"file descriptor {fd}", _no_data)
 
     @classmethod
@@ -497,7 +493,7 @@ class Secret(Unshareable):
                 "sys.stdin.buffer)"
             )
         max_size = _check_max_size(max_size)
-        name = _check_name(name, RegionTypeError)
+        name = check_name(name, RegionTypeError)
         what = f"{type(stream).__name__} stream"
         fd = _plain_descriptor(stream)
         if fd is not None:
@@ -522,7 +518,7 @@ class Secret(Unshareable):
         if not isinstance(prompt, str):
             raise ArgumentTypeError(f"prompt must be a str, not {prompt!r}")
         limit = _check_max_size(max_size)
-        name = _check_name(name, RegionTypeError)  # before the prompt is shown
+        name = check_name(name, RegionTypeError)  # before the prompt is shown
         text = str.encode(prompt, "utf-8", "replace")
         # Echo off and back on are single C calls (QuietTerminal's __enter__ and __exit__):
         # a Ctrl-C at any moment finds echo restored and the descriptor closed.  The terminal
@@ -602,7 +598,7 @@ class Secret(Unshareable):
         runs with the secret open (on the mprotect backend, to every thread): it should not
         block.
         """
-        name = _check_name(name, RegionTypeError)
+        name = check_name(name, RegionTypeError)
         secret = cls(size, name=name)
         try:
             secret._read_into(lambda target: (write(target), 0)[1], 0, "the writer")
@@ -671,7 +667,7 @@ class Secret(Unshareable):
 
         Growth copies between secure regions only; each outgrown region is wiped.
         """
-        name = _check_name(name, RegionTypeError)  # before a chunk is taken
+        name = check_name(name, RegionTypeError)  # before a chunk is taken
         secret: Secret | None = None
         used = 0
         try:
@@ -730,9 +726,7 @@ class Secret(Unshareable):
 
     def write(self, offset: int, data: BytesLike) -> None:
         """Copy ``data`` into the secret at ``offset``."""
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise ArgumentTypeError(f"offset must be an int, not {offset!r}")
-        offset = operator.index(offset)
+        offset = exact_int(offset, ArgumentTypeError, "offset must be an int, not {!r}")
         self._check()
         with memoryview(data) as raw, raw.cast("B") as src:
             if offset < 0 or offset + src.nbytes > len(self):

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import operator
-import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _core
-from ._errors import RegionTypeError
+from ._layouts import array_layout, field_span
 from ._owned import Unshareable
 
 __all__ = [
@@ -97,77 +96,6 @@ class MutBytesRef(BytesRef):
 _COMPOSITES = (ctypes.Structure, ctypes.Union, ctypes.Array)
 
 
-class _Dummy(ctypes.Structure):
-    _fields_ = (("x", ctypes.c_int),)
-
-
-_CField: type[Any] = type(_Dummy.x)  # ctypes does not export the field descriptor type
-
-
-def _field_span(owner: type[Any], name: str) -> tuple[int, int, bool]:
-    """(offset, length, is_bitfield) of a field of a Structure or Union type."""
-    desc: Any = getattr(owner, name, None)
-    if type(desc) is not _CField:
-        raise AttributeError(
-            f"{owner.__name__} has no field {name!r} (a composite view gives fields only; "
-            f"for anything else, copy the value: {owner.__name__}.from_buffer_copy(view."
-            "tobytes()))"
-        )
-    offset: int = desc.offset
-    size: int = desc.size
-    if size >> 16:  # a bitfield: (bit count << 16) | bit offset in its storage unit
-        bits, shift = size >> 16, size & 0xFFFF
-        return offset, (shift + bits + 7) // 8, True
-    return offset, size, False
-
-
-def _stored_format(ctype: Any) -> str:
-    """The buffer format ctypes recorded for ``ctype`` when the class was made (a zeroed
-    instance's memoryview). ``_type_``, ``_length_`` and the field descriptors are class
-    attributes that anyone can reassign later; this record is what ctypes itself reads and
-    writes by, and it cannot be changed."""
-    with memoryview(ctype.from_buffer_copy(bytes(ctypes.sizeof(ctype)))) as mv:
-        return str(mv.format)
-
-
-# Array type -> (element type, element size, length), believed once and then kept: the class
-# objects ``_type_`` named when they were checked, whatever it is reassigned to later.
-_ARRAY_LAYOUTS: weakref.WeakKeyDictionary[type[Any], tuple[type[Any], int, int]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _array_layout(array: Any) -> tuple[type[Any], int, int]:
-    """(element type, element size, length) of a ctypes array type, as ctypes stored them.
-
-    ``_type_`` and ``_length_`` are believed only if the array type they describe has exactly
-    the stored layout (size and buffer format); otherwise the type was relabelled and is
-    refused. Regions check their array types when they are made, so later relabelling finds
-    the layout already kept here.
-    """
-    found = _ARRAY_LAYOUTS.get(array)
-    if found is None:
-        etype: Any = array._type_
-        length: Any = array._length_
-        try:
-            described: Any = etype * length  # TypeError unless etype is a ctypes type
-            honest = (
-                type(length) is int
-                and ctypes.sizeof(described) == ctypes.sizeof(array)
-                and _stored_format(described) == _stored_format(array)
-            )
-        except (TypeError, ValueError, OverflowError, AttributeError):
-            honest = False
-        if not honest:
-            raise RegionTypeError(
-                f"{array.__name__}._type_ or ._length_ was reassigned: they no longer describe "
-                "the array ctypes made, so its elements cannot be read safely"
-            )
-        found = (etype, ctypes.sizeof(etype), length)
-        _ARRAY_LAYOUTS[array] = found
-    return found
-
-
 class _Proxy:
     """A Structure, Union or array inside a region, seen through a view: each access is a
     checked copy in or out, and ctypes converts the copy."""
@@ -200,14 +128,14 @@ class _Proxy:
     def __getattr__(self, name: str) -> Any:
         if type(name) is not str or not issubclass(self._pg_type, (ctypes.Structure, ctypes.Union)):
             raise AttributeError(name)
-        offset, length, _ = _field_span(self._pg_type, name)
+        offset, length, _ = field_span(self._pg_type, name)
         raw = self._pg_view._read(self._pg_base + offset, length)
         return self._wrap(offset, getattr(self._scratch(offset, raw), name))
 
     def __setattr__(self, name: str, value: Any) -> None:
         if type(name) is not str or not issubclass(self._pg_type, (ctypes.Structure, ctypes.Union)):
             raise AttributeError(name)
-        offset, length, bitfield = _field_span(self._pg_type, name)
+        offset, length, bitfield = field_span(self._pg_type, name)
         # A bitfield shares its bytes with its neighbours: start from what is there.
         raw = self._pg_view._read(self._pg_base + offset, length) if bitfield else b""
         scratch = self._scratch(offset, raw)
@@ -215,12 +143,12 @@ class _Proxy:
         with memoryview(scratch).cast("B") as mv:
             self._pg_view._write(self._pg_base + offset, mv[offset : offset + length])
 
-    # Arrays: elements and slices, by the layout _array_layout() checked against ctypes' own
+    # Arrays: elements and slices, by the layout array_layout() checked against ctypes' own
     # record (``_type_`` and ``_length_`` are class attributes anyone can reassign).
     def _array(self) -> tuple[Any, int, int]:
         if not issubclass(self._pg_type, ctypes.Array):
             raise TypeError(f"{self._pg_type.__name__} is not an array: use its fields")
-        return _array_layout(self._pg_type)
+        return array_layout(self._pg_type)
 
     def _indices(self, index: Any, length: int) -> range | int:
         if isinstance(index, slice):
