@@ -105,10 +105,13 @@ def assert_clean(snap: Snapshot, label: str = "") -> None:
     assert not leaked, f"{label}: mappings left behind: {leaked}"
 
 
-def raises(kinds: type[E] | tuple[type[E], ...], fn: Callable[..., object], *args: Any) -> E:
-    """The exception ``fn(*args)`` raised, or AssertionError naming what happened instead."""
+def raises(
+    kinds: type[E] | tuple[type[E], ...], fn: Callable[..., object], *args: Any, **kwargs: Any
+) -> E:
+    """The exception ``fn(*args, **kwargs)`` raised, or AssertionError naming what happened
+    instead."""
     try:
-        fn(*args)
+        fn(*args, **kwargs)
     except kinds as exc:
         return exc
     except BaseException as exc:
