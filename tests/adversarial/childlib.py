@@ -19,14 +19,15 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
-
-from hypothesis import HealthCheck, Phase, settings
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pkeyguard
 from pkeyguard import PkeyguardError, PkeyPermissions, _core, allocator
 from pkeyguard.pkey import AccessGuard
 from tests.support import anon_mappings, new_anon_mappings
+
+if TYPE_CHECKING:
+    from hypothesis import settings
 
 __all__ = [
     "LEVEL",
@@ -143,6 +144,8 @@ def hunt_settings() -> settings:
     """The settings of a hypothesis hunt run in the child: ``params()["examples"]`` examples,
     no deadline, no database, no shrinking (a failing example is printed as it is; set
     PKEYGUARD_ADVERSARIAL_SHRINK=1 to shrink it, which is slow under gc threshold 1)."""
+    from hypothesis import HealthCheck, Phase, settings  # only the hunts need hypothesis
+
     phases = (
         tuple(Phase)
         if os.environ.get("PKEYGUARD_ADVERSARIAL_SHRINK")
