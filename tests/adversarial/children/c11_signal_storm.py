@@ -15,13 +15,6 @@ from pkeyguard import PkeyGuard, PkeyguardError, RegionGuard, Secret, _core, iso
 from tests.adversarial.childlib import NA, RO, RW, assert_clean, params, snapshot
 from tests.support import perms_at
 
-#: The operations a storm interrupts (``params()["ops"]`` names them).
-GROUPS = {
-    "guards-and-isolated": ["op_isolated", "op_isolated_allow", "op_guards"],
-    "regions-and-keys": ["op_region", "op_guards"],
-    "secrets": ["op_secret_bytes", "op_secret_chunks", "op_secret_dropped"],
-}
-
 
 class Storm:
     def __init__(self, extra_keys: int) -> None:
