@@ -58,15 +58,13 @@ step "PKU guest runner (tools/vm: host side, and real boots of both kernels)"
 "$PY" -m pytest -p no:cacheprovider tools/vm/tests
 
 step "hardware suite and the pku-relevant attacks (QEMU guest with PKU, pku backend forced)"
-# Classes 1, 3, 4 and 7 of the adversarial suite depend on how rights are switched and
-# memory is released, so they run on pku too; the others are backend-independent.  So do
-# the secret-memory and fork cases: a fork child's zero pages must carry the key.
+# The guest runs what is marked pku_guest: tests/hw, and the attacks and unit tests that depend
+# on how rights are switched and memory is released, on the kernel, or on secret memory. The
+# one list of them, with the reasons, is PKU_GUEST in tests/adversarial/conftest.py; the others
+# are backend-independent and run on this machine only.
 # Each kernel is an exact Debian package, pinned in pkeyguard_vm (PINNED_KERNELS); the runner
 # prints the one it boots and pytest's header says `uname -r`. PKEYGUARD_FOLLOW_KERNEL=1 boots
 # what linux-image-amd64 resolves to today instead (to try a new kernel before moving the pin).
-# Issue 18's attacks that depend on the backend, the kernel or secret memory (the others, and
-# the cases that inject failures into the mprotect backend's switches, run on this machine).
-r2_pku=(tests/adversarial/test_r2_{backing,costs,fork,fork_release,fork_views,guard_exits,half_made,kept_views,pinned_reuse,reentry,release_failures,review_b,secret_key,spacers,wipe}.py)
 follow=()
 [[ ${PKEYGUARD_FOLLOW_KERNEL:-} == 1 ]] && follow=(--follow-kernel)
 for kernel in release backports; do
@@ -77,12 +75,8 @@ for kernel in release backports; do
     # secretmem.enable=1: memfd_secret is off by default before Linux 6.5 (6.1 says ENOSYS).
     PKEYGUARD_VK_STATE_EXAMPLES=$vk_examples PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard_vm --kernel "$kernel" ${follow[@]+"${follow[@]}"} --timeout 2400 \
         --kernel-arg secretmem.enable=1 -- \
-        "$PY" -m pytest -p no:cacheprovider --color=no -rA tests/hw \
-        tests/adversarial/test_c01_view_conversions.py \
-        tests/adversarial/test_c03_thread_end_and_fork.py \
-        tests/adversarial/test_c04_buffer_exports.py tests/adversarial/test_c07_finalizers.py \
-        tests/unit/test_secret_fork.py tests/unit/test_secretmem.py \
-        "${r2_pku[@]}"
+        "$PY" -m pytest -p no:cacheprovider --color=no -rA -m pku_guest \
+        tests/hw tests/adversarial tests/unit
 done
 
 step "benchmark (quick)"

@@ -19,11 +19,15 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pkeyguard
 from pkeyguard import PkeyguardError, PkeyPermissions, _core, allocator
+from pkeyguard.pkey import AccessGuard
 from tests.support import anon_mappings, new_anon_mappings
+
+if TYPE_CHECKING:
+    from hypothesis import settings
 
 __all__ = [
     "LEVEL",
@@ -35,6 +39,7 @@ __all__ = [
     "Snapshot",
     "assert_clean",
     "exit_all",
+    "hunt_settings",
     "params",
     "raises",
     "snapshot",
@@ -101,10 +106,13 @@ def assert_clean(snap: Snapshot, label: str = "") -> None:
     assert not leaked, f"{label}: mappings left behind: {leaked}"
 
 
-def raises(kinds: type[E] | tuple[type[E], ...], fn: Callable[..., object], *args: Any) -> E:
-    """The exception ``fn(*args)`` raised, or AssertionError naming what happened instead."""
+def raises(
+    kinds: type[E] | tuple[type[E], ...], fn: Callable[..., object], *args: Any, **kwargs: Any
+) -> E:
+    """The exception ``fn(*args, **kwargs)`` raised, or AssertionError naming what happened
+    instead."""
     try:
-        fn(*args)
+        fn(*args, **kwargs)
     except kinds as exc:
         return exc
     except BaseException as exc:
@@ -123,13 +131,33 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     return True
 
 
-def exit_all(stack: list[Any]) -> None:
+def exit_all(stack: list[AccessGuard[Any]]) -> None:
     """Leave every guard of ``stack`` (entry order) that is still active, innermost first."""
     while stack:
         g = stack.pop()
-        if getattr(g, "active", False):
+        if g.active:
             with contextlib.suppress(PkeyguardError):
                 g.__exit__(None, None, None)
+
+
+def hunt_settings() -> settings:
+    """The settings of a hypothesis hunt run in the child: ``params()["examples"]`` examples,
+    no deadline, no database, no shrinking (a failing example is printed as it is; set
+    PKEYGUARD_ADVERSARIAL_SHRINK=1 to shrink it, which is slow under gc threshold 1)."""
+    from hypothesis import HealthCheck, Phase, settings  # only the hunts need hypothesis
+
+    phases = (
+        tuple(Phase)
+        if os.environ.get("PKEYGUARD_ADVERSARIAL_SHRINK")
+        else (Phase.explicit, Phase.reuse, Phase.generate)
+    )
+    return settings(
+        max_examples=int(params()["examples"]),
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck.__members__.values()),
+        phases=phases,
+    )
 
 
 def room_to_lock(nbytes: int) -> None:

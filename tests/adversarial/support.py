@@ -1,21 +1,19 @@
 """Helpers of the adversarial suite: run an attack in a fresh interpreter, judge how it ended.
 
-Every attack is a Python snippet run by :func:`attack` in a child process, after a prelude
-that imports pkeyguard, arms a hang watchdog (``faulthandler.dump_traceback_later``: a hang
-ends the child with status 1 and every thread's traceback), and defines accounting helpers
-the snippets share:
+An attack is a ``case_*`` function of a module under ``tests/adversarial/children`` (or any
+importable module), run by :func:`run_case` in a child process (``python -m
+tests.adversarial.run_case``): the child arms a hang watchdog (``faulthandler``'s
+``dump_traceback_later``: a hang ends it with status 1 and every thread's traceback), runs the
+case, and prints :data:`MARKER` when the case returns.  The helpers cases share are in
+:mod:`tests.adversarial.childlib`; parameters reach the child as JSON.
 
-- ``live_key_count()``: keys the library holds (``_core.live_key_count()`` where the core has
-  it, else the backend's counter);
-- ``snapshot()`` / ``assert_clean(snap, label)``: no guard left on this thread, the key
-  count back to the snapshot, and no new anonymous mapping (glibc heaps and rw-p blocks of
-  256 KiB or more, the allocator's arenas, do not count; as tests/unit's ``no_leaks``);
-- ``secret_address(s)``: ``s.address``, or ``s.region.address`` on the old API;
-- ``raises(kinds, fn, *args)``: the exception, or AssertionError naming what happened;
-- ``wait_until(predicate, timeout)``, ``exit_all(stack)``.
+:func:`assert_survived` wants exit status 0 and the marker, so death by a signal, a hang, or an
+assertion in the child fails; :func:`assert_died_with` wants death by a given signal.
 
-A snippet that reaches its end prints :data:`MARKER`; :func:`assert_survived` wants exit
-status 0 and the marker, so death by a signal, a hang, or an assertion in the child fails.
+Deprecated: :func:`attack` runs a Python snippet (a string) after a prelude that imports
+pkeyguard and childlib's helpers (``snapshot()``, ``assert_clean(snap, label)``, ``raises``,
+``wait_until``, ``exit_all``, ...) and defines ``PARAMS``; the linters and type checkers never
+read such a snippet.  It stays until the last string programs have moved into children modules.
 """
 
 from __future__ import annotations
@@ -77,105 +75,13 @@ from pkeyguard import (
     RegionError, RegionGuard, RegionTypeError, Secret, ViewError, allocator, isolated,
 )
 from pkeyguard import _core
+from tests.adversarial.childlib import (
+    LEVEL, MPROTECT, NA, PAGE, RO, RW, assert_clean, exit_all, leaked_mappings, raises,
+    snapshot, wait_until, warm_threads,
+)
 from tests.support import anon_mappings, new_anon_mappings, perms_at
 
 PARAMS = {params!r}
-RW = PkeyPermissions.ReadWrite
-RO = PkeyPermissions.ReadOnly
-NA = PkeyPermissions.NoAccess
-LEVEL = {{NA: 0, RO: 1, RW: 2}}
-MPROTECT = pkeyguard.backend().name == "mprotect"
-PAGE = allocator.PAGE_SIZE
-
-
-def live_key_count():
-    count = getattr(_core, "live_key_count", None)
-    if count is not None:
-        return count()
-    from pkeyguard import _backend
-    return _backend.active()[1].live_keys()
-
-
-def secret_address(secret):
-    address = getattr(secret, "address", None)
-    if address is None:
-        address = secret.region.address
-    return address
-
-
-def warm_threads():
-    # glibc keeps the stacks of finished threads for reuse: start some once, so that
-    # later threads reuse them instead of looking like leaked mappings.  A stack is
-    # reusable only once its thread is fully gone, a moment after join() returns.
-    ts = [threading.Thread(target=lambda: None) for _ in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    time.sleep(0.05)
-
-
-def snapshot():
-    warm_threads()
-    for _ in range(2):
-        gc.collect()
-    return (anon_mappings(), live_key_count())
-
-
-def leaked_mappings(before):
-    now = anon_mappings()
-    # A thread stack glibc had to map anew (its cache missed): a one-page PROT_NONE guard
-    # right below a large rw-p stack.  Not ours.
-    stacks = {{m[0] for m in now if m[2] == "rw-p" and m[1] - m[0] >= 1 << 20}}
-    return sorted(
-        m for m in new_anon_mappings(before, now)
-        if not (m[2] == "rw-p" and m[1] - m[0] >= 1 << 18)
-        and not (m[2] == "---p" and m[1] - m[0] == PAGE and m[1] in stacks)
-    )
-
-
-def assert_clean(snap, label=""):
-    for _ in range(3):
-        gc.collect()
-    guards = _core.thread_guards()
-    assert guards == [], f"{{label}}: guards left active on this thread: {{guards!r}}"
-    keys = live_key_count()
-    assert keys == snap[1], f"{{label}}: live keys {{keys}}, expected {{snap[1]}} (a key leaked)"
-    leaked = leaked_mappings(snap[0])
-    assert not leaked, f"{{label}}: mappings left behind: {{leaked}}"
-
-
-def raises(kinds, fn, *args, **kwargs):
-    try:
-        fn(*args, **kwargs)
-    except kinds as exc:
-        return exc
-    except BaseException as exc:
-        raise AssertionError(
-            f"expected {{kinds}}, got {{type(exc).__module__}}.{{type(exc).__name__}}: {{exc}}"
-        ) from exc
-    raise AssertionError(f"expected {{kinds}}, but nothing was raised")
-
-
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-def exit_all(stack):
-    # Leave every guard of ``stack`` (entry order) that is still active, innermost first.
-    while stack:
-        g = stack.pop()
-        if getattr(g, "active", False):
-            try:
-                g.__exit__(None, None, None)
-            except PkeyguardError:
-                pass
-
 """
 
 _EPILOGUE = f"""
@@ -193,7 +99,11 @@ def attack(
     marker: bool = True,
     env: Mapping[str, str] | None = None,
 ) -> Child:
-    """Run ``body`` after the prelude in a fresh interpreter; print the marker at its end.
+    """Deprecated: write the child program as a ``case_*`` function in a module under
+    ``tests/adversarial/children`` and run it with :func:`run_case` (the linters and type
+    checkers read a module, never a string).
+
+    Run ``body`` after the prelude in a fresh interpreter; print the marker at its end.
 
     ``watchdog`` seconds after the start, a still-running child dumps every thread's
     traceback and exits with status 1 (a hang fails with a diagnosis); ``timeout`` is the
@@ -289,20 +199,3 @@ def assert_died_with(child: Child, sig: int, *needles: str) -> None:
     assert child.returncode == -sig, describe(child)
     for needle in needles:
         assert needle in child.stderr, f"{needle!r} missing from stderr\n" + describe(child)
-
-
-#: Child-side hypothesis set-up for the hunts: ``@SETTINGS`` runs ``PARAMS["examples"]``
-#: examples, no deadline, no database, no shrinking (a failing example is printed as it is;
-#: set PKEYGUARD_ADVERSARIAL_SHRINK=1 to shrink it, which is slow under gc threshold 1).
-HYPOTHESIS = """
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
-
-SETTINGS = settings(
-    max_examples=PARAMS["examples"],
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-    phases=tuple(Phase) if os.environ.get("PKEYGUARD_ADVERSARIAL_SHRINK")
-    else (Phase.explicit, Phase.reuse, Phase.generate),
-)
-"""

@@ -1,41 +1,55 @@
-"""Child-side source of the hostile objects (pasted into attack snippets, not imported).
+"""The hostile objects of class 1 (imported by child programs, e.g. ``c01_view_conversions``).
 
-``HOSTILE`` defines, inside a child:
-
-- ``ctx``: the scene of one attack (``key``, ``region``, ``assoc``, the outer ReadWrite guard
-  ``g``, ``stack`` of guards in entry order, ``inner`` (guards the hooks entered, with their
-  levels), ``reentered``);
-- ``setup(value_type)``: a fresh key and region, associated, with ``g`` entered; returns
+- :data:`ctx`: the scene of one attack (``key``, ``region``, ``assoc``, the outer ReadWrite
+  guard ``g``, ``stack`` of guards in entry order, ``inner`` (guards the hooks entered, with
+  their levels), ``reentered``);
+- :func:`setup`: a fresh key and region, associated, with ``g`` entered; returns
   ``g.mut_ref_guard()``;
-- ``act(name)``: one sabotage: ``exit`` (``g.__exit__``), ``enter_na`` / ``enter_ro`` /
+- :func:`act`: one sabotage: ``exit`` (``g.__exit__``), ``enter_na`` / ``enter_ro`` /
   ``enter_rw`` (a new guard on the same key, left active), ``reenter`` (``g`` again, once it
   exited: a new activation), ``close_region``, ``close_key``, ``disassociate``, ``gc``,
   ``raise`` (:class:`Sabotage`);
 - hostile classes whose conversion dunders run their actions first, then return ``value``:
-  ``HIndex`` (``__index__``), ``HInt`` (``__int__`` only), ``HBool`` (``__bool__``),
-  ``HFloat`` (``__float__``), ``HSeq`` (``__len__``, ``__getitem__``, ``__iter__``) and, on
-  3.12+, ``HBuf`` (``__buffer__``);
-- ``allowed(need)``: whether this thread may still access the region through the view
+  :class:`HIndex` (``__index__``), :class:`HInt` (``__int__`` only), :class:`HBool`
+  (``__bool__``), :class:`HFloat` (``__float__``), :class:`HSeq` (``__len__``,
+  ``__getitem__``, ``__iter__``) and :class:`HBuf` (``__buffer__``, used on 3.12+);
+- :func:`allowed`: whether this thread may still access the region through the view
   (need 1: read, 2: write) after what the hooks did;
-- ``teardown()``: leave every guard, close region and key, check no guard is left;
-- ``fired_log``: every hostile object whose hook ran (a test asserts its attack happened).
+- :func:`teardown`: leave every guard, close region and key, check no guard is left;
+- :data:`fired_log`: every hostile object whose hook ran (a test asserts its attack happened).
 """
 
 from __future__ import annotations
 
-HOSTILE = """
+import contextlib
+import ctypes
+import gc
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pkeyguard import PkeyGuard, PkeyguardError, RegionGuard, _core
+from pkeyguard.pkey import AccessGuard, AssociatedRegion
+from tests.adversarial.childlib import LEVEL, NA, RO, RW, exit_all
+
+
 class Sabotage(Exception):
     pass
 
 
 class Ctx:
-    pass
+    key: PkeyGuard
+    region: RegionGuard[Any]
+    assoc: AssociatedRegion[Any]
+    g: AccessGuard[Any]
+    stack: list[AccessGuard[Any]]
+    inner: list[tuple[AccessGuard[Any], int]]
+    reentered: bool
 
 
 ctx = Ctx()
 
 
-def setup(value_type):
+def setup(value_type: Any) -> Any:
     ctx.key = PkeyGuard()
     ctx.region = RegionGuard(value_type)
     ctx.assoc = ctx.key.associate(ctx.region)
@@ -47,7 +61,7 @@ def setup(value_type):
     return ctx.g.mut_ref_guard()
 
 
-def act(name):
+def act(name: str) -> None:
     if name == "exit":
         ctx.g.__exit__(None, None, None)
     elif name in ("enter_na", "enter_ro", "enter_rw"):
@@ -75,17 +89,17 @@ def act(name):
         raise AssertionError(name)
 
 
-fired_log = []  # every hostile object whose hook ran (the attack happened)
+fired_log: list[Hostile] = []  # every hostile object whose hook ran (the attack happened)
 
 
 class Hostile:
-    def __init__(self, actions, value, swallow=False):
+    def __init__(self, actions: Iterable[str], value: Any, swallow: bool = False) -> None:
         self.actions = list(actions)
         self.value = value
         self.swallow = swallow
         self.fired = False
 
-    def fire(self):
+    def fire(self) -> None:
         if self.fired:
             return
         self.fired = True
@@ -97,56 +111,57 @@ class Hostile:
                 if not self.swallow:
                     raise
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.actions!r}, {self.value!r}, swallow={self.swallow})"
 
 
 class HIndex(Hostile):
-    def __index__(self):
+    def __index__(self) -> Any:
         self.fire()
         return self.value
 
 
 class HInt(Hostile):
-    def __int__(self):
+    def __int__(self) -> Any:
         self.fire()
         return self.value
 
 
 class HBool(Hostile):
-    def __bool__(self):
+    def __bool__(self) -> Any:
         self.fire()
         return self.value
 
 
 class HFloat(Hostile):
-    def __float__(self):
+    def __float__(self) -> Any:
         self.fire()
         return self.value
 
 
 class HSeq(Hostile):
-    def __len__(self):
+    def __len__(self) -> int:
         self.fire()
         return len(self.value)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> Any:
         self.fire()
         return self.value[index]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         self.fire()
         return iter(self.value)
 
 
-if sys.version_info >= (3, 12):
-    class HBuf(Hostile):
-        def __buffer__(self, flags):
-            self.fire()
-            return memoryview(self.value)
+class HBuf(Hostile):
+    """Exports its value's buffer (``__buffer__``: only Python 3.12+ asks for it)."""
+
+    def __buffer__(self, flags: int) -> memoryview:
+        self.fire()
+        return memoryview(self.value)
 
 
-def allowed(need):
+def allowed(need: int) -> bool:
     # The view's activation must be live; this thread's rights to the key are then those
     # of its innermost active guard on it (g itself, ReadWrite, when the hooks left none).
     if ctx.region.closed or not ctx.g.active or ctx.reentered:
@@ -155,13 +170,11 @@ def allowed(need):
     return not active or active[-1] >= need
 
 
-def teardown():
+def teardown() -> None:
     exit_all(ctx.stack)
     for close in (ctx.region.close, ctx.key.close):
-        try:
+        with contextlib.suppress(PkeyguardError):
             close()
-        except PkeyguardError:
-            pass
     left = _core.thread_guards()
     assert left == [], f"guards left active after the attack: {left!r}"
 
@@ -173,4 +186,3 @@ class Rec(ctypes.Structure):
         ("d", ctypes.c_double),
         ("arr", ctypes.c_uint8 * 8),
     ]
-"""
