@@ -60,7 +60,7 @@ step "PKU guest runner (tools/vm: host side, and real boots of both kernels)"
 step "hardware suite and the pku-relevant attacks (QEMU guest with PKU, pku backend forced)"
 # The guest runs what is marked pku_guest: tests/hw, and the attacks and unit tests that depend
 # on how rights are switched and memory is released, on the kernel, or on secret memory. The
-# one list of them, with the reasons, is PKU_GUEST in tests/adversarial/conftest.py; the others
+# one list of them, with the reasons, is PKU_GUEST in tests/conftest.py; the others
 # are backend-independent and run on this machine only.
 # Each kernel is an exact Debian package, pinned in pkeyguard_vm (PINNED_KERNELS); the runner
 # prints the one it boots and pytest's header says `uname -r`. PKEYGUARD_FOLLOW_KERNEL=1 boots
