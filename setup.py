@@ -23,7 +23,9 @@ def extension(name: str) -> Extension:
         f"pkeyguard.{name}",
         sources=[f"src/pkeyguard/{name}.c", *extra_sources.get(name, [])],
         depends=[
-            "src/pkeyguard/_pkru.h",
+            "src/pkeyguard/_arch.h",
+            "src/pkeyguard/_arch_x86_64.h",
+            "src/pkeyguard/_arch_none.h",
             "src/pkeyguard/_faults.h",
             "src/pkeyguard/_rights.h",
             "src/pkeyguard/_guardslots.h",

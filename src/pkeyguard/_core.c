@@ -44,19 +44,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "_arch.h"
 #include "_faults.h"
-#include "_pkru.h"
 #include "_rights.h"
 
-#ifndef SYS_pkey_mprotect
-#define SYS_pkey_mprotect 329
-#endif
-#ifndef SYS_pkey_alloc
-#define SYS_pkey_alloc 330
-#endif
-#ifndef SYS_pkey_free
-#define SYS_pkey_free 331
-#endif
 #ifndef MADV_DONTDUMP
 #define MADV_DONTDUMP 16
 #endif
@@ -68,9 +59,6 @@
 #endif
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
-#endif
-#if !defined(SYS_memfd_secret) && (defined(__x86_64__) || defined(__aarch64__))
-#define SYS_memfd_secret 447
 #endif
 
 /* Modes of a Key: how a Guard applies rights. */
@@ -98,6 +86,8 @@ enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2,
                                   key's effective_level after a failed change; set on every
                                   region of a key whose change failed, cleared per region when
                                   the level is applied to it again */
+#define MAP_F_PKU_TAGGED 0x800 /* its pages may carry a pku number (a pku key's tag; cleared
+                                  when they are untagged to key 0) */
 #define CANARY_MAX 64
 
 #define MAX_REGION_SIZE ((size_t)1 << 46)
@@ -348,7 +338,7 @@ struct KeyObject {
     int mixed;             /* mprotect: a failed system call left some regions at other rights
                               than effective_level (narrower, or stuck wider); every switch
                               applies the level to all of them again until one succeeds */
-    Py_ssize_t counts[3];  /* per level: threads whose innermost guard on this key has it */
+    Py_ssize_t counts[LEVEL_COUNT]; /* per level: threads whose innermost guard on this key has it */
     Py_ssize_t active;     /* active guards on this key, all threads */
     BindingObject **bindings; /* borrowed: the live bindings of this key */
     Py_ssize_t nbindings, cap;
@@ -549,10 +539,65 @@ key_apply_level(KeyObject *k, int level, int how)
 
 #include "_keypool.h"
 
+/* ------------------------------------------------------------------------------------ */
+/* Page state: the one decision                                                         */
+
+/* What a bound mapping's pages carry: the rights and, on pku, the number they are tagged with. */
+typedef struct {
+    long prot;
+    long pkey; /* pku: the number to tag them with (0: key 0, parked); -1: no pku tag (mprotect) */
+} PagePlan;
+/* The fields are long, not int: two ints would travel packed in one register, and glibc's
+ * mprotect stub hands the kernel the whole register (the upper half, the pkey, made its prot
+ * argument invalid: EINVAL).  A long holds the value alone. */
+
+/* The rights and tag that pages with their own rights own_prot must have now, bound to k (NULL:
+ * unbound), in every mode: a mapping's own rights, narrowed to the key's process-wide level
+ * (mprotect), or closed while its key is parked (pku, sim); on pku the key's number, or key 0
+ * while parked.  Key_bind, Mapping_protect and the fork child's handlers all ask this. */
+static PagePlan
+page_plan(KeyObject *k, int own_prot)
+{
+    PagePlan d = {own_prot, -1};
+    if (k == NULL) {
+        return d;
+    }
+    switch (k->mode) {
+    case MODE_MPROTECT:
+        d.prot = prot_for_level(own_prot, k->effective_level);
+        break;
+    case MODE_PKU:
+        d.pkey = key_page_pkey(k);
+        /* fall through */
+    case MODE_SIM:
+        d.prot = k->hw >= 0 ? own_prot : PROT_NONE;
+        break;
+    default:
+        break;
+    }
+    return d;
+}
+
+/* The system call that applies a plan. */
+static inline const char *
+page_plan_syscall(PagePlan d)
+{
+    return d.pkey >= 0 ? "pkey_mprotect" : "mprotect";
+}
+
+/* Apply a plan to m's pages: 0, or -1 with errno set. */
+static int
+page_plan_apply(MappingObject *m, PagePlan d)
+{
+    long rc = d.pkey >= 0 ? syscall(SYS_pkey_mprotect, m->addr, m->len, d.prot, d.pkey)
+                          : mprotect((void *)m->addr, m->len, (int)d.prot);
+    return rc == 0 ? 0 : -1;
+}
+
 static int
 key_wanted_level(KeyObject *k)
 {
-    for (int lv = LEVEL_WRITE; lv >= LEVEL_NONE; lv--) {
+    for (int lv = LEVEL_MAX; lv >= LEVEL_NONE; lv--) {
         if (k->counts[lv] > 0) {
             return lv;
         }
@@ -679,12 +724,15 @@ binding_end(BindingObject *b, int untag, Ended *out)
             }
             m->flags |= MAP_F_UNKNOWN; /* the pages kept the key's rights and tag */
         }
-        else if (collected) {
-            m->prot = PROT_NONE;
+        else {
+            m->flags &= ~MAP_F_PKU_TAGGED; /* key 0 */
+            if (collected) {
+                m->prot = PROT_NONE;
+            }
         }
     }
     key_remove_binding(k, b);
-    fault_table_set_pkey(m->addr, -1);
+    fault_table_set_pkey(m->addr, FAULT_PKEY_NONE);
     b->live = 0;
     b->key = NULL;
     BindingObject *held = m->binding;
@@ -829,7 +877,7 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "unknown key mode %d", mode);
         return NULL;
     }
-    if (base_level < LEVEL_NONE || base_level > LEVEL_WRITE) {
+    if (!rights_level_valid(base_level)) {
         PyErr_Format(PyExc_ValueError, "unknown rights level %d", base_level);
         return NULL;
     }
@@ -971,7 +1019,7 @@ Key_thread_level(KeyObject *k, PyObject *Py_UNUSED(ignored))
         if (k->hw < 0) {
             return PyLong_FromLong(LEVEL_NONE);
         }
-        unsigned bits = (pool_rdpkru(k->mode) >> (2u * (unsigned)k->hw)) & 3u;
+        unsigned bits = arch_rights_get(pool_rdpkru(k->mode), k->hw);
         return PyLong_FromLong(rights_level_of_bits(bits));
     }
     return PyLong_FromLong(k->effective_level);
@@ -1138,11 +1186,7 @@ mapping_close_inherited(MappingObject *m)
         return;
     }
     BindingObject *b = m->binding;
-    KeyObject *k = b != NULL ? b->key : NULL;
-    long rc = k != NULL && k->mode == MODE_PKU
-                  ? syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_NONE, key_page_pkey(k))
-                  : mprotect((void *)m->addr, m->len, PROT_NONE);
-    if (rc == 0) {
+    if (page_plan_apply(m, page_plan(b != NULL ? b->key : NULL, PROT_NONE)) == 0) {
         m->prot = PROT_NONE;
     }
 }
@@ -1169,21 +1213,12 @@ mapping_fill_hole(MappingObject *m)
     BindingObject *b = m->binding;
     KeyObject *k = b != NULL ? b->key : NULL;
     if (fork_child_writing(m)) { /* its rights and key, as in mapping_close_inherited */
-        if (k != NULL && k->mode == MODE_PKU) {
-            (void)syscall(SYS_pkey_mprotect, m->addr, m->len, key_page_prot(k, m),
-                          key_page_pkey(k));
-        }
-        else {
-            int prot = k != NULL && k->mode == MODE_MPROTECT
-                           ? prot_for_level(m->prot, k->effective_level)
-                       : k != NULL && k->mode == MODE_SIM ? key_page_prot(k, m)
-                                                          : m->prot;
-            (void)mprotect((void *)m->addr, m->len, prot);
-        }
+        (void)page_plan_apply(m, page_plan(k, m->prot));
         return;
     }
-    if (k != NULL && k->mode == MODE_PKU) { /* closed, with the key's number */
-        (void)syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_NONE, key_page_pkey(k));
+    PagePlan closed = page_plan(k, PROT_NONE);
+    if (closed.pkey >= 0) { /* closed, with the key's number (mapped PROT_NONE above) */
+        (void)page_plan_apply(m, closed);
     }
     m->prot = PROT_NONE; /* mapped PROT_NONE above */
 }
@@ -1259,22 +1294,15 @@ mapping_pages_now(MappingObject *m, int *prot, int *pkey, int *raisable)
 {
     BindingObject *b = m->binding;
     KeyObject *k = b != NULL ? b->key : NULL;
+    PagePlan d = page_plan(k, m->prot);
+    *prot = (int)d.prot;
     *pkey = -1;
     *raisable = 0;
-    if (k == NULL || k->mode == MODE_NOP) {
-        *prot = m->prot;
-    }
-    else if (k->mode == MODE_MPROTECT) {
-        *prot = prot_for_level(m->prot, k->effective_level);
-    }
-    else {
-        *prot = key_page_prot(k, m);
-        if (k->mode == MODE_PKU && k->hw >= 0 && pku_enabled) {
-            *pkey = k->hw;
-            /* an opening guard (any thread) or a key made with rights (its creator, and
-             * threads it started) may have the number open */
-            *raisable = k->opening == 0 && !k->pinned;
-        }
+    if (d.pkey > 0 && pku_enabled) { /* a pku key holding a number (0: parked, key 0) */
+        *pkey = (int)d.pkey;
+        /* an opening guard (any thread) or a key made with rights (its creator, and
+         * threads it started) may have the number open */
+        *raisable = k->opening == 0 && !k->pinned;
     }
 }
 
@@ -1388,13 +1416,13 @@ mapping_scrub(MappingObject *m, int in_place, const char **what)
             e = errno;
             goto closed;
         }
-        uint32_t pkru = pkru_read();
-        pkru_write(pkru & ~(3u << (2 * pkey)));
+        pkey_reg_t pkru = arch_reg_read();
+        arch_reg_write(arch_rights_set(pkru, pkey, RIGHTS[LEVEL_WRITE].bits));
         if (check) {
             canary_compare(m, (const void *)(m->addr + m->size));
         }
         zero_resident_pages(m->addr, m->len);
-        pkru_write(pkru);
+        arch_reg_write(pkru);
         wipe_bytes(m->canary, sizeof(m->canary));
         if ((prot & rw) != rw &&
             syscall(SYS_pkey_mprotect, m->addr, m->len, prot, pkey) != 0) {
@@ -1436,12 +1464,13 @@ mapping_show_zeros(MappingObject *m, const char **what)
     if (e != 0 || (m->flags & MAP_F_SECRETMEM)) {
         return e; /* a fresh mapping, readable and untagged */
     }
-    long r = pku_enabled ? syscall(SYS_pkey_mprotect, m->addr, m->len, PROT_READ, 0)
-                         : mprotect((void *)m->addr, m->len, PROT_READ);
-    if (r != 0) {
-        *what = pku_enabled ? "pkey_mprotect" : "mprotect";
+    /* decided by the mapping's own tag, not the process's backend */
+    PagePlan d = {PROT_READ, (m->flags & MAP_F_PKU_TAGGED) ? 0 : -1};
+    if (page_plan_apply(m, d) != 0) {
+        *what = page_plan_syscall(d);
         return errno;
     }
+    m->flags &= ~MAP_F_PKU_TAGGED;
     return 0;
 }
 
@@ -1996,7 +2025,6 @@ Mapping_protect(MappingObject *m, PyObject *arg)
         return NULL;
     }
     BindingObject *b = m->binding;
-    int applied = (int)prot;
     if (b != NULL) {
         if (b->active > 0) {
             return PyErr_Format(err(E_REGION),
@@ -2005,13 +2033,9 @@ Mapping_protect(MappingObject *m, PyObject *arg)
                                 "the current rights; leave their 'with' blocks first",
                                 (PyObject *)m, b->active);
         }
-        if (b->key->mode == MODE_MPROTECT) {
-            applied = prot_for_level((int)prot, b->key->effective_level);
-        }
-        else if (mode_is_pool(b->key->mode) && b->key->hw < 0) {
-            applied = PROT_NONE; /* parked: the new rights apply when it is tagged again */
-        }
     }
+    /* the tag is kept; parked pages stay closed: the new rights apply when it is tagged again */
+    int applied = (int)page_plan(b != NULL ? b->key : NULL, (int)prot).prot;
     if (!mapping_absent(m) && mprotect((void *)m->addr, m->len, applied) != 0) {
         return raise_errno(errno, "mprotect");
     }
@@ -2310,7 +2334,7 @@ guard_create(PyTypeObject *cls, KeyObject *k, BindingObject *b, int level, PyObj
 static int
 level_of_rights(PyObject *rights)
 {
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < LEVEL_COUNT; i++) {
         if (rights == rights_members[i] && rights != NULL) {
             return i;
         }
@@ -2370,23 +2394,16 @@ Key_bind(KeyObject *k, PyObject *args)
         }
         goto fail;
     }
-    long rc = 0;
-    if (mapping_absent(m)) {
-        /* nothing of it here to tag */
-    }
-    else if (mode_is_pool(k->mode)) {
-        int e = pool_tag(k->mode, m, key_page_prot(k, m), key_page_pkey(k));
-        if (e != 0) {
-            errno = e;
-            rc = -1;
+    /* nothing to tag on nop, or if nothing of it is here */
+    if (k->mode != MODE_NOP && !mapping_absent(m)) {
+        PagePlan d = page_plan(k, m->prot);
+        if (page_plan_apply(m, d) != 0) {
+            raise_errno(errno, page_plan_syscall(d));
+            goto fail;
         }
-    }
-    else if (k->mode == MODE_MPROTECT) {
-        rc = mprotect((void *)m->addr, m->len, prot_for_level(m->prot, k->effective_level));
-    }
-    if (rc != 0) {
-        raise_errno(errno, k->mode == MODE_PKU ? "pkey_mprotect" : "mprotect");
-        goto fail;
+        if (d.pkey >= 0) {
+            m->flags |= MAP_F_PKU_TAGGED;
+        }
     }
     Py_INCREF(k);
     b->key = k;
@@ -2478,7 +2495,7 @@ Binding_guard(BindingObject *b, PyObject *args)
     if (!PyArg_ParseTuple(args, "iO!|O:_guard", &level, &PyType_Type, &cls, &view_cls)) {
         return NULL;
     }
-    if (level < LEVEL_NONE || level > LEVEL_WRITE) {
+    if (!rights_level_valid(level)) {
         return PyErr_Format(PyExc_ValueError, "unknown rights level %d", level);
     }
     if (!PyType_IsSubtype(cls, &Guard_Type)) {
@@ -2748,14 +2765,10 @@ pool_sync(int mode, ThreadStack *s)
 {
     KeyPool *p = &pools[mode];
     (void)pool_thread_seen(); /* unregistered (no memory): its closing just proves nothing */
-    uint32_t pkru = pool_rdpkru(mode);
-    uint32_t want = pkru;
+    pkey_reg_t pkru = pool_rdpkru(mode);
     uint32_t virtual_numbers = p->held & ~p->pinned_class;
     uint32_t closing = p->held & ~(p->pinned_class & p->owned);
-    for (uint32_t left = closing; left; left &= left - 1) {
-        unsigned shift = 2u * (unsigned)pool_lowest(left);
-        want = (want & ~(3u << shift)) | (PKRU_AD << shift);
-    }
+    pkey_reg_t want = arch_rights_close_all(pkru, closing);
     /* A number's bits come from this thread's innermost guard on its owner that switched
      * that number (a NoAccess guard entered while its key held another number does not
      * count): found through the owner's guards of this thread, not the whole stack. */
@@ -2765,8 +2778,7 @@ pool_sync(int mode, ThreadStack *s)
         for (GuardObject *g = r != NULL ? r->innermost : NULL; g != NULL; g = g->same_outer) {
             walk_steps++;
             if (g->hw == h) {
-                unsigned shift = 2u * (unsigned)h;
-                want = (want & ~(3u << shift)) | (RIGHTS[g->level].bits << shift);
+                want = arch_rights_set(want, h, RIGHTS[g->level].bits);
                 break;
             }
         }
@@ -2815,11 +2827,10 @@ guard_apply(GuardObject *g, ThreadStack *s, GuardObject *outer, GuardFailure *f)
             k->last_use = ++p->tick;
         }
         int h = k->hw;
-        unsigned shift = 2u * (unsigned)h;
-        uint32_t pkru = pool_rdpkru(mode);
-        uint32_t want = (pkru & ~(3u << shift)) | (RIGHTS[g->level].bits << shift);
+        pkey_reg_t pkru = pool_rdpkru(mode);
+        pkey_reg_t want = arch_rights_set(pkru, h, RIGHTS[g->level].bits);
         g->hw = h;
-        g->saved_bits = (int)((pkru >> shift) & 3u);
+        g->saved_bits = (int)arch_rights_get(pkru, h);
         if (want != pkru) {
             pool_wrpkru(mode, want);
         }
@@ -3597,7 +3608,7 @@ Key_guard(KeyObject *k, PyObject *arg)
     if (level == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (level < LEVEL_NONE || level > LEVEL_WRITE) {
+    if (!rights_level_valid(level)) {
         return PyErr_Format(PyExc_ValueError, "unknown rights level %ld", level);
     }
     return (PyObject *)guard_create(&Guard_Type, k, NULL, (int)level, NULL);
@@ -4729,7 +4740,7 @@ static PyObject *
 core_cpuid_flags(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     int pku, ospke;
-    pkru_cpuid(&pku, &ospke);
+    arch_cpuid(&pku, &ospke);
     return Py_BuildValue("(OO)", pku ? Py_True : Py_False, ospke ? Py_True : Py_False);
 }
 
@@ -4739,7 +4750,7 @@ static PyObject *
 core_enable_pku(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     int pku, ospke;
-    pkru_cpuid(&pku, &ospke);
+    arch_cpuid(&pku, &ospke);
     if (ospke) {
         pku_enabled = 1;
         Py_RETURN_TRUE;
@@ -4760,7 +4771,7 @@ core_rdpkru(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     if (require_pku() < 0) {
         return NULL;
     }
-    return PyLong_FromUnsignedLong(pkru_read());
+    return PyLong_FromUnsignedLong(arch_reg_read());
 }
 
 /* probe_pkey_alloc() -> 0 if pkey_alloc works here, else its errno.  The probe key is
@@ -4769,7 +4780,7 @@ core_rdpkru(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 static PyObject *
 core_probe_pkey_alloc(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
-    long k = syscall(SYS_pkey_alloc, 0, PKRU_AD);
+    long k = syscall(SYS_pkey_alloc, 0, PKEY_CLOSED);
     if (k < 0) {
         return PyLong_FromLong(errno);
     }
@@ -4788,7 +4799,7 @@ core_count_free_keys(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     long keys[32];
     int n = 0;
     while (n < 32) {
-        long k = syscall(SYS_pkey_alloc, 0, PKRU_AD);
+        long k = syscall(SYS_pkey_alloc, 0, PKEY_CLOSED);
         if (k < 0) {
             break;
         }
@@ -4926,7 +4937,7 @@ core_sim_set_pkru(PyObject *Py_UNUSED(m), PyObject *arg)
     if (v == (unsigned long)-1 && PyErr_Occurred()) {
         return NULL;
     }
-    tls_sim_pkru = (uint32_t)v;
+    tls_sim_pkru = (pkey_reg_t)v;
     Py_RETURN_NONE;
 }
 
@@ -5049,7 +5060,8 @@ core_set_error_module(PyObject *Py_UNUSED(m), PyObject *module)
     Py_RETURN_NONE;
 }
 
-/* _register_rights((NoAccess, ReadOnly, ReadWrite), (NoAccessGuard, ReadGuard, WriteGuard)) */
+/* _register_rights((NoAccess, ReadOnly, ReadWrite), (NoAccessGuard, ReadGuard, WriteGuard)):
+ * LEVEL_COUNT of each, in the order of the RIGHTS table. */
 static PyObject *
 core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
 {
@@ -5061,11 +5073,11 @@ core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
     if (refuse_second_registration("the rights are", rights_members[0] != NULL) < 0) {
         return NULL;
     }
-    if (PyTuple_GET_SIZE(members) != 3 || PyTuple_GET_SIZE(types) != 3) {
-        PyErr_SetString(PyExc_ValueError, "three rights and three guard types");
+    if (PyTuple_GET_SIZE(members) != LEVEL_COUNT || PyTuple_GET_SIZE(types) != LEVEL_COUNT) {
+        PyErr_Format(PyExc_ValueError, "%d rights and %d guard types", LEVEL_COUNT, LEVEL_COUNT);
         return NULL;
     }
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < LEVEL_COUNT; i++) {
         PyObject *t = PyTuple_GET_ITEM(types, i);
         if (!PyType_Check(t) || !PyType_IsSubtype((PyTypeObject *)t, &Guard_Type)) {
             PyErr_SetString(PyExc_TypeError, "guard types must subclass Guard");
@@ -5073,7 +5085,7 @@ core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
         }
     }
     guard_freelist_drain(); /* memory laid out for the classes registered before */
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < LEVEL_COUNT; i++) {
         PyTypeObject *t = (PyTypeObject *)PyTuple_GET_ITEM(types, i);
         guard_recyclable[i] = guard_type_recyclable(t);
         if (guard_recyclable[i]) {

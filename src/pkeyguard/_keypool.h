@@ -78,9 +78,9 @@
 #include <stdlib.h>
 #include <time.h>
 
-#define POOL_NUMBERS 16
+#define POOL_NUMBERS NR_PKEYS /* numbers 1..NR_PKEYS-1 can be allocated (0 is the default) */
+#define POOL_ALLOCATABLE (((uint32_t)1 << POOL_NUMBERS) - 2u) /* bits 1..NR_PKEYS-1 */
 #define POOL_EXHAUSTED (-1)
-#define FAULT_PKEY_PARKED (-2) /* fault table: the region's key holds no number now */
 
 typedef struct KeyPool {
     int limit;                 /* the most numbers to hold at once (1..15) */
@@ -105,8 +105,8 @@ static KeyPool pools[MODE_COUNT];
 /* Per thread: the pool epoch its PKRU bits were last derived for (0: never). */
 static _Thread_local uint64_t tls_epoch[MODE_COUNT] __attribute__((tls_model("initial-exec")));
 /* MODE_SIM's PKRU: the kernel's initial value (only key 0 open) in every thread. */
-static _Thread_local uint32_t tls_sim_pkru __attribute__((tls_model("initial-exec"))) =
-    0x55555554u;
+static _Thread_local pkey_reg_t tls_sim_pkru __attribute__((tls_model("initial-exec"))) =
+    PKEY_REG_INIT;
 /* MODE_SIM's "kernel": the numbers allocated (bit h), 1..15 available. */
 static uint32_t sim_allocated = 0;
 
@@ -147,30 +147,29 @@ mode_is_pool(int mode)
     return mode == MODE_PKU || mode == MODE_SIM;
 }
 
-static inline uint32_t
+static inline pkey_reg_t
 pool_rdpkru(int mode)
 {
-    return mode == MODE_SIM ? tls_sim_pkru : pkru_read();
+    return mode == MODE_SIM ? tls_sim_pkru : arch_reg_read();
 }
 
 static inline void
-pool_wrpkru(int mode, uint32_t value)
+pool_wrpkru(int mode, pkey_reg_t value)
 {
     if (mode == MODE_SIM) {
         tls_sim_pkru = value;
     }
     else {
-        pkru_write(value);
+        arch_reg_write(value);
     }
 }
 
 /* Set this thread's bits for number h (skipped when unchanged). */
 static inline void
-pool_set_bits(int mode, int h, uint32_t bits)
+pool_set_bits(int mode, int h, unsigned bits)
 {
-    unsigned shift = 2u * (unsigned)h;
-    uint32_t pkru = pool_rdpkru(mode);
-    uint32_t want = (pkru & ~(3u << shift)) | (bits << shift);
+    pkey_reg_t pkru = pool_rdpkru(mode);
+    pkey_reg_t want = arch_rights_set(pkru, h, bits);
     if (want != pkru) {
         pool_wrpkru(mode, want);
     }
@@ -200,16 +199,13 @@ pool_thread_gone(void *arg)
     PoolThread *t = arg;
     uint32_t held = __atomic_load_n(&pools[MODE_PKU].held, __ATOMIC_RELAXED);
     if (held != 0) { /* numbers were allocated: PKRU works here */
-        uint32_t pkru = pkru_read(), want = pkru;
-        for (uint32_t left = held; left; left &= left - 1) {
-            unsigned shift = 2u * (unsigned)pool_lowest(left);
-            want = (want & ~(3u << shift)) | (PKRU_AD << shift);
-        }
+        pkey_reg_t pkru = arch_reg_read();
+        pkey_reg_t want = arch_rights_close_all(pkru, held);
         if (want != pkru) {
-            pkru_write(want);
+            arch_reg_write(want);
         }
     }
-    tls_sim_pkru = 0x55555554u;
+    tls_sim_pkru = PKEY_REG_INIT;
     pthread_mutex_lock(&pool_threads_lock);
     if (t->linked) {
         t->prev->next = t->next;
@@ -457,16 +453,16 @@ static int
 pool_alloc_number(int mode)
 {
     if (mode == MODE_SIM) {
-        uint32_t free_numbers = ~sim_allocated & 0xfffeu; /* 1..15 */
+        uint32_t free_numbers = ~sim_allocated & POOL_ALLOCATABLE;
         if (free_numbers == 0) {
             return -ENOSPC;
         }
         int h = pool_lowest(free_numbers);
         sim_allocated |= 1u << h;
-        pool_set_bits(mode, h, PKRU_AD);
+        pool_set_bits(mode, h, PKEY_CLOSED);
         return h;
     }
-    long r = syscall(SYS_pkey_alloc, 0, PKRU_AD);
+    long r = syscall(SYS_pkey_alloc, 0, PKEY_CLOSED);
     return r < 0 ? -errno : (int)r;
 }
 
@@ -555,7 +551,7 @@ pool_take(KeyObject *k, int evict, const char **syscall_name)
         p->evictions++;
     }
     /* This thread may have the number open only through a stale inheritance: close it. */
-    pool_set_bits(k->mode, h, PKRU_AD);
+    pool_set_bits(k->mode, h, PKEY_CLOSED);
     *syscall_name = k->mode == MODE_SIM ? "mprotect" : "pkey_mprotect";
     int mixed;
     int e = key_retag(k, h, -1, &p->retags, &mixed);
@@ -593,7 +589,7 @@ pool_release(KeyObject *k, int untagged)
     p->owner[h] = NULL;
     p->owned &= ~bit;
     k->hw = -1;
-    pool_set_bits(k->mode, h, PKRU_AD);
+    pool_set_bits(k->mode, h, PKEY_CLOSED);
     tls_thread.created[k->mode] &= ~bit;
     if (p->pinned_class & bit) {
         p->epoch++;
