@@ -3,7 +3,7 @@ import os
 
 from setuptools import Extension, setup
 
-extra = ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
+extra = ["-O2", "-Wall", "-Wextra", "-std=gnu11", "-fvisibility=hidden"]
 if os.environ.get("PKEYGUARD_WERROR"):
     extra.append("-Werror")
 sanitize = os.environ.get("PKEYGUARD_SANITIZE")  # e.g. "address,undefined"
@@ -13,8 +13,9 @@ if sanitize:
     link += [f"-fsanitize={sanitize}"]
 
 
-# The fault reporter is its own translation unit inside _core.
-extra_sources = {"_core": ["src/pkeyguard/_faults.c"]}
+# _core's other translation units: the key pool and the fault reporter (their shared
+# declarations are in _core.h; only PyInit__core is exported).
+extra_sources = {"_core": ["src/pkeyguard/_keypool.c", "src/pkeyguard/_faults.c"]}
 
 
 def extension(name: str) -> Extension:
@@ -26,6 +27,7 @@ def extension(name: str) -> Extension:
             "src/pkeyguard/_arch.h",
             "src/pkeyguard/_arch_x86_64.h",
             "src/pkeyguard/_arch_none.h",
+            "src/pkeyguard/_core.h",
             "src/pkeyguard/_faults.h",
             "src/pkeyguard/_rights.h",
             "src/pkeyguard/_guardslots.h",

@@ -28,78 +28,12 @@
  * held and before anything can run Python code, so no other thread, finalizer or signal
  * handler can slip in between.  Allocation happens before the checks, mutation after them.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <structmember.h>
-#include <pythread.h>
 
-#include <errno.h>
-#include <fcntl.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdint.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-#include "_arch.h"
-#include "_faults.h"
-#include "_rights.h"
-
-#ifndef MADV_DONTDUMP
-#define MADV_DONTDUMP 16
-#endif
-#ifndef MADV_WIPEONFORK
-#define MADV_WIPEONFORK 18
-#endif
-#ifndef MADV_DONTFORK
-#define MADV_DONTFORK 10
-#endif
-#ifndef MAP_FIXED_NOREPLACE
-#define MAP_FIXED_NOREPLACE 0x100000
-#endif
-
-/* Modes of a Key: how a Guard applies rights. */
-/* MODE_SIM is PKU simulated for tests and benchmarks: the same key pool and switches, with a
- * thread-local value for PKRU and mprotect for the tags (see _keypool.h). */
-enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2, MODE_SIM = 3, MODE_COUNT = 4 };
-/* Rights levels, PKRU bits and their names: the RIGHTS table in _rights.h. */
-
-/* Why a guard stopped being active without its own __exit__. */
-enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2,
-       ENDED_RETRIED = 3 /* its own exit failed; a later exit on its thread completed it */ };
-
-/* Mapping flags. */
-#define MAP_F_WIPE 0x01        /* zero the pages before unmapping them */
-#define MAP_F_LOCKED 0x02      /* mlock'ed: munlock before unmapping */
-#define MAP_F_DONTDUMP 0x04    /* MADV_DONTDUMP applied */
-#define MAP_F_WIPEONFORK 0x08  /* MADV_WIPEONFORK applied */
-#define MAP_F_GUARDED 0x10     /* a PROT_NONE guard page before and after */
-#define MAP_F_WIPED 0x20       /* its bytes are gone (or closed and going): the canary too */
-#define MAP_F_SECRETMEM 0x40   /* memfd_secret(2) pages: MAP_SHARED, so MADV_DONTFORK */
-#define MAP_F_LOST 0x80        /* a fork child could not map zero pages in its place */
-#define MAP_F_UNKNOWN 0x100    /* a change failed half-way: the rights may not be the books' */
-#define MAP_F_CANARY_BAD 0x200 /* the wipe found the canary overwritten (not reported yet) */
-#define MAP_F_LAGGING 0x400    /* mprotect: the pages may be narrower (or stuck wider) than the
-                                  key's effective_level after a failed change; set on every
-                                  region of a key whose change failed, cleared per region when
-                                  the level is applied to it again */
-#define MAP_F_PKU_TAGGED 0x800 /* its pages may carry a pku number (a pku key's tag; cleared
-                                  when they are untagged to key 0) */
-#define CANARY_MAX 64
-
-#define MAX_REGION_SIZE ((size_t)1 << 46)
+#include "_core.h"
 
 static int pku_enabled = 0; /* set once Python has proved OSPKE and a working pkey_alloc */
 static Py_ssize_t page_size = 4096;
 
-typedef struct KeyObject KeyObject;
-typedef struct MappingObject MappingObject;
-typedef struct BindingObject BindingObject;
-typedef struct GuardObject GuardObject;
-typedef struct ViewObject ViewObject;
 
 static PyTypeObject Key_Type, Mapping_Type, Binding_Type, Guard_Type, View_Type, Group_Type,
     StackOwner_Type;
@@ -117,11 +51,6 @@ is_finalizing(void)
 /* ------------------------------------------------------------------------------------ */
 /* Errors: looked up by name in pkeyguard._errors (registered at its import)           */
 
-enum {
-    E_GUARD_STATE, E_GUARD_ORDER, E_GUARD_THREAD, E_VIEW, E_ACCESS, E_PKU_UNAVAILABLE,
-    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_SECRET_UNAVAILABLE, E_KEY_EXHAUSTED,
-    E_COUNT
-};
 static const char *const err_names[E_COUNT] = {
     "GuardStateError", "GuardOrderError", "GuardThreadError", "ViewError", "AccessError",
     "PkuUnavailableError", "MprotectError", "RegionError", "KeyStateError", "CanaryError",
@@ -129,7 +58,7 @@ static const char *const err_names[E_COUNT] = {
 };
 static PyObject *err_classes[E_COUNT];
 
-static PyObject *
+PyObject *
 err(int which)
 {
     if (err_classes[which] != NULL) {
@@ -144,13 +73,13 @@ err(int which)
     }
 }
 
-/* Raise MprotectError(errno, "<strerror>") with .syscall set (psutil-style "(originated from
- * <syscall>)" comes from the class's __str__). */
-/* Raise MprotectError(errnum, message or strerror(errnum)) with .syscall set. */
-static PyObject *
-raise_syscall_error(int errnum, PyObject *message, const char *syscall_name)
+/* The one helper for "raise with the syscall's name": raise err(which)(errnum, message or
+ * strerror(errnum)) with .syscall set (psutil-style "(originated from <syscall>)" comes from the
+ * class's __str__).  Returns NULL. */
+PyObject *
+raise_syscall_error(int which, int errnum, PyObject *message, const char *syscall_name)
 {
-    PyObject *cls = err(E_MPROTECT);
+    PyObject *cls = err(which);
     PyObject *exc = message != NULL ? PyObject_CallFunction(cls, "iO", errnum, message)
                                     : PyObject_CallFunction(cls, "is", errnum, strerror(errnum));
     if (exc == NULL) {
@@ -168,13 +97,13 @@ raise_syscall_error(int errnum, PyObject *message, const char *syscall_name)
     return NULL;
 }
 
-static PyObject *
+PyObject *
 raise_errno(int errnum, const char *syscall_name)
 {
-    return raise_syscall_error(errnum, NULL, syscall_name);
+    return raise_syscall_error(E_MPROTECT, errnum, NULL, syscall_name);
 }
 
-static int
+int
 require_pku(void)
 {
     if (!pku_enabled) {
@@ -230,13 +159,8 @@ wipe_bytes(void *p, size_t n)
  * but the one that forked), which ends whatever guards the thread still held.
  */
 
-typedef struct ThreadStack {
-    GuardObject *top;     /* the stack holds a reference to each active guard */
-    unsigned long ident;  /* for messages only */
-    Py_ssize_t depth;     /* how many guards are on it */
-} ThreadStack;
 
-static _Thread_local ThreadStack *tls_stack __attribute__((tls_model("initial-exec"))) = NULL;
+_Thread_local ThreadStack *tls_stack __attribute__((tls_model("initial-exec"))) = NULL;
 static _Thread_local int tls_creating __attribute__((tls_model("initial-exec"))) = 0;
 
 typedef struct {
@@ -324,73 +248,12 @@ done:
 /* ------------------------------------------------------------------------------------ */
 /* Key                                                                                  */
 
-struct KeyObject {
-    PyObject_HEAD
-    long long id;          /* the logical key number: unique in the process, never reused */
-    int hw;                /* pku/sim: the hardware number it holds now, -1 while parked */
-    int pinned;            /* pku/sim: created with rights: holds its number for life */
-    Py_ssize_t opening;    /* pku/sim: active guards that open it (ReadOnly/ReadWrite) */
-    uint64_t last_use;     /* pku/sim: the pool's clock at the latest guard entry (LRU) */
-    int leaked;            /* pku/sim: pages no longer bound kept its number (never give it up) */
-    int mode;
-    int base_level;        /* rights with no guard active (mprotect; pku: initial rights) */
-    int effective_level;   /* rights applied to the pages now (mprotect) */
-    int mixed;             /* mprotect: a failed system call left some regions at other rights
-                              than effective_level (narrower, or stuck wider); every switch
-                              applies the level to all of them again until one succeeds */
-    Py_ssize_t counts[LEVEL_COUNT]; /* per level: threads whose innermost guard on this key has it */
-    Py_ssize_t active;     /* active guards on this key, all threads */
-    BindingObject **bindings; /* borrowed: the live bindings of this key */
-    Py_ssize_t nbindings, cap;
-    int closed;            /* freed (or never allocated) */
-    int closing;           /* key_free() under way */
-    int autoclose;         /* owned by the library on a user's behalf (a Secret's key): freed
-                              when its last binding ends, never handed out (key_owned) */
-    int quarantined;       /* closed, but the number was not freed: some pages kept the tag */
-    GuardObject *roots;    /* per thread with active guards on it, the outermost (borrowed) */
-    uint64_t mark;         /* isolated(): a stamp that marks it allowed or isolated */
-    KeyObject *live_prev, *live_next; /* the registry of open keys (isolation) */
-};
 
-struct MappingObject {
-    PyObject_HEAD
-    uintptr_t base;        /* the whole mapping, guard pages included; 0 once released */
-    size_t total;
-    uintptr_t addr;        /* the usable pages */
-    size_t len;
-    size_t size;           /* bytes of the value */
-    int prot;              /* the region's own page rights */
-    int flags;
-    pid_t pid;             /* the process that mapped it (fork children inherit a copy) */
-    unsigned long forks;   /* fork_count when it was mapped: a child has a larger count */
-    unsigned char canary[CANARY_MAX];
-    Py_ssize_t canary_len;
-    BindingObject *binding; /* strong while bound */
-    PyObject *on_release;  /* test hook: called after zeroing, before unmapping */
-    PyObject *view_types;  /* (read view type, write view type) */
-    PyObject *ctype;       /* the value type (composites), or NULL */
-    char fmt;              /* struct code of a scalar, 's' for bytes and composites */
-    char swap;             /* scalar stored in the non-native byte order */
-    MappingObject *wipe_prev, *wipe_next; /* the registry of mappings to wipe at exit */
-    uintptr_t releasing;   /* base while its release runs the test hook (Python code) */
-    Py_ssize_t exports;    /* live buffer exports of views over it (all guards) */
-    struct HeldRange *held; /* its released range, kept reserved while exports live */
-};
 
-struct BindingObject {
-    PyObject_HEAD
-    KeyObject *key;          /* strong while live, NULL once ended */
-    MappingObject *mapping;  /* strong */
-    Py_ssize_t active;       /* active guards through this binding */
-    Py_ssize_t slot;         /* its index in key->bindings while listed there */
-    int live;
-    BindingObject *ended_next; /* key_free()'s list of references it drops at its end */
-};
 
-static KeyObject live_keys = {.live_prev = &live_keys, .live_next = &live_keys};
+KeyObject live_keys = {.live_prev = &live_keys, .live_next = &live_keys};
 
-static int mapping_absent(MappingObject *m);
-static Py_ssize_t live_key_count = 0;
+Py_ssize_t live_key_count = 0;
 
 static void
 key_register(KeyObject *k)
@@ -537,7 +400,6 @@ key_apply_level(KeyObject *k, int level, int how)
     return first;
 }
 
-#include "_keypool.h"
 
 /* ------------------------------------------------------------------------------------ */
 /* Page state: the one decision                                                         */
@@ -567,10 +429,10 @@ page_plan(KeyObject *k, int own_prot)
         d.prot = prot_for_level(own_prot, k->effective_level);
         break;
     case MODE_PKU:
-        d.pkey = key_page_pkey(k);
+        d.pkey = k->slot.hw >= 0 ? k->slot.hw : 0; /* parked: key 0 */
         /* fall through */
     case MODE_SIM:
-        d.prot = k->hw >= 0 ? own_prot : PROT_NONE;
+        d.prot = k->slot.hw >= 0 ? own_prot : PROT_NONE;
         break;
     default:
         break;
@@ -719,8 +581,8 @@ binding_end(BindingObject *b, int untag, Ended *out)
                 out->syscall = call;
                 return -1;
             }
-            if (mode_is_pool(k->mode) && k->hw >= 0) {
-                k->leaked = 1;
+            if (mode_is_pool(k->mode)) {
+                pool_key_leaked(k);
             }
             m->flags |= MAP_F_UNKNOWN; /* the pages kept the key's rights and tag */
         }
@@ -807,9 +669,7 @@ key_free(KeyObject *k)
         chain = b;
     }
     if (mode_is_pool(k->mode)) {
-        /* The number goes back (closed in this thread) only if every page lost the tag. */
-        k->quarantined = (failed || k->leaked) && k->hw >= 0;
-        pool_release(k, !failed && !k->leaked);
+        k->quarantined = pool_key_close(k, failed);
     }
     k->closed = 1;
     key_unregister(k);
@@ -894,37 +754,10 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     k->mode = mode;
     k->base_level = base_level;
     k->effective_level = base_level;
-    k->hw = -1;
-    if (mode_is_pool(mode)) {
-        /* A key with initial rights holds a number of its class for life; a NoAccess key
-         * takes one only if it needs no eviction, and starts parked otherwise. */
-        k->pinned = base_level != LEVEL_NONE;
-        if (k->pinned) {
-            /* The creator holds the number open: the pool must know this thread (or the
-             * number could never be proved closed), and it closes every retired number
-             * before one can be reused (pool_pinned_reusable). */
-            int seen = pool_thread_seen();
-            if (seen != 0) {
-                raise_errno(seen, "pthread_setspecific");
-                Py_DECREF(k);
-                return NULL;
-            }
-            if (tls_epoch[mode] != pools[mode].epoch) {
-                pool_sync(mode, tls_stack);
-            }
-        }
-        const char *syscall_name;
-        int e = pool_take(k, k->pinned, &syscall_name);
-        if (e != 0 && (k->pinned || e != ENOSPC)) {
-            raise_take_failed(k, e, syscall_name);
-            Py_DECREF(k);
-            return NULL;
-        }
-        if (k->pinned) {
-            pool_set_bits(mode, k->hw, RIGHTS[base_level].bits); /* pkey_alloc's rights */
-            tls_thread.created[mode] |= 1u << k->hw;
-        }
-        k->last_use = ++pools[mode].tick;
+    k->slot.hw = -1;
+    if (mode_is_pool(mode) && pool_key_init(k, base_level) < 0) {
+        Py_DECREF(k);
+        return NULL;
     }
     k->closed = 0;
     if (mode != MODE_NOP) {
@@ -1000,7 +833,7 @@ Key_repr(KeyObject *k)
 {
     static const char *modes[] = {"nop", "pku", "mprotect", "sim"};
     return PyUnicode_FromFormat("<_core.Key %lld mode=%s hw=%d active=%zd regions=%zd%s>", k->id,
-                                modes[k->mode], k->hw, k->active, k->nbindings,
+                                modes[k->mode], k->slot.hw, k->active, k->nbindings,
                                 k->closed ? " closed" : "");
 }
 
@@ -1016,10 +849,10 @@ Key_thread_level(KeyObject *k, PyObject *Py_UNUSED(ignored))
         if (k->mode == MODE_PKU && require_pku() < 0) {
             return NULL;
         }
-        if (k->hw < 0) {
+        if (k->slot.hw < 0) {
             return PyLong_FromLong(LEVEL_NONE);
         }
-        unsigned bits = arch_rights_get(pool_rdpkru(k->mode), k->hw);
+        unsigned bits = arch_rights_get(pool_rdpkru(k->mode), k->slot.hw);
         return PyLong_FromLong(rights_level_of_bits(bits));
     }
     return PyLong_FromLong(k->effective_level);
@@ -1028,10 +861,10 @@ Key_thread_level(KeyObject *k, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Key_get_hardware_key(KeyObject *k, void *Py_UNUSED(closure))
 {
-    if (!mode_is_pool(k->mode) || k->hw < 0) {
+    if (!mode_is_pool(k->mode) || k->slot.hw < 0) {
         Py_RETURN_NONE;
     }
-    return PyLong_FromLong(k->hw);
+    return PyLong_FromLong(k->slot.hw);
 }
 
 static PyObject *
@@ -1058,8 +891,8 @@ static PyMethodDef Key_methods[] = {
 static PyMemberDef Key_members[] = {
     {"key", T_LONGLONG, offsetof(KeyObject, id), READONLY,
      "the logical key number: unique in the process, never reused"},
-    {"_pinned", T_BOOL, offsetof(KeyObject, pinned), READONLY, NULL},
-    {"_opening", T_PYSSIZET, offsetof(KeyObject, opening), READONLY, NULL},
+    {"_pinned", T_BOOL, offsetof(KeyObject, slot.pinned), READONLY, NULL},
+    {"_opening", T_PYSSIZET, offsetof(KeyObject, slot.opening), READONLY, NULL},
     {"_mode", T_INT, offsetof(KeyObject, mode), READONLY, NULL},
     {"_base_level", T_INT, offsetof(KeyObject, base_level), READONLY, NULL},
     {"_effective_level", T_INT, offsetof(KeyObject, effective_level), READONLY, NULL},
@@ -1137,7 +970,7 @@ mapping_inherited(MappingObject *m)
  * not fill the hole (MAP_F_LOST), or the process is a child made without fork handlers (a raw
  * clone(2): the pid changed but fork_count did not), where DONTFORK left a hole that anything
  * may have been mapped into since.  The address is not ours then: never touch it. */
-static int
+int
 mapping_absent(MappingObject *m)
 {
     if (m->flags & MAP_F_LOST) {
@@ -1302,7 +1135,7 @@ mapping_pages_now(MappingObject *m, int *prot, int *pkey, int *raisable)
         *pkey = (int)d.pkey;
         /* an opening guard (any thread) or a key made with rights (its creator, and
          * threads it started) may have the number open */
-        *raisable = k->opening == 0 && !k->pinned;
+        *raisable = k->slot.opening == 0 && !k->slot.pinned;
     }
 }
 
@@ -2147,33 +1980,6 @@ static PyTypeObject Mapping_Type = {
 /* ------------------------------------------------------------------------------------ */
 /* Guard (declarations needed by Binding)                                              */
 
-struct GuardObject {
-    PyObject_HEAD
-    KeyObject *key;            /* strong */
-    BindingObject *binding;    /* strong; NULL for a key-wide guard (isolation) */
-    PyObject *enter_view;      /* a view type: __enter__ returns a new view of it, or NULL */
-    int level;                 /* rights this guard grants while active */
-    int active;
-    int ended;                 /* ENDED_*: how it stopped without its own exit */
-    int stuck;                 /* active, and its own exit failed (its pages could not be
-                                  re-protected): the library retries it (stuck_retry) */
-    int saved_bits;            /* pku/sim: the bits of number hw before entry */
-    int hw;                    /* pku/sim: the number it switched, -1 if none (parked) */
-    int saved_level;           /* MODE_MPROTECT: previous innermost level, -1 if none */
-    ThreadStack *stack;        /* the owning thread's stack while active */
-    unsigned long thread;      /* that thread's ident, for messages */
-    uint64_t generation;       /* bumped on each entry; views remember it */
-    Py_ssize_t exports;        /* live buffer exports of this activation's views */
-    GuardObject *prev;         /* next-outer guard of the same thread */
-    Py_ssize_t depth;          /* while active: its place on the stack (1: the outermost) */
-    /* While active, this thread's guards on the same key, without walking the stack (a view
-     * access, an entry and isolated() cost O(1) per key, however many keys are open): */
-    GuardObject *same_outer;   /* the next-outer active guard on the same key, this thread */
-    GuardObject *root;         /* the outermost one (g itself if none is outer) */
-    GuardObject *innermost;    /* roots only: the innermost one */
-    GuardObject *root_prev, *root_next; /* roots only: the key's list of roots (one per
-                                           thread that has guards on it) */
-};
 
 /* Fork child (from fork_child, so only memory writes): the forking thread keeps its guards,
  * but a guard over secure memory (WIPEONFORK or memfd_secret) now covers zero pages, so the
@@ -2194,8 +2000,6 @@ fork_child_expire_secure_views(void)
     }
 }
 
-static inline GuardObject *key_thread_root(KeyObject *k, ThreadStack *s);
-static unsigned long long walk_steps;
 
 /* Fork child: whether the forking thread holds an active write guard over m.  Only the
  * thread's guards on m's key are looked at (its root on the key, then the same-key chain):
@@ -2415,7 +2219,7 @@ Key_bind(KeyObject *k, PyObject *args)
     b->slot = k->nbindings;
     k->bindings[k->nbindings++] = b;
     fault_table_set_pkey(m->addr, !mode_is_pool(k->mode) ? (int)k->id
-                                  : k->hw >= 0           ? k->hw
+                                  : k->slot.hw >= 0           ? k->slot.hw
                                                          : FAULT_PKEY_PARKED);
     return (PyObject *)b;
 fail:
@@ -2689,24 +2493,10 @@ released_drop(Released *r)
     released_init(r);
 }
 
-/* Guards visited while looking for a thread's guards on a key (roots of other threads,
- * and same-key chains): the cost that must not grow with the number of keys.  Tests read it
- * through _walk_steps(). */
-static unsigned long long walk_steps = 0;
 
-/* The outermost active guard of the thread of stack s on k, or NULL: O(threads that hold
- * guards on k). */
-static inline GuardObject *
-key_thread_root(KeyObject *k, ThreadStack *s)
-{
-    for (GuardObject *r = k->roots; r != NULL; r = r->root_next) {
-        walk_steps++;
-        if (r->stack == s) {
-            return r;
-        }
-    }
-    return NULL;
-}
+/* Guards visited while looking for a thread's guards on a key (roots of other threads, and
+ * same-key chains): read by tests through _walk_steps(); key_thread_root() is in _core.h. */
+unsigned long long walk_steps = 0;
 
 /* Link g (being pushed on s) under root r (NULL: g is the thread's first guard on k). */
 static void
@@ -2755,41 +2545,6 @@ same_key_pop(GuardObject *g)
     g->same_outer = NULL;
 }
 
-/* This thread's bits for the numbers of virtual keys, derived again after numbers changed
- * owner since it last looked (or in a new thread, which may have inherited numbers open):
- * closed, except what its own active guards opened (the innermost guard on each key).  Every
- * retired pinned number is closed too (see pool_pinned_reusable); the numbers of open pinned
- * keys keep their bits.  s may be NULL (no guards). */
-static void
-pool_sync(int mode, ThreadStack *s)
-{
-    KeyPool *p = &pools[mode];
-    (void)pool_thread_seen(); /* unregistered (no memory): its closing just proves nothing */
-    pkey_reg_t pkru = pool_rdpkru(mode);
-    uint32_t virtual_numbers = p->held & ~p->pinned_class;
-    uint32_t closing = p->held & ~(p->pinned_class & p->owned);
-    pkey_reg_t want = arch_rights_close_all(pkru, closing);
-    /* A number's bits come from this thread's innermost guard on its owner that switched
-     * that number (a NoAccess guard entered while its key held another number does not
-     * count): found through the owner's guards of this thread, not the whole stack. */
-    for (uint32_t left = virtual_numbers & p->owned; left; left &= left - 1) {
-        int h = pool_lowest(left);
-        GuardObject *r = s != NULL ? key_thread_root(p->owner[h], s) : NULL;
-        for (GuardObject *g = r != NULL ? r->innermost : NULL; g != NULL; g = g->same_outer) {
-            walk_steps++;
-            if (g->hw == h) {
-                want = arch_rights_set(want, h, RIGHTS[g->level].bits);
-                break;
-            }
-        }
-    }
-    if (want != pkru) {
-        pool_wrpkru(mode, want);
-    }
-    tls_thread.created[mode] &= p->owned;
-    tls_epoch[mode] = p->epoch;
-    p->syncs++;
-}
 
 /* Apply g's rights for its key on entry, on the thread that owns stack s.  Raises nothing:
  * on failure *f says why, and everything is as before (the caller raises). */
@@ -2803,7 +2558,7 @@ guard_apply(GuardObject *g, ThreadStack *s, GuardObject *outer, GuardFailure *f)
         if (tls_epoch[mode] != p->epoch) {
             pool_sync(mode, s);
         }
-        if (k->hw < 0) {
+        if (k->slot.hw < 0) {
             if (g->level == LEVEL_NONE) {
                 g->hw = -1; /* parked: closed to every thread already */
                 p->hits++;
@@ -2823,10 +2578,8 @@ guard_apply(GuardObject *g, ThreadStack *s, GuardObject *outer, GuardFailure *f)
         else {
             p->hits++;
         }
-        if (k->last_use != p->tick) {
-            k->last_use = ++p->tick;
-        }
-        int h = k->hw;
+        pool_touch(p, &k->slot);
+        int h = k->slot.hw;
         pkey_reg_t pkru = pool_rdpkru(mode);
         pkey_reg_t want = arch_rights_set(pkru, h, RIGHTS[g->level].bits);
         g->hw = h;
@@ -2835,7 +2588,7 @@ guard_apply(GuardObject *g, ThreadStack *s, GuardObject *outer, GuardFailure *f)
             pool_wrpkru(mode, want);
         }
         if (g->level != LEVEL_NONE) {
-            k->opening++; /* pins the number: never evicted while open somewhere */
+            k->slot.opening++; /* pins the number: never evicted while open somewhere */
         }
         return 0;
     }
@@ -2875,11 +2628,11 @@ guard_restore(GuardObject *g, int write_pkru, int apply, int force)
     KeyObject *k = g->key;
     if (mode_is_pool(k->mode)) {
         if (g->level != LEVEL_NONE) {
-            k->opening--;
+            k->slot.opening--;
         }
         /* A NoAccess guard's key may have been parked since (that only closed it further);
          * its number may belong to another key now: leave those bits alone. */
-        if (write_pkru && g->hw >= 0 && k->hw == g->hw) {
+        if (write_pkru && g->hw >= 0 && k->slot.hw == g->hw) {
             pool_set_bits(k->mode, g->hw, (uint32_t)g->saved_bits);
         }
         return 0;
@@ -2917,7 +2670,7 @@ raise_restore_failed(int e)
     if (msg == NULL) {
         return NULL;
     }
-    raise_syscall_error(e, msg, "mprotect");
+    raise_syscall_error(E_MPROTECT, e, msg, "mprotect");
     Py_DECREF(msg);
     return NULL;
 }
@@ -3273,7 +3026,7 @@ guard_remove(GuardObject *g, int force, Released *r)
     else {
         if (mode_is_pool(g->key->mode)) {
             if (g->level != LEVEL_NONE) {
-                g->key->opening--;
+                g->key->slot.opening--;
             }
             if (same_inner->hw == g->hw) {
                 same_inner->saved_bits = g->saved_bits;
@@ -4829,117 +4582,6 @@ core_thread_guards(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return out;
 }
 
-static int
-pool_mode_arg(PyObject *arg, int *mode)
-{
-    long v = PyLong_AsLong(arg);
-    if (v == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (v != MODE_PKU && v != MODE_SIM) {
-        PyErr_Format(PyExc_ValueError, "mode %ld has no key pool (MODE_PKU or MODE_SIM)", v);
-        return -1;
-    }
-    *mode = (int)v;
-    return 0;
-}
-
-/* _pool_stats(mode): the pool's gauges and counters. */
-static PyObject *
-core_pool_stats(PyObject *Py_UNUSED(m), PyObject *arg)
-{
-    int mode;
-    if (pool_mode_arg(arg, &mode) < 0) {
-        return NULL;
-    }
-    KeyPool *p = &pools[mode];
-    Py_ssize_t logical = 0, parked = 0, opening = 0;
-    for (KeyObject *k = live_keys.live_next; k != &live_keys; k = k->live_next) {
-        if (k->mode == mode) {
-            logical++;
-            parked += k->hw < 0;
-            opening += k->opening > 0;
-        }
-    }
-    uint32_t pinned_free = p->held & p->pinned_class & ~p->owned;
-    return Py_BuildValue(
-        "{si si si si si si sn sn sn sK sK sK sK sK sK sK sK sK sK}", "limit", p->limit, "held",
-        pool_popcount(p->held), "pinned", pool_popcount(p->owned & p->pinned_class),
-        "quarantined", pool_popcount(pinned_free | p->lost), "owned", pool_popcount(p->owned),
-        "spare", pool_popcount(p->held & ~p->owned & ~p->pinned_class & ~p->lost), "logical",
-        logical, "parked", parked, "opening", opening, "switches",
-        p->hits + p->misses + p->exhausted, "hits", p->hits, "misses", p->misses, "evictions",
-        p->evictions, "retags", p->retags, "parks", p->parks, "allocs", p->allocs, "exhausted",
-        p->exhausted, "syncs", p->syncs, "pinned_waits", p->pinned_waits);
-}
-
-/* _pool_limit(mode, n): the most numbers the pool may hold from now on; returns the old. */
-static PyObject *
-core_pool_limit(PyObject *Py_UNUSED(m), PyObject *args)
-{
-    PyObject *mode_obj;
-    int n, mode;
-    if (!PyArg_ParseTuple(args, "Oi:_pool_limit", &mode_obj, &n) ||
-        pool_mode_arg(mode_obj, &mode) < 0) {
-        return NULL;
-    }
-    if (n < 1 || n > POOL_NUMBERS - 1) {
-        return PyErr_Format(PyExc_ValueError, "a pool holds 1..%d numbers, not %d",
-                            POOL_NUMBERS - 1, n);
-    }
-    int old = pools[mode].limit;
-    pools[mode].limit = n;
-    return PyLong_FromLong(old);
-}
-
-/* _pool_thread_seen(): register this thread with the pools now, as its first guard entry
- * would (tests: a thread seen before a key is made does not hold that key's number up). */
-static PyObject *
-core_pool_thread_seen(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
-{
-    int e = pool_thread_seen();
-    if (e != 0) {
-        raise_errno(e, "pthread_setspecific");
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-/* _pool_sync(mode): what a guard entry does first on this thread: register it and derive its
- * bits again (tests: a helper thread that never enters a guard stops holding up the numbers
- * of closed keys with initial rights). */
-static PyObject *
-core_pool_sync(PyObject *Py_UNUSED(m), PyObject *arg)
-{
-    int mode;
-    if (pool_mode_arg(arg, &mode) < 0) {
-        return NULL;
-    }
-    if (mode == MODE_PKU && require_pku() < 0) {
-        return NULL;
-    }
-    pool_sync(mode, tls_stack);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-core_sim_pkru(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
-{
-    return PyLong_FromUnsignedLong(tls_sim_pkru);
-}
-
-/* _sim_set_pkru(value): set this thread's simulated PKRU (tests: what a thread started
- * inside a guard inherits on real hardware). */
-static PyObject *
-core_sim_set_pkru(PyObject *Py_UNUSED(m), PyObject *arg)
-{
-    unsigned long v = PyLong_AsUnsignedLong(arg);
-    if (v == (unsigned long)-1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    tls_sim_pkru = (pkey_reg_t)v;
-    Py_RETURN_NONE;
-}
 
 /* _walk_steps(): guards visited so far looking for a thread's guards on a key (tests: a view
  * access costs none, an entry a few, isolated() a few per key, whatever the number of keys). */

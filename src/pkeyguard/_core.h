@@ -1,0 +1,221 @@
+/*
+ * The core's private header: the structs the core's translation units share, the mode and
+ * flag constants, and the functions one unit calls in another.  Everything declared here is
+ * CORE_HIDDEN: the extension exports only PyInit__core (setup.py also builds with
+ * -fvisibility=hidden).  The ownership rules are at the top of _core.c; the key pool's at the
+ * top of _keypool.c.
+ */
+#ifndef PKEYGUARD_CORE_H
+#define PKEYGUARD_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <pythread.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "_arch.h"
+#include "_faults.h"
+#include "_rights.h"
+
+#ifndef MADV_DONTDUMP
+#define MADV_DONTDUMP 16
+#endif
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
+#ifndef MADV_DONTFORK
+#define MADV_DONTFORK 10
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+/* Modes of a Key: how a Guard applies rights. */
+/* MODE_SIM is PKU simulated for tests and benchmarks: the same key pool and switches, with a
+ * thread-local value for PKRU and mprotect for the tags (see _keypool.h). */
+enum { MODE_NOP = 0, MODE_PKU = 1, MODE_MPROTECT = 2, MODE_SIM = 3, MODE_COUNT = 4 };
+/* Rights levels, PKRU bits and their names: the RIGHTS table in _rights.h. */
+
+/* Why a guard stopped being active without its own __exit__. */
+enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2,
+       ENDED_RETRIED = 3 /* its own exit failed; a later exit on its thread completed it */ };
+
+/* Mapping flags. */
+#define MAP_F_WIPE 0x01        /* zero the pages before unmapping them */
+#define MAP_F_LOCKED 0x02      /* mlock'ed: munlock before unmapping */
+#define MAP_F_DONTDUMP 0x04    /* MADV_DONTDUMP applied */
+#define MAP_F_WIPEONFORK 0x08  /* MADV_WIPEONFORK applied */
+#define MAP_F_GUARDED 0x10     /* a PROT_NONE guard page before and after */
+#define MAP_F_WIPED 0x20       /* its bytes are gone (or closed and going): the canary too */
+#define MAP_F_SECRETMEM 0x40   /* memfd_secret(2) pages: MAP_SHARED, so MADV_DONTFORK */
+#define MAP_F_LOST 0x80        /* a fork child could not map zero pages in its place */
+#define MAP_F_UNKNOWN 0x100    /* a change failed half-way: the rights may not be the books' */
+#define MAP_F_CANARY_BAD 0x200 /* the wipe found the canary overwritten (not reported yet) */
+#define MAP_F_LAGGING 0x400    /* mprotect: the pages may be narrower (or stuck wider) than the
+                                  key's effective_level after a failed change; set on every
+                                  region of a key whose change failed, cleared per region when
+                                  the level is applied to it again */
+#define MAP_F_PKU_TAGGED 0x800 /* its pages may carry a pku number (a pku key's tag; cleared
+                                  when they are untagged to key 0) */
+#define CANARY_MAX 64
+
+#define MAX_REGION_SIZE ((size_t)1 << 46)
+
+#define CORE_HIDDEN __attribute__((visibility("hidden")))
+
+typedef struct KeyObject KeyObject;
+typedef struct MappingObject MappingObject;
+typedef struct BindingObject BindingObject;
+typedef struct GuardObject GuardObject;
+typedef struct ViewObject ViewObject;
+
+/* Errors: looked up by name in pkeyguard._errors (registered at its import). */
+enum {
+    E_GUARD_STATE, E_GUARD_ORDER, E_GUARD_THREAD, E_VIEW, E_ACCESS, E_PKU_UNAVAILABLE,
+    E_MPROTECT, E_REGION, E_KEY, E_CANARY, E_ARGTYPE, E_SECRET_UNAVAILABLE, E_KEY_EXHAUSTED,
+    E_COUNT
+};
+
+typedef struct ThreadStack {
+    GuardObject *top;     /* the stack holds a reference to each active guard */
+    unsigned long ident;  /* for messages only */
+    Py_ssize_t depth;     /* how many guards are on it */
+} ThreadStack;
+
+/* This thread's guard stack (NULL until its first guard): written by the thread itself. */
+CORE_HIDDEN extern _Thread_local ThreadStack *tls_stack __attribute__((tls_model("initial-exec")));
+
+#include "_keypool.h"
+
+struct KeyObject {
+    PyObject_HEAD
+    long long id;          /* the logical key number: unique in the process, never reused */
+    KeySlot slot;          /* pku/sim: its state in the key pool (_keypool.h) */
+    int mode;
+    int base_level;        /* rights with no guard active (mprotect; pku: initial rights) */
+    int effective_level;   /* rights applied to the pages now (mprotect) */
+    int mixed;             /* mprotect: a failed system call left some regions at other rights
+                              than effective_level (narrower, or stuck wider); every switch
+                              applies the level to all of them again until one succeeds */
+    Py_ssize_t counts[LEVEL_COUNT]; /* per level: threads whose innermost guard on this key has it */
+    Py_ssize_t active;     /* active guards on this key, all threads */
+    BindingObject **bindings; /* borrowed: the live bindings of this key */
+    Py_ssize_t nbindings, cap;
+    int closed;            /* freed (or never allocated) */
+    int closing;           /* key_free() under way */
+    int autoclose;         /* owned by the library on a user's behalf (a Secret's key): freed
+                              when its last binding ends, never handed out (key_owned) */
+    int quarantined;       /* closed, but the number was not freed: some pages kept the tag */
+    GuardObject *roots;    /* per thread with active guards on it, the outermost (borrowed) */
+    uint64_t mark;         /* isolated(): a stamp that marks it allowed or isolated */
+    KeyObject *live_prev, *live_next; /* the registry of open keys (isolation) */
+};
+
+
+struct MappingObject {
+    PyObject_HEAD
+    uintptr_t base;        /* the whole mapping, guard pages included; 0 once released */
+    size_t total;
+    uintptr_t addr;        /* the usable pages */
+    size_t len;
+    size_t size;           /* bytes of the value */
+    int prot;              /* the region's own page rights */
+    int flags;
+    pid_t pid;             /* the process that mapped it (fork children inherit a copy) */
+    unsigned long forks;   /* fork_count when it was mapped: a child has a larger count */
+    unsigned char canary[CANARY_MAX];
+    Py_ssize_t canary_len;
+    BindingObject *binding; /* strong while bound */
+    PyObject *on_release;  /* test hook: called after zeroing, before unmapping */
+    PyObject *view_types;  /* (read view type, write view type) */
+    PyObject *ctype;       /* the value type (composites), or NULL */
+    char fmt;              /* struct code of a scalar, 's' for bytes and composites */
+    char swap;             /* scalar stored in the non-native byte order */
+    MappingObject *wipe_prev, *wipe_next; /* the registry of mappings to wipe at exit */
+    uintptr_t releasing;   /* base while its release runs the test hook (Python code) */
+    Py_ssize_t exports;    /* live buffer exports of views over it (all guards) */
+    struct HeldRange *held; /* its released range, kept reserved while exports live */
+};
+
+
+struct BindingObject {
+    PyObject_HEAD
+    KeyObject *key;          /* strong while live, NULL once ended */
+    MappingObject *mapping;  /* strong */
+    Py_ssize_t active;       /* active guards through this binding */
+    Py_ssize_t slot;         /* its index in key->bindings while listed there */
+    int live;
+    BindingObject *ended_next; /* key_free()'s list of references it drops at its end */
+};
+
+
+struct GuardObject {
+    PyObject_HEAD
+    KeyObject *key;            /* strong */
+    BindingObject *binding;    /* strong; NULL for a key-wide guard (isolation) */
+    PyObject *enter_view;      /* a view type: __enter__ returns a new view of it, or NULL */
+    int level;                 /* rights this guard grants while active */
+    int active;
+    int ended;                 /* ENDED_*: how it stopped without its own exit */
+    int stuck;                 /* active, and its own exit failed (its pages could not be
+                                  re-protected): the library retries it (stuck_retry) */
+    int saved_bits;            /* pku/sim: the bits of number hw before entry */
+    int hw;                    /* pku/sim: the number it switched, -1 if none (parked) */
+    int saved_level;           /* MODE_MPROTECT: previous innermost level, -1 if none */
+    ThreadStack *stack;        /* the owning thread's stack while active */
+    unsigned long thread;      /* that thread's ident, for messages */
+    uint64_t generation;       /* bumped on each entry; views remember it */
+    Py_ssize_t exports;        /* live buffer exports of this activation's views */
+    GuardObject *prev;         /* next-outer guard of the same thread */
+    Py_ssize_t depth;          /* while active: its place on the stack (1: the outermost) */
+    /* While active, this thread's guards on the same key, without walking the stack (a view
+     * access, an entry and isolated() cost O(1) per key, however many keys are open): */
+    GuardObject *same_outer;   /* the next-outer active guard on the same key, this thread */
+    GuardObject *root;         /* the outermost one (g itself if none is outer) */
+    GuardObject *innermost;    /* roots only: the innermost one */
+    GuardObject *root_prev, *root_next; /* roots only: the key's list of roots (one per
+                                           thread that has guards on it) */
+};
+
+
+/* Guards visited while looking for a thread's guards on a key (roots of other threads,
+ * and same-key chains): the cost that must not grow with the number of keys.  Tests read it
+ * through _walk_steps(). */
+CORE_HIDDEN extern unsigned long long walk_steps;
+
+/* The outermost active guard of the thread of stack s on k, or NULL: O(threads that hold
+ * guards on k). */
+static inline GuardObject *
+key_thread_root(KeyObject *k, ThreadStack *s)
+{
+    for (GuardObject *r = k->roots; r != NULL; r = r->root_next) {
+        walk_steps++;
+        if (r->stack == s) {
+            return r;
+        }
+    }
+    return NULL;
+}
+
+/* _core.c */
+CORE_HIDDEN extern KeyObject live_keys; /* the registry of open keys (a ring) */
+CORE_HIDDEN extern Py_ssize_t live_key_count;
+CORE_HIDDEN PyObject *err(int which);
+CORE_HIDDEN PyObject *raise_syscall_error(int which, int errnum, PyObject *message,
+                                          const char *syscall_name);
+CORE_HIDDEN PyObject *raise_errno(int errnum, const char *syscall_name);
+CORE_HIDDEN int require_pku(void);
+CORE_HIDDEN int mapping_absent(MappingObject *m);
+
+#endif /* PKEYGUARD_CORE_H */
