@@ -13,9 +13,24 @@ if sanitize:
     link += [f"-fsanitize={sanitize}"]
 
 
-# _core's other translation units: the key pool and the fault reporter (their shared
-# declarations are in _core.h; only PyInit__core is exported).
-extra_sources = {"_core": ["src/pkeyguard/_keypool.c", "src/pkeyguard/_faults.c"]}
+# _core's other translation units, one per job (_core.c is the module: setup, registration,
+# the fork handler); their shared declarations are in _core.h, and only PyInit__core is
+# exported.
+extra_sources = {
+    "_core": [
+        f"src/pkeyguard/{unit}.c"
+        for unit in (
+            "_keys",
+            "_keypool",
+            "_mappings",
+            "_bindings",
+            "_guards",
+            "_views",
+            "_isolation",
+            "_faults",
+        )
+    ]
+}
 
 
 def extension(name: str) -> Extension:
@@ -30,7 +45,7 @@ def extension(name: str) -> Extension:
             "src/pkeyguard/_core.h",
             "src/pkeyguard/_faults.h",
             "src/pkeyguard/_rights.h",
-            "src/pkeyguard/_guardslots.h",
+            "src/pkeyguard/_guardslots.c.h",
             "src/pkeyguard/_keypool.h",
         ],
         extra_compile_args=extra,

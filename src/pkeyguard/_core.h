@@ -208,14 +208,239 @@ key_thread_root(KeyObject *k, ThreadStack *s)
     return NULL;
 }
 
+
+/* How key_apply_level() treats a failure. */
+enum {
+    APPLY_ATOMIC = 0, /* put back what it changed: the key stays at its level (the caller's
+                         operation fails as a whole, and says so) */
+    APPLY_FORCE = 1,  /* the level is the key's from now on (a guard of a thread that ended
+                         is gone whatever happens): every region is tried, and the ones that
+                         fail stay as they were, marked by k->mixed */
+};
+
+/* What a bound mapping's pages carry: the rights and, on pku, the number they are tagged with. */
+typedef struct {
+    long prot;
+    long pkey; /* pku: the number to tag them with (0: key 0, parked); -1: no pku tag (mprotect) */
+} PagePlan;
+/* The fields are long, not int: two ints would travel packed in one register, and glibc's
+ * mprotect stub hands the kernel the whole register (the upper half, the pkey, made its prot
+ * argument invalid: EINVAL).  A long holds the value alone. */
+
+/* What binding_end() gives up, handed to its caller.  Dropping a reference can run Python
+ * code (a finalizer on the key, often dropped for the last time here; the binding's own
+ * deallocator), and so can building the error: the caller finishes its own change first (the
+ * release and munmap of close(), every binding of key_free()) and then calls ended_finish().
+ * binding_end() raises nothing itself. */
+typedef struct {
+    KeyObject *key;        /* the binding's reference to its key */
+    BindingObject *held;   /* the mapping's reference to the binding */
+    BindingObject *ours;   /* the caller's own reference to the binding (it sets this) */
+    int err;               /* errno of a failed untag, 0 if none */
+    const char *syscall;
+} Ended;
+
+/* untag: UNTAG_NO (the pages are about to be unmapped), UNTAG_YES (a failure changes nothing
+ * and raises), UNTAG_FORCE (the collector is taking the binding apart: on a failure the
+ * binding ends anyway, the pages keep the tag, and the key never gives its number to
+ * another key; raises after the binding has ended). */
+enum { UNTAG_NO = 0, UNTAG_YES = 1, UNTAG_FORCE = 2 };
+
+/* Why an entry (or a switch) could not be made; raised by raise_failure(). */
+enum {
+    FAIL_NONE = 0,
+    FAIL_ACTIVE,        /* already active */
+    FAIL_KEY_CLOSED,    /* its key is closed, or being closed */
+    FAIL_UNBOUND,       /* its association has ended */
+    FAIL_EXPORTS,       /* a wider guard on the key has live buffer exports */
+    FAIL_ERRNO,         /* a system call failed (err, syscall) */
+    FAIL_TAKE,          /* no hardware key could be taken (pool_take's result in err) */
+    FAIL_INHERITED,     /* its region is secure memory a fork child inherited */
+};
+
+typedef struct {
+    int why;
+    int err;
+    const char *syscall;
+    GuardObject *other; /* FAIL_EXPORTS: the guard whose views have exports (borrowed) */
+    Py_ssize_t exports;
+} GuardFailure;
+
+/* The references popped guards give up (their stack's), dropped once the state is
+ * consistent: dropping one can run a finalizer.  The list is the caller's own memory, so
+ * whatever that code does to the guards cannot reach it (a guard's own links can change:
+ * the code may enter it again). */
+typedef struct {
+    GuardObject **items;
+    Py_ssize_t n, cap;
+    GuardObject *small[8];
+} Released;
+
+/* The fork handler's count of fork children this process has been (_mappings.c). */
+CORE_HIDDEN extern volatile unsigned long fork_count; /* fork children made (the fork handler) */
+
+/* ---- Shared helpers (static inline: used on the hot path or everywhere) ---------------- */
+
+static inline int
+is_finalizing(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
+/* A key the library owns on a user's behalf (a Secret's): nothing public hands it out
+ * (guard.key, the association's key, isolated()'s value), and nothing may close it, bind it
+ * to another region or end its association: closing it would re-tag the secret's pages to
+ * key 0 with their own rights (readable outside reveal()), and leave the Secret unusable.
+ * It is freed when its one association ends (the Secret closes). */
+static inline int
+key_owned(KeyObject *k)
+{
+    return k->autoclose;
+}
+
+static inline int
+mapping_inherited(MappingObject *m)
+{
+    return m->forks != fork_count || m->pid != getpid();
+}
+
+/* Secure memory (zeroed on release, wiped or left out on fork) that a fork child inherited:
+ * its bytes did not come along (zero pages, or a hole), so nothing may read or write it as
+ * if it held the parent's secret.  Checked when a guard or view over it is used, not only
+ * when it is made: a guard made before the fork can be entered after it. */
+static inline int
+mapping_secure_inherited(MappingObject *m)
+{
+    return (m->flags & (MAP_F_WIPE | MAP_F_WIPEONFORK | MAP_F_SECRETMEM)) && m->base != 0 &&
+           mapping_inherited(m);
+}
+
+/* The system call that applies a plan. */
+static inline const char *
+page_plan_syscall(PagePlan d)
+{
+    return d.pkey >= 0 ? "pkey_mprotect" : "mprotect";
+}
+
+static inline int
+prot_for_level(int prot, int level)
+{
+    switch (level) {
+    case LEVEL_NONE:
+        return prot & PROT_EXEC; /* pkeys never restrict instruction fetch; mirror that */
+    case LEVEL_READ:
+        return prot & ~PROT_WRITE;
+    default:
+        return prot;
+    }
+}
+
+/* Set to zero so that the compiler cannot drop it as a dead store. */
+static inline void
+wipe_bytes(void *p, size_t n)
+{
+    memset(p, 0, n);
+    __asm__ volatile("" : : "r"(p) : "memory");
+}
+
+/* mprotect: the level a key needs now, the most permissive innermost guard of any thread. */
+static inline int
+key_wanted_level(KeyObject *k)
+{
+    for (int lv = LEVEL_MAX; lv >= LEVEL_NONE; lv--) {
+        if (k->counts[lv] > 0) {
+            return lv;
+        }
+    }
+    return k->base_level;
+}
+
+/* ---- Cross-unit state and functions (hidden) ------------------------------------------ */
+
 /* _core.c */
-CORE_HIDDEN extern KeyObject live_keys; /* the registry of open keys (a ring) */
-CORE_HIDDEN extern Py_ssize_t live_key_count;
+CORE_HIDDEN extern int pku_enabled;
+CORE_HIDDEN extern Py_ssize_t page_size;
 CORE_HIDDEN PyObject *err(int which);
-CORE_HIDDEN PyObject *raise_syscall_error(int which, int errnum, PyObject *message,
-                                          const char *syscall_name);
+CORE_HIDDEN PyObject *raise_syscall_error(int which, int errnum, PyObject *message, const char *syscall_name);
 CORE_HIDDEN PyObject *raise_errno(int errnum, const char *syscall_name);
 CORE_HIDDEN int require_pku(void);
+CORE_HIDDEN void write_unraisable(const char *where);
+
+/* _keys.c */
+CORE_HIDDEN extern KeyObject live_keys; /* the registry of open keys (a ring) */
+CORE_HIDDEN extern Py_ssize_t live_key_count;
+CORE_HIDDEN extern PyTypeObject Key_Type;
+CORE_HIDDEN int region_protect(MappingObject *m, int level, int narrowing, int *lagging);
+CORE_HIDDEN int key_apply_level(KeyObject *k, int level, int how);
+CORE_HIDDEN PagePlan page_plan(KeyObject *k, int own_prot);
+CORE_HIDDEN int page_plan_apply(MappingObject *m, PagePlan d);
+CORE_HIDDEN int key_reserve(KeyObject *k);
+CORE_HIDDEN int ended_finish(Ended *e);
+CORE_HIDDEN int binding_end(BindingObject *b, int untag, Ended *out);
+CORE_HIDDEN int binding_end_now(BindingObject *b, int untag);
+CORE_HIDDEN PyObject *refuse_owned(int which, const char *what);
+CORE_HIDDEN PyObject *raise_hidden(const char *what);
+
+/* _mappings.c */
+CORE_HIDDEN extern MappingObject wipe_list;
+CORE_HIDDEN extern const char secret_unavailable_msg[];
+CORE_HIDDEN extern PyTypeObject Mapping_Type;
 CORE_HIDDEN int mapping_absent(MappingObject *m);
+CORE_HIDDEN void fork_child(void);
+CORE_HIDDEN int mapping_scrub(MappingObject *m, int in_place, const char **what);
+CORE_HIDDEN void held_sweep(void);
+CORE_HIDDEN int mapping_close_now(MappingObject *m, int *canary_ok);
+CORE_HIDDEN void mapping_collect_wipe(MappingObject *m);
+CORE_HIDDEN int raise_canary(MappingObject *m);
+
+/* _bindings.c */
+CORE_HIDDEN extern PyTypeObject Binding_Type;
+CORE_HIDDEN PyObject *Key_bind(KeyObject *k, PyObject *args);
+
+/* _guards.c */
+CORE_HIDDEN int guard_install_slots(void); /* _guardslots.c.h */
+CORE_HIDDEN extern PyObject *stack_dict_key;
+CORE_HIDDEN extern PyTypeObject StackOwner_Type;
+CORE_HIDDEN extern PyObject *rights_members[LEVEL_COUNT];
+CORE_HIDDEN extern PyTypeObject *guard_types[LEVEL_COUNT];
+CORE_HIDDEN extern int guard_recyclable[LEVEL_COUNT];
+CORE_HIDDEN extern PyTypeObject Guard_Type;
+CORE_HIDDEN ThreadStack *get_stack(void);
+CORE_HIDDEN void fork_child_expire_secure_views(void);
+CORE_HIDDEN int fork_child_writing(MappingObject *m);
+CORE_HIDDEN int guard_type_recyclable(PyTypeObject *t);
+CORE_HIDDEN void guard_freelist_drain(void);
+CORE_HIDDEN void guard_class_dealloc(GuardObject *g);
+CORE_HIDDEN GuardObject *guard_create(PyTypeObject *cls, KeyObject *k, BindingObject *b, int level, PyObject *enter_view);
+CORE_HIDDEN PyObject *Binding_set_access_rights(BindingObject *b, PyObject *rights);
+CORE_HIDDEN PyObject *Binding_guard(BindingObject *b, PyObject *args);
+CORE_HIDDEN void released_init(Released *r);
+CORE_HIDDEN int released_reserve(Released *r, Py_ssize_t need);
+CORE_HIDDEN void released_drop(Released *r);
+CORE_HIDDEN PyObject *raise_restore_failed(int e);
+CORE_HIDDEN int guard_pop(GuardObject *g, int write_pkru, int apply, int force, Released *r);
+CORE_HIDDEN Py_ssize_t stack_depth(ThreadStack *s, GuardObject *down_to);
+CORE_HIDDEN int guard_activate(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *f);
+CORE_HIDDEN void raise_failure(GuardObject *g, GuardFailure *f);
+CORE_HIDDEN PyObject *raise_not_active(GuardObject *g);
+CORE_HIDDEN Py_ssize_t stuck_count(GuardObject *below);
+CORE_HIDDEN void stuck_retry(ThreadStack *s, Py_ssize_t most, int force, Released *r);
+CORE_HIDDEN void stuck_mark(ThreadStack *s, GuardObject *down_to);
+CORE_HIDDEN PyObject *Binding_end_stuck(BindingObject *b, PyObject *arg);
+CORE_HIDDEN PyObject *Key_guard(KeyObject *k, PyObject *arg);
+
+/* _views.c */
+CORE_HIDDEN extern PyObject *str_value;
+CORE_HIDDEN extern PyTypeObject View_Type;
+CORE_HIDDEN ViewObject *view_alloc(PyTypeObject *cls);
+CORE_HIDDEN void view_init(ViewObject *v, GuardObject *g, int writable);
+
+/* _isolation.c */
+CORE_HIDDEN extern PyTypeObject Group_Type;
+CORE_HIDDEN PyObject *core_isolation(PyObject *Py_UNUSED(m), PyObject *allow);
 
 #endif /* PKEYGUARD_CORE_H */

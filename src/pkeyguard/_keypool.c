@@ -158,7 +158,7 @@ pool_thread_key_make(void)
 }
 
 /* Register this thread (once): 0 or an errno.  Allocates nothing of Python's. */
-int
+static int
 pool_thread_seen(void)
 {
     PoolThread *t = &tls_thread;
@@ -500,7 +500,7 @@ pool_take(KeyObject *k, int evict, const char **syscall_name)
  * closed in this thread.  It stays held, a spare of its class; a number whose pages kept the
  * tag is never used again.  A pinned number is retired: the epoch moves, so that every thread
  * closes it at its next sync, and it waits until pool_pinned_reusable proves it closed. */
-void
+static void
 pool_release(KeyObject *k, int untagged)
 {
     int h = k->slot.hw;

@@ -116,8 +116,6 @@ pool_lowest(uint32_t x)
 /* ---- The unit's functions (_keypool.c) ----------------------------------------------- */
 
 CORE_HIDDEN void pools_init(void);
-/* Register this thread (once): 0 or an errno.  Allocates nothing of Python's. */
-CORE_HIDDEN int pool_thread_seen(void);
 /* Fork child (one thread: the forking one): the registry holds only it, under its new id. */
 CORE_HIDDEN void pool_threads_fork_child(void);
 /* Derive this thread's bits again after numbers changed owner (s: its guard stack, or NULL). */

@@ -1,6 +1,7 @@
 /*
- * The guard's __enter__/__exit__ fast path, included by _core.c after Guard_enter and
- * Guard_exit (it is part of that translation unit: everything here is static).
+ * The guard's __enter__/__exit__ fast path, included by _guards.c after Guard_enter and
+ * Guard_exit (a ".c.h" file, as CPython names them: part of that translation unit; only
+ * guard_install_slots is called from outside it, by the module's setup).
  *
  * With __enter__/__exit__ as PyMethodDef entries, CPython's 'with' (BEFORE_WITH) makes a
  * bound builtin method for each, every time: a GC-tracked allocation, tracked and untracked
@@ -149,7 +150,7 @@ static PyTypeObject SlotDescr_Type = {
     .tp_descr_get = (descrgetfunc)SlotDescr_get,
 };
 
-static int
+int
 guard_install_slots(void)
 {
     static const char *names[2] = {"__enter__", "__exit__"};
@@ -180,7 +181,7 @@ static PyMethodDef guard_plain_slots[2] = {
     {"__exit__", (PyCFunction)(void (*)(void))Guard_exit, METH_FASTCALL, NULL},
 };
 
-static int
+int
 guard_install_slots(void)
 {
     for (int i = 0; i < 2; i++) {
