@@ -11,6 +11,11 @@ link = []
 if sanitize:
     extra += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
     link += [f"-fsanitize={sanitize}"]
+# The core's assert()s on its invariants (the pool's owned/held sets, counts >= 0, the guard
+# stacks' links): Python's own flags say -DNDEBUG, so they are off in a normal build and on in
+# the sanitizer build (tools/sanitize.sh) or with PKEYGUARD_ASSERT=1.
+if sanitize or os.environ.get("PKEYGUARD_ASSERT"):
+    extra.append("-UNDEBUG")
 
 
 # _core's other translation units, one per job (_core.c is the module: setup, registration,

@@ -16,8 +16,9 @@
 /* _bind(mapping, cls): the one way to associate a region with a key.  Tags the pages and
  * links key, binding and mapping in one step. */
 PyObject *
-Key_bind(KeyObject *k, PyObject *args)
+Key_bind(PyObject *op, PyObject *args)
 {
+    KeyObject *k = Key_CAST(op);
     PyObject *mobj;
     PyTypeObject *cls;
     if (!PyArg_ParseTuple(args, "O!O!:_bind", &Mapping_Type, &mobj, &PyType_Type, &cls)) {
@@ -91,16 +92,18 @@ fail:
 }
 
 static int
-Binding_traverse(BindingObject *b, visitproc visit, void *arg)
+Binding_traverse(PyObject *op, visitproc visit, void *arg)
 {
+    BindingObject *b = Binding_CAST(op);
     Py_VISIT(b->key);
     Py_VISIT(b->mapping);
     return 0;
 }
 
 static int
-Binding_clear(BindingObject *b)
+Binding_clear(PyObject *op)
 {
+    BindingObject *b = Binding_CAST(op);
     if (b->live) {
         mapping_collect_wipe(b->mapping); /* garbage too: it holds this binding */
         Py_INCREF(b);
@@ -114,8 +117,9 @@ Binding_clear(BindingObject *b)
 }
 
 static void
-Binding_dealloc(BindingObject *b)
+Binding_dealloc(PyObject *op)
 {
+    BindingObject *b = Binding_CAST(op);
     PyObject_GC_UnTrack(b);
     /* A live binding is held by its mapping: none reaches its deallocator live. */
     Py_CLEAR(b->key);
@@ -126,8 +130,9 @@ Binding_dealloc(BindingObject *b)
 /* _unbind(): untag the pages (back to key 0 and the region's own rights).  Refused while a
  * guard of this association is active. */
 static PyObject *
-Binding_unbind(BindingObject *b, PyObject *Py_UNUSED(ignored))
+Binding_unbind(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    BindingObject *b = Binding_CAST(op);
     if (!b->live) {
         return PyErr_Format(err(E_REGION), "%R is no longer associated with a key",
                             (PyObject *)b->mapping);
@@ -148,8 +153,9 @@ Binding_unbind(BindingObject *b, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-Binding_get_key(BindingObject *b, void *Py_UNUSED(c))
+Binding_get_key(PyObject *op, void *Py_UNUSED(c))
 {
+    BindingObject *b = Binding_CAST(op);
     if (b->key == NULL) {
         Py_RETURN_NONE;
     }
@@ -161,8 +167,9 @@ Binding_get_key(BindingObject *b, void *Py_UNUSED(c))
 }
 
 static PyObject *
-Binding_get_mapping(BindingObject *b, void *Py_UNUSED(c))
+Binding_get_mapping(PyObject *op, void *Py_UNUSED(c))
 {
+    BindingObject *b = Binding_CAST(op);
     if (b->mapping == NULL) {
         Py_RETURN_NONE;
     }
@@ -171,15 +178,15 @@ Binding_get_mapping(BindingObject *b, void *Py_UNUSED(c))
 }
 
 static PyMethodDef Binding_methods[] = {
-    {"set_access_rights", (PyCFunction)Binding_set_access_rights, METH_O,
+    {"set_access_rights", Binding_set_access_rights, METH_O,
      "A new guard that, inside ``with``, gives this thread ``rights`` to the key's memory.\n\n"
      "Entering writes PKRU (pku) or re-protects the key's regions (mprotect); leaving restores\n"
      "exactly what entering changed.  Guards nest (LIFO) and are bound to the thread that\n"
      "entered them.  Each call returns a new guard, which may be entered again once it has\n"
      "exited (never twice at once)."},
-    {"_guard", (PyCFunction)Binding_guard, METH_VARARGS, NULL},
-    {"_unbind", (PyCFunction)Binding_unbind, METH_NOARGS, NULL},
-    {"_end_stuck", (PyCFunction)Binding_end_stuck, METH_O, NULL},
+    {"_guard", Binding_guard, METH_VARARGS, NULL},
+    {"_unbind", Binding_unbind, METH_NOARGS, NULL},
+    {"_end_stuck", Binding_end_stuck, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -191,8 +198,8 @@ static PyMemberDef Binding_members[] = {
 };
 
 static PyGetSetDef Binding_getset[] = {
-    {"_key", (getter)Binding_get_key, NULL, NULL, NULL},
-    {"_mapping", (getter)Binding_get_mapping, NULL, NULL, NULL},
+    {"_key", Binding_get_key, NULL, NULL, NULL},
+    {"_mapping", Binding_get_mapping, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -200,11 +207,11 @@ PyTypeObject Binding_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pkeyguard._core.Binding",
     .tp_basicsize = sizeof(BindingObject),
-    .tp_dealloc = (destructor)Binding_dealloc,
+    .tp_dealloc = Binding_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "A region tagged with a key (internal base of AssociatedRegion).",
-    .tp_traverse = (traverseproc)Binding_traverse,
-    .tp_clear = (inquiry)Binding_clear,
+    .tp_traverse = Binding_traverse,
+    .tp_clear = Binding_clear,
     .tp_methods = Binding_methods,
     .tp_members = Binding_members,
     .tp_getset = Binding_getset,

@@ -444,7 +444,7 @@ core_register_rights(PyObject *Py_UNUSED(m), PyObject *args)
         PyTypeObject *t = (PyTypeObject *)PyTuple_GET_ITEM(types, i);
         guard_recyclable[i] = guard_type_recyclable(t);
         if (guard_recyclable[i]) {
-            t->tp_dealloc = (destructor)guard_class_dealloc;
+            t->tp_dealloc = guard_class_dealloc;
         }
         Py_INCREF(PyTuple_GET_ITEM(members, i));
         Py_XSETREF(rights_members[i], PyTuple_GET_ITEM(members, i));

@@ -13,6 +13,7 @@
 #include <structmember.h>
 #include <pythread.h>
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -74,11 +75,60 @@ enum { ENDED_NO = 0, ENDED_ORDER = 1, ENDED_THREAD = 2,
 
 #define CORE_HIDDEN __attribute__((visibility("hidden")))
 
+/*
+ * Process-wide state: every file-scope variable of the core, who writes it and under what.
+ * "GIL": written only with the GIL held (reads too, unless said); "fork": also rewritten by
+ * the pthread_atfork child handler (one thread, system calls and memory writes only, the GIL
+ * held by the forking thread); "signal": read by the SIGSEGV handler (async-signal-safe).
+ *
+ *   _core.c       pku_enabled            GIL, once (_enable_pku), then read-only
+ *                 page_size              GIL, once at module exec
+ *                 err_classes[]          GIL (_set_error_module)
+ *                 core_executed          GIL, once
+ *   _keys.c       live_keys, live_key_count   GIL (Key_new, key_free, Key_dealloc)
+ *                 next_key_id            GIL (Key_new)
+ *   _keypool.c    pools[]                GIL; pool_thread_gone reads .held with an atomic load
+ *                 sim_allocated          GIL
+ *                 pool_threads (ring), pool_thread_key/_once/_errno
+ *                                        pool_threads_lock (a thread leaves at its exit, without
+ *                                        the GIL); fork: the child resets lock and ring
+ *                 tls_epoch[], tls_sim_pkru, tls_thread   per thread (its own, GIL held)
+ *   _mappings.c   wipe_list (ring)       GIL; fork: walked (not changed) by fork_child
+ *                 fork_count             fork: incremented by fork_child; read with the GIL
+ *                 held_ranges            GIL; fork: held_fork_child drops unreachable ranges
+ *   _guards.c     tls_stack, tls_creating     per thread; fork: fork_child_expire_secure_views
+ *                                        writes the forking thread's guards
+ *                 stack_dict_key, rights_members[], guard_types[], guard_recyclable[]
+ *                                        GIL (module exec, _register_rights)
+ *                 guard_free[][], guard_nfree[]   GIL (the guard freelist)
+ *                 walk_steps             GIL (a counter for tests)
+ *                 boundslot_free, boundslot_nfree (_guardslots.c.h)   GIL
+ *   _views.c      str_value              GIL, once at module exec
+ *   _isolation.c  group_stamp            GIL
+ *   _faults.c     fault_regions[]        GIL (writers, with atomic stores of addr); signal: read
+ *                 fault_prev             GIL (install); signal: read and called
+ *                 fault_depth            per thread; signal: the handler's own recursion guard
+ *                 arch_sigctx_pkru_offset (_arch_x86_64.h)   GIL (install); signal: read
+ */
+
+
 typedef struct KeyObject KeyObject;
 typedef struct MappingObject MappingObject;
 typedef struct BindingObject BindingObject;
 typedef struct GuardObject GuardObject;
 typedef struct ViewObject ViewObject;
+
+/* Slot functions take PyObject * (CPython's style, which UBSan's function-type checks expect)
+ * and cast it with these. */
+#define Key_CAST(op) ((KeyObject *)(op))
+#define Mapping_CAST(op) ((MappingObject *)(op))
+#define Binding_CAST(op) ((BindingObject *)(op))
+#define Guard_CAST(op) ((GuardObject *)(op))
+#define View_CAST(op) ((ViewObject *)(op))
+#define Group_CAST(op) ((GroupObject *)(op))
+#define StackOwner_CAST(op) ((StackOwnerObject *)(op))
+#define BoundSlot_CAST(op) ((BoundSlotObject *)(op))
+#define SlotDescr_CAST(op) ((SlotDescrObject *)(op))
 
 /* Errors: looked up by name in pkeyguard._errors (registered at its import). */
 enum {
@@ -276,6 +326,21 @@ typedef struct {
     GuardObject *small[8];
 } Released;
 
+/* Where a mapping's usable pages come from.  Each backing has its own steps: allocate
+ * (backing_allocate, inside the reservation), advise (backing_advise: what it keeps out of
+ * core dumps and fork children), fork (backing_fork_child) and wipe (mapping_discard's
+ * discard in place).  A new backing is a new value here and a case in each step. */
+typedef enum {
+    BACKING_ANON = 0,      /* private anonymous pages (the reservation's own) */
+    BACKING_SECRETMEM = 1, /* memfd_secret(2) pages mapped over the reservation (MAP_SHARED) */
+} Backing;
+
+static inline Backing
+mapping_backing(MappingObject *m)
+{
+    return (m->flags & MAP_F_SECRETMEM) ? BACKING_SECRETMEM : BACKING_ANON;
+}
+
 /* The fork handler's count of fork children this process has been (_mappings.c). */
 CORE_HIDDEN extern volatile unsigned long fork_count; /* fork children made (the fork handler) */
 
@@ -399,7 +464,7 @@ CORE_HIDDEN int raise_canary(MappingObject *m);
 
 /* _bindings.c */
 CORE_HIDDEN extern PyTypeObject Binding_Type;
-CORE_HIDDEN PyObject *Key_bind(KeyObject *k, PyObject *args);
+CORE_HIDDEN PyObject *Key_bind(PyObject *op, PyObject *args);
 
 /* _guards.c */
 CORE_HIDDEN int guard_install_slots(void); /* _guardslots.c.h */
@@ -414,10 +479,10 @@ CORE_HIDDEN void fork_child_expire_secure_views(void);
 CORE_HIDDEN int fork_child_writing(MappingObject *m);
 CORE_HIDDEN int guard_type_recyclable(PyTypeObject *t);
 CORE_HIDDEN void guard_freelist_drain(void);
-CORE_HIDDEN void guard_class_dealloc(GuardObject *g);
+CORE_HIDDEN void guard_class_dealloc(PyObject *op);
 CORE_HIDDEN GuardObject *guard_create(PyTypeObject *cls, KeyObject *k, BindingObject *b, int level, PyObject *enter_view);
-CORE_HIDDEN PyObject *Binding_set_access_rights(BindingObject *b, PyObject *rights);
-CORE_HIDDEN PyObject *Binding_guard(BindingObject *b, PyObject *args);
+CORE_HIDDEN PyObject *Binding_set_access_rights(PyObject *op, PyObject *rights);
+CORE_HIDDEN PyObject *Binding_guard(PyObject *op, PyObject *args);
 CORE_HIDDEN void released_init(Released *r);
 CORE_HIDDEN int released_reserve(Released *r, Py_ssize_t need);
 CORE_HIDDEN void released_drop(Released *r);
@@ -430,8 +495,8 @@ CORE_HIDDEN PyObject *raise_not_active(GuardObject *g);
 CORE_HIDDEN Py_ssize_t stuck_count(GuardObject *below);
 CORE_HIDDEN void stuck_retry(ThreadStack *s, Py_ssize_t most, int force, Released *r);
 CORE_HIDDEN void stuck_mark(ThreadStack *s, GuardObject *down_to);
-CORE_HIDDEN PyObject *Binding_end_stuck(BindingObject *b, PyObject *arg);
-CORE_HIDDEN PyObject *Key_guard(KeyObject *k, PyObject *arg);
+CORE_HIDDEN PyObject *Binding_end_stuck(PyObject *op, PyObject *arg);
+CORE_HIDDEN PyObject *Key_guard(PyObject *op, PyObject *arg);
 
 /* _views.c */
 CORE_HIDDEN extern PyObject *str_value;

@@ -37,8 +37,9 @@ PyObject *stack_dict_key; /* interned "pkeyguard._core.thread_stack" */
 static void stack_abandon(ThreadStack *s);
 
 static void
-StackOwner_dealloc(StackOwnerObject *o)
+StackOwner_dealloc(PyObject *op)
 {
+    StackOwnerObject *o = StackOwner_CAST(op);
     ThreadStack *s = o->stack;
     o->stack = NULL;
     if (s != NULL) {
@@ -52,7 +53,7 @@ PyTypeObject StackOwner_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pkeyguard._core.thread_stack",
     .tp_basicsize = sizeof(StackOwnerObject),
-    .tp_dealloc = (destructor)StackOwner_dealloc,
+    .tp_dealloc = StackOwner_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
 };
 
@@ -225,7 +226,7 @@ guard_recycle(GuardObject *g)
     return 1;
 }
 
-static void Guard_dealloc(GuardObject *g);
+static void Guard_dealloc(PyObject *op);
 
 /* The deallocator of the registered guard classes.  CPython gives a Python class
  * subtype_dealloc, which walks the bases, checks for finalizers, weak references, __dict__
@@ -234,15 +235,16 @@ static void Guard_dealloc(GuardObject *g);
  * __slots__ (checked at registration).  A __del__ can still be set on the class later: it
  * runs here as subtype_dealloc would run it. */
 void
-guard_class_dealloc(GuardObject *g)
+guard_class_dealloc(PyObject *op)
 {
+    GuardObject *g = Guard_CAST(op);
     if (Py_TYPE(g)->tp_finalize != NULL &&
         PyObject_CallFinalizerFromDealloc((PyObject *)g) < 0) {
         return; /* the finalizer resurrected it */
     }
     PyTypeObject *t = Py_TYPE(g); /* read again: a finalizer may have changed it */
     PyObject_GC_UnTrack(g);
-    Guard_dealloc(g);
+    Guard_dealloc((PyObject *)g);
     Py_DECREF(t); /* an instance of a heap type holds its type */
 }
 
@@ -300,8 +302,9 @@ binding_new_guard(BindingObject *b, int level, PyTypeObject *cls, PyObject *ente
 
 /* set_access_rights(rights): a new guard (never shared) of the class for those rights. */
 PyObject *
-Binding_set_access_rights(BindingObject *b, PyObject *rights)
+Binding_set_access_rights(PyObject *op, PyObject *rights)
 {
+    BindingObject *b = Binding_CAST(op);
     int level = level_of_rights(rights);
     if (level < 0) {
         return NULL;
@@ -317,8 +320,9 @@ Binding_set_access_rights(BindingObject *b, PyObject *rights)
 /* _guard(level, cls, view_cls=None): a guard of class cls; with view_cls, its __enter__
  * returns a new view of that type (Secret.reveal). */
 PyObject *
-Binding_guard(BindingObject *b, PyObject *args)
+Binding_guard(PyObject *op, PyObject *args)
 {
+    BindingObject *b = Binding_CAST(op);
     int level;
     PyTypeObject *cls;
     PyObject *view_cls = Py_None;
@@ -534,6 +538,7 @@ guard_restore(GuardObject *g, int write_pkru, int apply, int force)
     if (mode_is_pool(k->mode)) {
         if (g->level != LEVEL_NONE) {
             k->slot.opening--;
+            assert(k->slot.opening >= 0);
         }
         /* A NoAccess guard's key may have been parked since (that only closed it further);
          * its number may belong to another key now: leave those bits alone. */
@@ -544,6 +549,7 @@ guard_restore(GuardObject *g, int write_pkru, int apply, int force)
     }
     if (k->mode == MODE_MPROTECT) {
         k->counts[g->level]--;
+        assert(k->counts[g->level] >= 0);
         if (g->saved_level >= 0) {
             k->counts[g->saved_level]++;
         }
@@ -609,6 +615,8 @@ guard_pop(GuardObject *g, int write_pkru, int apply, int force, Released *r)
         return rc;
     }
     ThreadStack *s = g->stack;
+    assert(s->top == g && g->depth == s->depth); /* the top of its own stack */
+    assert(g->prev == NULL || g->prev->depth == g->depth - 1);
     s->top = g->prev;
     s->depth--;
     same_key_pop(g);
@@ -725,6 +733,7 @@ guard_activate(GuardObject *g, ThreadStack *s, int check_exports, GuardFailure *
     if (g->binding != NULL) {
         g->binding->active++;
     }
+    assert(s->top == NULL ? s->depth == 0 : s->top->depth == s->depth);
     g->prev = s->top;
     Py_INCREF(g); /* the stack's reference */
     s->top = g;
@@ -781,8 +790,9 @@ raise_failure(GuardObject *g, GuardFailure *f)
 }
 
 static PyObject *
-Guard_enter(GuardObject *g, PyObject *Py_UNUSED(ignored))
+Guard_enter(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    GuardObject *g = Guard_CAST(op);
     /* Allocate first (the view may start the collector, whose finalizers may do anything,
      * even drop this thread's stack), then find the stack, then check and change. */
     ViewObject *v = NULL;
@@ -980,8 +990,9 @@ guard_remove(GuardObject *g, int force, Released *r)
  * a Secret's close(), which also wipes it); never one whose views have buffer exports (those
  * rely on the pages). */
 PyObject *
-Binding_end_stuck(BindingObject *b, PyObject *arg)
+Binding_end_stuck(PyObject *op, PyObject *arg)
 {
+    BindingObject *b = Binding_CAST(op);
     int force = PyObject_IsTrue(arg);
     if (force < 0) {
         return NULL;
@@ -1035,8 +1046,9 @@ exit_exports_check(GuardObject *g, Py_ssize_t exports)
 }
 
 static PyObject *
-Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+Guard_exit(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
 {
+    GuardObject *g = Guard_CAST(op);
     if (!g->active) {
         if (g->ended == ENDED_RETRIED) {
             g->ended = ENDED_NO;
@@ -1114,8 +1126,9 @@ Guard_exit(GuardObject *g, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSE
 }
 
 static void
-Guard_dealloc(GuardObject *g)
+Guard_dealloc(PyObject *op)
 {
+    GuardObject *g = Guard_CAST(op);
     /* An active guard is held by its thread's stack: none reaches this point active.  A
      * registered guard class's instance arrives here untracked, from guard_class_dealloc or
      * subtype_dealloc; they drop the reference to the class after this returns. */
@@ -1129,8 +1142,9 @@ Guard_dealloc(GuardObject *g)
 }
 
 static PyObject *
-Guard_get_thread(GuardObject *g, void *Py_UNUSED(closure))
+Guard_get_thread(PyObject *op, void *Py_UNUSED(closure))
 {
+    GuardObject *g = Guard_CAST(op);
     if (!g->active) {
         Py_RETURN_NONE;
     }
@@ -1138,8 +1152,9 @@ Guard_get_thread(GuardObject *g, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-Guard_get_binding(GuardObject *g, void *Py_UNUSED(closure))
+Guard_get_binding(PyObject *op, void *Py_UNUSED(closure))
 {
+    GuardObject *g = Guard_CAST(op);
     if (g->binding == NULL || key_owned(g->key)) {
         Py_RETURN_NONE; /* a Secret's association (and so its key and region): not exposed */
     }
@@ -1148,8 +1163,9 @@ Guard_get_binding(GuardObject *g, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-Guard_get_key(GuardObject *g, void *Py_UNUSED(closure))
+Guard_get_key(PyObject *op, void *Py_UNUSED(closure))
 {
+    GuardObject *g = Guard_CAST(op);
     if (key_owned(g->key)) {
         return raise_hidden("key");
     }
@@ -1158,8 +1174,9 @@ Guard_get_key(GuardObject *g, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-Guard_repr(GuardObject *g)
+Guard_repr(PyObject *op)
 {
+    GuardObject *g = Guard_CAST(op);
     return PyUnicode_FromFormat("<%s key=%lld rights=%s %s>", Py_TYPE(g)->tp_name, g->key->id,
                                 RIGHTS[g->level].name, g->active ? "active" : "inactive");
 }
@@ -1167,8 +1184,9 @@ Guard_repr(GuardObject *g)
 /* _view(writable): a view of the guard's region for this activation (ref_guard and
  * mut_ref_guard call it after their own clearer checks; these are the ones that hold). */
 static PyObject *
-Guard_view(GuardObject *g, PyObject *arg)
+Guard_view(PyObject *op, PyObject *arg)
 {
+    GuardObject *g = Guard_CAST(op);
     int writable = PyObject_IsTrue(arg);
     if (writable < 0) {
         return NULL;
@@ -1221,7 +1239,7 @@ Guard_view(GuardObject *g, PyObject *arg)
 }
 
 static PyMethodDef Guard_methods[] = {
-    {"_new_view", (PyCFunction)Guard_view, METH_O, NULL},
+    {"_new_view", Guard_view, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1234,10 +1252,10 @@ static PyMemberDef Guard_members[] = {
 };
 
 static PyGetSetDef Guard_getset[] = {
-    {"thread", (getter)Guard_get_thread, NULL, "ident of the thread that holds it, or None",
+    {"thread", Guard_get_thread, NULL, "ident of the thread that holds it, or None",
      NULL},
-    {"_binding", (getter)Guard_get_binding, NULL, NULL, NULL},
-    {"key", (getter)Guard_get_key, NULL,
+    {"_binding", Guard_get_binding, NULL, NULL, NULL},
+    {"key", Guard_get_key, NULL,
      "the key this guard switches (not exposed for a Secret's guards)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -1246,8 +1264,8 @@ PyTypeObject Guard_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pkeyguard._core.Guard",
     .tp_basicsize = sizeof(GuardObject),
-    .tp_dealloc = (destructor)Guard_dealloc,
-    .tp_repr = (reprfunc)Guard_repr,
+    .tp_dealloc = Guard_dealloc,
+    .tp_repr = Guard_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Switches this thread's rights for one key while active (internal base).",
     .tp_methods = Guard_methods,
@@ -1257,8 +1275,9 @@ PyTypeObject Guard_Type = {
 
 /* Key._guard(level): a key-wide guard (no views); the benchmark's floors use it. */
 PyObject *
-Key_guard(KeyObject *k, PyObject *arg)
+Key_guard(PyObject *op, PyObject *arg)
 {
+    KeyObject *k = Key_CAST(op);
     long level = PyLong_AsLong(arg);
     if (level == -1 && PyErr_Occurred()) {
         return NULL;

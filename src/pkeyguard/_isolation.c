@@ -41,8 +41,9 @@ group_count_open(PyObject *all, Py_ssize_t made, Py_ssize_t *users, uint64_t sta
 }
 
 static PyObject *
-Group_enter(GroupObject *grp, PyObject *Py_UNUSED(ignored))
+Group_enter(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    GroupObject *grp = Group_CAST(op);
     if (grp->guards != NULL) {
         PyErr_SetString(err(E_GUARD_STATE),
                         "this isolated() block is already active; call isolated() again for "
@@ -191,8 +192,9 @@ fail:
 }
 
 static PyObject *
-Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
+Group_exit(PyObject *op, PyObject *Py_UNUSED(args))
 {
+    GroupObject *grp = Group_CAST(op);
     PyObject *guards = grp->guards;
     if (guards == NULL) {
         PyErr_SetString(err(E_GUARD_STATE),
@@ -282,16 +284,17 @@ Group_exit(GroupObject *grp, PyObject *Py_UNUSED(args))
 }
 
 static void
-Group_dealloc(GroupObject *grp)
+Group_dealloc(PyObject *op)
 {
+    GroupObject *grp = Group_CAST(op);
     Py_CLEAR(grp->allow);
     Py_CLEAR(grp->guards);
     Py_TYPE(grp)->tp_free((PyObject *)grp);
 }
 
 static PyMethodDef Group_methods[] = {
-    {"__enter__", (PyCFunction)Group_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Group_exit, METH_VARARGS, NULL},
+    {"__enter__", Group_enter, METH_NOARGS, NULL},
+    {"__exit__", Group_exit, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -299,7 +302,7 @@ PyTypeObject Group_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pkeyguard._core.isolation",
     .tp_basicsize = sizeof(GroupObject),
-    .tp_dealloc = (destructor)Group_dealloc,
+    .tp_dealloc = Group_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "NoAccess guards on every open key but an allow-list, entered and left as one.",
     .tp_methods = Group_methods,

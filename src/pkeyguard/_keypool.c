@@ -325,6 +325,29 @@ pool_pinned_reusable(int mode, uint32_t candidates)
     return failed ? 0 : candidates;
 }
 
+/* The pool's invariants (checked by assert: the sanitizer build keeps them, see setup.py):
+ * owned, pinned, lost and clean numbers are held ones; each owned number's owner holds it. */
+static void
+pool_check(const KeyPool *p)
+{
+#ifndef NDEBUG
+    assert((p->owned & ~p->held) == 0);
+    assert((p->pinned_class & ~p->held) == 0);
+    assert((p->lost & ~p->held) == 0);
+    assert((p->held & ~POOL_ALLOCATABLE) == 0);
+    for (int h = 0; h < POOL_NUMBERS; h++) {
+        if (p->owned & (1u << h)) {
+            assert(p->owner[h] != NULL && p->owner[h]->slot.hw == h);
+        }
+        else {
+            assert(p->owner[h] == NULL);
+        }
+    }
+#else
+    (void)p;
+#endif
+}
+
 /* Tag one mapping's pages with number h and rights prot (park: PROT_NONE and h = 0).  0 or
  * an errno.  A mapping absent from this process (a raw clone child) is left alone. */
 static int
@@ -493,6 +516,7 @@ pool_take(KeyObject *k, int evict, const char **syscall_name)
         p->clean &= ~(1u << h);
     }
     p->epoch++;
+    pool_check(p);
     return 0;
 }
 
@@ -522,6 +546,7 @@ pool_release(KeyObject *k, int untagged)
     if (!untagged) {
         p->lost |= bit;
     }
+    pool_check(p);
 }
 
 /* Raise for a failed pool_take (the state is consistent again). */
@@ -608,6 +633,7 @@ pool_sync(int mode, ThreadStack *s)
     tls_thread.created[mode] &= p->owned;
     tls_epoch[mode] = p->epoch;
     p->syncs++;
+    pool_check(p);
 }
 
 /* A new key of a pool mode (Key_new): a key with initial rights holds a number of its class for

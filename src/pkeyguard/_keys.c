@@ -467,8 +467,9 @@ Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 }
 
 static void
-Key_dealloc(KeyObject *k)
+Key_dealloc(PyObject *op)
 {
+    KeyObject *k = Key_CAST(op);
     if (PyType_IS_GC(Py_TYPE(k))) {
         PyObject_GC_UnTrack(k);
     }
@@ -489,8 +490,9 @@ Key_dealloc(KeyObject *k)
 
 /* close(): untag every region, free the key.  Refused while any guard on it is active. */
 static PyObject *
-Key_close(KeyObject *k, PyObject *Py_UNUSED(ignored))
+Key_close(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    KeyObject *k = Key_CAST(op);
     if (k->closed || k->closing) {
         Py_RETURN_NONE;
     }
@@ -510,8 +512,9 @@ Key_close(KeyObject *k, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-Key_get_bindings(KeyObject *k, void *Py_UNUSED(closure))
+Key_get_bindings(PyObject *op, void *Py_UNUSED(closure))
 {
+    KeyObject *k = Key_CAST(op);
     PyObject *out = PyTuple_New(k->nbindings);
     if (out == NULL) {
         return NULL;
@@ -519,7 +522,7 @@ Key_get_bindings(KeyObject *k, void *Py_UNUSED(closure))
     /* PyTuple_New above may have run the GC; the list cannot change from here on. */
     if (PyTuple_GET_SIZE(out) != k->nbindings) {
         Py_DECREF(out);
-        return Key_get_bindings(k, NULL);
+        return Key_get_bindings(op, NULL);
     }
     for (Py_ssize_t i = 0; i < k->nbindings; i++) {
         Py_INCREF(k->bindings[i]);
@@ -529,8 +532,9 @@ Key_get_bindings(KeyObject *k, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-Key_repr(KeyObject *k)
+Key_repr(PyObject *op)
 {
+    KeyObject *k = Key_CAST(op);
     static const char *modes[] = {"nop", "pku", "mprotect", "sim"};
     return PyUnicode_FromFormat("<_core.Key %lld mode=%s hw=%d active=%zd regions=%zd%s>", k->id,
                                 modes[k->mode], k->slot.hw, k->active, k->nbindings,
@@ -540,8 +544,9 @@ Key_repr(KeyObject *k)
 /* _thread_level(): this thread's rights through the key now (pku/sim: its number's PKRU bits,
  * none while parked; mprotect: the process-wide level). */
 static PyObject *
-Key_thread_level(KeyObject *k, PyObject *Py_UNUSED(ignored))
+Key_thread_level(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    KeyObject *k = Key_CAST(op);
     if (mode_is_pool(k->mode)) {
         if (k->mode == MODE_PKU && require_pku() < 0) {
             return NULL;
@@ -556,8 +561,9 @@ Key_thread_level(KeyObject *k, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-Key_get_hardware_key(KeyObject *k, void *Py_UNUSED(closure))
+Key_get_hardware_key(PyObject *op, void *Py_UNUSED(closure))
 {
+    KeyObject *k = Key_CAST(op);
     if (!mode_is_pool(k->mode) || k->slot.hw < 0) {
         Py_RETURN_NONE;
     }
@@ -565,22 +571,23 @@ Key_get_hardware_key(KeyObject *k, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-Key_set_autoclose(KeyObject *k, PyObject *Py_UNUSED(ignored))
+Key_set_autoclose(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    KeyObject *k = Key_CAST(op);
     k->autoclose = 1;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef Key_methods[] = {
-    {"_set_autoclose", (PyCFunction)Key_set_autoclose, METH_NOARGS,
+    {"_set_autoclose", Key_set_autoclose, METH_NOARGS,
      "Free the key as soon as its last association ends (library-owned keys)."},
-    {"_bind", (PyCFunction)Key_bind, METH_VARARGS,
+    {"_bind", Key_bind, METH_VARARGS,
      "_bind(mapping, cls): tag the mapping's pages with this key; returns the binding."},
-    {"_close", (PyCFunction)Key_close, METH_NOARGS,
+    {"_close", Key_close, METH_NOARGS,
      "Untag every region, then free the key (idempotent; refused while guards are active)."},
-    {"_guard", (PyCFunction)Key_guard, METH_O,
+    {"_guard", Key_guard, METH_O,
      "_guard(level): a key-wide guard (no views), for benchmarks floors."},
-    {"_thread_level", (PyCFunction)Key_thread_level, METH_NOARGS,
+    {"_thread_level", Key_thread_level, METH_NOARGS,
      "This thread's rights level through the key now."},
     {NULL, NULL, 0, NULL},
 };
@@ -602,8 +609,8 @@ static PyMemberDef Key_members[] = {
 };
 
 static PyGetSetDef Key_getset[] = {
-    {"_bindings", (getter)Key_get_bindings, NULL, "the live bindings", NULL},
-    {"hardware_key", (getter)Key_get_hardware_key, NULL,
+    {"_bindings", Key_get_bindings, NULL, "the live bindings", NULL},
+    {"hardware_key", Key_get_hardware_key, NULL,
      "the hardware key number it holds now (pku), or None: parked, or not a pku key", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -612,8 +619,8 @@ PyTypeObject Key_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pkeyguard._core.Key",
     .tp_basicsize = sizeof(KeyObject),
-    .tp_dealloc = (destructor)Key_dealloc,
-    .tp_repr = (reprfunc)Key_repr,
+    .tp_dealloc = Key_dealloc,
+    .tp_repr = Key_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "A protection key (internal base of PkeyGuard).",
     .tp_methods = Key_methods,

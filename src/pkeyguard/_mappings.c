@@ -127,6 +127,24 @@ mapping_fill_hole(MappingObject *m)
     m->prot = PROT_NONE; /* mapped PROT_NONE above */
 }
 
+/* The backing's fork step, in the child (system calls only). */
+static void
+backing_fork_child(MappingObject *m)
+{
+    switch (mapping_backing(m)) {
+    case BACKING_SECRETMEM: /* DONTFORK: a hole here, filled with closed zero pages */
+        if (m->base != 0 || m->releasing != 0) {
+            mapping_fill_hole(m);
+        }
+        return;
+    case BACKING_ANON: /* WIPEONFORK zero pages (or a copy, on an old kernel): closed */
+        if (m->base != 0) {
+            mapping_close_inherited(m);
+        }
+        return;
+    }
+}
+
 /* pthread_atfork child handler: only system calls, and the wipe list is stable (it changes
  * with the GIL held, and fork() runs with the GIL held).  Every inherited secure mapping is
  * closed (see mapping_close_inherited); secret memory holes are filled with closed zero pages
@@ -142,12 +160,7 @@ fork_child(void)
         if (m->flags & MAP_F_LOST) {
             continue;
         }
-        if ((m->base != 0 || m->releasing != 0) && (m->flags & MAP_F_SECRETMEM)) {
-            mapping_fill_hole(m);
-        }
-        else if (m->base != 0) {
-            mapping_close_inherited(m);
-        }
+        backing_fork_child(m);
     }
 }
 
@@ -262,7 +275,8 @@ canary_check_by_kernel(MappingObject *m)
 static int
 mapping_discard(MappingObject *m, int prot, int pkey, const char **what)
 {
-    if (!(m->flags & MAP_F_SECRETMEM)) {
+    switch (mapping_backing(m)) { /* the backing's wipe step */
+    case BACKING_ANON:
         /* Private pages: dropped (locked ones must be unlocked first); if the kernel refuses,
          * replaced like secret memory below. */
         if (!(m->flags & MAP_F_LOCKED) ||
@@ -272,9 +286,13 @@ mapping_discard(MappingObject *m, int prot, int pkey, const char **what)
                 return 0;
             }
         }
+        break;
+    case BACKING_SECRETMEM:
+        /* Secret memory cannot be discarded while mapped (no MADV_DONTNEED, no hole punch):
+         * replaced below, and the kernel zeroes the pages it frees. */
+        break;
     }
-    /* Secret memory cannot be discarded while mapped (no MADV_DONTNEED, no hole punch): a
-     * fresh private mapping replaces it, and the kernel zeroes the pages it frees. */
+    /* A fresh private mapping replaces the pages. */
     void *p = mmap((void *)m->addr, m->len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
     if (p == MAP_FAILED) {
         *what = "mmap";
@@ -618,21 +636,248 @@ raise_canary(MappingObject *m)
     return -1;
 }
 
+/* ---- Making a mapping: its backing, then one step per layout option ------------------- */
+
+/* A mapping being made: the request, and what the steps did so far (flags) or where they
+ * failed (failed: the system call; errno holds its error). */
+typedef struct {
+    Backing backing;
+    size_t size, len, total, page;
+    int prot, guard_pages, lock, dontdump, wipeonfork, wipe;
+    Py_ssize_t canary_size;
+    void *base;     /* the reservation: guard pages (or spacers) and the usable pages */
+    uintptr_t addr; /* the usable pages */
+    int flags;      /* MAP_F_* */
+    const char *failed;
+} MapBuild;
+
+/* Reserve the whole range: a PROT_NONE page on each side, a guard page, or for a region
+ * without guard pages a spacer, so that the region's pages are a mapping entry of their own
+ * (see "Spacers"). */
+static int
+map_reserve(MapBuild *r)
+{
+    r->base = mmap(NULL, r->total, r->guard_pages ? PROT_NONE : PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r->base == MAP_FAILED) {
+        r->failed = "mmap";
+        return -1;
+    }
+    r->addr = (uintptr_t)r->base + r->page;
+    return 0;
+}
+
+/* memfd_secret(2): pages removed from the kernel's direct map, locked (they count against
+ * RLIMIT_MEMLOCK) and left out of core dumps by the kernel.  They replace the usable pages of
+ * the reservation; the descriptor is closed at once (the mapping keeps the memory) and never
+ * leaves this call. */
+static int
+secretmem_allocate(MapBuild *r)
+{
+#ifdef SYS_memfd_secret
+    int fd = (int)syscall(SYS_memfd_secret, O_CLOEXEC);
+#else
+    int fd = -1;
+    errno = ENOSYS;
+#endif
+    if (fd < 0) {
+        r->failed = "memfd_secret";
+        return -1;
+    }
+    if (ftruncate(fd, (off_t)r->len) != 0) {
+        int e = errno;
+        (void)close(fd);
+        errno = e;
+        r->failed = "ftruncate";
+        return -1;
+    }
+    void *p = mmap((void *)r->addr, r->len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+    int e = errno;
+    (void)close(fd);
+    errno = e;
+    if (p == MAP_FAILED) {
+        r->failed = "mmap";
+        return -1;
+    }
+    r->flags |= MAP_F_SECRETMEM;
+    e = secretmem_populate(r->addr, r->len);
+    if (e != 0) {
+        /* EFAULT: the kernel would not back a page.  Other kernels refuse the same request at
+         * mmap (EAGAIN over RLIMIT_MEMLOCK): report it the same way. */
+        struct rlimit rl;
+        int limited = getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY;
+        errno = e != EFAULT ? e : limited ? EAGAIN : ENOMEM;
+        r->failed = "mmap";
+        return -1;
+    }
+    return 0;
+}
+
+/* The backing's pages, inside the reservation. */
+static int
+backing_allocate(MapBuild *r)
+{
+    switch (r->backing) {
+    case BACKING_SECRETMEM:
+        return secretmem_allocate(r);
+    case BACKING_ANON:
+        /* the reservation's own pages: opened between the guard pages */
+        if (r->guard_pages && mprotect((void *)r->addr, r->len, PROT_READ | PROT_WRITE) != 0) {
+            r->failed = "mprotect";
+            return -1;
+        }
+        return 0;
+    }
+    return 0;
+}
+
+/* What the backing keeps out of fork children, and the layout options it makes moot. */
+static int
+backing_advise(MapBuild *r)
+{
+    switch (r->backing) {
+    case BACKING_SECRETMEM:
+        /* MAP_SHARED: the kernel refuses WIPEONFORK; a fork child gets a hole, which
+         * backing_fork_child fills with closed zero pages */
+        if (madvise(r->base, r->total, MADV_DONTFORK) != 0) {
+            r->failed = "madvise";
+            return -1;
+        }
+        r->lock = r->wipeonfork = 0; /* locked by the kernel; WIPEONFORK is for private pages */
+        return 0;
+    case BACKING_ANON:
+        return 0;
+    }
+    return 0;
+}
+
+/* Without guard pages, the side pages are spacers: PROT_NONE. */
+static int
+map_spacers(MapBuild *r)
+{
+    if (!r->guard_pages && (mprotect(r->base, r->page, PROT_NONE) != 0 ||
+                            mprotect((void *)(r->addr + r->len), r->page, PROT_NONE) != 0)) {
+        r->failed = "mprotect";
+        return -1;
+    }
+    return 0;
+}
+
+static int
+map_dontdump(MapBuild *r)
+{
+    if (r->dontdump) {
+        if (madvise(r->base, r->total, MADV_DONTDUMP) == 0) {
+            r->flags |= MAP_F_DONTDUMP;
+        }
+        else if (errno != EINVAL) { /* EINVAL: this kernel lacks the advice */
+            r->failed = "madvise";
+            return -1;
+        }
+    }
+    else if ((madvise(r->base, r->page, MADV_DONTDUMP) != 0 ||
+              madvise((void *)(r->addr + r->len), r->page, MADV_DONTDUMP) != 0) &&
+             errno != EINVAL) {
+        /* the side pages differ from the region's in a flag: never merged with it */
+        r->failed = "madvise";
+        return -1;
+    }
+    return 0;
+}
+
+static int
+map_wipeonfork(MapBuild *r)
+{
+    if (r->wipeonfork) {
+        if (madvise((void *)r->addr, r->len, MADV_WIPEONFORK) == 0) {
+            r->flags |= MAP_F_WIPEONFORK;
+        }
+        else if (errno != EINVAL) {
+            r->failed = "madvise";
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+map_lock(MapBuild *r)
+{
+    if (r->lock) {
+        /* The raw system call: ASan makes libc's mlock() a no-op. */
+        if (syscall(SYS_mlock, (void *)r->addr, r->len) != 0) {
+            r->failed = "mlock";
+            return -1;
+        }
+        r->flags |= MAP_F_LOCKED;
+    }
+    return 0;
+}
+
+/* Random bytes right after the value, remembered in m (checked by the wipe). */
+static int
+map_canary(MapBuild *r, MappingObject *m)
+{
+    ssize_t got = 0;
+    while (got < r->canary_size) {
+        /* The system call, not glibc's getrandom() (2.25): the wheel stays manylinux2014. */
+        long n = syscall(SYS_getrandom, m->canary + got, (size_t)(r->canary_size - got), 0);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            r->failed = "getrandom";
+            return -1;
+        }
+        got += n;
+    }
+    if (r->canary_size > 0) {
+        memcpy((void *)(r->addr + r->size), m->canary, (size_t)r->canary_size);
+    }
+    return 0;
+}
+
+static int
+map_protect(MapBuild *r)
+{
+    if (r->prot != (PROT_READ | PROT_WRITE) && mprotect((void *)r->addr, r->len, r->prot) != 0) {
+        r->failed = "mprotect";
+        return -1;
+    }
+    return 0;
+}
+
+/* Undo the steps that succeeded (all of them are in the reservation) and raise. */
+static void
+map_undo(MapBuild *r)
+{
+    int e = errno;
+    if (r->flags & MAP_F_LOCKED) {
+        (void)syscall(SYS_munlock, (void *)r->addr, r->len);
+    }
+    (void)munmap(r->base, r->total);
+    raise_errno(e, r->failed);
+}
+
+/* Mapping(size, prot, *, fmt, swap, ctype, view_types, label, guard_pages, lock, dontdump,
+ * wipeonfork, canary_size, wipe, on_release, secretmem): check the request, allocate the
+ * object, then the steps in order (each sets r.failed and errno on failure). */
 static PyObject *
 Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"size", "prot", "fmt", "swap", "ctype", "view_types", "label",
                              "guard_pages", "lock", "dontdump", "wipeonfork", "canary_size",
                              "wipe", "on_release", "secretmem", NULL};
-    Py_ssize_t size, canary_size = 0;
-    int prot, fmt = 's', swap = 0, guard_pages = 0, lock = 0, dontdump = 0, wipeonfork = 0,
-        wipe = 0, secretmem = 0;
+    Py_ssize_t size;
+    MapBuild r = {0};
+    int fmt = 's', swap = 0, secretmem = 0;
     PyObject *ctype = Py_None, *view_types, *on_release = Py_None;
     const char *label = "";
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "ni|$CpOO!sppppnpOp:Mapping", kwlist, &size,
-                                     &prot, &fmt, &swap, &ctype, &PyTuple_Type, &view_types,
-                                     &label, &guard_pages, &lock, &dontdump, &wipeonfork,
-                                     &canary_size, &wipe, &on_release, &secretmem)) {
+                                     &r.prot, &fmt, &swap, &ctype, &PyTuple_Type, &view_types,
+                                     &label, &r.guard_pages, &r.lock, &r.dontdump,
+                                     &r.wipeonfork, &r.canary_size, &r.wipe, &on_release,
+                                     &secretmem)) {
         return NULL;
     }
     if (size <= 0 || (size_t)size > MAX_REGION_SIZE) {
@@ -640,11 +885,11 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                      MAX_REGION_SIZE, size);
         return NULL;
     }
-    if (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) {
-        PyErr_Format(PyExc_ValueError, "bad page rights %d", prot);
+    if (r.prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) {
+        PyErr_Format(PyExc_ValueError, "bad page rights %d", r.prot);
         return NULL;
     }
-    if (canary_size < 0 || canary_size > CANARY_MAX) {
+    if (r.canary_size < 0 || r.canary_size > CANARY_MAX) {
         PyErr_Format(PyExc_ValueError, "canary_size must be within 0..%d", CANARY_MAX);
         return NULL;
     }
@@ -663,144 +908,37 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (m == NULL) {
         return NULL;
     }
-    size_t page = (size_t)page_size;
-    size_t len = ((size_t)size + (size_t)canary_size + page - 1) / page * page;
-    /* A PROT_NONE page on each side: a guard page, or for a region without guard pages a
-     * spacer, so that the region's pages are a mapping entry of their own (see "Spacers"). */
-    size_t total = len + 2 * page;
-    void *base = mmap(NULL, total, guard_pages ? PROT_NONE : PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) {
-        raise_errno(errno, "mmap");
+    r.backing = secretmem ? BACKING_SECRETMEM : BACKING_ANON;
+    r.size = (size_t)size;
+    r.page = (size_t)page_size;
+    r.len = (r.size + (size_t)r.canary_size + r.page - 1) / r.page * r.page;
+    r.total = r.len + 2 * r.page;
+    if (r.backing == BACKING_SECRETMEM) {
+        r.wipe = 1; /* on the wipe list: fork_child() finds it there */
+    }
+    if (map_reserve(&r) < 0) {
+        raise_errno(errno, r.failed);
         Py_DECREF(m);
         return NULL;
     }
-    uintptr_t addr = (uintptr_t)base + page;
-    if (secretmem) {
-        wipe = 1; /* on the wipe list: fork_child() finds it there */
+    r.flags = (r.wipe ? MAP_F_WIPE : 0) | (r.guard_pages ? MAP_F_GUARDED : 0);
+    if (backing_allocate(&r) < 0 || backing_advise(&r) < 0 || map_spacers(&r) < 0 ||
+        map_dontdump(&r) < 0 || map_wipeonfork(&r) < 0 || map_lock(&r) < 0 ||
+        map_canary(&r, m) < 0 || map_protect(&r) < 0) {
+        map_undo(&r);
+        Py_DECREF(m);
+        return NULL;
     }
-    int flags = (wipe ? MAP_F_WIPE : 0) | (guard_pages ? MAP_F_GUARDED : 0);
-    const char *failed = NULL;
-    int e = 0;
-    if (secretmem) {
-        /* memfd_secret(2): pages removed from the kernel's direct map, locked (they count
-         * against RLIMIT_MEMLOCK) and left out of core dumps by the kernel.  They replace the
-         * usable pages of the reservation; the descriptor is closed at once (the mapping
-         * keeps the memory) and never leaves this call. */
-#ifdef SYS_memfd_secret
-        int fd = (int)syscall(SYS_memfd_secret, O_CLOEXEC);
-#else
-        int fd = -1;
-        errno = ENOSYS;
-#endif
-        if (fd < 0) {
-            failed = "memfd_secret";
-            goto fail;
-        }
-        if (ftruncate(fd, (off_t)len) != 0) {
-            e = errno;
-            (void)close(fd);
-            errno = e;
-            failed = "ftruncate";
-            goto fail;
-        }
-        void *p = mmap((void *)addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
-        e = errno;
-        (void)close(fd);
-        errno = e;
-        if (p == MAP_FAILED) {
-            failed = "mmap";
-            goto fail;
-        }
-        flags |= MAP_F_SECRETMEM;
-        e = secretmem_populate(addr, len);
-        if (e != 0) {
-            /* EFAULT: the kernel would not back a page.  Other kernels refuse the same
-             * request at mmap (EAGAIN over RLIMIT_MEMLOCK): report it the same way. */
-            struct rlimit rl;
-            int limited = getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY;
-            errno = e != EFAULT ? e : limited ? EAGAIN : ENOMEM;
-            failed = "mmap";
-            goto fail;
-        }
-        if (madvise(base, total, MADV_DONTFORK) != 0) {
-            failed = "madvise";
-            goto fail;
-        }
-        lock = wipeonfork = 0; /* locked by the kernel; WIPEONFORK is for private pages */
-    }
-    else if (guard_pages && mprotect((void *)addr, len, PROT_READ | PROT_WRITE) != 0) {
-        failed = "mprotect";
-        goto fail;
-    }
-    if (!guard_pages && (mprotect(base, page, PROT_NONE) != 0 ||
-                         mprotect((void *)(addr + len), page, PROT_NONE) != 0)) {
-        failed = "mprotect";
-        goto fail;
-    }
-    if (dontdump) {
-        if (madvise(base, total, MADV_DONTDUMP) == 0) {
-            flags |= MAP_F_DONTDUMP;
-        }
-        else if (errno != EINVAL) { /* EINVAL: this kernel lacks the advice */
-            failed = "madvise";
-            goto fail;
-        }
-    }
-    else if ((madvise(base, page, MADV_DONTDUMP) != 0 ||
-              madvise((void *)(addr + len), page, MADV_DONTDUMP) != 0) &&
-             errno != EINVAL) {
-        /* the side pages differ from the region's in a flag: never merged with it */
-        failed = "madvise";
-        goto fail;
-    }
-    if (wipeonfork) {
-        if (madvise((void *)addr, len, MADV_WIPEONFORK) == 0) {
-            flags |= MAP_F_WIPEONFORK;
-        }
-        else if (errno != EINVAL) {
-            failed = "madvise";
-            goto fail;
-        }
-    }
-    if (lock) {
-        /* The raw system call: ASan makes libc's mlock() a no-op. */
-        if (syscall(SYS_mlock, (void *)addr, len) != 0) {
-            failed = "mlock";
-            goto fail;
-        }
-        flags |= MAP_F_LOCKED;
-    }
-    if (canary_size > 0) {
-        ssize_t got = 0;
-        while (got < canary_size) {
-            /* The system call, not glibc's getrandom() (2.25): the wheel stays manylinux2014. */
-            long n = syscall(SYS_getrandom, m->canary + got, (size_t)(canary_size - got), 0);
-            if (n < 0) {
-                if (errno == EINTR) {
-                    continue;
-                }
-                failed = "getrandom";
-                goto fail;
-            }
-            got += n;
-        }
-        memcpy((void *)(addr + (size_t)size), m->canary, (size_t)canary_size);
-    }
-    if (prot != (PROT_READ | PROT_WRITE) && mprotect((void *)addr, len, prot) != 0) {
-        failed = "mprotect";
-        goto fail;
-    }
-    m->base = (uintptr_t)base;
-    m->total = total;
-    m->addr = addr;
-    m->len = len;
-    m->size = (size_t)size;
-    m->prot = prot;
-    m->flags = flags;
+    m->base = (uintptr_t)r.base;
+    m->total = r.total;
+    m->addr = r.addr;
+    m->len = r.len;
+    m->size = r.size;
+    m->prot = r.prot;
+    m->flags = r.flags;
     m->pid = getpid();
     m->forks = fork_count;
-    m->canary_len = canary_size;
+    m->canary_len = r.canary_size;
     m->fmt = (char)fmt;
     m->swap = (char)swap;
     Py_INCREF(view_types);
@@ -813,25 +951,17 @@ Mapping_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_INCREF(on_release);
         m->on_release = on_release;
     }
-    fault_table_add(addr, len, label);
-    if (wipe) {
+    fault_table_add(r.addr, r.len, label);
+    if (r.wipe) {
         wipe_register(m);
     }
     return (PyObject *)m;
-fail:
-    e = errno;
-    if (flags & MAP_F_LOCKED) {
-        (void)syscall(SYS_munlock, (void *)addr, len);
-    }
-    (void)munmap(base, total);
-    raise_errno(e, failed);
-    Py_DECREF(m);
-    return NULL;
 }
 
 static int
-Mapping_traverse(MappingObject *m, visitproc visit, void *arg)
+Mapping_traverse(PyObject *op, visitproc visit, void *arg)
 {
+    MappingObject *m = Mapping_CAST(op);
     Py_VISIT(m->binding);
     Py_VISIT(m->on_release);
     Py_VISIT(m->view_types);
@@ -840,8 +970,9 @@ Mapping_traverse(MappingObject *m, visitproc visit, void *arg)
 }
 
 static int
-Mapping_clear(MappingObject *m)
+Mapping_clear(PyObject *op)
 {
+    MappingObject *m = Mapping_CAST(op);
     /* In a garbage cycle with its binding: wipe (while the pages' state is known) and untag
      * now; the memory goes in the deallocator. */
     BindingObject *b = m->binding;
@@ -858,8 +989,9 @@ Mapping_clear(MappingObject *m)
 }
 
 static void
-Mapping_dealloc(MappingObject *m)
+Mapping_dealloc(PyObject *op)
 {
+    MappingObject *m = Mapping_CAST(op);
     PyObject_GC_UnTrack(m);
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
@@ -887,8 +1019,9 @@ Mapping_dealloc(MappingObject *m)
 /* close(): detach from the key (refused while a guard of this region is active), then
  * release the memory.  Idempotent. */
 static PyObject *
-Mapping_close(MappingObject *m, PyObject *Py_UNUSED(ignored))
+Mapping_close(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    MappingObject *m = Mapping_CAST(op);
     if (m->base == 0) {
         Py_RETURN_NONE;
     }
@@ -916,8 +1049,9 @@ Mapping_close(MappingObject *m, PyObject *Py_UNUSED(ignored))
  * region's association is active: views taken inside it were checked against the old
  * rights. */
 static PyObject *
-Mapping_protect(MappingObject *m, PyObject *arg)
+Mapping_protect(PyObject *op, PyObject *arg)
 {
+    MappingObject *m = Mapping_CAST(op);
     long prot = PyLong_AsLong(arg);
     if (prot == -1 && PyErr_Occurred()) {
         return NULL;
@@ -948,8 +1082,9 @@ Mapping_protect(MappingObject *m, PyObject *arg)
 }
 
 static PyObject *
-Mapping_get_address(MappingObject *m, void *Py_UNUSED(c))
+Mapping_get_address(PyObject *op, void *Py_UNUSED(c))
 {
+    MappingObject *m = Mapping_CAST(op);
     if (mapping_check_open(m) < 0) {
         return NULL;
     }
@@ -957,8 +1092,9 @@ Mapping_get_address(MappingObject *m, void *Py_UNUSED(c))
 }
 
 static PyObject *
-Mapping_get_mapped_size(MappingObject *m, void *Py_UNUSED(c))
+Mapping_get_mapped_size(PyObject *op, void *Py_UNUSED(c))
 {
+    MappingObject *m = Mapping_CAST(op);
     if (mapping_check_open(m) < 0) {
         return NULL;
     }
@@ -966,32 +1102,37 @@ Mapping_get_mapped_size(MappingObject *m, void *Py_UNUSED(c))
 }
 
 static PyObject *
-Mapping_get_size(MappingObject *m, void *Py_UNUSED(c))
+Mapping_get_size(PyObject *op, void *Py_UNUSED(c))
 {
+    MappingObject *m = Mapping_CAST(op);
     return PyLong_FromSize_t(m->size);
 }
 
 static PyObject *
-Mapping_get_closed(MappingObject *m, void *Py_UNUSED(c))
+Mapping_get_closed(PyObject *op, void *Py_UNUSED(c))
 {
+    MappingObject *m = Mapping_CAST(op);
     return PyBool_FromLong(m->base == 0);
 }
 
 static PyObject *
-Mapping_get_prot(MappingObject *m, void *Py_UNUSED(c))
+Mapping_get_prot(PyObject *op, void *Py_UNUSED(c))
 {
+    MappingObject *m = Mapping_CAST(op);
     return PyLong_FromLong(m->prot);
 }
 
 static PyObject *
-Mapping_get_inherited(MappingObject *m, void *Py_UNUSED(c))
+Mapping_get_inherited(PyObject *op, void *Py_UNUSED(c))
 {
+    MappingObject *m = Mapping_CAST(op);
     return PyBool_FromLong(m->base != 0 && mapping_inherited(m));
 }
 
 static PyObject *
-Mapping_get_binding(MappingObject *m, void *Py_UNUSED(c))
+Mapping_get_binding(PyObject *op, void *Py_UNUSED(c))
 {
+    MappingObject *m = Mapping_CAST(op);
     if (m->binding == NULL) {
         Py_RETURN_NONE;
     }
@@ -1000,8 +1141,9 @@ Mapping_get_binding(MappingObject *m, void *Py_UNUSED(c))
 }
 
 static PyObject *
-Mapping_get_advice(MappingObject *m, void *Py_UNUSED(c))
+Mapping_get_advice(PyObject *op, void *Py_UNUSED(c))
 {
+    MappingObject *m = Mapping_CAST(op);
     int f = m->flags;
     return Py_BuildValue("{sOsOsOsOsOsO}", "dontdump", (f & MAP_F_DONTDUMP) ? Py_True : Py_False,
                          "wipeonfork", (f & MAP_F_WIPEONFORK) ? Py_True : Py_False,
@@ -1012,24 +1154,24 @@ Mapping_get_advice(MappingObject *m, void *Py_UNUSED(c))
 }
 
 static PyMethodDef Mapping_methods[] = {
-    {"close", (PyCFunction)Mapping_close, METH_NOARGS,
+    {"close", Mapping_close, METH_NOARGS,
      "Unmap the memory (zeroed first for secure regions); a second call does nothing.\n\n"
      "Refused while a guard of the region's association is active (on any thread)."},
-    {"_protect", (PyCFunction)Mapping_protect, METH_O, NULL},
+    {"_protect", Mapping_protect, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef Mapping_getset[] = {
-    {"address", (getter)Mapping_get_address, NULL, "Address of the first byte (page-aligned).",
+    {"address", Mapping_get_address, NULL, "Address of the first byte (page-aligned).",
      NULL},
-    {"mapped_size", (getter)Mapping_get_mapped_size, NULL,
+    {"mapped_size", Mapping_get_mapped_size, NULL,
      "Bytes mapped: the size rounded up to whole pages.", NULL},
-    {"size", (getter)Mapping_get_size, NULL, "Size of the value in bytes.", NULL},
-    {"closed", (getter)Mapping_get_closed, NULL, NULL, NULL},
-    {"_prot", (getter)Mapping_get_prot, NULL, NULL, NULL},
-    {"_binding", (getter)Mapping_get_binding, NULL, NULL, NULL},
-    {"_advice", (getter)Mapping_get_advice, NULL, NULL, NULL},
-    {"_inherited", (getter)Mapping_get_inherited, NULL,
+    {"size", Mapping_get_size, NULL, "Size of the value in bytes.", NULL},
+    {"closed", Mapping_get_closed, NULL, NULL, NULL},
+    {"_prot", Mapping_get_prot, NULL, NULL, NULL},
+    {"_binding", Mapping_get_binding, NULL, NULL, NULL},
+    {"_advice", Mapping_get_advice, NULL, NULL, NULL},
+    {"_inherited", Mapping_get_inherited, NULL,
      "mapped by the parent before a fork: the bytes did not come along", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -1038,11 +1180,11 @@ PyTypeObject Mapping_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pkeyguard._core.Mapping",
     .tp_basicsize = sizeof(MappingObject),
-    .tp_dealloc = (destructor)Mapping_dealloc,
+    .tp_dealloc = Mapping_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Page-aligned memory owned by the core (internal base of RegionGuard).",
-    .tp_traverse = (traverseproc)Mapping_traverse,
-    .tp_clear = (inquiry)Mapping_clear,
+    .tp_traverse = Mapping_traverse,
+    .tp_clear = Mapping_clear,
     .tp_methods = Mapping_methods,
     .tp_getset = Mapping_getset,
     .tp_new = Mapping_new,

@@ -353,8 +353,9 @@ checked_copy_out(ViewObject *v, const char *p, Py_ssize_t n)
 }
 
 static PyObject *
-View_get_value(ViewObject *v, void *Py_UNUSED(closure))
+View_get_value(PyObject *op, void *Py_UNUSED(closure))
 {
+    ViewObject *v = View_CAST(op);
     if (v->fmt == 's') {
         return checked_copy_out(v, v->addr, v->size);
     }
@@ -367,8 +368,9 @@ View_get_value(ViewObject *v, void *Py_UNUSED(closure))
 }
 
 static int
-View_set_value(ViewObject *v, PyObject *value, void *Py_UNUSED(closure))
+View_set_value(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 {
+    ViewObject *v = View_CAST(op);
     if (value == NULL) {
         PyErr_SetString(PyExc_AttributeError, "cannot delete a view's value");
         return -1;
@@ -399,8 +401,9 @@ View_set_value(ViewObject *v, PyObject *value, void *Py_UNUSED(closure))
 }
 
 static Py_ssize_t
-View_length(ViewObject *v)
+View_length(PyObject *op)
 {
+    ViewObject *v = View_CAST(op);
     return v->size;
 }
 
@@ -442,8 +445,9 @@ view_slice(ViewObject *v, PyObject *item, Py_ssize_t *start, Py_ssize_t *len)
 }
 
 static PyObject *
-View_subscript(ViewObject *v, PyObject *item)
+View_subscript(PyObject *op, PyObject *item)
 {
+    ViewObject *v = View_CAST(op);
     Py_ssize_t start, len;
     if (view_slice(v, item, &start, &len) < 0) {
         return NULL;
@@ -459,8 +463,9 @@ View_subscript(ViewObject *v, PyObject *item)
 }
 
 static int
-View_ass_subscript(ViewObject *v, PyObject *item, PyObject *value)
+View_ass_subscript(PyObject *op, PyObject *item, PyObject *value)
 {
+    ViewObject *v = View_CAST(op);
     Py_ssize_t start, len;
     if (value == NULL) {
         PyErr_SetString(PyExc_TypeError, "cannot delete view items");
@@ -495,8 +500,9 @@ View_ass_subscript(ViewObject *v, PyObject *item, PyObject *value)
 }
 
 static int
-View_getbuffer(ViewObject *v, Py_buffer *view, int flags)
+View_getbuffer(PyObject *op, Py_buffer *view, int flags)
 {
+    ViewObject *v = View_CAST(op);
     int want_write = (flags & PyBUF_WRITABLE) != 0;
     view->obj = NULL;
     if (want_write && !v->writable) {
@@ -522,8 +528,9 @@ View_getbuffer(ViewObject *v, Py_buffer *view, int flags)
 }
 
 static void
-View_releasebuffer(ViewObject *v, Py_buffer *Py_UNUSED(view))
+View_releasebuffer(PyObject *op, Py_buffer *Py_UNUSED(view))
 {
+    ViewObject *v = View_CAST(op);
     v->exports--;
     /* Exports are counted per activation: a release left over from an earlier one does not
      * touch the count of the current one. */
@@ -537,14 +544,16 @@ View_releasebuffer(ViewObject *v, Py_buffer *Py_UNUSED(view))
 }
 
 static PyObject *
-View_tobytes(ViewObject *v, PyObject *Py_UNUSED(ignored))
+View_tobytes(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    ViewObject *v = View_CAST(op);
     return checked_copy_out(v, v->addr, v->size);
 }
 
 static PyObject *
-View_check(ViewObject *v, PyObject *write)
+View_check(PyObject *op, PyObject *write)
 {
+    ViewObject *v = View_CAST(op);
     int w = PyObject_IsTrue(write);
     if (w < 0 || view_check(v, w) < 0) {
         return NULL;
@@ -554,8 +563,9 @@ View_check(ViewObject *v, PyObject *write)
 
 /* _read(offset, length) -> bytes: a checked copy of part of the value (composite views). */
 static PyObject *
-View_read(ViewObject *v, PyObject *args)
+View_read(PyObject *op, PyObject *args)
 {
+    ViewObject *v = View_CAST(op);
     Py_ssize_t offset, length;
     if (!PyArg_ParseTuple(args, "nn:_read", &offset, &length)) {
         return NULL;
@@ -570,8 +580,9 @@ View_read(ViewObject *v, PyObject *args)
 
 /* _write(offset, data): a checked copy into part of the value (composite views). */
 static PyObject *
-View_write(ViewObject *v, PyObject *args)
+View_write(PyObject *op, PyObject *args)
 {
+    ViewObject *v = View_CAST(op);
     Py_ssize_t offset;
     PyObject *data;
     if (!PyArg_ParseTuple(args, "nO:_write", &offset, &data)) {
@@ -596,24 +607,27 @@ View_write(ViewObject *v, PyObject *args)
 }
 
 static PyObject *
-View_get_valid(ViewObject *v, void *Py_UNUSED(closure))
+View_get_valid(PyObject *op, void *Py_UNUSED(closure))
 {
+    ViewObject *v = View_CAST(op);
     GuardObject *g = v->guard;
     return PyBool_FromLong(g->active && g->generation == v->generation &&
                            g->stack == tls_stack);
 }
 
 static PyObject *
-View_get_ctype(ViewObject *v, void *Py_UNUSED(closure))
+View_get_ctype(PyObject *op, void *Py_UNUSED(closure))
 {
+    ViewObject *v = View_CAST(op);
     PyObject *t = v->ctype ? v->ctype : Py_None;
     Py_INCREF(t);
     return t;
 }
 
 static PyObject *
-View_repr(ViewObject *v)
+View_repr(PyObject *op)
 {
+    ViewObject *v = View_CAST(op);
     return PyUnicode_FromFormat("<%s %zd bytes format=%c %s%s>", Py_TYPE(v)->tp_name, v->size,
                                 v->fmt, v->writable ? "read-write" : "read-only",
                                 (v->guard->active && v->guard->generation == v->generation)
@@ -621,8 +635,9 @@ View_repr(ViewObject *v)
 }
 
 static void
-View_dealloc(ViewObject *v)
+View_dealloc(PyObject *op)
 {
+    ViewObject *v = View_CAST(op);
     Py_CLEAR(v->guard);
     Py_CLEAR(v->ctype);
     Py_TYPE(v)->tp_free((PyObject *)v);
@@ -637,8 +652,9 @@ View_dealloc(ViewObject *v)
 PyObject *str_value; /* interned "value" */
 
 static PyObject *
-View_getattro(ViewObject *v, PyObject *name)
+View_getattro(PyObject *op, PyObject *name)
 {
+    ViewObject *v = View_CAST(op);
     if (name == str_value && v->fmt != 's') {
         if (view_check(v, 0) < 0) {
             return NULL;
@@ -651,8 +667,9 @@ View_getattro(ViewObject *v, PyObject *name)
 }
 
 static int
-View_setattro(ViewObject *v, PyObject *name, PyObject *value)
+View_setattro(PyObject *op, PyObject *name, PyObject *value)
 {
+    ViewObject *v = View_CAST(op);
     if (name == str_value && value != NULL && v->fmt != 's') {
         Bits x;
         if (convert_scalar(v->fmt, value, &x) < 0 || view_check(v, 1) < 0) {
@@ -665,17 +682,17 @@ View_setattro(ViewObject *v, PyObject *name, PyObject *value)
 }
 
 static PyMethodDef View_methods[] = {
-    {"tobytes", (PyCFunction)View_tobytes, METH_NOARGS, "Copy the bytes out."},
-    {"check", (PyCFunction)View_check, METH_O, "Raise unless usable (write=True: writable)."},
-    {"_read", (PyCFunction)View_read, METH_VARARGS, NULL},
-    {"_write", (PyCFunction)View_write, METH_VARARGS, NULL},
+    {"tobytes", View_tobytes, METH_NOARGS, "Copy the bytes out."},
+    {"check", View_check, METH_O, "Raise unless usable (write=True: writable)."},
+    {"_read", View_read, METH_VARARGS, NULL},
+    {"_write", View_write, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef View_getset[] = {
-    {"value", (getter)View_get_value, (setter)View_set_value, "the value", NULL},
-    {"valid", (getter)View_get_valid, NULL, "usable now, on this thread", NULL},
-    {"_ctype", (getter)View_get_ctype, NULL, NULL, NULL},
+    {"value", View_get_value, View_set_value, "the value", NULL},
+    {"valid", View_get_valid, NULL, "usable now, on this thread", NULL},
+    {"_ctype", View_get_ctype, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -687,31 +704,31 @@ static PyMemberDef View_members[] = {
 };
 
 static PyMappingMethods View_as_mapping = {
-    .mp_length = (lenfunc)View_length,
-    .mp_subscript = (binaryfunc)View_subscript,
-    .mp_ass_subscript = (objobjargproc)View_ass_subscript,
+    .mp_length = View_length,
+    .mp_subscript = View_subscript,
+    .mp_ass_subscript = View_ass_subscript,
 };
 
 static PySequenceMethods View_as_sequence = {
-    .sq_length = (lenfunc)View_length,
+    .sq_length = View_length,
 };
 
 static PyBufferProcs View_as_buffer = {
-    .bf_getbuffer = (getbufferproc)View_getbuffer,
-    .bf_releasebuffer = (releasebufferproc)View_releasebuffer,
+    .bf_getbuffer = View_getbuffer,
+    .bf_releasebuffer = View_releasebuffer,
 };
 
 PyTypeObject View_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pkeyguard._core.View",
     .tp_basicsize = sizeof(ViewObject),
-    .tp_dealloc = (destructor)View_dealloc,
-    .tp_repr = (reprfunc)View_repr,
+    .tp_dealloc = View_dealloc,
+    .tp_repr = View_repr,
     .tp_as_sequence = &View_as_sequence,
     .tp_as_mapping = &View_as_mapping,
     .tp_as_buffer = &View_as_buffer,
-    .tp_getattro = (getattrofunc)View_getattro,
-    .tp_setattro = (setattrofunc)View_setattro,
+    .tp_getattro = View_getattro,
+    .tp_setattro = View_setattro,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Access to a region, valid only while its guard is active on this thread.",
     .tp_methods = View_methods,
