@@ -3,7 +3,7 @@ import os
 
 from setuptools import Extension, setup
 
-extra = ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
+extra = ["-O2", "-Wall", "-Wextra", "-std=gnu11", "-fvisibility=hidden"]
 if os.environ.get("PKEYGUARD_WERROR"):
     extra.append("-Werror")
 sanitize = os.environ.get("PKEYGUARD_SANITIZE")  # e.g. "address,undefined"
@@ -11,10 +11,31 @@ link = []
 if sanitize:
     extra += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
     link += [f"-fsanitize={sanitize}"]
+# The core's assert()s on its invariants (the pool's owned/held sets, counts >= 0, the guard
+# stacks' links): Python's own flags say -DNDEBUG, so they are off in a normal build and on in
+# the sanitizer build (tools/sanitize.sh) or with PKEYGUARD_ASSERT=1.
+if sanitize or os.environ.get("PKEYGUARD_ASSERT"):
+    extra.append("-UNDEBUG")
 
 
-# The fault reporter is its own translation unit inside _core.
-extra_sources = {"_core": ["src/pkeyguard/_faults.c"]}
+# _core's other translation units, one per job (_core.c is the module: setup, registration,
+# the fork handler); their shared declarations are in _core.h, and only PyInit__core is
+# exported.
+extra_sources = {
+    "_core": [
+        f"src/pkeyguard/{unit}.c"
+        for unit in (
+            "_keys",
+            "_keypool",
+            "_mappings",
+            "_bindings",
+            "_guards",
+            "_views",
+            "_isolation",
+            "_faults",
+        )
+    ]
+}
 
 
 def extension(name: str) -> Extension:
@@ -23,10 +44,13 @@ def extension(name: str) -> Extension:
         f"pkeyguard.{name}",
         sources=[f"src/pkeyguard/{name}.c", *extra_sources.get(name, [])],
         depends=[
-            "src/pkeyguard/_pkru.h",
+            "src/pkeyguard/_arch.h",
+            "src/pkeyguard/_arch_x86_64.h",
+            "src/pkeyguard/_arch_none.h",
+            "src/pkeyguard/_core.h",
             "src/pkeyguard/_faults.h",
             "src/pkeyguard/_rights.h",
-            "src/pkeyguard/_guardslots.h",
+            "src/pkeyguard/_guardslots.c.h",
             "src/pkeyguard/_keypool.h",
         ],
         extra_compile_args=extra,

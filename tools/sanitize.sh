@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The unit suite, the state machine and the adversarial suite with the C core built under
 # AddressSanitizer and UndefinedBehaviorSanitizer (PKEYGUARD_SANITIZE=address,undefined, read
-# by setup.py).
+# by setup.py), without NDEBUG: the core's assert()s on its invariants are compiled in.
 #
 # The build happens in a temporary copy of the working tree (tracked and untracked files that
 # git does not ignore), so the in-place extension that other runs use is never touched and
@@ -43,7 +43,7 @@ git ls-files -z --cached --others --exclude-standard \
     | while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done \
     | tar --null -T - -cf - | tar -xf - -C "$COPY"
 
-echo "=== build the C extensions with -fsanitize=address,undefined"
+echo "=== build the C extensions with -fsanitize=address,undefined and assertions"
 (
     cd "$COPY"
     find src -name '*.so' -delete
@@ -53,6 +53,11 @@ echo "=== build the C extensions with -fsanitize=address,undefined"
 )
 # nm's output goes to a file first: `nm | grep -q` under pipefail fails whenever grep stops
 # reading at its first match before nm has written everything (SIGPIPE), at random.
+# The core's invariants must be checked: an assert() in the build means NDEBUG was off.
+if ! grep -aq '__assert_fail' "$COPY"/src/pkeyguard/_core*.so; then
+    echo "sanitize.sh: _core was built with NDEBUG: its assert()s are not compiled in" >&2
+    exit 1
+fi
 for so in "$COPY"/src/pkeyguard/*.so; do
     nm -D "$so" >"$WORK/symbols.txt"
     if ! grep -q '__asan_' "$WORK/symbols.txt"; then

@@ -19,7 +19,7 @@ from pkeyguard_bench.specs import CASES, GOALS, GoalSpec, resolve
 
 BENCHMARKS = Path(__file__).resolve().parents[1]
 FLOOR_C = BENCHMARKS / "src" / "pkeyguard_bench" / "_floor.c"
-PKRU_H = BENCHMARKS.parent / "src" / "pkeyguard" / "_pkru.h"
+PKRU_H = BENCHMARKS.parent / "src" / "pkeyguard" / "_arch_x86_64.h"
 BACKENDS = ("mprotect", "pku")
 TINY = bench.Mode(
     "tiny",
@@ -223,7 +223,7 @@ def _asm(path: Path) -> list[str]:
 
 def test_floor_pkru_helpers_match_pkeyguards() -> None:
     if not PKRU_H.exists():
-        pytest.skip("not in the pkeyguard repository: src/pkeyguard/_pkru.h is not here")
+        pytest.skip("not in the pkeyguard repository: src/pkeyguard/_arch_x86_64.h is not here")
     ours, theirs = _asm(FLOOR_C), _asm(PKRU_H)
     assert len(theirs) == 2 and ours == theirs
 

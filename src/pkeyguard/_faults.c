@@ -16,7 +16,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
-#include "_pkru.h"
+#include "_arch.h"
 #include "_rights.h"
 
 #define FAULT_MAX_REGIONS 1024
@@ -24,13 +24,12 @@
 typedef struct {
     volatile uintptr_t addr; /* 0: free slot */
     volatile size_t len;
-    volatile int pkey;       /* -1: not associated */
+    volatile int pkey;       /* FAULT_PKEY_NONE, FAULT_PKEY_PARKED, or the key's number */
     char name[FAULT_NAME_LEN];
 } FaultRegion;
 
 static FaultRegion fault_regions[FAULT_MAX_REGIONS];
 static struct sigaction fault_prev;
-static unsigned fault_pkru_offset = 0; /* PKRU's offset in the XSAVE area, 0 if unknown */
 /* A handler that faults again, or that the chained handler re-raises into, must not recurse. */
 static _Thread_local int fault_depth __attribute__((tls_model("initial-exec"))) = 0;
 
@@ -59,7 +58,7 @@ fault_table_add(uintptr_t addr, size_t len, const char *label)
     }
     __atomic_store_n(&slot->addr, (uintptr_t)0, __ATOMIC_RELEASE); /* hidden while it changes */
     slot->len = len;
-    slot->pkey = -1;
+    slot->pkey = FAULT_PKEY_NONE;
     strncpy(slot->name, label, FAULT_NAME_LEN - 1);
     slot->name[FAULT_NAME_LEN - 1] = '\0';
     __atomic_store_n(&slot->addr, addr, __ATOMIC_RELEASE);
@@ -128,36 +127,14 @@ fault_report(siginfo_t *si, void *ctx)
             break;
         }
     }
-#ifdef SEGV_PKUERR
-    int pkuerr = si->si_code == SEGV_PKUERR;
-#else
-    int pkuerr = 0;
-#endif
+    int pkuerr = arch_si_is_pkey_fault(si);
     if (!pkuerr && !(hit && si->si_code == SEGV_ACCERR)) {
         return;
     }
-    int is_write = -1;
-    uint32_t pkru = 0;
-    int have_pkru = 0;
-#if defined(__x86_64__)
-    ucontext_t *uc = (ucontext_t *)ctx;
-    if (uc != NULL) {
-        is_write = (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
-        if (fault_pkru_offset && uc->uc_mcontext.fpregs != NULL) {
-            /* The interrupted thread's PKRU, saved by the kernel in the XSAVE area. */
-            pkru = *(uint32_t *)((char *)uc->uc_mcontext.fpregs + fault_pkru_offset);
-            have_pkru = 1;
-        }
-    }
-#else
-    (void)ctx;
-#endif
-    int key = -1;
-#ifdef SEGV_PKUERR
-    if (pkuerr) {
-        key = (int)si->si_pkey;
-    }
-#endif
+    int is_write = arch_sigctx_is_write(ctx);
+    pkey_reg_t pkru = 0;
+    int have_pkru = arch_sigctx_reg(ctx, &pkru);
+    int key = arch_si_pkey(si);
     if (key < 0 && hit) {
         key = hit->pkey;
     }
@@ -181,7 +158,7 @@ fault_report(siginfo_t *si, void *ctx)
     else {
         fault_put("  region: not a pkeyguard region\n");
     }
-    if (!pkuerr && hit && hit->pkey == -2) { /* FAULT_PKEY_PARKED in _keypool.h */
+    if (!pkuerr && hit && hit->pkey == FAULT_PKEY_PARKED) {
         fault_put("  key: parked (it holds no hardware key now: its pages are closed to every "
                   "thread until a guard on it is entered)\n");
     }
@@ -189,9 +166,9 @@ fault_report(siginfo_t *si, void *ctx)
         fault_put("  key: ");
         fault_put_uint((unsigned)key, 10);
         fault_put("\n");
-        if (have_pkru && key < 16) {
+        if (have_pkru && key < NR_PKEYS) {
             fault_put("  thread rights for the key: ");
-            fault_put(RIGHTS[rights_level_of_bits((pkru >> (2 * key)) & 3u)].plain);
+            fault_put(RIGHTS[rights_level_of_bits(arch_rights_get(pkru, key))].plain);
             fault_put(" (PKRU ");
             fault_put_uint(pkru, 16);
             fault_put(")\n");
@@ -252,13 +229,7 @@ faults_install(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     if (fault_is_current()) {
         Py_RETURN_FALSE;
     }
-#if PKRU_X86
-    unsigned eax, ebx, ecx, edx;
-    if (__get_cpuid_max(0, NULL) >= 0xd) {
-        __cpuid_count(0xd, 9, eax, ebx, ecx, edx);
-        fault_pkru_offset = eax >= 4 ? ebx : 0; /* EAX: size of the PKRU component */
-    }
-#endif
+    arch_sigctx_init();
     struct sigaction sa, prev;
     memset(&sa, 0, sizeof(sa));
     sa.sa_sigaction = fault_handler;

@@ -11,25 +11,31 @@
 #ifndef PKEYGUARD_RIGHTS_H
 #define PKEYGUARD_RIGHTS_H
 
-enum { LEVEL_NONE = 0, LEVEL_READ = 1, LEVEL_WRITE = 2, LEVEL_COUNT = 3 };
+#include "_arch.h"
 
-/* PKRU bits per key, as pkey_alloc(2) takes them. */
-#define PKRU_AD 1u /* access disable */
-#define PKRU_WD 2u /* write disable */
+enum { LEVEL_NONE = 0, LEVEL_READ = 1, LEVEL_WRITE = 2, LEVEL_COUNT = 3 };
+#define LEVEL_MAX (LEVEL_COUNT - 1) /* the most permissive level */
+
+/* Whether level is one of the table's (every bound check on a level goes through this). */
+static inline int
+rights_level_valid(long level)
+{
+    return level >= LEVEL_NONE && level < LEVEL_COUNT;
+}
 
 typedef struct {
     const char *name;   /* the PkeyPermissions member */
-    unsigned bits;      /* its PKRU bits */
+    unsigned bits;      /* its rights-register bits (_arch.h), as pkey_alloc(2) takes them */
     const char *plain;  /* for people (fault reports) */
 } RightsRow;
 
 static const RightsRow RIGHTS[LEVEL_COUNT] = {
-    [LEVEL_NONE] = {"NoAccess", PKRU_AD, "no-access"},
-    [LEVEL_READ] = {"ReadOnly", PKRU_WD, "read-only"},
+    [LEVEL_NONE] = {"NoAccess", ARCH_PKEY_DISABLE_ACCESS, "no-access"},
+    [LEVEL_READ] = {"ReadOnly", ARCH_PKEY_DISABLE_WRITE, "read-only"},
     [LEVEL_WRITE] = {"ReadWrite", 0u, "read-write"},
 };
 
-/* The rights two PKRU bits grant: the least permissive level whose bits they include (so
+/* The rights one key's register bits grant: the least permissive level whose bits they include (so
  * access-disable wins over write-disable). */
 static inline int
 rights_level_of_bits(unsigned bits)
@@ -39,7 +45,7 @@ rights_level_of_bits(unsigned bits)
             return level;
         }
     }
-    return LEVEL_WRITE; /* not reached: ReadWrite's bits are 0 */
+    return LEVEL_MAX; /* not reached: the most permissive level's bits are 0 */
 }
 
 #endif /* PKEYGUARD_RIGHTS_H */

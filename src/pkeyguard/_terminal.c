@@ -30,6 +30,9 @@ typedef struct {
     struct termios saved; /* the settings found at entry, restored at exit */
 } QuietTerminal;
 
+/* Slot functions take PyObject * (CPython's style, which UBSan's function-type checks expect). */
+#define QuietTerminal_CAST(op) ((QuietTerminal *)(op))
+
 /* Put back the settings found at entry and close the descriptor (after ending the line the
  * user typed without echo, if `newline`); runs no Python code, so nothing can interrupt it.
  * Returns 0, or the errno of a restore that failed (the descriptor is closed either way). */
@@ -78,8 +81,9 @@ QuietTerminal_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 }
 
 static void
-QuietTerminal_dealloc(QuietTerminal *self)
+QuietTerminal_dealloc(PyObject *op)
 {
+    QuietTerminal *self = QuietTerminal_CAST(op);
     if (self->state == TERM_OPEN) {
         (void)terminal_restore(self, 1); /* never entered by `with`, or never exited */
     }
@@ -91,8 +95,9 @@ QuietTerminal_dealloc(QuietTerminal *self)
 /* Open /dev/tty (a description of our own, non-blocking) and turn echo off: one call.
  * On any failure nothing is left changed or open. */
 static PyObject *
-QuietTerminal_enter(QuietTerminal *self, PyObject *Py_UNUSED(ignored))
+QuietTerminal_enter(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    QuietTerminal *self = QuietTerminal_CAST(op);
     if (self->state != TERM_NEW) {
         PyErr_SetString(PyExc_RuntimeError, "a QuietTerminal is entered once");
         return NULL;
@@ -150,8 +155,9 @@ QuietTerminal_enter(QuietTerminal *self, PyObject *Py_UNUSED(ignored))
 
 /* Restore the settings and close the terminal: one call, whatever ended the block. */
 static PyObject *
-QuietTerminal_exit(QuietTerminal *self, PyObject *const *args, Py_ssize_t nargs)
+QuietTerminal_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
+    QuietTerminal *self = QuietTerminal_CAST(op);
     if (self->state != TERM_OPEN) {
         Py_RETURN_NONE;
     }
@@ -165,13 +171,14 @@ QuietTerminal_exit(QuietTerminal *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-QuietTerminal_get_closed(QuietTerminal *self, void *Py_UNUSED(closure))
+QuietTerminal_get_closed(PyObject *op, void *Py_UNUSED(closure))
 {
+    QuietTerminal *self = QuietTerminal_CAST(op);
     return PyBool_FromLong(self->state != TERM_OPEN);
 }
 
 static PyMethodDef QuietTerminal_methods[] = {
-    {"__enter__", (PyCFunction)QuietTerminal_enter, METH_NOARGS,
+    {"__enter__", QuietTerminal_enter, METH_NOARGS,
      "Open /dev/tty and turn echo off; the descriptor."},
     {"__exit__", (PyCFunction)(void (*)(void))QuietTerminal_exit, METH_FASTCALL,
      "Restore the terminal's settings and close it."},
@@ -179,7 +186,7 @@ static PyMethodDef QuietTerminal_methods[] = {
 };
 
 static PyGetSetDef QuietTerminal_getset[] = {
-    {"closed", (getter)QuietTerminal_get_closed, NULL, "Whether the terminal is not open.", NULL},
+    {"closed", QuietTerminal_get_closed, NULL, "Whether the terminal is not open.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

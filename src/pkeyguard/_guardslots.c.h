@@ -1,6 +1,7 @@
 /*
- * The guard's __enter__/__exit__ fast path, included by _core.c after Guard_enter and
- * Guard_exit (it is part of that translation unit: everything here is static).
+ * The guard's __enter__/__exit__ fast path, included by _guards.c after Guard_enter and
+ * Guard_exit (a ".c.h" file, as CPython names them: part of that translation unit; only
+ * guard_install_slots is called from outside it, by the module's setup).
  *
  * With __enter__/__exit__ as PyMethodDef entries, CPython's 'with' (BEFORE_WITH) makes a
  * bound builtin method for each, every time: a GC-tracked allocation, tracked and untracked
@@ -32,9 +33,10 @@ static BoundSlotObject *boundslot_free = NULL; /* protected by the GIL */
 static int boundslot_nfree = 0;
 
 static PyObject *
-BoundSlot_vectorcall(BoundSlotObject *b, PyObject *const *args, size_t nargsf,
+BoundSlot_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                      PyObject *kwnames)
 {
+    BoundSlotObject *b = BoundSlot_CAST(op);
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
         PyErr_SetString(PyExc_TypeError, "guard methods take no keyword arguments");
@@ -45,14 +47,15 @@ BoundSlot_vectorcall(BoundSlotObject *b, PyObject *const *args, size_t nargsf,
             PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
             return NULL;
         }
-        return Guard_enter(b->guard, NULL);
+        return Guard_enter((PyObject *)b->guard, NULL);
     }
-    return Guard_exit(b->guard, args, nargs);
+    return Guard_exit((PyObject *)b->guard, args, nargs);
 }
 
 static void
-BoundSlot_dealloc(BoundSlotObject *b)
+BoundSlot_dealloc(PyObject *op)
 {
+    BoundSlotObject *b = BoundSlot_CAST(op);
     Py_CLEAR(b->guard);
     if (boundslot_nfree < BOUNDSLOT_FREELIST_MAX) {
         b->next_free = boundslot_free;
@@ -64,8 +67,9 @@ BoundSlot_dealloc(BoundSlotObject *b)
 }
 
 static PyObject *
-BoundSlot_repr(BoundSlotObject *b)
+BoundSlot_repr(PyObject *op)
 {
+    BoundSlotObject *b = BoundSlot_CAST(op);
     return PyUnicode_FromFormat("<%s of %R>", b->which ? "__exit__" : "__enter__",
                                 (PyObject *)b->guard);
 }
@@ -74,8 +78,8 @@ static PyTypeObject BoundSlot_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pkeyguard._core.guard_method",
     .tp_basicsize = sizeof(BoundSlotObject),
-    .tp_dealloc = (destructor)BoundSlot_dealloc,
-    .tp_repr = (reprfunc)BoundSlot_repr,
+    .tp_dealloc = BoundSlot_dealloc,
+    .tp_repr = BoundSlot_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_vectorcall_offset = offsetof(BoundSlotObject, vectorcall),
     .tp_call = PyVectorcall_Call,
@@ -88,8 +92,9 @@ typedef struct {
 } SlotDescrObject;
 
 static PyObject *
-SlotDescr_get(SlotDescrObject *d, PyObject *obj, PyObject *Py_UNUSED(type))
+SlotDescr_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
 {
+    SlotDescrObject *d = SlotDescr_CAST(op);
     if (obj == NULL || obj == Py_None) {
         Py_INCREF(d);
         return (PyObject *)d;
@@ -114,15 +119,16 @@ SlotDescr_get(SlotDescrObject *d, PyObject *obj, PyObject *Py_UNUSED(type))
     Py_INCREF(obj);
     b->guard = (GuardObject *)obj;
     b->which = d->which;
-    b->vectorcall = (vectorcallfunc)BoundSlot_vectorcall;
+    b->vectorcall = BoundSlot_vectorcall;
     b->next_free = NULL;
     return (PyObject *)b;
 }
 
 static PyObject *
-SlotDescr_vectorcall(SlotDescrObject *d, PyObject *const *args, size_t nargsf,
+SlotDescr_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                      PyObject *Py_UNUSED(kwnames))
 {
+    SlotDescrObject *d = SlotDescr_CAST(op);
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs < 1 || !PyObject_TypeCheck(args[0], &Guard_Type)) {
         PyErr_SetString(PyExc_TypeError, "unbound guard method needs a guard");
@@ -134,9 +140,9 @@ SlotDescr_vectorcall(SlotDescrObject *d, PyObject *const *args, size_t nargsf,
             PyErr_SetString(PyExc_TypeError, "__enter__() takes no arguments");
             return NULL;
         }
-        return Guard_enter(g, NULL);
+        return Guard_enter((PyObject *)g, NULL);
     }
-    return Guard_exit(g, args + 1, nargs - 1);
+    return Guard_exit((PyObject *)g, args + 1, nargs - 1);
 }
 
 static PyTypeObject SlotDescr_Type = {
@@ -146,10 +152,10 @@ static PyTypeObject SlotDescr_Type = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_vectorcall_offset = offsetof(SlotDescrObject, vectorcall),
     .tp_call = PyVectorcall_Call,
-    .tp_descr_get = (descrgetfunc)SlotDescr_get,
+    .tp_descr_get = SlotDescr_get,
 };
 
-static int
+int
 guard_install_slots(void)
 {
     static const char *names[2] = {"__enter__", "__exit__"};
@@ -162,7 +168,7 @@ guard_install_slots(void)
             return -1;
         }
         d->which = i;
-        d->vectorcall = (vectorcallfunc)SlotDescr_vectorcall;
+        d->vectorcall = SlotDescr_vectorcall;
         int rc = PyDict_SetItemString(Guard_Type.tp_dict, names[i], (PyObject *)d);
         Py_DECREF(d);
         if (rc < 0) {
@@ -176,11 +182,11 @@ guard_install_slots(void)
 #else /* plain methods: CPython binds them on each 'with' */
 
 static PyMethodDef guard_plain_slots[2] = {
-    {"__enter__", (PyCFunction)Guard_enter, METH_NOARGS, NULL},
+    {"__enter__", Guard_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Guard_exit, METH_FASTCALL, NULL},
 };
 
-static int
+int
 guard_install_slots(void)
 {
     for (int i = 0; i < 2; i++) {
