@@ -36,8 +36,10 @@
 #define PKEYGUARD_ARCH_H
 
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) && !defined(PKEYGUARD_ARCH_NONE) /* -DPKEYGUARD_ARCH_NONE: compile the fallback */
 #include "_arch_x86_64.h"
@@ -46,6 +48,28 @@
 #endif
 
 #define PKEY_CLOSED ARCH_PKEY_DISABLE_ACCESS
+
+/* The pkey system calls.  syscall(2) is variadic and reads every argument as a long; an int
+ * passed to it may arrive with undefined upper bits, and the kernel reads pkey_mprotect's
+ * `prot` and pkey_alloc's arguments as unsigned longs (stray bits: EINVAL).  These wrappers
+ * take the kernel's types, so every argument is converted before the call. */
+static inline long
+sys_pkey_mprotect(void *addr, size_t len, unsigned long prot, long pkey)
+{
+    return syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
+}
+
+static inline long
+sys_pkey_alloc(unsigned long flags, unsigned long rights)
+{
+    return syscall(SYS_pkey_alloc, flags, rights);
+}
+
+static inline long
+sys_pkey_free(long pkey)
+{
+    return syscall(SYS_pkey_free, pkey);
+}
 
 static inline unsigned
 arch_rights_get(pkey_reg_t reg, int key)

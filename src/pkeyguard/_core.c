@@ -247,11 +247,11 @@ core_rdpkru(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 static PyObject *
 core_probe_pkey_alloc(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
-    long k = syscall(SYS_pkey_alloc, 0, PKEY_CLOSED);
+    long k = sys_pkey_alloc(0, PKEY_CLOSED);
     if (k < 0) {
         return PyLong_FromLong(errno);
     }
-    (void)syscall(SYS_pkey_free, k);
+    (void)sys_pkey_free(k);
     return PyLong_FromLong(0);
 }
 
@@ -266,14 +266,14 @@ core_count_free_keys(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     long keys[32];
     int n = 0;
     while (n < 32) {
-        long k = syscall(SYS_pkey_alloc, 0, PKEY_CLOSED);
+        long k = sys_pkey_alloc(0, PKEY_CLOSED);
         if (k < 0) {
             break;
         }
         keys[n++] = k;
     }
     for (int i = 0; i < n; i++) {
-        (void)syscall(SYS_pkey_free, keys[i]);
+        (void)sys_pkey_free(keys[i]);
     }
     return PyLong_FromLong(n);
 }

@@ -357,7 +357,7 @@ pool_tag(int mode, MappingObject *m, int prot, int h)
         return 0;
     }
     long rc = mode == MODE_SIM ? mprotect((void *)m->addr, m->len, prot)
-                               : syscall(SYS_pkey_mprotect, m->addr, m->len, prot, h);
+                               : sys_pkey_mprotect((void *)m->addr, m->len, prot, h);
     return rc == 0 ? 0 : errno;
 }
 
@@ -408,7 +408,7 @@ pool_alloc_number(int mode)
         pool_set_bits(mode, h, PKEY_CLOSED);
         return h;
     }
-    long r = syscall(SYS_pkey_alloc, 0, PKEY_CLOSED);
+    long r = sys_pkey_alloc(0, PKEY_CLOSED);
     return r < 0 ? -errno : (int)r;
 }
 

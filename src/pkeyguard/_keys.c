@@ -192,7 +192,7 @@ page_plan(KeyObject *k, int own_prot)
 int
 page_plan_apply(MappingObject *m, PagePlan d)
 {
-    long rc = d.pkey >= 0 ? syscall(SYS_pkey_mprotect, m->addr, m->len, d.prot, d.pkey)
+    long rc = d.pkey >= 0 ? sys_pkey_mprotect((void *)m->addr, m->len, d.prot, d.pkey)
                           : mprotect((void *)m->addr, m->len, (int)d.prot);
     return rc == 0 ? 0 : -1;
 }
@@ -280,7 +280,7 @@ binding_end(BindingObject *b, int untag, Ended *out)
         if (k->mode == MODE_PKU) {
             /* back to key 0, so a later key that reuses the number cannot reach the pages
              * (and out of parking: the region's own rights) */
-            rc = syscall(SYS_pkey_mprotect, m->addr, m->len, prot, 0);
+            rc = sys_pkey_mprotect((void *)m->addr, m->len, prot, 0);
         }
         else if (k->mode == MODE_MPROTECT || k->mode == MODE_SIM) {
             rc = mprotect((void *)m->addr, m->len, prot);

@@ -303,7 +303,7 @@ mapping_discard(MappingObject *m, int prot, int pkey, const char **what)
     if (m->flags & MAP_F_SECRETMEM) {
         (void)madvise(p, m->len, MADV_DONTFORK); /* still a hole in a fork child */
     }
-    if (pkey >= 0 && syscall(SYS_pkey_mprotect, m->addr, m->len, prot, pkey) != 0) {
+    if (pkey >= 0 && sys_pkey_mprotect((void *)m->addr, m->len, prot, pkey) != 0) {
         *what = "pkey_mprotect";
         return errno;
     }
@@ -333,7 +333,7 @@ mapping_scrub(MappingObject *m, int in_place, const char **what)
     if (known && pkey >= 0 && ((prot & rw) == rw || raisable)) {
         /* pku: this thread alone */
         if ((prot & rw) != rw &&
-            syscall(SYS_pkey_mprotect, m->addr, m->len, prot | rw, pkey) != 0) {
+            sys_pkey_mprotect((void *)m->addr, m->len, prot | rw, pkey) != 0) {
             *what = "pkey_mprotect";
             e = errno;
             goto closed;
@@ -347,7 +347,7 @@ mapping_scrub(MappingObject *m, int in_place, const char **what)
         arch_reg_write(pkru);
         wipe_bytes(m->canary, sizeof(m->canary));
         if ((prot & rw) != rw &&
-            syscall(SYS_pkey_mprotect, m->addr, m->len, prot, pkey) != 0) {
+            sys_pkey_mprotect((void *)m->addr, m->len, prot, pkey) != 0) {
             *what = "pkey_mprotect"; /* zeros, open to this key's number only */
             return errno;
         }
