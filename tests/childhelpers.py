@@ -1,0 +1,52 @@
+"""Child-side helpers shared by the unit and hardware child programs (``tests/*/children``).
+
+A child module imports what it needs from here (and from :mod:`tests.adversarial.childlib`);
+:func:`tests.adversarial.support.run_case` runs one of its ``case_*`` functions in a fresh
+interpreter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+__all__ = ["bits", "probe", "say", "tag"]
+
+
+@functools.cache
+def probe() -> ctypes.CDLL:
+    """The test-only fault reporter (``tests/native/faultprobe.c``, built by the parent's
+    ``faultprobe_path`` fixture and named by ``$FAULTPROBE``), installed as the SIGSEGV
+    handler: a fault prints ``FAULT signo=.. code=.. pkey=..`` on stderr and kills the child."""
+    lib = ctypes.CDLL(os.environ["FAULTPROBE"])
+    assert lib.faultprobe_install() == 0
+    lib.faultprobe_read.argtypes = [ctypes.c_void_p]
+    lib.faultprobe_read.restype = ctypes.c_int
+    lib.faultprobe_write.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.faultprobe_handler_pkru.restype = ctypes.c_uint32
+    return lib
+
+
+def say(*words: object) -> None:
+    """One line on stdout, flushed (the parent reads it even if the child dies next)."""
+    print(*words, flush=True)
+
+
+def bits(pkru: int, number: int) -> int:
+    """The two bits of key ``number`` in the register value ``pkru``."""
+    return (pkru >> (2 * number)) & 3
+
+
+def tag(address: int) -> int | None:
+    """The ProtectionKey of the mapping holding ``address`` (from /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps", encoding="utf-8") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(v, 16) for v in head[0].split("-"))
+                inside = lo <= address < hi
+            elif inside and head[:1] == ["ProtectionKey:"]:
+                return int(head[1])
+    return None
