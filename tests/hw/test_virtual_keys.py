@@ -19,9 +19,10 @@ import pkeyguard
 from pkeyguard import PkeyGuard, PkeyPermissions, Secret, _core
 from tests.adversarial.support import run_case
 from tests.profiles import vk_state_examples
+from tests.statemodel import bits_of
 from tests.support import Child, pkey_at, secret_key
 from tests.unit.test_state_machine import lookup, smaps_pkeys
-from tests.unit.test_virtual_keys import VirtualKeysMachine, bits_of
+from tests.unit.test_virtual_keys import VirtualKeysMachine
 
 RW: Final = PkeyPermissions.ReadWrite
 RO: Final = PkeyPermissions.ReadOnly

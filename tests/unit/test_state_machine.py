@@ -28,12 +28,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import queue
 import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -67,7 +66,17 @@ from pkeyguard import (
 )
 from pkeyguard.pkey import AccessGuard, AssociatedRegion
 from tests.profiles import state_examples
-from tests.support import anon_mappings, join_os_thread, new_anon_mappings, run_child
+from tests.statemodel import (
+    NONE,
+    PKRU_BITS,
+    READ,
+    WRITE,
+    OnThreads,
+    Worker,
+    level_of_bits,
+    prot_string,
+)
+from tests.support import anon_mappings, new_anon_mappings, run_child
 
 R = TypeVar("R")
 
@@ -79,7 +88,6 @@ INDEX = st.integers(0, 15)
 THREAD = st.integers(0, N_THREADS - 1)
 VALUE = st.integers(0, 2**31 - 1)
 
-NONE, READ, WRITE = 0, 1, 2  # rights levels, as in the C core
 # Keys with initial rights one pku example makes (see new_key): none.  A closed one's number
 # waits until every thread that may hold it has synced, and whether a thread can be proven
 # not to (its start time against the number's, in clock ticks) depends on timing: in the
@@ -93,7 +101,6 @@ LEVEL = {
     PkeyPermissions.ReadWrite: WRITE,
 }
 PERMISSION = {v: k for k, v in LEVEL.items()}
-PKRU_BITS = {NONE: 1, READ: 2, WRITE: 0}  # access-disable, write-disable
 GUARD_CLASS = {NONE: NoAccessGuard, READ: ReadGuard, WRITE: WriteGuard}
 PROT_READ, PROT_WRITE, PROT_EXEC = _core.PROT_READ, _core.PROT_WRITE, _core.PROT_EXEC
 
@@ -120,10 +127,6 @@ ACCESSES = (
 )
 
 
-def level_of_bits(bits: int) -> int:
-    return NONE if bits & 1 else READ if bits & 2 else WRITE
-
-
 def prot_for_level(prot: int, level: int) -> int:
     """What the mprotect backend applies: the page rights less what the key denies."""
     if level == NONE:
@@ -131,15 +134,6 @@ def prot_for_level(prot: int, level: int) -> int:
     if level == READ:
         return prot & ~PROT_WRITE
     return prot
-
-
-def prot_string(prot: int) -> str:
-    return (
-        ("r" if prot & PROT_READ else "-")
-        + ("w" if prot & PROT_WRITE else "-")
-        + ("x" if prot & PROT_EXEC else "-")
-        + "p"
-    )
 
 
 _MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+)", re.M)
@@ -169,45 +163,6 @@ def lookup(table: list[tuple[int, int, str]] | dict[tuple[int, int], int], addre
         if start <= address < end:
             return value
     return None
-
-
-class Worker:
-    """A thread that runs the callables it is sent, one at a time, and returns the result."""
-
-    def __init__(self, name: str) -> None:
-        self._inbox: queue.SimpleQueue[
-            tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]] | None
-        ] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self.thread.start()
-        self.ident: int = self.run(threading.get_ident)
-
-    def _loop(self) -> None:
-        while True:
-            item = self._inbox.get()
-            if item is None:
-                return
-            fn, reply = item
-            try:
-                reply.put((True, fn()))
-            except BaseException as exc:
-                reply.put((False, exc))
-            del fn, item  # drop references to the step's objects now
-
-    def run(self, fn: Callable[[], R]) -> R:
-        reply: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-        self._inbox.put((fn, reply))
-        try:
-            ok, value = reply.get(timeout=60)
-        except queue.Empty:
-            raise AssertionError(f"{self.thread.name} did not answer within 60 s") from None
-        if ok:
-            return cast(R, value)
-        raise value
-
-    def stop(self) -> None:
-        self._inbox.put(None)
-        join_os_thread(self.thread)
 
 
 # -- the model --------------------------------------------------------------------------
@@ -290,7 +245,7 @@ class ExportM:
     generation: int  # exports are counted per activation
 
 
-class PkeyguardMachine(RuleBasedStateMachine):
+class PkeyguardMachine(OnThreads, RuleBasedStateMachine):
     """Objects are picked by index from the model's lists, newest first (index 0 is the
     newest: what shrinking tends towards); ``own=True`` runs a guard or view operation on
     the thread that holds the guard, so that the paths that succeed are common too."""
@@ -329,26 +284,6 @@ class PkeyguardMachine(RuleBasedStateMachine):
             self.pkru = [mine] * N_THREADS
         self.base_keys = _backend.active()[1].live_keys()
         self.base_maps = anon_mappings()
-
-    # -- running on a thread ------------------------------------------------------------
-    def on(self, t: int, fn: Callable[[], R]) -> R:
-        return fn() if t == 0 else self.workers[t - 1].run(fn)
-
-    def expect(
-        self, t: int, fn: Callable[[], R], error: type[BaseException] | None, what: str
-    ) -> R | None:
-        event(f"{what.split()[0].split('(')[0]} -> {error.__name__ if error else 'ok'}")
-        try:
-            value = self.on(t, fn)
-        except Exception as exc:
-            if error is None:
-                raise AssertionError(f"{what} on thread {t}: unexpected {exc!r}") from exc
-            assert type(exc) is error, (
-                f"{what} on thread {t}: expected {error.__name__}, got {exc!r}"
-            )
-            return None
-        assert error is None, f"{what} on thread {t}: expected {error.__name__}, it succeeded"
-        return value
 
     # -- model helpers ------------------------------------------------------------------
     def bits(self, t: int, number: int) -> int:
