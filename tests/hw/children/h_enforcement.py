@@ -7,18 +7,19 @@ from __future__ import annotations
 import ctypes
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import pkeyguard
-from pkeyguard import AccessPermissions, Association, PkeyGuard, PkeyPermissions, RegionGuard
+from pkeyguard import AccessPermissions, PkeyGuard, PkeyPermissions, RegionGuard
 from tests.childhelpers import probe, say
 
 
 @dataclass
 class Scene:
     lib: ctypes.CDLL
-    region: RegionGuard[ctypes.c_int]
+    region: Any
     key: PkeyGuard
-    assoc: Association[ctypes.c_int]
+    assoc: Any
     addr: ctypes.c_void_p
 
 
