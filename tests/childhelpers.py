@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
+from typing import Any
 
-__all__ = ["bits", "probe", "say", "tag"]
+__all__ = ["bits", "params", "probe", "say", "tag"]
+
+
+def params() -> dict[str, Any]:
+    """The parameters the parent passed (``run_case(params=...)``, JSON), without importing
+    pkeyguard (:func:`tests.adversarial.childlib.params` does: its module asks for the
+    backend at import), for a case that must act before the library is loaded."""
+    value = json.loads(os.environ.get("PKEYGUARD_CASE_PARAMS", "{}"))
+    assert isinstance(value, dict)
+    return value
 
 
 @functools.cache
