@@ -65,6 +65,7 @@ from pkeyguard import (
     _core,
 )
 from pkeyguard.pkey import AccessGuard, AssociatedRegion
+from tests.adversarial.support import run_case
 from tests.profiles import state_examples
 from tests.statemodel import (
     NONE,
@@ -76,7 +77,7 @@ from tests.statemodel import (
     level_of_bits,
     prot_string,
 )
-from tests.support import anon_mappings, new_anon_mappings, run_child
+from tests.support import anon_mappings, new_anon_mappings
 
 R = TypeVar("R")
 
@@ -836,23 +837,9 @@ TestPkeyguardStateMachine.settings = settings(
 def test_protect_is_refused_while_a_guard_is_active() -> None:
     """region.protect() under an active guard made a view taken inside fault: the view was
     checked against the old page rights (found while modelling ``protect`` for the machine)."""
-    child = run_child(
-        """
-        import ctypes
-        from pkeyguard import *
-        region = RegionGuard(ctypes.c_uint32)
-        key = PkeyGuard()
-        with key.associate(region).set_access_rights(PkeyPermissions.ReadWrite) as g:
-            view = g.mut_ref_guard()
-            try:
-                region.protect(AccessPermissions.ReadOnly)
-            except RegionError as exc:
-                print("refused:", exc, flush=True)
-            view.value = 2  # faulted here when protect() was allowed
-            print("wrote", view.value, flush=True)
-        region.protect(AccessPermissions.ReadOnly)  # outside the guard: fine
-        print(region.access.name)
-        """,
+    child = run_case(
+        "tests.unit.children.h_state_machine",
+        "case_protect_is_refused_while_a_guard_is_active",
         env={"PKEYGUARD_BACKEND": pkeyguard.backend().name},
     )
     assert child.returncode == 0, child
@@ -863,24 +850,9 @@ def test_protect_is_refused_while_a_guard_is_active() -> None:
 def test_guard_of_an_ended_association_gives_no_view() -> None:
     """A guard taken before disassociate() could still be entered and gave a view of a region
     now tagged with another (NoAccess) key: the write faulted."""
-    child = run_child(
-        """
-        import ctypes
-        from pkeyguard import *
-        RW = PkeyPermissions.ReadWrite
-        region = RegionGuard(ctypes.c_uint32)
-        k1, k2 = PkeyGuard(), PkeyGuard()
-        old = k1.associate(region)
-        guard = old.set_access_rights(RW)
-        old.disassociate()
-        k2.associate(region)
-        try:
-            with guard:
-                guard.mut_ref_guard().value = 1  # faulted here before the fix
-            print("NOT REACHED", flush=True)
-        except GuardStateError as exc:
-            print("refused:", exc, flush=True)
-        """,
+    child = run_case(
+        "tests.unit.children.h_state_machine",
+        "case_guard_of_an_ended_association_gives_no_view",
         env={"PKEYGUARD_BACKEND": pkeyguard.backend().name},
     )
     assert child.returncode == 0, child
