@@ -1,16 +1,13 @@
 """memfd_secret backing: fallback policy, resource exhaustion, leaks.  The child programs
 are ``children/s_secretmem.py``."""
 
-import json
-import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from tests.adversarial.support import REPO_ROOT, assert_survived, run_case
-from tests.support import Child
+from tests.adversarial.support import assert_survived, run_case
+from tests.support import REPO_ROOT, Child, case_command
 
 
 def test_transient_emfile_must_not_downgrade_secrets_for_the_process_lifetime() -> None:
@@ -54,14 +51,14 @@ def test_memlock_exhaustion_is_a_clear_error_not_a_fallback(backing: str) -> Non
     if not shutil.which("setpriv"):
         pytest.skip("setpriv missing")
     # run_case's child, started through setpriv (the runner takes no command prefix).
-    env = dict(os.environ)
-    env.pop("PYTHONFAULTHANDLER", None)
+    argv, env = case_command(
+        "tests.adversarial.children.s_secretmem",
+        "case_memlock_exhaustion",
+        params={"backing": backing},
+    )
     env["PKEYGUARD_BACKEND"] = "mprotect"
-    env["PKEYGUARD_CASE_PARAMS"] = json.dumps({"backing": backing})
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH", "")) if p)
-    runner = [sys.executable, "-m", "tests.adversarial.run_case"]
     proc = subprocess.run(
-        ["setpriv", "--bounding-set=-ipc_lock", *runner, "s_secretmem", "case_memlock_exhaustion"],
+        ["setpriv", "--bounding-set=-ipc_lock", *argv],
         capture_output=True,
         text=True,
         timeout=60,
