@@ -10,13 +10,10 @@ from typing import Any
 from pkeyguard import AccessPermissions, PkeyGuard, PkeyPermissions, RegionGuard, _core
 from tests.childhelpers import say
 
+# What the subinterpreter runs: a function of a module of its own (this one imports pkeyguard).
 INNER = (
-    "try:\n"
-    "    import pkeyguard\n"
-    "except ImportError as exc:\n"
-    "    print('refused:', exc)\n"
-    "else:\n"
-    "    print('imported')\n"
+    "from tests.unit.children.h_exports_subinterpreter import case_in_a_subinterpreter\n"
+    "case_in_a_subinterpreter()\n"
 )
 
 
