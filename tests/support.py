@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import os
 import resource
@@ -11,8 +12,12 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+#: The repository root: where ``python -m tests...`` finds the tests package.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def maps() -> list[str]:
@@ -285,3 +290,18 @@ def run_child(code: str, *, env: dict[str, str] | None = None, timeout: float = 
         timeout=timeout,
     )
     return Child(proc.returncode, proc.stdout, proc.stderr)
+
+
+def case_command(
+    module: str, case: str, *, params: Mapping[str, object] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run ``case`` of the child module ``module`` (a
+    dotted name) the way :func:`tests.adversarial.support.run_case` does, for a parent that
+    must start the process itself: to give it a stdin, a terminal or a new session, or to
+    start it through another program.  Run it with ``cwd=REPO_ROOT``."""
+    env = dict(os.environ)
+    env.pop("PYTHONFAULTHANDLER", None)
+    env["PKEYGUARD_BACKEND"] = os.environ.get("PKEYGUARD_BACKEND", "mprotect")
+    env["PKEYGUARD_CASE_PARAMS"] = json.dumps(dict(params or {}))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH", "")) if p)
+    return [sys.executable, "-m", "tests.adversarial.run_case", module, case], env

@@ -7,34 +7,21 @@ allocator.Secure() this overwrites the canary the library itself placed after th
 
 Root cause: region._classify() takes the view format from getattr(vt, "_type_") (a mutable
 class attribute, not what ctypes sized the type by) and never checks that the format's size
-equals ctypes.sizeof(vt).  ctypes' own fixed format is memoryview(vt()).format ("<B" here)."""
+equals ctypes.sizeof(vt).  ctypes' own fixed format is memoryview(vt()).format ("<B" here).
+
+The child programs are ``children/h_type_code.py``.
+"""
 
 from __future__ import annotations
 
-from tests.adversarial.support import assert_survived, attack
+from tests.adversarial.support import assert_survived, run_case
 
 
 def test_a_lying_type_code_cannot_make_a_view_wider_than_its_value() -> None:
-    body = """
-class Lying(ctypes.c_uint8):
-    pass
-Lying._type_ = "q"
-assert ctypes.sizeof(Lying) == 1
-try:
-    region = RegionGuard(Lying, allocator=allocator.Secure())
-except (RegionTypeError, RegionError):
-    pass  # refused: fine
-else:
-    key = PkeyGuard()
-    assoc = key.associate(region)
-    with assoc.set_access_rights(RW) as g:
-        v = g.mut_ref_guard()
-        try:
-            v.value = -1
-        except (PkeyguardError, OverflowError):
-            pass  # -1 does not fit the 1-byte value ctypes really made
-    assoc.disassociate()
-    key.close()
-    region.close()  # CanaryError: the view wrote past the 1-byte value
-"""
-    assert_survived(attack(body, timeout=60, watchdog=30))
+    child = run_case(
+        "h_type_code",
+        "case_a_lying_type_code_cannot_make_a_view_wider_than_its_value",
+        timeout=60,
+        watchdog=30,
+    )
+    assert_survived(child)

@@ -1,9 +1,9 @@
 """All secrets share one key, and from_fd/from_file/from_stream/from_prompt hold a ReadWrite
-guard on it for the whole blocking read."""
+guard on it for the whole blocking read.  The child program is ``children/s_open_window.py``."""
 
 import pytest
 
-from tests.adversarial.support import assert_survived, attack
+from tests.adversarial.support import assert_survived, run_case
 
 
 @pytest.mark.parametrize("backing", ["memfd_secret", "mmap"])
@@ -16,26 +16,9 @@ def test_a_stalled_reader_must_not_open_every_other_secret(backing: str) -> None
     that is NoAccess outside reveal()", and tells users to keep reveal blocks short; the
     library itself holds the window open across a blocking read(2) whose length a remote
     peer controls."""
-    child = attack(
-        """
-        S = Secret(18, allocator=allocator.Secure(backing=PARAMS["backing"]))
-        S.write(0, b"LONG-LIVED-API-KEY")
-        def perms(addr):
-            for line in open("/proc/self/maps"):
-                a, b = (int(x, 16) for x in line.split()[0].split("-"))
-                if a <= addr < b:
-                    return line.split()[1]
-        idle = perms(S.address)
-        r, w = os.pipe()
-        th = threading.Thread(target=lambda: Secret.from_fd(r).close(), daemon=True)
-        th.start()
-        time.sleep(0.3)             # the reader blocks in readv: the peer stalls
-        during = perms(S.address)
-        os.write(w, b"x"); os.close(w); th.join()
-        print("secret pages idle:", idle, "| while another thread waits in from_fd:", during)
-        assert not during.startswith(("r", "rw")), (
-            f"an unrelated secret is {during} while a reader waits for its peer")
-        """,
+    child = run_case(
+        "s_open_window",
+        "case_a_stalled_reader_must_not_open_every_other_secret",
         params={"backing": backing},
         watchdog=30,
     )

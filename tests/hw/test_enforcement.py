@@ -12,32 +12,19 @@ import pytest
 
 import pkeyguard
 from pkeyguard import AccessPermissions, PkeyGuard, PkeyPermissions, RegionGuard, _core
-from tests.support import Child, run_child
+from tests.adversarial.support import run_case
+from tests.support import Child
 
 RW: Final = PkeyPermissions.ReadWrite
 RO: Final = PkeyPermissions.ReadOnly
 NA: Final = PkeyPermissions.NoAccess
 
-PRELUDE = """
-import ctypes, os, sys, threading
-probe = ctypes.CDLL(os.environ["FAULTPROBE"])
-assert probe.faultprobe_install() == 0
-from pkeyguard import *
-import pkeyguard
-assert pkeyguard.backend().name == "pku"
-region = RegionGuard(ctypes.c_int, AccessPermissions.ReadWrite)
-key = PkeyGuard(PkeyPermissions.NoAccess)
-assoc = key.associate(region)
-addr = ctypes.c_void_p(region.address)
-with assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
-    g.mut_ref_guard().value = 42
-print("KEY", key.hardware_key, flush=True)
-"""
+CHILD = "tests.hw.children.h_enforcement"
 
 
-def run_probe(body: str, faultprobe_path: str) -> Child:
+def run_probe(case: str, faultprobe_path: str) -> Child:
     env = {"FAULTPROBE": faultprobe_path, "PKEYGUARD_BACKEND": "pku"}
-    return run_child(PRELUDE + body, env=env)
+    return run_case(CHILD, case, env=env, fault_handler=False)
 
 
 def assert_pku_fault(child: Child) -> None:
@@ -65,72 +52,30 @@ def test_seed_example_on_pku() -> None:
 
 
 def test_raw_write_under_read_only_dies_with_pkuerr(faultprobe_path: str) -> None:
-    child = run_probe(
-        """
-with assoc.set_access_rights(PkeyPermissions.ReadOnly):
-    print("read", probe.faultprobe_read(addr), flush=True)
-    probe.faultprobe_write(addr, 7)
-print("NOT REACHED", flush=True)
-""",
-        faultprobe_path,
-    )
+    child = run_probe("case_write_under_read_only", faultprobe_path)
     assert "read 42" in child.stdout
     assert_pku_fault(child)
 
 
 def test_raw_read_under_no_access_dies_with_pkuerr(faultprobe_path: str) -> None:
-    child = run_probe(
-        """
-with assoc.set_access_rights(PkeyPermissions.NoAccess):
-    probe.faultprobe_read(addr)
-print("NOT REACHED", flush=True)
-""",
-        faultprobe_path,
-    )
+    child = run_probe("case_read_under_no_access", faultprobe_path)
     assert_pku_fault(child)
 
 
 def test_raw_read_outside_any_guard_dies_with_pkuerr(faultprobe_path: str) -> None:
-    child = run_probe(
-        "probe.faultprobe_read(addr)\nprint('NOT REACHED', flush=True)\n", faultprobe_path
-    )
+    child = run_probe("case_read_outside_any_guard", faultprobe_path)
     assert_pku_fault(child)
 
 
 def test_page_rights_still_apply_under_a_read_write_key(faultprobe_path: str) -> None:
     # Effective access = page rights ∩ key rights: a read-only page faults as ACCERR (2).
-    child = run_probe(
-        """
-region.protect(AccessPermissions.ReadOnly)
-with assoc.set_access_rights(PkeyPermissions.ReadWrite):
-    print("read", probe.faultprobe_read(addr), flush=True)
-    probe.faultprobe_write(addr, 1)
-print("NOT REACHED", flush=True)
-""",
-        faultprobe_path,
-    )
+    child = run_probe("case_page_rights_under_read_write", faultprobe_path)
     assert child.returncode == -signal.SIGSEGV and "read 42" in child.stdout
     assert re.search(r"FAULT signo=11 code=2 pkey=-1", child.stderr), child.stderr
 
 
 def test_per_thread_rights_other_thread_faults(faultprobe_path: str) -> None:
-    child = run_probe(
-        """
-opened, done = threading.Event(), threading.Event()
-def other():
-    opened.wait()
-    print("B rights", key.current_rights().name, flush=True)
-    probe.faultprobe_read(addr)          # B holds no guard: must fault
-    print("NOT REACHED", flush=True)
-t = threading.Thread(target=other)
-t.start()
-with assoc.set_access_rights(PkeyPermissions.ReadWrite):
-    print("A reads", probe.faultprobe_read(addr), flush=True)
-    opened.set()
-    t.join(30)
-""",
-        faultprobe_path,
-    )
+    child = run_probe("case_other_thread", faultprobe_path)
     assert "A reads 42" in child.stdout and "B rights NoAccess" in child.stdout
     assert_pku_fault(child)
 

@@ -9,29 +9,17 @@ import threading
 from typing import Final
 
 from pkeyguard import PkeyGuard, PkeyPermissions, RegionGuard, Secret, _core, isolated
-from tests.support import Child, run_child, secret_key
+from tests.adversarial.support import run_case
+from tests.support import Child, secret_key
 
 RW: Final = PkeyPermissions.ReadWrite
 
-SETUP = """
-import ctypes, os
-import pkeyguard
-from pkeyguard import *
-pkeyguard.faults.enable()
-native = ctypes.CDLL(os.environ["FAULTPROBE"])
-native.faultprobe_read.argtypes = [ctypes.c_void_p]
-native.faultprobe_write.argtypes = [ctypes.c_void_p, ctypes.c_int]
-region = RegionGuard(ctypes.c_int, name="session-key")
-key = PkeyGuard(PkeyPermissions.ReadWrite, name="sessions")
-key.associate(region)
-ctypes.c_int.from_address(region.address).value = 77
-print("ADDR", hex(region.address), "KEY", key.hardware_key, flush=True)
-"""
+CHILD = "tests.hw.children.h_faults_isolation_secrets"
 
 
-def run(body: str, faultprobe_path: str) -> Child:
+def run(case: str, faultprobe_path: str) -> Child:
     env = {"FAULTPROBE": faultprobe_path, "PKEYGUARD_BACKEND": "pku"}
-    return run_child(SETUP + body, env=env)
+    return run_case(CHILD, case, env=env, fault_handler=False)
 
 
 def parsed(child: Child) -> tuple[int, int]:
@@ -41,13 +29,7 @@ def parsed(child: Child) -> tuple[int, int]:
 
 
 def test_report_for_write_under_read_only(faultprobe_path: str) -> None:
-    child = run(
-        """
-with region.association.set_access_rights(PkeyPermissions.ReadOnly):
-    native.faultprobe_write(region.address + 4, 1)
-""",
-        faultprobe_path,
-    )
+    child = run("case_write_under_read_only", faultprobe_path)
     assert child.returncode == -signal.SIGSEGV, child
     addr, key = parsed(child)
     err = child.stderr
@@ -59,14 +41,7 @@ with region.association.set_access_rights(PkeyPermissions.ReadOnly):
 
 
 def test_isolated_native_call_dies_with_pkuerr_and_names_the_region(faultprobe_path: str) -> None:
-    child = run(
-        """
-print("outside", native.faultprobe_read(region.address), flush=True)
-isolate(native.faultprobe_read, region.address)
-print("NOT REACHED", flush=True)
-""",
-        faultprobe_path,
-    )
+    child = run("case_isolated_native_call", faultprobe_path)
     assert child.returncode == -signal.SIGSEGV, child
     assert "outside 77" in child.stdout and "NOT REACHED" not in child.stdout
     addr, key = parsed(child)
@@ -108,15 +83,8 @@ def test_secret_on_pku(faultprobe_path: str) -> None:
             assert bytes(buf) == b"hunter2"
             assert own_key.current_rights() is PkeyPermissions.ReadOnly
         assert own_key.current_rights() is PkeyPermissions.NoAccess
-    child = run_child(
-        """
-import ctypes, pkeyguard
-from pkeyguard import Secret
-pkeyguard.faults.enable()
-s = Secret.from_bytes(b"hunter2", name="db-password")
-ctypes.string_at(s.address, 7)
-""",
-        env={"PKEYGUARD_BACKEND": "pku"},
+    child = run_case(
+        CHILD, "case_stray_read_of_a_secret", env={"PKEYGUARD_BACKEND": "pku"}, fault_handler=False
     )
     assert child.returncode == -signal.SIGSEGV
     assert "SEGV_PKUERR" in child.stderr and "region: 'db-password (bytes)'" in child.stderr

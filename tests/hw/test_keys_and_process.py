@@ -20,13 +20,16 @@ from pkeyguard import (
     RegionGuard,
     _core,
 )
-from tests.support import pkey_at, run_child, syscalls
+from tests.adversarial.support import assert_survived, run_case
+from tests.support import pkey_at, syscalls
 
 RW: Final = PkeyPermissions.ReadWrite
 RO: Final = PkeyPermissions.ReadOnly
 NA: Final = PkeyPermissions.NoAccess
 
 libc = ctypes.CDLL(None, use_errno=True)
+
+CHILD = "tests.hw.children.h_keys_and_process"
 
 
 def test_pages_carry_the_key_and_lose_it_on_close() -> None:
@@ -76,106 +79,24 @@ def test_refusals_leave_the_tags_alone() -> None:
         assert pkey_at(region.address) == 0 and region.association is None
 
 
-EXHAUSTION = """
-import contextlib, ctypes, errno
-from pkeyguard import *
-from pkeyguard import _core
-RW, RO, NA = PkeyPermissions.ReadWrite, PkeyPermissions.ReadOnly, PkeyPermissions.NoAccess
-def stats():
-    return _core._pool_stats(_core.MODE_PKU)
-# Keys are virtual: 40 coexist, each usable, though x86 has 15 hardware keys.
-keys = [PkeyGuard() for _ in range(40)]
-regions = [RegionGuard(ctypes.c_uint32) for _ in keys]
-assocs = [k.associate(r) for k, r in zip(keys, regions)]
-for i, a in enumerate(assocs):
-    with a.set_access_rights(RW) as g:
-        g.mut_ref_guard().value = i
-for i, a in enumerate(assocs):
-    with a.set_access_rights(RO) as g:
-        assert g.ref_guard().value == i
-print("COEXIST", stats()["logical"], stats()["held"], flush=True)
-# KeyExhaustedError only when every number is under an opening guard: 15 open at once.
-with contextlib.ExitStack() as stack:
-    for a in assocs[:15]:
-        stack.enter_context(a.set_access_rights(RO))
-    before, pkru = stats(), _core.rdpkru()
-    try:
-        assocs[15].set_access_rights(RO).__enter__()
-        print("NOT REFUSED", flush=True)
-    except KeyExhaustedError as exc:
-        text = str(exc)
-        why = "a ReadOnly or ReadWrite guard on them is active" in text and "Leave a guard" in text
-        print("REFUSED", exc.errno == errno.ENOSPC, why, flush=True)
-    after = stats()
-    same = all(after[n] == before[n] for n in ("held", "owned", "parked", "misses", "evictions"))
-    print("UNCHANGED", same, _core.rdpkru() == pkru, keys[15].hardware_key, flush=True)
-    with assocs[15].set_access_rights(NA):  # NoAccess takes no number: never refused
-        pass
-# One guard left: the next entry takes its key's number (freeing one makes one available).
-with assocs[15].set_access_rights(RO) as g:
-    print("REUSED", g.ref_guard().value, flush=True)
-# Keys with initial rights take only numbers of their own class and never evict: all 15 are
-# NoAccess-class now, so none can be made in this process any more.
-try:
-    PkeyGuard(RO)
-    print("NOT REFUSED", flush=True)
-except KeyExhaustedError as exc:
-    print("PINNED REFUSED", exc.errno == errno.ENOSPC, "initial rights" in str(exc), flush=True)
-"""
-
-EXHAUSTION_PINNED = """
-import ctypes, errno
-from pkeyguard import *
-from pkeyguard import _core
-RO, NA = PkeyPermissions.ReadOnly, PkeyPermissions.NoAccess
-# Keys with initial rights hold their numbers for life: after 15 nothing is left, for a key
-# with initial rights or for a NoAccess key's opening guard.
-pinned = []
-try:
-    for _ in range(16):
-        pinned.append(PkeyGuard(RO))
-except KeyExhaustedError as exc:
-    why = "initial rights" in str(exc)
-    print("PINNED", len(pinned), exc.errno == errno.ENOSPC, why, flush=True)
-key, region = PkeyGuard(), RegionGuard(ctypes.c_uint32)
-assoc = key.associate(region)
-try:
-    with assoc.set_access_rights(RO):
-        print("NOT REFUSED", flush=True)
-except KeyExhaustedError:
-    print("VIRTUAL REFUSED", key.hardware_key, flush=True)
-# A closed one's number stays for keys with initial rights only (another thread may have
-# inherited its rights): the NoAccess key is still refused, the next pinned key gets it.
-number = pinned[0].hardware_key
-pinned.pop(0).close()
-try:
-    with assoc.set_access_rights(RO):
-        print("NOT REFUSED", flush=True)
-except KeyExhaustedError:
-    print("QUARANTINED", _core._pool_stats(_core.MODE_PKU)["quarantined"], flush=True)
-again = PkeyGuard(RO)
-print("AGAIN", again.hardware_key == number, flush=True)
-"""
-
-
 def test_exhaustion_only_when_every_number_is_in_use() -> None:
     """The rule since virtual keys: any number of keys coexist; KeyExhaustedError (ENOSPC)
     only when every hardware key is under an opening guard or held by a key with initial
     rights, and nothing changes then; leaving a guard makes its number available; numbers of
     keys with initial rights and of NoAccess keys never mix.  In fresh processes: nothing
     else holds a key."""
-    child = run_child(EXHAUSTION, env={"PKEYGUARD_BACKEND": "pku"})
-    assert child.returncode == 0, child
-    assert child.stdout.splitlines() == [
+    child = run_case(CHILD, "case_exhaustion", env={"PKEYGUARD_BACKEND": "pku"})
+    assert_survived(child)
+    assert child.stdout.splitlines()[:-1] == [
         "COEXIST 40 15",
         "REFUSED True True",
         "UNCHANGED True True None",
         "REUSED 15",
         "PINNED REFUSED True True",
     ], child
-    child = run_child(EXHAUSTION_PINNED, env={"PKEYGUARD_BACKEND": "pku"})
-    assert child.returncode == 0, child
-    assert child.stdout.splitlines() == [
+    child = run_case(CHILD, "case_exhaustion_pinned", env={"PKEYGUARD_BACKEND": "pku"})
+    assert_survived(child)
+    assert child.stdout.splitlines()[:-1] == [
         "PINNED 15 True True",
         "VIRTUAL REFUSED None",
         "QUARANTINED 1",
@@ -322,13 +243,9 @@ def test_key_zero_mprotect_and_tagging() -> None:
 
 
 def test_initial_pkru_of_a_new_process() -> None:
-    child = run_child(
-        "import pkeyguard\nfrom pkeyguard import _core\npkeyguard.backend()\n"
-        "print(hex(_core.rdpkru()))",
-        env={"PKEYGUARD_BACKEND": "pku"},
-    )
-    assert child.returncode == 0, child.stderr
-    pkru = int(child.stdout, 16)
+    child = run_case(CHILD, "case_initial_pkru", env={"PKEYGUARD_BACKEND": "pku"})
+    assert_survived(child)
+    pkru = int(child.stdout.splitlines()[0], 16)
     assert pkru & 3 == 0, "key 0 is always accessible"
     # every other key starts access-disabled (the kernel's init_pkru, 0x55555554)
     assert all((pkru >> (2 * k)) & 1 for k in range(1, 16)), hex(pkru)

@@ -12,7 +12,10 @@ import errno
 import signal
 
 from pkeyguard import Secret, allocator
-from tests.support import SECRETMEM, maps, pkey_at, proc_mem_read, run_child, secret_key
+from tests.adversarial.support import run_case
+from tests.support import SECRETMEM, maps, pkey_at, proc_mem_read, secret_key
+
+CHILD = "tests.hw.children.h_secret_memory"
 
 NEEDS = (
     "memfd_secret(2) is unavailable in this guest: Linux 5.14 to 6.4 need secretmem.enable=1 "
@@ -50,16 +53,8 @@ def test_proc_self_mem_reads_mmap_secrets_but_not_secret_memory() -> None:
 
 
 def test_stray_read_of_secret_memory_dies_with_pkuerr() -> None:
-    child = run_child(
-        """
-import ctypes, pkeyguard
-from pkeyguard import Secret
-pkeyguard.faults.enable()
-s = Secret.from_bytes(b"hunter2", name="db-password")
-print(s.backing, flush=True)
-ctypes.string_at(s.address, 7)
-""",
-        env={"PKEYGUARD_BACKEND": "pku"},
+    child = run_case(
+        CHILD, "case_stray_read", env={"PKEYGUARD_BACKEND": "pku"}, fault_handler=False
     )
     assert child.returncode == -signal.SIGSEGV, child
     assert child.stdout.strip() == "memfd_secret", NEEDS
@@ -67,36 +62,11 @@ ctypes.string_at(s.address, 7)
 
 
 def test_fork_child_gets_closed_zero_pages_with_the_key() -> None:
-    child = run_child(
-        """
-import os
-import pkeyguard
-from pkeyguard import Secret, SecretUnavailableError
-from tests.support import perms_at, pkey_at, secret_key
-s = Secret.from_bytes(b"hunter2")
-assert s.backing == "memfd_secret"
-key = secret_key(s).hardware_key
-assert key is not None
-pid = os.fork()
-if pid == 0:
-    fd = os.open("/proc/self/mem", os.O_RDONLY)
-    zeros = os.pread(fd, 7, s.address) == bytes(7)   # private zero pages: readable here
-    tagged = pkey_at(s.address) == key
-    closed = perms_at(s.address).startswith("---")  # a memoryview from before faults here
-    try:
-        s.reveal()
-        refused = False
-    except SecretUnavailableError:
-        refused = True
-    s.close()
-    os._exit(0 if (zeros and tagged and closed and refused) else 1)
-_, status = os.waitpid(pid, 0)
-print("child", os.waitstatus_to_exitcode(status))
-with s.reveal() as buf:
-    print("parent", bytes(buf))
-s.close()
-""",
+    child = run_case(
+        CHILD,
+        "case_fork_gets_closed_zero_pages",
         env={"PKEYGUARD_BACKEND": "pku"},
+        fault_handler=False,
     )
     assert child.returncode == 0, child
     assert child.stdout.split("\n")[:2] == ["child 0", "parent b'hunter2'"], child

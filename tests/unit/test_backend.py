@@ -9,7 +9,9 @@ import pytest
 
 import pkeyguard
 from pkeyguard import PkuUnavailableError, _backend, _core
-from tests.support import run_child
+from tests.adversarial.support import MARKER, run_case
+
+CHILD = "tests.unit.children.h_backend"
 
 
 def test_backend_report_is_consistent() -> None:
@@ -31,13 +33,9 @@ def test_probe_names_what_is_missing() -> None:
 
 
 def test_auto_selection_in_a_fresh_process() -> None:
-    child = run_child(
-        "import pkeyguard, json; i = pkeyguard.backend(); "
-        "print(json.dumps([i.name, i.reason, i.forced]))",
-        env={"PKEYGUARD_BACKEND": ""},
-    )
+    child = run_case(CHILD, "case_auto_selection", env={"PKEYGUARD_BACKEND": ""})
     assert child.returncode == 0, child.stderr
-    name, reason, forced = json.loads(child.stdout)
+    name, reason, forced = json.loads(child.stdout.splitlines()[0])
     ok, expected = _backend.probe_pku()
     assert name == ("pku" if ok else "mprotect") and reason == expected and forced is False
 
@@ -46,32 +44,16 @@ def test_forcing_pku_where_it_cannot_work_raises() -> None:
     ok, reason = _backend.probe_pku()
     if ok:
         pytest.skip("this machine has PKU; tests/hw covers the forced pku backend")
-    code = """
-        import pkeyguard
-        try:
-            pkeyguard.PkeyGuard()
-        except pkeyguard.PkuUnavailableError as exc:
-            print("refused:", exc)
-        else:
-            print("FELL BACK")
-    """
-    child = run_child(code, env={"PKEYGUARD_BACKEND": "pku"})
+    child = run_case(CHILD, "case_forcing_pku", env={"PKEYGUARD_BACKEND": "pku"})
     assert child.returncode == 0, child.stderr
     assert child.stdout.startswith("refused: PKEYGUARD_BACKEND=pku")
     assert reason in child.stdout
 
 
 def test_forced_mprotect_and_bad_value() -> None:
-    child = run_child(
-        "import pkeyguard; i = pkeyguard.backend(); print(i.name, i.forced)",
-        env={"PKEYGUARD_BACKEND": "mprotect"},
-    )
-    assert child.stdout.split() == ["mprotect", "True"]
-    child = run_child(
-        "import pkeyguard\ntry:\n pkeyguard.backend()\n"
-        "except pkeyguard.PkeyguardError as e: print(e)",
-        env={"PKEYGUARD_BACKEND": "gpu"},
-    )
+    child = run_case(CHILD, "case_forced", env={"PKEYGUARD_BACKEND": "mprotect"})
+    assert child.stdout.split() == ["mprotect", "True", MARKER]
+    child = run_case(CHILD, "case_bad_value", env={"PKEYGUARD_BACKEND": "gpu"})
     assert "'gpu' is not a backend" in child.stdout
 
 

@@ -10,7 +10,7 @@ from importlib.metadata import version
 
 import pytest
 
-from tests.support import run_child
+from tests.adversarial.support import run_case
 
 CLI = [sys.executable, "-m", "pkeyguard"]
 
@@ -27,16 +27,8 @@ def test_version_is_the_distributions() -> None:
 
 @pytest.mark.parametrize("argv0", ["/usr/local/bin/pkeyguard", "/tmp/venv/bin/pkeyguard"])
 def test_program_name_comes_from_argv0(argv0: str) -> None:
-    child = run_child(
-        f"""
-        import sys
-        sys.argv = [{argv0!r}, "--help"]
-        from pkeyguard.__main__ import main
-        try:
-            main()
-        except SystemExit as exc:
-            print("exit", exc.code)
-        """
+    child = run_case(
+        "tests.unit.children.h_cli", "case_program_name_comes_from_argv0", params={"argv0": argv0}
     )
     assert child.stdout.startswith("usage: pkeyguard "), child.stdout
     assert "exit 0" in child.stdout

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import pkeyguard
-from tests.support import run_child
+from tests.adversarial.support import run_case
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -80,31 +80,7 @@ def test_system_call_errors_carry_errno() -> None:
     assert issubclass(pkeyguard.KeyExhaustedError, pkeyguard.KeyStateError)
 
 
-_SUBINTERPRETER_ATTACK = """
-import pkeyguard
-from pkeyguard import AccessPermissions, PkeyGuard, PkeyPermissions, RegionGuard
-
-region = RegionGuard(4096, AccessPermissions.ReadWrite)
-assoc = PkeyGuard(PkeyPermissions.NoAccess).associate(region)
-inner = (
-    "try:\\n"
-    "    import pkeyguard\\n"
-    "except ImportError as exc:\\n"
-    "    print('refused:', exc)\\n"
-    "else:\\n"
-    "    print('imported')\\n"
-)
-try:
-    import _interpreters
-except ImportError:  # CPython 3.11 and 3.12
-    import _xxsubinterpreters
-    _xxsubinterpreters.run_string(_xxsubinterpreters.create(isolated=False), inner)
-else:
-    _interpreters.run_string(_interpreters.create("legacy"), inner)
-with assoc.set_access_rights(PkeyPermissions.ReadWrite) as guard:
-    guard.mut_ref_guard()[0] = 7
-print("main interpreter still works")
-"""
+CHILD = "tests.unit.children.h_exports"
 
 
 def test_a_subinterpreter_cannot_load_the_core_or_break_the_main_interpreters() -> None:
@@ -113,43 +89,14 @@ def test_a_subinterpreter_cannot_load_the_core_or_break_the_main_interpreters() 
     # does not stop it; before, it loaded its own copy of the package, re-registered its own
     # PkeyPermissions, and the main interpreter's set_access_rights() then refused its own
     # enum members.
-    child = run_child(_SUBINTERPRETER_ATTACK)
+    child = run_case(CHILD, "case_subinterpreter")
     assert child.returncode == 0, child.stderr
     assert "refused:" in child.stdout and "main interpreter" in child.stdout, child.stdout
     assert "main interpreter still works" in child.stdout, child.stdout
 
 
 def test_importing_the_package_twice_is_refused_and_leaves_the_first_working() -> None:
-    child = run_child(
-        """
-        import sys
-        import pkeyguard
-        from pkeyguard import AccessPermissions, PkeyGuard, PkeyPermissions, RegionGuard, _core
-
-        region = RegionGuard(4096, AccessPermissions.ReadWrite)
-        assoc = PkeyGuard(PkeyPermissions.NoAccess).associate(region)
-        saved = {n: m for n, m in sys.modules.items() if n.startswith("pkeyguard")}
-        for name in [n for n in saved if n != "pkeyguard._core"]:
-            del sys.modules[name]
-        try:
-            import pkeyguard as again  # noqa: F401
-        except ImportError as exc:
-            print("package refused:", exc)
-        del sys.modules["pkeyguard._core"]
-        try:
-            import pkeyguard._core
-        except ImportError as exc:
-            print("core refused:", exc)
-        sys.modules.update(saved)
-        try:
-            _core._register_rights((1, 2, 3), (int, int, int))
-        except ImportError as exc:
-            print("direct call refused:", exc)
-        with assoc.set_access_rights(PkeyPermissions.ReadWrite) as guard:
-            guard.mut_ref_guard()[0] = 7
-        print("first import still works")
-        """
-    )
+    child = run_case(CHILD, "case_import_twice")
     assert child.returncode == 0, child.stderr
     for line in ("package refused:", "core refused:", "direct call refused:", "still works"):
         assert line in child.stdout, child.stdout

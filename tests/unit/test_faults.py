@@ -6,30 +6,20 @@ import re
 import signal
 
 import pkeyguard
-from tests.support import run_child
+from tests.adversarial.support import run_case
+from tests.support import Child
 
-SETUP = """
-import ctypes, threading
-import pkeyguard
-from pkeyguard import *
-pkeyguard.faults.enable()
-region = RegionGuard(ctypes.c_uint64, name="api-token")
-key = PkeyGuard(PkeyPermissions.NoAccess, name="tokens")
-assoc = key.associate(region)
-print("ADDR", hex(region.address), "KEY", key.key, flush=True)
-"""
+CHILD = "tests.unit.children.h_faults"
+
+
+def run(case: str) -> Child:
+    """Run ``case`` of the child module without the runner's faulthandler: the cases enable
+    pkeyguard's reporter, which enables faulthandler itself."""
+    return run_case(CHILD, case, fault_handler=False)
 
 
 def test_write_under_read_only_is_explained() -> None:
-    child = run_child(
-        SETUP
-        + """
-def handler_of_requests():
-    with assoc.set_access_rights(PkeyPermissions.ReadOnly):
-        ctypes.c_uint64.from_address(region.address + 8).value = 1
-handler_of_requests()
-"""
-    )
+    child = run("case_write_under_read_only")
     assert child.returncode == -signal.SIGSEGV, child
     addr = int(re.search(r"ADDR (0x[0-9a-f]+)", child.stdout).group(1), 16)  # type: ignore[union-attr]
     err = child.stderr
@@ -42,53 +32,27 @@ handler_of_requests()
 
 
 def test_read_with_no_guard_is_explained() -> None:
-    child = run_child(SETUP + "ctypes.c_uint64.from_address(region.address).value\n")
+    child = run("case_read_with_no_guard")
     assert child.returncode == -signal.SIGSEGV
     assert "protection fault: read at" in child.stderr
     assert "region: 'api-token (c_ulong)'" in child.stderr
 
 
 def test_unrelated_crash_is_not_misreported() -> None:
-    child = run_child(SETUP + "ctypes.string_at(8, 1)\n")
+    child = run("case_unrelated_crash")
     assert child.returncode == -signal.SIGSEGV
     assert "protection fault" not in child.stderr
     assert "Fatal Python error: Segmentation fault" in child.stderr
 
 
 def test_closed_region_is_forgotten() -> None:
-    child = run_child(
-        SETUP
-        + """
-other = RegionGuard(8, name="other")
-a2 = key.associate(other)
-addr = other.address
-other.close()
-m = ctypes.CDLL(None).mmap
-m.restype = ctypes.c_void_p
-c = ctypes
-m.argtypes = [c.c_void_p, c.c_size_t, c.c_int, c.c_int, c.c_int, c.c_long]
-p = m(addr, 4096, 0, 0x22 | 0x10, -1, 0)   # PROT_NONE, MAP_PRIVATE|ANON|FIXED at the same spot
-ctypes.string_at(p, 1)
-"""
-    )
+    child = run("case_closed_region_is_forgotten")
     assert child.returncode == -signal.SIGSEGV
     assert "region: 'other" not in child.stderr
 
 
 def test_disable_restores_the_previous_handler() -> None:
-    child = run_child(
-        """
-import ctypes, faulthandler, pkeyguard
-from pkeyguard import *
-pkeyguard.faults.enable()
-assert pkeyguard.faults.is_enabled() and faulthandler.is_enabled()
-pkeyguard.faults.disable()
-assert not pkeyguard.faults.is_enabled()
-region = RegionGuard(8, name="quiet")
-PkeyGuard().associate(region)
-ctypes.string_at(region.address, 1)
-"""
-    )
+    child = run("case_disable_restores_the_previous_handler")
     assert child.returncode == -signal.SIGSEGV
     assert "protection fault" not in child.stderr
     assert "Fatal Python error" in child.stderr  # faulthandler is still there

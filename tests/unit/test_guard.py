@@ -22,7 +22,8 @@ from pkeyguard import (
     WriteGuard,
     _core,
 )
-from tests.support import perms_at, run_child
+from tests.adversarial.support import run_case
+from tests.support import perms_at
 
 RW: Final = PkeyPermissions.ReadWrite
 RO: Final = PkeyPermissions.ReadOnly
@@ -211,37 +212,23 @@ def test_mprotect_union_of_threads(assoc: AssociatedRegion[ctypes.c_uint32]) -> 
 
 
 def test_touching_memory_without_a_guard_faults() -> None:
-    code = """
-        import ctypes, sys
-        from pkeyguard import *
-        region = RegionGuard(ctypes.c_uint32)
-        key = PkeyGuard(PkeyPermissions.NoAccess)
-        assoc = key.associate(region)
-        with assoc.set_access_rights(PkeyPermissions.ReadWrite):
-            ctypes.c_uint32.from_address(region.address).value = 5
-        print("inside ok", flush=True)
-        if sys.argv[-1] != "-c":
-            pass
-        ctypes.c_uint32.from_address(region.address).value  # no guard: must fault
-        print("NOT REACHED", flush=True)
-    """
-    child = run_child(code, env={"PKEYGUARD_BACKEND": "mprotect"})
+    child = run_case(
+        "tests.unit.children.h_guard",
+        "case_touching_memory_without_a_guard_faults",
+        env={"PKEYGUARD_BACKEND": "mprotect"},
+        fault_handler=False,
+    )
     assert child.returncode == -signal.SIGSEGV, child
     assert "inside ok" in child.stdout and "NOT REACHED" not in child.stdout
 
 
 def test_write_under_read_only_faults() -> None:
-    code = """
-        import ctypes
-        from pkeyguard import *
-        region = RegionGuard(ctypes.c_uint32)
-        assoc = PkeyGuard(PkeyPermissions.NoAccess).associate(region)
-        with assoc.set_access_rights(PkeyPermissions.ReadOnly):
-            print(ctypes.c_uint32.from_address(region.address).value, flush=True)
-            ctypes.c_uint32.from_address(region.address).value = 1
-        print("NOT REACHED", flush=True)
-    """
-    child = run_child(code, env={"PKEYGUARD_BACKEND": "mprotect"})
+    child = run_case(
+        "tests.unit.children.h_guard",
+        "case_write_under_read_only_faults",
+        env={"PKEYGUARD_BACKEND": "mprotect"},
+        fault_handler=False,
+    )
     assert child.returncode == -signal.SIGSEGV, child
     assert child.stdout.strip() == "0"
 

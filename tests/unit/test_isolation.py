@@ -18,7 +18,8 @@ from pkeyguard import (
     isolate,
     isolated,
 )
-from tests.support import perms_at, run_child
+from tests.adversarial.support import run_case
+from tests.support import perms_at
 
 RW: Final = PkeyPermissions.ReadWrite
 
@@ -86,22 +87,12 @@ def test_isolate_calls_and_returns(
 
 
 def test_native_code_under_isolation_dies_and_is_named(faultprobe_path: str) -> None:
-    code = """
-        import ctypes, os
-        import pkeyguard
-        from pkeyguard import *
-        pkeyguard.faults.enable()
-        parser = ctypes.CDLL(os.environ["FAULTPROBE"])
-        parser.faultprobe_read.argtypes = [ctypes.c_void_p]
-        region = RegionGuard(ctypes.c_int, name="session-key")
-        key = PkeyGuard(PkeyPermissions.ReadWrite)
-        key.associate(region)
-        ctypes.c_int.from_address(region.address).value = 77
-        print("outside", parser.faultprobe_read(region.address), flush=True)
-        isolate(parser.faultprobe_read, region.address)
-        print("NOT REACHED", flush=True)
-    """
-    child = run_child(code, env={"FAULTPROBE": faultprobe_path})
+    child = run_case(
+        "tests.unit.children.h_isolation",
+        "case_native_code_under_isolation_dies_and_is_named",
+        env={"FAULTPROBE": faultprobe_path},
+        fault_handler=False,
+    )
     assert child.returncode == -signal.SIGSEGV, child
     assert child.stdout.strip() == "outside 77"
     assert re.search(r"protection fault: read at 0x[0-9a-f]+ \(SEGV_ACCERR", child.stderr)

@@ -13,9 +13,11 @@ import pytest
 
 from pkeyguard import MprotectError, RegionError, RegionGuard, Secret, allocator
 from pkeyguard.allocator import CanaryError, Secure
-from tests.support import perms_at, run_child, smaps_field
+from tests.adversarial.support import run_case
+from tests.support import perms_at, smaps_field
 
 PAGE = allocator.PAGE_SIZE
+CHILD = "tests.unit.children.s_secret"
 
 
 def vm_lck_kb() -> int:
@@ -58,17 +60,12 @@ class TestSecureAllocator:
 
     @pytest.mark.parametrize("where", ["before", "after"])
     def test_touching_a_guard_page_faults(self, where: str, backing: str) -> None:
-        code = f"""
-            import ctypes
-            from pkeyguard import RegionGuard, allocator
-            r = RegionGuard(100, allocator=allocator.Secure(backing="{backing}"))
-            ctypes.memset(r.address, 1, 100)
-            print("value ok", flush=True)
-            target = r.address - 1 if "{where}" == "before" else r.address + r.mapped_size
-            ctypes.memset(target, 1, 1)
-            print("NOT REACHED", flush=True)
-        """
-        child = run_child(code)
+        child = run_case(
+            CHILD,
+            "case_touching_a_guard_page_faults",
+            params={"backing": backing, "where": where},
+            fault_handler=False,
+        )
         assert child.returncode == -signal.SIGSEGV, child
         assert child.stdout.strip() == "value ok"
 
@@ -140,30 +137,9 @@ class TestSecureAllocator:
         region.close()
 
     def test_mlock_limit_error_names_the_limit(self, backing: str) -> None:
-        code = f"""
-            import ctypes, resource
-            # drop CAP_IPC_LOCK from the effective set so RLIMIT_MEMLOCK applies to root too
-            class Hdr(ctypes.Structure):
-                _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-            class Data(ctypes.Structure):
-                _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                            ("inheritable", ctypes.c_uint32)]
-            libc = ctypes.CDLL(None, use_errno=True)
-            hdr, data = Hdr(0x20080522, 0), (Data * 2)()
-            assert libc.capget(ctypes.byref(hdr), data) == 0
-            data[0].effective &= ~(1 << 14)
-            assert libc.capset(ctypes.byref(hdr), data) == 0
-            resource.setrlimit(resource.RLIMIT_MEMLOCK, (4096, 4096))
-            from pkeyguard import RegionGuard, MprotectError, allocator
-            before = open("/proc/self/maps").read().count("\\n")
-            try:
-                RegionGuard(64 * 1024, allocator=allocator.Secure(backing="{backing}"))
-            except MprotectError as exc:
-                print("ERR", exc.errno, exc)
-            after = open("/proc/self/maps").read().count("\\n")
-            print("MAPS", before == after)
-        """
-        child = run_child(code)
+        child = run_case(
+            CHILD, "case_mlock_limit_error_names_the_limit", params={"backing": backing}
+        )
         assert child.returncode == 0, child.stderr
         assert "RLIMIT_MEMLOCK is 4096 bytes" in child.stdout and "ulimit -l" in child.stdout
         assert "MAPS True" in child.stdout
@@ -215,16 +191,7 @@ class TestSecret:
             assert "dd" in vm_flags(address)
 
     def test_raw_read_outside_reveal_faults(self) -> None:
-        code = """
-            import ctypes
-            from pkeyguard import Secret
-            s = Secret.from_bytes(b"hunter2")
-            with s.reveal() as buf:
-                print(bytes(buf), flush=True)
-            ctypes.string_at(s.address, 7)
-            print("NOT REACHED", flush=True)
-        """
-        child = run_child(code)
+        child = run_case(CHILD, "case_raw_read_outside_reveal_faults", fault_handler=False)
         assert child.returncode == -signal.SIGSEGV, child
         assert child.stdout.strip() == "b'hunter2'"
 

@@ -14,7 +14,6 @@ import hmac
 import io
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from pkeyguard import ArgumentTypeError, RegionError, Secret, StreamError, allocator
-from tests.support import run_child
+from tests.adversarial.support import MARKER, assert_survived, run_case
+from tests.support import REPO_ROOT, case_command
 
 PAGE = allocator.PAGE_SIZE
 
@@ -200,50 +200,18 @@ class TestRefused:
 
 # -- hostile streams, each in a child interpreter -------------------------------------------
 
-HOSTILE_PRELUDE = """
-import gc, io, os, sys, threading
-from pkeyguard import Secret, StreamError, SecretUnavailableError, RegionError, _core
-from tests.support import anon_mappings, new_anon_mappings
-
-def snapshot():
-    gc.collect()
-    return anon_mappings(), _core.live_key_count()
-
-def assert_clean(before):
-    gc.collect()
-    maps, keys = before
-    assert _core.thread_guards() == [], "a guard is still active"
-    assert _core.live_key_count() == keys, "a key was leaked"
-    leaked = {m for m in new_anon_mappings(maps, anon_mappings())
-              if not (m[2] == "rw-p" and m[1] - m[0] >= 1 << 18)}
-    assert not leaked, f"leaked {sorted(leaked)}"
-
-class Reader:
-    # gives `chunks` (bytes) in turn, then returns `last`
-    def __init__(self, chunks, last=0):
-        self.chunks, self.last = list(chunks), last
-    def readinto(self, buffer):
-        if self.chunks:
-            data = self.chunks.pop(0)
-            buffer[:len(data)] = data
-            return len(data)
-        return self.last
-
-# a first secret, so that the library's key and its bookkeeping exist before the snapshot
-keep = Secret.from_bytes(b"keep")
-before = snapshot()
-"""
+CHILD = "tests.unit.children.s_secret_streams"
 
 
-def hostile(code: str, *, env: dict[str, str] | None = None) -> str:
-    child = run_child(
-        HOSTILE_PRELUDE + code + "\nassert_clean(before)\nprint('clean')\n",
-        env={"PYTHONPATH": os.pathsep.join(sys.path), **(env or {})},
-    )
-    assert child.returncode == 0, child
-    assert child.stdout.strip().endswith("clean"), child
+def hostile(case: str, **params: object) -> str:
+    """Run a hostile case of the child module; it must end cleanly (no leak, printed
+    ``clean``, nothing on stderr about ignored exceptions).  Its stdout."""
+    child = run_case(CHILD, case, params=params)
+    assert_survived(child)
+    lines = child.stdout.splitlines()
+    assert lines[-2:] == ["clean", MARKER], child
     assert "Exception ignored" not in child.stderr, child
-    return child.stdout
+    return "\n".join(lines[:-1])
 
 
 @pytest.mark.parametrize(
@@ -255,71 +223,28 @@ def hostile(code: str, *, env: dict[str, str] | None = None) -> str:
         ("True", "returned bool"),
         ("-1", "returned -1"),
         ("10**6", "returned 1000000 for a"),
-        ("type('I', (), {'__index__': lambda s: 3})()", "returned I"),
+        ("I()", "returned I"),
     ],
 )
 def test_readinto_returning_the_wrong_thing(result: str, message: str) -> None:
-    out = hostile(f"""
-try:
-    Secret.from_stream(Reader([b"abc"], last={result}))
-except StreamError as exc:
-    print("StreamError", exc)
-""")
+    out = hostile("case_readinto_returning_the_wrong_thing", result=result)
     assert "StreamError" in out and message in out, out
 
 
 def test_reader_that_raises_midway_leaves_nothing() -> None:
-    out = hostile("""
-class Boom(Exception): pass
-class R:
-    def __init__(self, exc_type):
-        self.n, self.exc_type = 0, exc_type
-    def readinto(self, buffer):
-        self.n += 1
-        if self.n == 3:                     # after the secret has grown once
-            raise self.exc_type("disk on fire")
-        buffer[:4096] = b"s" * 4096
-        return 4096
-for exc_type in (Boom, KeyboardInterrupt, MemoryError):
-    try:
-        Secret.from_stream(R(exc_type))
-    except exc_type:
-        print("raised", exc_type.__name__)
-""")
+    out = hostile("case_reader_that_raises_midway")
     assert out.split("\n")[:3] == ["raised Boom", "raised KeyboardInterrupt", "raised MemoryError"]
 
 
 def test_reader_that_keeps_the_buffer() -> None:
     """It gets a StreamError, and the memory it kept is wiped and unmapped (touching it
     would fault: that is the one thing a zero-copy buffer cannot prevent)."""
-    out = hostile("""
-kept = []
-class R:
-    def readinto(self, buffer):
-        kept.append(buffer[:])
-        buffer[:3] = b"abc"
-        return 3
-try:
-    Secret.from_stream(R())
-except StreamError as exc:
-    print("StreamError", "kept the memoryview" in str(exc))
-kept.clear()
-""")
+    out = hostile("case_reader_that_keeps_the_buffer")
     assert "StreamError True" in out, out
 
 
 def test_endless_stream_stops_at_max_size() -> None:
-    out = hostile("""
-class Endless:
-    def readinto(self, buffer):
-        buffer[:] = b"z" * buffer.nbytes
-        return buffer.nbytes
-for limit in (1, 4096, 3 * 4096 + 1, 1 << 20):
-    try:
-        Secret.from_stream(Endless(), max_size=limit)
-    except StreamError as exc:
-        print("stopped", limit)
-""")
+    out = hostile("case_endless_stream_stops_at_max_size")
     assert out.count("stopped") == 4, out
 
 
@@ -328,172 +253,54 @@ def test_reader_that_closes_and_reveals_other_secrets() -> None:
     revealing another works (it narrows nothing of this one's key), and so does closing
     another.  (With one shared key it was refused: a read-only guard on the same key would
     have made the writable buffer fault.)"""
-    out = hostile("""
-from pkeyguard import GuardStateError
-other = Secret.from_bytes(b"other")
-class R:
-    n = 0
-    def readinto(self, buffer):
-        self.n += 1
-        if self.n > 1:
-            return 0
-        try:
-            with other.reveal():
-                print("revealed inside readinto")
-        except GuardStateError:
-            print("refused")
-        other.close()
-        buffer[:2] = b"ok"
-        return 2
-s = Secret.from_stream(R())
-with s.reveal() as b:
-    print(bytes(b), other.closed)
-s.close()
-""")
+    out = hostile("case_reader_that_closes_and_reveals_other_secrets")
     assert out.split("\n")[:2] == ["revealed inside readinto", "b'ok' True"], out
 
 
 def test_fork_inside_readinto() -> None:
     """The child's half-read secret is not the parent's: the child gets
     SecretUnavailableError, the parent its secret."""
-    out = hostile("""
-class R:
-    n = 0
-    def readinto(self, buffer):
-        self.n += 1
-        if self.n == 1:
-            buffer[:3] = b"abc"
-            return 3
-        if self.n == 2:
-            pid = os.fork()
-            if pid:
-                os.waitpid(pid, 0)
-            buffer[:3] = b"def"
-            return 3
-        return 0
-try:
-    s = Secret.from_stream(R())
-except SecretUnavailableError:
-    keep.close()
-    os._exit(0)        # the child
-with s.reveal() as b:
-    print(bytes(b))
-s.close()
-""")
+    out = hostile("case_fork_inside_readinto")
     assert "b'abcdef'" in out, out
 
 
 def test_signal_while_blocked_on_an_empty_pipe() -> None:
-    out = hostile("""
-import signal
-r, w = os.pipe()
-os.write(w, b"partial")
-signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
-signal.setitimer(signal.ITIMER_REAL, 0.2)
-try:
-    Secret.from_fd(r)
-except KeyboardInterrupt:
-    print("interrupted")
-os.close(r); os.close(w)
-""")
+    out = hostile("case_signal_while_blocked_on_an_empty_pipe")
     assert "interrupted" in out, out
 
 
 def test_nonblocking_descriptor_with_no_data() -> None:
-    out = hostile("""
-r, w = os.pipe()
-os.set_blocking(r, False)
-try:
-    Secret.from_fd(r)
-except BlockingIOError:
-    print("BlockingIOError")
-os.close(r); os.close(w)
-""")
+    out = hostile("case_nonblocking_descriptor_with_no_data")
     assert "BlockingIOError" in out, out
 
 
 def test_two_threads_read_one_pipe() -> None:
-    out = hostile("""
-r, w = os.pipe()
-got = []
-def reader():
-    try:
-        s = Secret.from_fd(r, max_size=1 << 22)
-        with s.reveal() as b:
-            got.append(len(b))
-        s.close()
-    except RegionError:  # the other thread got everything
-        got.append(0)
-threads = [threading.Thread(target=reader) for _ in range(2)]
-for t in threads: t.start()
-for _ in range(64):
-    os.write(w, b"q" * 4096)
-os.close(w)
-for t in threads: t.join()
-os.close(r)
-print("total", sum(got))
-""")
+    out = hostile("case_two_threads_read_one_pipe")
     assert "total 262144" in out, out
 
 
 def test_daemon_thread_reading_at_interpreter_exit() -> None:
     """A daemon thread blocked in from_fd() while the interpreter exits: the half-read
     secret is zeroed in place (the daemon is inside its write block) and nothing faults."""
-    child = run_child("""
-import os, threading, time
-from pkeyguard import Secret
-r, w = os.pipe()
-os.write(w, b"half a secret")
-threading.Thread(target=lambda: Secret.from_fd(r), daemon=True).start()
-time.sleep(0.2)
-print("exiting", flush=True)
-""")
-    assert child.returncode == 0 and child.stdout.strip() == "exiting", child
+    child = run_case(CHILD, "case_daemon_thread_reading_at_interpreter_exit")
+    assert child.returncode == 0 and child.stdout.split() == ["exiting", MARKER], child
     assert "Traceback" not in child.stderr and "Exception ignored" not in child.stderr, child
 
 
 def test_stdin_of_a_real_process() -> None:
-    code = """
-import sys
-from pkeyguard import Secret
-a = Secret.from_file("/dev/stdin", name="stdin")
-print(len(a), a.equals(b"piped secret\\n"))
-"""
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        input=b"piped secret\n",
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc
-    assert proc.stdout.split() == [b"13", b"True"], proc
-    proc = subprocess.run(
-        [sys.executable, "-c", code.replace('from_file("/dev/stdin", ', "from_fd(0, ")],
-        input=b"piped secret\n",
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        timeout=60,
-        check=False,
-    )
-    assert proc.stdout.split() == [b"13", b"True"], proc
-
-
-PROMPT_CHILD = """
-import hmac, sys, termios
-from pkeyguard import Secret
-try:
-    s = Secret.from_prompt("Key: ")
-except BaseException as exc:
-    print("ERR", type(exc).__name__, exc, flush=True)
-    s = None
-if sys.stdin.isatty():
-    print("ECHO", bool(termios.tcgetattr(0)[3] & termios.ECHO), flush=True)
-if s is None:
-    sys.exit(3)
-print("LEN", len(s), "MAC", s.hmac(b"m").hex(), flush=True)
-"""
+    for how in ("file", "fd"):
+        argv, env = case_command(CHILD, "case_stdin", params={"how": how})
+        proc = subprocess.run(
+            argv,
+            input=b"piped secret\n",
+            capture_output=True,
+            env=env,
+            cwd=REPO_ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc
+        assert proc.stdout.split() == [b"13", b"True", MARKER.encode()], proc
 
 
 def _prompt(typed: bytes) -> tuple[int, bytes]:
@@ -501,9 +308,11 @@ def _prompt(typed: bytes) -> tuple[int, bytes]:
     import pty
     import time
 
+    argv, env = case_command(CHILD, "case_prompt")
     pid, master = pty.fork()
     if pid == 0:  # pragma: no cover - the child
-        os.execv(sys.executable, [sys.executable, "-c", PROMPT_CHILD])
+        os.chdir(REPO_ROOT)
+        os.execve(argv[0], argv, env)
     out = b""
     try:
         deadline = time.monotonic() + 30
@@ -541,8 +350,11 @@ def test_password_prompt_refuses_an_empty_line_and_restores_echo() -> None:
 
 
 def test_password_prompt_without_a_terminal() -> None:
+    argv, env = case_command(CHILD, "case_prompt")
     child = subprocess.run(
-        [sys.executable, "-c", PROMPT_CHILD],
+        argv,
+        env=env,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         start_new_session=True,  # no controlling terminal

@@ -13,14 +13,14 @@ import errno
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import pkeyguard
 from pkeyguard import MprotectError, RegionGuard, Secret, allocator
-from tests.support import SECRETMEM, maps, proc_mem_read, run_child
+from tests.adversarial.support import assert_survived, run_case
+from tests.support import SECRETMEM, case_command, maps, proc_mem_read
 
 SECRET = b"correct horse battery staple"
 
@@ -89,54 +89,13 @@ def test_same_user_inspection_cannot_read_it(reader: object) -> None:
         assert reader(secret.address, len(SECRET)) == SECRET
 
 
-SECCOMP = """
-import ctypes, errno
-class Filter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
-def refuse_memfd_secret(err):
-    prog = (Filter * 4)(
-        Filter(0x20, 0, 0, 0),                    # load the syscall number
-        Filter(0x15, 0, 1, 447),                  # memfd_secret?
-        Filter(0x06, 0, 0, 0x00050000 | err),     # -> fail with err
-        Filter(0x06, 0, 0, 0x7FFF0000),           # else allow
-    )
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.prctl(38, 1, 0, 0, 0) == 0                    # PR_SET_NO_NEW_PRIVS
-    fprog = Prog(4, ctypes.cast(prog, ctypes.POINTER(Filter)))
-    assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0  # SECCOMP_MODE_FILTER
-"""
+CHILD = "tests.unit.children.s_secretmem"
 
 
 @pytest.mark.parametrize("err", ["ENOSYS", "EPERM"])
 def test_falls_back_where_memfd_secret_is_missing(err: str) -> None:
-    child = run_child(
-        SECCOMP
-        + f"""
-refuse_memfd_secret(errno.{err})
-import pkeyguard
-from pkeyguard import MprotectError, RegionGuard, Secret, allocator
-from tests.support import anon_mappings, new_anon_mappings
-before = anon_mappings()
-try:
-    RegionGuard(8, allocator=allocator.Secure(backing="memfd_secret"))
-except MprotectError as exc:
-    print("strict:", errno.errorcode[exc.errno], exc.syscall, "secretmem.enable=1" in str(exc))
-print("leftovers:", len(new_anon_mappings(before, anon_mappings())))  # ASan's own: not ours
-a = Secret.from_bytes(b"one")
-b = Secret.from_bytes(b"two")
-print("auto:", a.backing, b.backing, a.equals(b"one"), b.equals(b"two"))
-info = pkeyguard.backend()
-print("backend():", info.secret_memory, "failed with {err}" in info.secret_memory_reason)
-import subprocess, sys
-print(subprocess.run([sys.executable, "-m", "pkeyguard", "info"], capture_output=True,
-                     text=True).stdout.count("secret memory:    mmap: private mmap pages"))
-""",
-        env={"PYTHONPATH": os.pathsep.join(sys.path)},  # tests.support, from any directory
-    )
-    assert child.returncode == 0, child
+    child = run_case(CHILD, "case_falls_back_where_memfd_secret_is_missing", params={"err": err})
+    assert_survived(child)
     assert child.stdout.split("\n")[:5] == [
         f"strict: {err} memfd_secret True",
         "leftovers: 0",
@@ -149,27 +108,8 @@ print(subprocess.run([sys.executable, "-m", "pkeyguard", "info"], capture_output
 def test_locked_memory_limit_is_not_a_reason_to_fall_back() -> None:
     """memfd_secret pages count against RLIMIT_MEMLOCK; over it, 'auto' says so rather than
     quietly giving weaker memory (private memory would be mlock-ed against the same limit)."""
-    child = run_child("""
-import ctypes, resource
-libc = ctypes.CDLL(None, use_errno=True)
-class Hdr(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-class Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
-hdr, data = Hdr(0x20080522, 0), (Data * 2)()
-assert libc.capget(ctypes.byref(hdr), data) == 0
-data[0].effective &= ~(1 << 14)                      # no CAP_IPC_LOCK
-assert libc.capset(ctypes.byref(hdr), data) == 0
-resource.setrlimit(resource.RLIMIT_MEMLOCK, (8192, 8192))
-from pkeyguard import MprotectError, Secret
-try:
-    Secret(64 * 1024)
-except MprotectError as exc:
-    print(exc.syscall, "RLIMIT_MEMLOCK is 8192 bytes" in str(exc))
-print(Secret(100).backing)
-""")
-    assert child.returncode == 0, child
+    child = run_case(CHILD, "case_locked_memory_limit_is_not_a_reason_to_fall_back")
+    assert_survived(child)
     assert child.stdout.split("\n")[:2] == ["mmap True", "memfd_secret"], child
 
 
@@ -200,29 +140,11 @@ def test_left_out_of_a_core_dump(tmp_path: Path) -> None:
     values = {name: os.urandom(32) for name in ("memfd_secret", "mmap", "plain")}
     for name, value in values.items():
         (tmp_path / name).write_bytes(value)
+    argv, env = case_command(CHILD, "case_core_dump")
+    env["PKEYGUARD_CASE_FAULTHANDLER"] = "0"  # SIGABRT straight to the kernel's dump
     child = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            """
-import os, resource
-from pkeyguard import PkeyPermissions, Secret, allocator
-resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-kept = []
-for backing in ("memfd_secret", "mmap"):
-    fd = os.open(backing, os.O_RDONLY)
-    s = Secret(32, allocator=allocator.Secure(backing=backing))
-    with s._assoc.set_access_rights(PkeyPermissions.ReadWrite) as g:
-        with memoryview(g.mut_ref_guard()) as m:
-            assert os.readv(fd, [m]) == 32
-    assert s.backing == backing
-    kept.append(s)
-plain = bytearray(32)
-with open("plain", "rb", buffering=0) as f:
-    f.readinto(plain)
-os.abort()
-""",
-        ],
+        argv,
+        env=env,
         cwd=tmp_path,
         capture_output=True,
         timeout=120,

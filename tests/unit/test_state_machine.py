@@ -28,12 +28,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import queue
 import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -66,8 +65,19 @@ from pkeyguard import (
     _core,
 )
 from pkeyguard.pkey import AccessGuard, AssociatedRegion
+from tests.adversarial.support import run_case
 from tests.profiles import state_examples
-from tests.support import anon_mappings, join_os_thread, new_anon_mappings, run_child
+from tests.statemodel import (
+    NONE,
+    PKRU_BITS,
+    READ,
+    WRITE,
+    OnThreads,
+    Worker,
+    level_of_bits,
+    prot_string,
+)
+from tests.support import anon_mappings, new_anon_mappings
 
 R = TypeVar("R")
 
@@ -79,7 +89,6 @@ INDEX = st.integers(0, 15)
 THREAD = st.integers(0, N_THREADS - 1)
 VALUE = st.integers(0, 2**31 - 1)
 
-NONE, READ, WRITE = 0, 1, 2  # rights levels, as in the C core
 # Keys with initial rights one pku example makes (see new_key): none.  A closed one's number
 # waits until every thread that may hold it has synced, and whether a thread can be proven
 # not to (its start time against the number's, in clock ticks) depends on timing: in the
@@ -93,7 +102,6 @@ LEVEL = {
     PkeyPermissions.ReadWrite: WRITE,
 }
 PERMISSION = {v: k for k, v in LEVEL.items()}
-PKRU_BITS = {NONE: 1, READ: 2, WRITE: 0}  # access-disable, write-disable
 GUARD_CLASS = {NONE: NoAccessGuard, READ: ReadGuard, WRITE: WriteGuard}
 PROT_READ, PROT_WRITE, PROT_EXEC = _core.PROT_READ, _core.PROT_WRITE, _core.PROT_EXEC
 
@@ -120,10 +128,6 @@ ACCESSES = (
 )
 
 
-def level_of_bits(bits: int) -> int:
-    return NONE if bits & 1 else READ if bits & 2 else WRITE
-
-
 def prot_for_level(prot: int, level: int) -> int:
     """What the mprotect backend applies: the page rights less what the key denies."""
     if level == NONE:
@@ -131,15 +135,6 @@ def prot_for_level(prot: int, level: int) -> int:
     if level == READ:
         return prot & ~PROT_WRITE
     return prot
-
-
-def prot_string(prot: int) -> str:
-    return (
-        ("r" if prot & PROT_READ else "-")
-        + ("w" if prot & PROT_WRITE else "-")
-        + ("x" if prot & PROT_EXEC else "-")
-        + "p"
-    )
 
 
 _MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+)", re.M)
@@ -169,45 +164,6 @@ def lookup(table: list[tuple[int, int, str]] | dict[tuple[int, int], int], addre
         if start <= address < end:
             return value
     return None
-
-
-class Worker:
-    """A thread that runs the callables it is sent, one at a time, and returns the result."""
-
-    def __init__(self, name: str) -> None:
-        self._inbox: queue.SimpleQueue[
-            tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]] | None
-        ] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self.thread.start()
-        self.ident: int = self.run(threading.get_ident)
-
-    def _loop(self) -> None:
-        while True:
-            item = self._inbox.get()
-            if item is None:
-                return
-            fn, reply = item
-            try:
-                reply.put((True, fn()))
-            except BaseException as exc:
-                reply.put((False, exc))
-            del fn, item  # drop references to the step's objects now
-
-    def run(self, fn: Callable[[], R]) -> R:
-        reply: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-        self._inbox.put((fn, reply))
-        try:
-            ok, value = reply.get(timeout=60)
-        except queue.Empty:
-            raise AssertionError(f"{self.thread.name} did not answer within 60 s") from None
-        if ok:
-            return cast(R, value)
-        raise value
-
-    def stop(self) -> None:
-        self._inbox.put(None)
-        join_os_thread(self.thread)
 
 
 # -- the model --------------------------------------------------------------------------
@@ -290,7 +246,7 @@ class ExportM:
     generation: int  # exports are counted per activation
 
 
-class PkeyguardMachine(RuleBasedStateMachine):
+class PkeyguardMachine(OnThreads, RuleBasedStateMachine):
     """Objects are picked by index from the model's lists, newest first (index 0 is the
     newest: what shrinking tends towards); ``own=True`` runs a guard or view operation on
     the thread that holds the guard, so that the paths that succeed are common too."""
@@ -329,26 +285,6 @@ class PkeyguardMachine(RuleBasedStateMachine):
             self.pkru = [mine] * N_THREADS
         self.base_keys = _backend.active()[1].live_keys()
         self.base_maps = anon_mappings()
-
-    # -- running on a thread ------------------------------------------------------------
-    def on(self, t: int, fn: Callable[[], R]) -> R:
-        return fn() if t == 0 else self.workers[t - 1].run(fn)
-
-    def expect(
-        self, t: int, fn: Callable[[], R], error: type[BaseException] | None, what: str
-    ) -> R | None:
-        event(f"{what.split()[0].split('(')[0]} -> {error.__name__ if error else 'ok'}")
-        try:
-            value = self.on(t, fn)
-        except Exception as exc:
-            if error is None:
-                raise AssertionError(f"{what} on thread {t}: unexpected {exc!r}") from exc
-            assert type(exc) is error, (
-                f"{what} on thread {t}: expected {error.__name__}, got {exc!r}"
-            )
-            return None
-        assert error is None, f"{what} on thread {t}: expected {error.__name__}, it succeeded"
-        return value
 
     # -- model helpers ------------------------------------------------------------------
     def bits(self, t: int, number: int) -> int:
@@ -901,23 +837,9 @@ TestPkeyguardStateMachine.settings = settings(
 def test_protect_is_refused_while_a_guard_is_active() -> None:
     """region.protect() under an active guard made a view taken inside fault: the view was
     checked against the old page rights (found while modelling ``protect`` for the machine)."""
-    child = run_child(
-        """
-        import ctypes
-        from pkeyguard import *
-        region = RegionGuard(ctypes.c_uint32)
-        key = PkeyGuard()
-        with key.associate(region).set_access_rights(PkeyPermissions.ReadWrite) as g:
-            view = g.mut_ref_guard()
-            try:
-                region.protect(AccessPermissions.ReadOnly)
-            except RegionError as exc:
-                print("refused:", exc, flush=True)
-            view.value = 2  # faulted here when protect() was allowed
-            print("wrote", view.value, flush=True)
-        region.protect(AccessPermissions.ReadOnly)  # outside the guard: fine
-        print(region.access.name)
-        """,
+    child = run_case(
+        "tests.unit.children.h_state_machine",
+        "case_protect_is_refused_while_a_guard_is_active",
         env={"PKEYGUARD_BACKEND": pkeyguard.backend().name},
     )
     assert child.returncode == 0, child
@@ -928,24 +850,9 @@ def test_protect_is_refused_while_a_guard_is_active() -> None:
 def test_guard_of_an_ended_association_gives_no_view() -> None:
     """A guard taken before disassociate() could still be entered and gave a view of a region
     now tagged with another (NoAccess) key: the write faulted."""
-    child = run_child(
-        """
-        import ctypes
-        from pkeyguard import *
-        RW = PkeyPermissions.ReadWrite
-        region = RegionGuard(ctypes.c_uint32)
-        k1, k2 = PkeyGuard(), PkeyGuard()
-        old = k1.associate(region)
-        guard = old.set_access_rights(RW)
-        old.disassociate()
-        k2.associate(region)
-        try:
-            with guard:
-                guard.mut_ref_guard().value = 1  # faulted here before the fix
-            print("NOT REACHED", flush=True)
-        except GuardStateError as exc:
-            print("refused:", exc, flush=True)
-        """,
+    child = run_case(
+        "tests.unit.children.h_state_machine",
+        "case_guard_of_an_ended_association_gives_no_view",
         env={"PKEYGUARD_BACKEND": pkeyguard.backend().name},
     )
     assert child.returncode == 0, child

@@ -2,38 +2,47 @@
 
 from __future__ import annotations
 
-import os
+import importlib
+import pkgutil
 
-from tests.support import run_child
+import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.adversarial.support import run_case
 
 
 def test_thread_arena_is_not_a_leak_but_a_new_mapping_is() -> None:
     # A fresh interpreter (no sanitizer preloaded) whose first extra thread calls malloc:
     # glibc gives that thread a new arena, i.e. a new 64 MiB aligned heap.
-    child = run_child(
-        f"""
-        import ctypes, mmap, sys, threading
-        sys.path.insert(0, {REPO!r})
-        from tests.support import _malloc_heaps, anon_mappings, new_anon_mappings
-        libc = ctypes.CDLL(None)
-        libc.malloc.restype = ctypes.c_void_p
-        before = anon_mappings()
-        t = threading.Thread(target=lambda: libc.malloc(4096))
-        t.start(); t.join()
-        ours = mmap.mmap(-1, 3 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-        after = anon_mappings()
-        heaps = _malloc_heaps(after - before)
-        new = new_anon_mappings(before, after)
-        print(len(heaps), sum(e - s for s, e, _ in heaps) >> 20)
-        size = 3 * mmap.PAGESIZE
-        print(not heaps & new, any(e - s == size and p == "r--p" for s, e, p in new))
-        """,
+    child = run_case(
+        "tests.unit.children.h_support",
+        "case_thread_arena_is_not_a_leak_but_a_new_mapping_is",
         env={"LD_PRELOAD": ""},
     )
     assert child.returncode == 0, child.stderr
-    counts, verdict = child.stdout.splitlines()
+    counts, verdict = child.stdout.splitlines()[:2]
     n_heap_maps, heap_mib = map(int, counts.split())
     assert n_heap_maps >= 1 and heap_mib >= 64, child.stdout
     assert verdict == "True True", child.stdout
+
+
+def _child_modules() -> list[str]:
+    """The child programs of the unit and hardware suites, and this suite's s/h/v attacks."""
+    names = []
+    for package, prefixes in (
+        ("tests.unit.children", ("",)),
+        ("tests.hw.children", ("",)),
+        ("tests.adversarial.children", ("s_", "h_", "v_")),
+    ):
+        path = importlib.import_module(package).__path__
+        names += [
+            f"{package}.{m.name}" for m in pkgutil.iter_modules(path) if m.name.startswith(prefixes)
+        ]
+    return sorted(names)
+
+
+@pytest.mark.parametrize("name", _child_modules())
+def test_every_child_module_imports(name: str) -> None:
+    # A child module runs only in a child process (the hardware ones only in the PKU guest):
+    # a bad import would otherwise surface there first.
+    module = importlib.import_module(name)
+    assert any(n.startswith("case_") for n in dir(module)), name

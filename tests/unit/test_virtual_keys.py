@@ -57,8 +57,18 @@ from pkeyguard import (
 )
 from pkeyguard.pkey import AccessGuard, AssociatedRegion
 from tests.profiles import vk_state_examples
+from tests.statemodel import (
+    NONE,
+    PKRU_BITS,
+    READ,
+    WRITE,
+    OnThreads,
+    Worker,
+    bits_of,
+    level_of_bits,
+    prot_string,
+)
 from tests.support import join_os_thread, perms_at
-from tests.unit.test_state_machine import Worker
 
 R = TypeVar("R")
 
@@ -66,10 +76,8 @@ NA: Final = PkeyPermissions.NoAccess
 RO: Final = PkeyPermissions.ReadOnly
 RW: Final = PkeyPermissions.ReadWrite
 
-NONE, READ, WRITE = 0, 1, 2
 LEVEL = {NA: NONE, RO: READ, RW: WRITE}
 PERMISSION = {v: k for k, v in LEVEL.items()}
-PKRU_BITS = {NONE: 1, READ: 2, WRITE: 0}  # access-disable, write-disable
 CLOSED = PKRU_BITS[NONE]
 NUMBERS = range(1, 16)  # the simulated kernel's numbers
 INIT_PKRU = 0x55555554  # every number but 0 access-disabled: a new thread's sim PKRU
@@ -105,21 +113,9 @@ def pool() -> dict[str, int]:
     return dict(_core._pool_stats(_core.MODE_SIM))
 
 
-def bits_of(pkru: int, number: int) -> int:
-    return (pkru >> (2 * number)) & 3
-
-
 def with_bits(pkru: int, number: int, bits: int) -> int:
     shift = 2 * number
     return (pkru & ~(3 << shift)) | (bits << shift)
-
-
-def level_of_bits(bits: int) -> int:
-    return NONE if bits & 1 else READ if bits & 2 else WRITE
-
-
-def prot_string(prot: int) -> str:
-    return ("r" if prot & PROT_READ else "-") + ("w" if prot & PROT_WRITE else "-") + "-p"
 
 
 _MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+)", re.M)
@@ -275,7 +271,7 @@ VALUE = st.integers(0, 2**32 - 1)
 KEY_RIGHTS = st.sampled_from([NA, NA, NA, NA, RO, RW])
 
 
-class VirtualKeysMachine(RuleBasedStateMachine):
+class VirtualKeysMachine(OnThreads, RuleBasedStateMachine):
     """The pool's model: numbers held by logical keys, LRU, number classes, per-thread rights.
 
     Written for the simulated mode; tests/hw/test_virtual_keys.py runs it on pku by
@@ -378,24 +374,6 @@ class VirtualKeysMachine(RuleBasedStateMachine):
             w.run(functools.partial(_core._pool_sync, self.MODE))
             self.seen[i] = self.synced_at[i] = self.now()
             self.tracked.append(w.run(self.read_pkru))
-
-    # -- running on a thread --------------------------------------------------------------
-    def on(self, t: int, fn: Callable[[], R]) -> R:
-        return fn() if t == 0 else self.workers[t - 1].run(fn)
-
-    def expect(
-        self, t: int, fn: Callable[[], R], error: type[BaseException] | None, what: str
-    ) -> R | None:
-        event(f"{what.split()[0]} -> {error.__name__ if error else 'ok'}")
-        try:
-            value = self.on(t, fn)
-        except Exception as exc:
-            if error is None:
-                raise AssertionError(f"{what} on thread {t}: unexpected {exc!r}") from exc
-            assert type(exc) is error, f"{what} on thread {t}: expected {error.__name__}: {exc!r}"
-            return None
-        assert error is None, f"{what} on thread {t}: expected {error.__name__}, it succeeded"
-        return value
 
     # -- model helpers --------------------------------------------------------------------
     def live_keys(self) -> list[KeyM]:
@@ -1466,7 +1444,7 @@ def test_a_wrong_model_fails(wrong: str) -> None:
             return super().page_prot(r)
 
     with pytest.raises(AssertionError):
-        run_state_machine_as_test(  # type: ignore[no-untyped-call]
+        run_state_machine_as_test(
             Wrong,
             settings=settings(
                 max_examples=200,

@@ -1,0 +1,63 @@
+"""Child-side helpers shared by the unit and hardware child programs (``tests/*/children``).
+
+A child module imports what it needs from here (and from :mod:`tests.adversarial.childlib`);
+:func:`tests.adversarial.support.run_case` runs one of its ``case_*`` functions in a fresh
+interpreter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import os
+from typing import Any
+
+__all__ = ["bits", "params", "probe", "say", "tag"]
+
+
+def params() -> dict[str, Any]:
+    """The parameters the parent passed (``run_case(params=...)``, JSON), without importing
+    pkeyguard (:func:`tests.adversarial.childlib.params` does: its module asks for the
+    backend at import), for a case that must act before the library is loaded."""
+    value = json.loads(os.environ.get("PKEYGUARD_CASE_PARAMS", "{}"))
+    assert isinstance(value, dict)
+    return value
+
+
+@functools.cache
+def probe() -> ctypes.CDLL:
+    """The test-only fault reporter (``tests/native/faultprobe.c``, built by the parent's
+    ``faultprobe_path`` fixture and named by ``$FAULTPROBE``), installed as the SIGSEGV
+    handler: a fault prints ``FAULT signo=.. code=.. pkey=..`` on stderr and kills the child."""
+    lib = ctypes.CDLL(os.environ["FAULTPROBE"])
+    assert lib.faultprobe_install() == 0
+    lib.faultprobe_read.argtypes = [ctypes.c_void_p]
+    lib.faultprobe_read.restype = ctypes.c_int
+    lib.faultprobe_write.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.faultprobe_handler_pkru.restype = ctypes.c_uint32
+    return lib
+
+
+def say(*words: object) -> None:
+    """One line on stdout, flushed (the parent reads it even if the child dies next)."""
+    print(*words, flush=True)
+
+
+def bits(pkru: int, number: int) -> int:
+    """The two bits of key ``number`` in the register value ``pkru``."""
+    return (pkru >> (2 * number)) & 3
+
+
+def tag(address: int) -> int | None:
+    """The ProtectionKey of the mapping holding ``address`` (from /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps", encoding="utf-8") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(v, 16) for v in head[0].split("-"))
+                inside = lo <= address < hi
+            elif inside and head[:1] == ["ProtectionKey:"]:
+                return int(head[1])
+    return None
