@@ -7,9 +7,7 @@ import json
 import mmap
 import os
 import resource
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Mapping
@@ -270,26 +268,6 @@ class Child:
     returncode: int
     stdout: str
     stderr: str
-
-
-def run_child(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> Child:
-    """Run a Python snippet in a fresh interpreter (for code that must crash).
-
-    The child imports pkeyguard the way this process did (the installed package, or the one
-    PYTHONPATH points at): the suite tests what is installed, not the source tree.
-    """
-    full_env = dict(os.environ)
-    full_env.pop("PYTHONFAULTHANDLER", None)
-    if env:
-        full_env.update(env)
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-    )
-    return Child(proc.returncode, proc.stdout, proc.stderr)
 
 
 def case_command(

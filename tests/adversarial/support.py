@@ -9,11 +9,6 @@ case, and prints :data:`MARKER` when the case returns.  The helpers cases share 
 
 :func:`assert_survived` wants exit status 0 and the marker, so death by a signal, a hang, or an
 assertion in the child fails; :func:`assert_died_with` wants death by a given signal.
-
-Deprecated: :func:`attack` runs a Python snippet (a string) after a prelude that imports
-pkeyguard and childlib's helpers (``snapshot()``, ``assert_clean(snap, label)``, ``raises``,
-``wait_until``, ``exit_all``, ...) and defines ``PARAMS``; the linters and type checkers never
-read such a snippet.  It stays until the last string programs have moved into children modules.
 """
 
 from __future__ import annotations
@@ -23,14 +18,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from collections.abc import Mapping
 
 import pytest
 
 from pkeyguard import _core
 from tests.failinject import preload_env as failinject_env
-from tests.support import Child, run_child
+from tests.support import Child
 
 __all__ = [
     "MARKER",
@@ -38,7 +32,6 @@ __all__ = [
     "SECRET_BACKINGS",
     "assert_died_with",
     "assert_survived",
-    "attack",
     "describe",
     "run_case",
 ]
@@ -59,70 +52,6 @@ SECRET_BACKINGS = [
     "mmap",
 ]
 
-_PRELUDE = """\
-import sys, os
-sys.path.insert(0, {root!r})
-os.environ.setdefault("PKEYGUARD_BACKEND", "mprotect")
-import faulthandler
-if {fault_handler!r}:
-    faulthandler.enable(all_threads=True)
-faulthandler.dump_traceback_later({watchdog!r}, exit=True)
-import ctypes, gc, threading, time, warnings
-import pkeyguard
-from pkeyguard import (
-    AccessError, AccessPermissions, GuardError, GuardOrderError, GuardStateError,
-    GuardThreadError, PkeyGuard, KeyStateError, PkeyPermissions, PkeyguardError,
-    RegionError, RegionGuard, RegionTypeError, Secret, ViewError, allocator, isolated,
-)
-from pkeyguard import _core
-from tests.adversarial.childlib import (
-    LEVEL, MPROTECT, NA, PAGE, RO, RW, assert_clean, exit_all, leaked_mappings, raises,
-    snapshot, wait_until, warm_threads,
-)
-from tests.support import anon_mappings, new_anon_mappings, perms_at
-
-PARAMS = {params!r}
-"""
-
-_EPILOGUE = f"""
-print({MARKER!r}, flush=True)
-"""
-
-
-def attack(
-    body: str,
-    *,
-    params: Mapping[str, object] | None = None,
-    timeout: float = 120,
-    watchdog: float = 60,
-    fault_handler: bool = True,
-    marker: bool = True,
-    env: Mapping[str, str] | None = None,
-) -> Child:
-    """Deprecated: write the child program as a ``case_*`` function in a module under
-    ``tests/adversarial/children`` and run it with :func:`run_case` (the linters and type
-    checkers read a module, never a string).
-
-    Run ``body`` after the prelude in a fresh interpreter; print the marker at its end.
-
-    ``watchdog`` seconds after the start, a still-running child dumps every thread's
-    traceback and exits with status 1 (a hang fails with a diagnosis); ``timeout`` is the
-    backstop after which subprocess.TimeoutExpired propagates.
-    """
-    code = _PRELUDE.format(
-        root=REPO_ROOT,
-        fault_handler=fault_handler,
-        watchdog=float(watchdog),
-        params=dict(params or {}),
-    )
-    code += textwrap.dedent(body)
-    if marker:
-        code += _EPILOGUE
-    full_env = {"PKEYGUARD_BACKEND": os.environ.get("PKEYGUARD_BACKEND", "mprotect")}
-    if env:
-        full_env.update(env)
-    return run_child(code, env=full_env, timeout=timeout)
-
 
 def run_case(
     module: str,
@@ -137,8 +66,8 @@ def run_case(
 ) -> Child:
     """Run ``case`` (a ``case_*`` function of ``tests.adversarial.children.<module>``, or of
     ``module`` itself when it is a dotted name such as ``tests.unit.children.fork``) in a
-    fresh interpreter; like :func:`attack`, but the child program is a module the linters
-    and type checkers read.  ``params`` reach the child as JSON (``childlib.params()``);
+    fresh interpreter (a module the linters and type checkers read, never a string).
+    ``params`` reach the child as JSON (``childlib.params()``);
     ``failinject`` preloads the system-call failure shim (:mod:`tests.failinject`)."""
     full_env = dict(os.environ)
     full_env.pop("PYTHONFAULTHANDLER", None)
