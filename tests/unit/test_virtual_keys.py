@@ -1444,7 +1444,7 @@ def test_a_wrong_model_fails(wrong: str) -> None:
             return super().page_prot(r)
 
     with pytest.raises(AssertionError):
-        run_state_machine_as_test(
+        run_state_machine_as_test(  # type: ignore[no-untyped-call, unused-ignore]
             Wrong,
             settings=settings(
                 max_examples=200,

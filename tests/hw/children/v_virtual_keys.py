@@ -403,7 +403,7 @@ def case_state_machine() -> None:
 
     n = int(params()["examples"])
     began = time.monotonic()
-    run_state_machine_as_test(
+    run_state_machine_as_test(  # type: ignore[no-untyped-call, unused-ignore]
         PkuVirtualKeysMachine,
         settings=settings(
             max_examples=n,
