@@ -40,13 +40,15 @@ NAMES = (
     "rt_sigprocmask",
 )
 _SOURCE = Path(__file__).resolve().parent / "native" / "failinject.c"
+#: The core's architecture seam (system call numbers), included by the shim.
+_CORE_SOURCES = Path(__file__).resolve().parent.parent / "src" / "pkeyguard"
 _ENV = "PKEYGUARD_FAILINJECT_LIB"
 
 
 def build() -> str:
     """Compile the shim (once per version of its source) and return the path of the .so."""
-    source = _SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:16]
+    sources = [_SOURCE, *sorted(_CORE_SOURCES.glob("_arch*.h"))]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     out = Path(tempfile.gettempdir()) / f"pkeyguard-failinject-{digest}.so"
     if out.exists():
         return str(out)
@@ -62,6 +64,7 @@ def build() -> str:
             "-Werror",
             "-shared",
             "-fPIC",
+            f"-I{_CORE_SOURCES}",
             str(_SOURCE),
             "-o",
             str(tmp),

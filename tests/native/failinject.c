@@ -25,18 +25,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#ifndef SYS_pkey_mprotect
-#define SYS_pkey_mprotect 329
-#endif
-#ifndef SYS_pkey_alloc
-#define SYS_pkey_alloc 330
-#endif
-#ifndef SYS_pkey_free
-#define SYS_pkey_free 331
-#endif
-#ifndef SYS_memfd_secret
-#define SYS_memfd_secret 447
-#endif
+#include "_arch.h" /* the core's system call numbers: its architecture seam, not a copy */
 
 enum {
     FI_MPROTECT, FI_PKEY_MPROTECT, FI_PKEY_ALLOC, FI_PKEY_FREE, FI_MEMFD_SECRET, FI_MMAP,
