@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["bits", "params", "probe", "say", "tag"]
+__all__ = ["bits", "drop_cap_ipc_lock", "params", "probe", "say", "tag"]
 
 
 def params() -> dict[str, Any]:
@@ -61,3 +61,25 @@ def tag(address: int) -> int | None:
             elif inside and head[:1] == ["ProtectionKey:"]:
                 return int(head[1])
     return None
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def drop_cap_ipc_lock() -> None:
+    """Drop CAP_IPC_LOCK from the effective set, so that RLIMIT_MEMLOCK applies to root too
+    (capget/capset, version 3 of the capability ABI)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    assert libc.capget(ctypes.byref(header), data) == 0
+    data[0].effective &= ~(1 << 14)
+    assert libc.capset(ctypes.byref(header), data) == 0

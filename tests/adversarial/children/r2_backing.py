@@ -4,34 +4,13 @@ sizes that can never be backed are refused before anything is mapped."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import resource
 
 from pkeyguard import MprotectError, PkeyGuard, RegionError, RegionGuard, Secret, allocator
 from tests import failinject
 from tests.adversarial.childlib import PAGE, RW, assert_clean, params, raises, snapshot
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-def drop_cap_ipc_lock() -> None:
-    """Drop CAP_IPC_LOCK from the effective set, so that RLIMIT_MEMLOCK applies to root too."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
-    assert libc.capget(ctypes.byref(header), data) == 0
-    data[0].effective &= ~(1 << 14)
-    assert libc.capset(ctypes.byref(header), data) == 0
+from tests.childhelpers import drop_cap_ipc_lock
 
 
 def vm_lck() -> int:

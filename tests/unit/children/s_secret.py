@@ -8,7 +8,7 @@ import resource
 
 from pkeyguard import MprotectError, RegionGuard, Secret, allocator
 from tests.adversarial.childlib import params
-from tests.childhelpers import say
+from tests.childhelpers import drop_cap_ipc_lock, say
 
 
 def backing() -> allocator.Backing:
@@ -26,30 +26,13 @@ def case_touching_a_guard_page_faults() -> None:
     say("NOT REACHED")
 
 
-class Hdr(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class Data(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
 def maps_lines() -> int:
     with open("/proc/self/maps", encoding="utf-8") as f:
         return f.read().count("\n")
 
 
 def case_mlock_limit_error_names_the_limit() -> None:
-    # drop CAP_IPC_LOCK from the effective set so RLIMIT_MEMLOCK applies to root too
-    libc = ctypes.CDLL(None, use_errno=True)
-    hdr, data = Hdr(0x20080522, 0), (Data * 2)()
-    assert libc.capget(ctypes.byref(hdr), data) == 0
-    data[0].effective &= ~(1 << 14)
-    assert libc.capset(ctypes.byref(hdr), data) == 0
+    drop_cap_ipc_lock()
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (4096, 4096))
     before = maps_lines()
     try:

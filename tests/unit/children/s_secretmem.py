@@ -13,7 +13,7 @@ import resource
 import subprocess
 import sys
 
-from tests.childhelpers import params, say
+from tests.childhelpers import drop_cap_ipc_lock, params, say
 
 
 class Filter(ctypes.Structure):
@@ -68,24 +68,8 @@ def case_falls_back_where_memfd_secret_is_missing() -> None:
     say(report.count("secret memory:    mmap: private mmap pages"))
 
 
-class Hdr(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class Data(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
 def case_locked_memory_limit_is_not_a_reason_to_fall_back() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    hdr, data = Hdr(0x20080522, 0), (Data * 2)()
-    assert libc.capget(ctypes.byref(hdr), data) == 0
-    data[0].effective &= ~(1 << 14)  # no CAP_IPC_LOCK
-    assert libc.capset(ctypes.byref(hdr), data) == 0
+    drop_cap_ipc_lock()
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (8192, 8192))
     from pkeyguard import MprotectError, Secret
 
