@@ -11,8 +11,10 @@
  *   NR_PKEYS                key numbers the register describes (key 0: all other memory)
  *   PKEY_BITS_PER_PKEY      register bits per key
  *   PKEY_MASK               the bits of one key, at key 0
- *   ARCH_PKEY_DISABLE_ACCESS rights bits: no access (the "closed" value, PKEY_CLOSED)
- *   ARCH_PKEY_DISABLE_WRITE  rights bits: read only
+ *   ARCH_RIGHTS_NONE, ARCH_RIGHTS_READ, ARCH_RIGHTS_READ_WRITE
+ *                           one key's register field for each rights level (NONE is the
+ *                           "closed" value, PKEY_CLOSED); _rights.h's table is made of these
+ *   arch_field_reads(f), arch_field_writes(f)   what a field value allows
  *   PKEY_REG_INIT           the kernel's register value for a new process, a signal handler
  *                           (only key 0 open)
  *   pkey_reg_t              the register's type
@@ -22,6 +24,8 @@
  *                                         said ospke: else the instructions fault)
  *   arch_cpuid(&pku, &ospke)         whether the CPU has keys and the OS enabled them
  *   arch_sigctx_init()               once, before the fault handler can run
+ *   ARCH_SIGCTX_STATE                the definitions the signal-frame readers keep (written
+ *                                    once, in _faults.c)
  *   arch_sigctx_reg(ctx, &reg)       the interrupted thread's register from a signal's
  *                                    ucontext (1) or nothing known (0); async-signal-safe
  *   arch_sigctx_is_write(ctx)        1 write, 0 read, -1 unknown
@@ -47,7 +51,13 @@
 #include "_arch_none.h"
 #endif
 
-#define PKEY_CLOSED ARCH_PKEY_DISABLE_ACCESS
+/* A key's register field when it grants nothing. */
+#define PKEY_CLOSED ARCH_RIGHTS_NONE
+
+/* pkey_alloc(2)'s second argument is not a register field: it is the uapi flags
+ * PKEY_DISABLE_ACCESS (1) / PKEY_DISABLE_WRITE (2), the same on every architecture, which the
+ * kernel translates into the register's encoding. */
+#define PKEY_ALLOC_NO_ACCESS 1ul
 
 /* The pkey system calls.  syscall(2) is variadic and reads every argument as a long; an int
  * passed to it may arrive with undefined upper bits, and the kernel reads pkey_mprotect's

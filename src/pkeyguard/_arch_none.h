@@ -3,7 +3,7 @@
  * register reads as 0 and cannot be written, arch_cpuid says no keys, so the pku backend is
  * never chosen (the mprotect backend and MODE_SIM work).  The register layout below is x86's:
  * MODE_SIM simulates that register on every architecture.  A real port (arm64 POE: POR_EL0,
- * 3 bits per key; powerpc: AMR) gets its own header selected in _arch.h instead.
+ * 4 bits per key that grant rights rather than disable them; powerpc: AMR) gets its own header selected in _arch.h instead.
  * Included through _arch.h only.
  */
 #ifndef PKEYGUARD_ARCH_NONE_H
@@ -18,6 +18,21 @@
 #define PKEY_MASK 3u
 #define ARCH_PKEY_DISABLE_ACCESS 1u
 #define ARCH_PKEY_DISABLE_WRITE 2u
+#define ARCH_RIGHTS_NONE ARCH_PKEY_DISABLE_ACCESS
+#define ARCH_RIGHTS_READ ARCH_PKEY_DISABLE_WRITE
+#define ARCH_RIGHTS_READ_WRITE 0u
+
+static inline int
+arch_field_reads(unsigned field)
+{
+    return !(field & ARCH_PKEY_DISABLE_ACCESS);
+}
+
+static inline int
+arch_field_writes(unsigned field)
+{
+    return !(field & (ARCH_PKEY_DISABLE_ACCESS | ARCH_PKEY_DISABLE_WRITE));
+}
 #define PKEY_REG_INIT 0x55555554u
 
 typedef uint32_t pkey_reg_t;
@@ -46,6 +61,8 @@ arch_cpuid(int *pku, int *ospke)
     *pku = 0;
     *ospke = 0;
 }
+
+#define ARCH_SIGCTX_STATE /* nothing to keep */
 
 static inline void arch_sigctx_init(void) {}
 

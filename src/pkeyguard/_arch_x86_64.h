@@ -19,6 +19,24 @@
 #define PKEY_MASK 3u
 #define ARCH_PKEY_DISABLE_ACCESS 1u /* PKRU.AD */
 #define ARCH_PKEY_DISABLE_WRITE 2u  /* PKRU.WD */
+
+/* One key's field in the register for each rights level (x86 disables: full access is 0), and
+ * what a field value allows (AD wins over WD). */
+#define ARCH_RIGHTS_NONE ARCH_PKEY_DISABLE_ACCESS
+#define ARCH_RIGHTS_READ ARCH_PKEY_DISABLE_WRITE
+#define ARCH_RIGHTS_READ_WRITE 0u
+
+static inline int
+arch_field_reads(unsigned field)
+{
+    return !(field & ARCH_PKEY_DISABLE_ACCESS);
+}
+
+static inline int
+arch_field_writes(unsigned field)
+{
+    return !(field & (ARCH_PKEY_DISABLE_ACCESS | ARCH_PKEY_DISABLE_WRITE));
+}
 #define PKEY_REG_INIT 0x55555554u
 
 typedef uint32_t pkey_reg_t;
@@ -68,8 +86,11 @@ arch_cpuid(int *pku, int *ospke)
     }
 }
 
-/* PKRU's offset in the XSAVE area of a signal frame (0: unknown), from CPUID leaf 0xd. */
-static unsigned arch_sigctx_pkru_offset __attribute__((unused)) = 0;
+/* PKRU's offset in the XSAVE area of a signal frame (0: unknown), from CPUID leaf 0xd.  One
+ * variable for the whole extension, defined by ARCH_SIGCTX_STATE in the fault reporter's unit
+ * (_faults.c: the code that calls arch_sigctx_init and arch_sigctx_reg). */
+extern unsigned arch_sigctx_pkru_offset __attribute__((visibility("hidden")));
+#define ARCH_SIGCTX_STATE unsigned arch_sigctx_pkru_offset = 0;
 
 static inline void
 arch_sigctx_init(void)

@@ -241,13 +241,35 @@ core_rdpkru(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLong(arch_reg_read());
 }
 
+/* level_of_bits(bits) -> the rights level one key's register field grants (the low
+ * PKEY_BITS_PER_PKEY bits of `bits`): PkeyPermissions.from_pkru_bits asks the one decoder. */
+static PyObject *
+core_level_of_bits(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    PyObject *mask = PyLong_FromUnsignedLong(PKEY_MASK);
+    if (mask == NULL) {
+        return NULL;
+    }
+    PyObject *field = PyNumber_And(arg, mask);
+    Py_DECREF(mask);
+    if (field == NULL) {
+        return NULL;
+    }
+    unsigned long bits = PyLong_AsUnsignedLong(field);
+    Py_DECREF(field);
+    if (bits == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyLong_FromLong(rights_level_of_bits((unsigned)bits));
+}
+
 /* probe_pkey_alloc() -> 0 if pkey_alloc works here, else its errno.  The probe key is
  * allocated access-disabled (pkey_alloc writes its bits into this thread's PKRU, and
  * pkey_free leaves them) and freed at once. */
 static PyObject *
 core_probe_pkey_alloc(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
-    long k = sys_pkey_alloc(0, PKEY_CLOSED);
+    long k = sys_pkey_alloc(0, PKEY_ALLOC_NO_ACCESS);
     if (k < 0) {
         return PyLong_FromLong(errno);
     }
@@ -266,7 +288,7 @@ core_count_free_keys(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     long keys[32];
     int n = 0;
     while (n < 32) {
-        long k = sys_pkey_alloc(0, PKEY_CLOSED);
+        long k = sys_pkey_alloc(0, PKEY_ALLOC_NO_ACCESS);
         if (k < 0) {
             break;
         }
@@ -470,6 +492,8 @@ static PyMethodDef core_methods[] = {
      "Set this thread's simulated PKRU (MODE_SIM; models inheritance at thread creation)."},
     {"pku_enabled", core_pku_enabled, METH_NOARGS, NULL},
     {"rdpkru", core_rdpkru, METH_NOARGS, "This thread's PKRU."},
+    {"level_of_bits", core_level_of_bits, METH_O,
+     "The rights level one key's register field grants (its low bits)."},
     {"probe_pkey_alloc", core_probe_pkey_alloc, METH_NOARGS,
      "0 if pkey_alloc works here, else its errno (no key is left allocated)."},
     {"count_free_keys", core_count_free_keys, METH_NOARGS,

@@ -333,12 +333,42 @@ typedef struct {
 typedef enum {
     BACKING_ANON = 0,      /* private anonymous pages (the reservation's own) */
     BACKING_SECRETMEM = 1, /* memfd_secret(2) pages mapped over the reservation (MAP_SHARED) */
-} Backing;
+} Backing;                 /* (not in the enum, so that -Wswitch finds a step without a case) */
+enum { BACKING_COUNT = BACKING_SECRETMEM + 1 }; /* a row of BACKINGS past it does not compile */
+
+/* What a backing's pages are, for the code outside its steps (fork checks, release, wiping,
+ * what `_advice` reports): every such check asks this table, so a new backing is a row here
+ * as well as a case in each step. */
+typedef struct {
+    const char *name;           /* Secret.backing, Mapping._backing */
+    unsigned char shared;       /* MAP_SHARED pages: MADV_DONTFORK (a hole in a fork child),
+                                   discarded by replacing them, never in place */
+    unsigned char locked;       /* the kernel keeps them resident and locked (no mlock) */
+    unsigned char kernel_reads; /* the kernel can read them for us (the canary's check) */
+} BackingTraits;
+
+static const BackingTraits BACKINGS[BACKING_COUNT] = {
+    [BACKING_ANON] = {"mmap", 0, 0, 1},
+    [BACKING_SECRETMEM] = {"memfd_secret", 1, 1, 0},
+};
 
 static inline Backing
 mapping_backing(MappingObject *m)
 {
     return (m->flags & MAP_F_SECRETMEM) ? BACKING_SECRETMEM : BACKING_ANON;
+}
+
+static inline const BackingTraits *
+mapping_traits(MappingObject *m)
+{
+    return &BACKINGS[mapping_backing(m)];
+}
+
+/* A fork child gets none of these pages' bytes: zero pages (WIPEONFORK), or a hole. */
+static inline int
+mapping_fork_gets_no_bytes(MappingObject *m)
+{
+    return (m->flags & MAP_F_WIPEONFORK) || mapping_traits(m)->shared;
 }
 
 /* The fork handler's count of fork children this process has been (_mappings.c). */
@@ -380,7 +410,7 @@ mapping_inherited(MappingObject *m)
 static inline int
 mapping_secure_inherited(MappingObject *m)
 {
-    return (m->flags & (MAP_F_WIPE | MAP_F_WIPEONFORK | MAP_F_SECRETMEM)) && m->base != 0 &&
+    return ((m->flags & MAP_F_WIPE) || mapping_fork_gets_no_bytes(m)) && m->base != 0 &&
            mapping_inherited(m);
 }
 
@@ -394,14 +424,10 @@ page_plan_syscall(PagePlan d)
 static inline int
 prot_for_level(int prot, int level)
 {
-    switch (level) {
-    case LEVEL_NONE:
+    if (!rights_reads(level)) {
         return prot & PROT_EXEC; /* pkeys never restrict instruction fetch; mirror that */
-    case LEVEL_READ:
-        return prot & ~PROT_WRITE;
-    default:
-        return prot;
     }
+    return rights_writes(level) ? prot : prot & ~PROT_WRITE;
 }
 
 /* Set to zero so that the compiler cannot drop it as a dead store. */

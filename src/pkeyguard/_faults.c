@@ -19,6 +19,8 @@
 #include "_arch.h"
 #include "_rights.h"
 
+ARCH_SIGCTX_STATE
+
 #define FAULT_MAX_REGIONS 1024
 
 typedef struct {

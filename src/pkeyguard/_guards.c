@@ -124,7 +124,7 @@ fork_child_expire_secure_views(void)
 {
     for (GuardObject *g = tls_stack != NULL ? tls_stack->top : NULL; g != NULL; g = g->prev) {
         MappingObject *m = g->binding != NULL ? g->binding->mapping : NULL;
-        if (m != NULL && (m->flags & (MAP_F_WIPEONFORK | MAP_F_SECRETMEM))) {
+        if (m != NULL && mapping_fork_gets_no_bytes(m)) {
             g->generation++;
             g->exports = 0; /* the old activation's exports no longer count (their releases
                                see the old generation and leave this count alone) */
@@ -146,7 +146,7 @@ fork_child_writing(MappingObject *m)
     GuardObject *r = key_thread_root(b->key, tls_stack);
     for (GuardObject *g = r != NULL ? r->innermost : NULL; g != NULL; g = g->same_outer) {
         walk_steps++;
-        if (g->level == LEVEL_WRITE && g->binding != NULL && g->binding->mapping == m) {
+        if (rights_writes(g->level) && g->binding != NULL && g->binding->mapping == m) {
             return 1;
         }
     }
@@ -468,7 +468,7 @@ guard_apply(GuardObject *g, ThreadStack *s, GuardObject *outer, GuardFailure *f)
             pool_sync(mode, s);
         }
         if (k->slot.hw < 0) {
-            if (g->level == LEVEL_NONE) {
+            if (!rights_reads(g->level)) {
                 g->hw = -1; /* parked: closed to every thread already */
                 p->hits++;
                 return 0;
@@ -496,7 +496,7 @@ guard_apply(GuardObject *g, ThreadStack *s, GuardObject *outer, GuardFailure *f)
         if (want != pkru) {
             pool_wrpkru(mode, want);
         }
-        if (g->level != LEVEL_NONE) {
+        if (rights_reads(g->level)) {
             k->slot.opening++; /* pins the number: never evicted while open somewhere */
         }
         return 0;
@@ -536,7 +536,7 @@ guard_restore(GuardObject *g, int write_pkru, int apply, int force)
 {
     KeyObject *k = g->key;
     if (mode_is_pool(k->mode)) {
-        if (g->level != LEVEL_NONE) {
+        if (rights_reads(g->level)) {
             k->slot.opening--;
             assert(k->slot.opening >= 0);
         }
@@ -937,7 +937,7 @@ guard_remove(GuardObject *g, int force, Released *r)
     }
     else {
         if (mode_is_pool(g->key->mode)) {
-            if (g->level != LEVEL_NONE) {
+            if (rights_reads(g->level)) {
                 g->key->slot.opening--;
             }
             if (same_inner->hw == g->hw) {
@@ -1216,11 +1216,11 @@ Guard_view(PyObject *op, PyObject *arg)
         cls = E_SECRET_UNAVAILABLE;
         why = secret_unavailable_msg;
     }
-    else if (g->level == LEVEL_NONE) {
+    else if (!rights_reads(g->level)) {
         cls = E_ACCESS;
         why = "a NoAccess guard grants no view";
     }
-    else if (writable && g->level != LEVEL_WRITE) {
+    else if (writable && !rights_writes(g->level)) {
         cls = E_ACCESS;
         why = "a write view needs a ReadWrite guard";
     }

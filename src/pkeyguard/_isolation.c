@@ -141,7 +141,7 @@ Group_enter(PyObject *op, PyObject *Py_UNUSED(ignored))
      * cost a lookup per key): the keys to isolate were stamped by the count above, and this
      * thread's stack is walked once.  O(keys + this thread's guards). */
     for (GuardObject *o = s->top; o != NULL; o = o->prev) {
-        if (o->exports <= 0 || o->level == LEVEL_NONE) {
+        if (o->exports <= 0 || !rights_reads(o->level)) {
             continue;
         }
         if (o->key->mark == stamp) {

@@ -408,7 +408,7 @@ pool_alloc_number(int mode)
         pool_set_bits(mode, h, PKEY_CLOSED);
         return h;
     }
-    long r = sys_pkey_alloc(0, PKEY_CLOSED);
+    long r = sys_pkey_alloc(0, PKEY_ALLOC_NO_ACCESS);
     return r < 0 ? -errno : (int)r;
 }
 
@@ -642,7 +642,7 @@ int
 pool_key_init(KeyObject *k, int base_level)
 {
     int mode = k->mode;
-    k->slot.pinned = base_level != LEVEL_NONE;
+    k->slot.pinned = rights_reads(base_level);
     if (k->slot.pinned) {
         /* The creator holds the number open: the pool must know this thread (or the number
          * could never be proved closed), and it closes every retired number before one can be
@@ -663,7 +663,7 @@ pool_key_init(KeyObject *k, int base_level)
         return -1;
     }
     if (k->slot.pinned) {
-        pool_set_bits(mode, k->slot.hw, RIGHTS[base_level].bits); /* pkey_alloc's rights */
+        pool_set_bits(mode, k->slot.hw, RIGHTS[base_level].bits); /* the key's initial rights */
         tls_thread.created[mode] |= 1u << k->slot.hw;
     }
     k->slot.last_use = ++pools[mode].tick;

@@ -79,7 +79,7 @@ region_protect(MappingObject *m, int level, int narrowing, int *lagging)
         m->flags &= ~MAP_F_LAGGING;
         return 0;
     }
-    if (level != LEVEL_NONE && m->exports == 0 &&
+    if (rights_reads(level) && m->exports == 0 &&
         mprotect(addr, m->len, prot_for_level(m->prot, LEVEL_NONE)) == 0) {
         m->flags |= MAP_F_LAGGING; /* narrower than the level */
         *lagging = 1;

@@ -60,7 +60,7 @@ mapping_absent(MappingObject *m)
     if (m->flags & MAP_F_LOST) {
         return 1;
     }
-    if ((m->flags & MAP_F_SECRETMEM) && m->forks == fork_count && m->pid != getpid()) {
+    if (mapping_traits(m)->shared && m->forks == fork_count && m->pid != getpid()) {
         m->flags |= MAP_F_LOST;
         return 1;
     }
@@ -215,7 +215,7 @@ mapping_pages_now(MappingObject *m, int *prot, int *pkey, int *raisable)
     *prot = (int)d.prot;
     *pkey = -1;
     *raisable = 0;
-    if (d.pkey > 0 && pku_enabled) { /* a pku key holding a number (0: parked, key 0) */
+    if (d.pkey > 0) { /* a pku key holding a number (0: parked, key 0) */
         *pkey = (int)d.pkey;
         /* an opening guard (any thread) or a key made with rights (its creator, and
          * threads it started) may have the number open */
@@ -300,7 +300,7 @@ mapping_discard(MappingObject *m, int prot, int pkey, const char **what)
     }
     m->flags &= ~MAP_F_LOCKED;
     (void)madvise(p, m->len, MADV_DONTDUMP);
-    if (m->flags & MAP_F_SECRETMEM) {
+    if (mapping_traits(m)->shared) {
         (void)madvise(p, m->len, MADV_DONTFORK); /* still a hole in a fork child */
     }
     if (pkey >= 0 && sys_pkey_mprotect((void *)m->addr, m->len, prot, pkey) != 0) {
@@ -357,7 +357,7 @@ closed:
     if (check && known && pkey < 0 && (prot & PROT_READ)) {
         canary_compare(m, (const void *)(m->addr + m->size)); /* every thread can read it */
     }
-    else if (check && !(m->flags & MAP_F_SECRETMEM)) {
+    else if (check && mapping_traits(m)->kernel_reads) {
         canary_check_by_kernel(m);
     }
     wipe_bytes(m->canary, sizeof(m->canary));
@@ -383,7 +383,7 @@ static int
 mapping_show_zeros(MappingObject *m, const char **what)
 {
     int e = mapping_discard(m, PROT_READ, -1, what);
-    if (e != 0 || (m->flags & MAP_F_SECRETMEM)) {
+    if (e != 0 || mapping_traits(m)->shared) {
         return e; /* a fresh mapping, readable and untagged */
     }
     /* decided by the mapping's own tag, not the process's backend */
@@ -543,7 +543,7 @@ mapping_release(MappingObject *m, int *canary_ok, int e, const char *what)
             const char *w = NULL;
             (void)mapping_discard(m, PROT_NONE, -1, &w);
             (void)mprotect((void *)base, m->total, PROT_NONE);
-            dontfork = (m->flags & MAP_F_SECRETMEM) != 0;
+            dontfork = mapping_traits(m)->shared;
         }
         held_add(m, base, dontfork);
     }
@@ -559,7 +559,7 @@ mapping_release(MappingObject *m, int *canary_ok, int e, const char *what)
             (void)mapping_discard(m, PROT_NONE, -1, &w);
         }
         (void)mprotect((void *)base, m->total, PROT_NONE);
-        held_add(m, base, (m->flags & MAP_F_SECRETMEM) != 0);
+        held_add(m, base, mapping_traits(m)->shared);
     }
     else if (held_ranges != NULL) {
         held_sweep(); /* retry the ranges whose munmap failed before */
@@ -1147,10 +1147,17 @@ Mapping_get_advice(PyObject *op, void *Py_UNUSED(c))
     int f = m->flags;
     return Py_BuildValue("{sOsOsOsOsOsO}", "dontdump", (f & MAP_F_DONTDUMP) ? Py_True : Py_False,
                          "wipeonfork", (f & MAP_F_WIPEONFORK) ? Py_True : Py_False,
-                         "locked", (f & (MAP_F_LOCKED | MAP_F_SECRETMEM)) ? Py_True : Py_False,
+                         "locked", ((f & MAP_F_LOCKED) || mapping_traits(m)->locked) ? Py_True
+                                                                                     : Py_False,
                          "guard_pages", (f & MAP_F_GUARDED) ? Py_True : Py_False,
                          "secretmem", (f & MAP_F_SECRETMEM) ? Py_True : Py_False,
-                         "dontfork", (f & MAP_F_SECRETMEM) ? Py_True : Py_False);
+                         "dontfork", mapping_traits(m)->shared ? Py_True : Py_False);
+}
+
+static PyObject *
+Mapping_get_backing(PyObject *op, void *Py_UNUSED(c))
+{
+    return PyUnicode_FromString(mapping_traits(Mapping_CAST(op))->name);
 }
 
 static PyMethodDef Mapping_methods[] = {
@@ -1171,6 +1178,7 @@ static PyGetSetDef Mapping_getset[] = {
     {"_prot", Mapping_get_prot, NULL, NULL, NULL},
     {"_binding", Mapping_get_binding, NULL, NULL, NULL},
     {"_advice", Mapping_get_advice, NULL, NULL, NULL},
+    {"_backing", Mapping_get_backing, NULL, NULL, NULL},
     {"_inherited", Mapping_get_inherited, NULL,
      "mapped by the parent before a fork: the bytes did not come along", NULL},
     {NULL, NULL, NULL, NULL, NULL},

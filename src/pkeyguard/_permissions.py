@@ -53,12 +53,9 @@ class PkeyPermissions(enum.Enum, metaclass=_core.RightsType):
 
     @classmethod
     def from_pkru_bits(cls, bits: int) -> PkeyPermissions:
-        """Rights that two PKRU bits grant (AD wins over WD): the least permissive rights
-        whose bits ``bits`` includes."""
-        for name, own in _core.RIGHTS:
-            if bits & own == own:
-                return cls[name]
-        raise AssertionError("unreachable: ReadWrite sets no bits")
+        """Rights that two PKRU bits grant (AD wins over WD), decoded by the core's one
+        decoder (``_rights.h``)."""
+        return LEVEL_TO_PERMISSION[_core.level_of_bits(bits)]
 
 
 # Levels and bits come from the core's one table (_rights.h), in level order.

@@ -81,7 +81,7 @@ view_check(ViewObject *v, int write)
     GuardObject *g = v->guard;
     if (!g->active || g->generation != v->generation) {
         MappingObject *m = g->binding != NULL ? g->binding->mapping : NULL;
-        if (g->active && m != NULL && (m->flags & (MAP_F_WIPEONFORK | MAP_F_SECRETMEM)) &&
+        if (g->active && m != NULL && mapping_fork_gets_no_bytes(m) &&
             mapping_inherited(m)) {
             PyErr_SetString(err(E_SECRET_UNAVAILABLE),
                             "this view was made before the process forked: a fork child never "
@@ -112,7 +112,7 @@ view_check(ViewObject *v, int write)
     }
     if (g->root->innermost != g) {
         int level = view_rights_now(v);
-        if (level < (write ? LEVEL_WRITE : LEVEL_READ)) {
+        if (!(write ? rights_writes(level) : rights_reads(level))) {
             PyErr_Format(err(E_ACCESS),
                          "%s through this view is not allowed now: a %s guard on the same key, "
                          "entered after the view's guard, restricts this thread's rights",
@@ -517,7 +517,7 @@ View_getbuffer(PyObject *op, Py_buffer *view, int flags)
      * memoryview would fault on its first write. */
     GuardObject *g = v->guard;
     int can_write =
-        v->writable && (g->root->innermost == g || view_rights_now(v) == LEVEL_WRITE);
+        v->writable && (g->root->innermost == g || rights_writes(view_rights_now(v)));
     if (PyBuffer_FillInfo(view, (PyObject *)v, v->addr, v->size, !can_write, flags) < 0) {
         return -1;
     }

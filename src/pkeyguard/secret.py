@@ -27,7 +27,7 @@ import signal
 import stat
 import sys
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from ._checks import check_name, exact_int
 from ._errors import (
@@ -717,7 +717,8 @@ class Secret(Unshareable):
     def backing(self) -> Literal["memfd_secret", "mmap"]:
         """Where the bytes live: ``memfd_secret`` pages (out of the kernel's direct map) or
         private ``mmap`` pages (see :class:`pkeyguard.allocator.Secure`)."""
-        return "memfd_secret" if self._region._advice["secretmem"] else "mmap"
+        # the core's name for the pages' backing (its table of backings, _core.h)
+        return cast('Literal["memfd_secret", "mmap"]', self._region._backing)
 
     @property
     def address(self) -> int:
