@@ -28,23 +28,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Compiled on the host, run in the guest: the guest sees the host's / (read-only).
-PKEY_ALLOC_C = r"""
-#include <errno.h>
-#include <stdio.h>
-#include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-int main(void) {
-    long key = syscall(330, 0UL, 0UL); /* pkey_alloc(flags, access_rights) */
-    if (key < 0) {
-        printf("pkey_alloc failed: %s\n", strerror(errno));
-        return 1;
-    }
-    printf("pkey=%ld\n", key);
-    return syscall(331, key) == 0 ? 0 : 2; /* pkey_free */
-}
-"""
+PKEY_ALLOC_C = Path(__file__).resolve().parent / "pkey_alloc.c"
+#: A runner that starts a child the way pkeyguard_vm starts qemu, then waits (killed by a test).
+HARD_KILLED_RUNNER = Path(__file__).resolve().parent / "hard_killed_runner.py"
 
 # Where pkeyguard_vm was imported from (the installed package or a source tree), for children.
 assert vm.__file__ is not None
@@ -359,16 +345,9 @@ def test_pyenv_shim_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_child_dies_with_a_hard_killed_runner() -> None:
     # What keeps qemu from outliving a runner killed with SIGKILL (no finally runs then).
-    helper = textwrap.dedent(f"""
-        import subprocess, sys
-        sys.path.insert(0, {_SRC!r})
-        import pkeyguard_vm as vm
-        child = subprocess.Popen(["sleep", "60"], start_new_session=True,
-                                 preexec_fn=vm._die_with_parent())
-        print(child.pid, flush=True)
-        child.wait()
-        """)
-    runner = subprocess.Popen([sys.executable, "-c", helper], stdout=subprocess.PIPE)
+    runner = subprocess.Popen(
+        [sys.executable, str(HARD_KILLED_RUNNER), _SRC], stdout=subprocess.PIPE
+    )
     assert runner.stdout is not None
     child = int(runner.stdout.readline())
     runner.kill()
@@ -564,9 +543,9 @@ def test_console_tail_keeps_the_panic_message() -> None:
 def pkey_alloc_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """PKEY_ALLOC_C, built on the host (the guest runs the host's files)."""
     directory = tmp_path_factory.mktemp("pkey_alloc")
-    source = directory / "pkey_alloc.c"
-    source.write_text(PKEY_ALLOC_C)
-    subprocess.run(["gcc", "-O2", "-o", str(directory / "pkey_alloc"), str(source)], check=True)
+    subprocess.run(
+        ["gcc", "-O2", "-o", str(directory / "pkey_alloc"), str(PKEY_ALLOC_C)], check=True
+    )
     return directory / "pkey_alloc"
 
 
@@ -619,9 +598,9 @@ def test_end_to_end_without_pku() -> None:
 
 @pytest.mark.boot
 def test_pkey_alloc_in_guest_with_host_cwd_and_env(tmp_path: Path) -> None:
-    source = tmp_path / "pkey_alloc.c"
-    source.write_text(PKEY_ALLOC_C)
-    subprocess.run(["gcc", "-O2", "-o", str(tmp_path / "pkey_alloc"), str(source)], check=True)
+    subprocess.run(
+        ["gcc", "-O2", "-o", str(tmp_path / "pkey_alloc"), str(PKEY_ALLOC_C)], check=True
+    )
     env = dict(os.environ, PKGVM_TEST_WEIRD=WEIRD)
     result = vm.run(
         [
