@@ -47,6 +47,7 @@ def extension(name: str) -> Extension:
             "src/pkeyguard/_arch.h",
             "src/pkeyguard/_arch_x86_64.h",
             "src/pkeyguard/_arch_none.h",
+            "src/pkeyguard/_arch_pkru_layout.h",
             "src/pkeyguard/_core.h",
             "src/pkeyguard/_faults.h",
             "src/pkeyguard/_rights.h",

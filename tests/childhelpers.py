@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any
 
+from tests.support import smaps_field
+
 __all__ = ["bits", "drop_cap_ipc_lock", "params", "probe", "say", "tag"]
 
 
@@ -51,16 +53,8 @@ def bits(pkru: int, number: int) -> int:
 
 def tag(address: int) -> int | None:
     """The ProtectionKey of the mapping holding ``address`` (from /proc/self/smaps)."""
-    inside = False
-    with open("/proc/self/smaps", encoding="utf-8") as f:
-        for line in f:
-            head = line.split()
-            if head and "-" in head[0] and not head[0].endswith(":"):
-                lo, hi = (int(v, 16) for v in head[0].split("-"))
-                inside = lo <= address < hi
-            elif inside and head[:1] == ["ProtectionKey:"]:
-                return int(head[1])
-    return None
+    words = smaps_field(address, "ProtectionKey")
+    return int(words[0]) if words else None
 
 
 class _CapHeader(ctypes.Structure):

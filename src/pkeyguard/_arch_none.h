@@ -13,29 +13,7 @@
 
 #define ARCH_HAS_PKEYS 0
 #define ARCH_NAME "no protection keys"
-#define NR_PKEYS 16 /* MODE_SIM's */
-#define PKEY_BITS_PER_PKEY 2u
-#define PKEY_MASK 3u
-#define ARCH_PKEY_DISABLE_ACCESS 1u
-#define ARCH_PKEY_DISABLE_WRITE 2u
-#define ARCH_RIGHTS_NONE ARCH_PKEY_DISABLE_ACCESS
-#define ARCH_RIGHTS_READ ARCH_PKEY_DISABLE_WRITE
-#define ARCH_RIGHTS_READ_WRITE 0u
-
-static inline int
-arch_field_reads(unsigned field)
-{
-    return !(field & ARCH_PKEY_DISABLE_ACCESS);
-}
-
-static inline int
-arch_field_writes(unsigned field)
-{
-    return !(field & (ARCH_PKEY_DISABLE_ACCESS | ARCH_PKEY_DISABLE_WRITE));
-}
-#define PKEY_REG_INIT 0x55555554u
-
-typedef uint32_t pkey_reg_t;
+#include "_arch_pkru_layout.h" /* the layout MODE_SIM simulates */
 
 /* No pkey system calls known here: syscall(-1) fails with ENOSYS.  memfd_secret keeps the C
  * library's number if it has one (the generic table's 447 on arm64, riscv). */

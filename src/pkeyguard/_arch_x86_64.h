@@ -14,32 +14,7 @@
 
 #define ARCH_HAS_PKEYS 1
 #define ARCH_NAME "x86-64"
-#define NR_PKEYS 16
-#define PKEY_BITS_PER_PKEY 2u
-#define PKEY_MASK 3u
-#define ARCH_PKEY_DISABLE_ACCESS 1u /* PKRU.AD */
-#define ARCH_PKEY_DISABLE_WRITE 2u  /* PKRU.WD */
-
-/* One key's field in the register for each rights level (x86 disables: full access is 0), and
- * what a field value allows (AD wins over WD). */
-#define ARCH_RIGHTS_NONE ARCH_PKEY_DISABLE_ACCESS
-#define ARCH_RIGHTS_READ ARCH_PKEY_DISABLE_WRITE
-#define ARCH_RIGHTS_READ_WRITE 0u
-
-static inline int
-arch_field_reads(unsigned field)
-{
-    return !(field & ARCH_PKEY_DISABLE_ACCESS);
-}
-
-static inline int
-arch_field_writes(unsigned field)
-{
-    return !(field & (ARCH_PKEY_DISABLE_ACCESS | ARCH_PKEY_DISABLE_WRITE));
-}
-#define PKEY_REG_INIT 0x55555554u
-
-typedef uint32_t pkey_reg_t;
+#include "_arch_pkru_layout.h" /* PKRU: 16 keys of 2 bits */
 
 /* The x86-64 system call numbers (glibc's headers may predate them). */
 #ifndef SYS_pkey_mprotect
