@@ -32,9 +32,11 @@
  *   arch_si_pkey(si)                 the key of a SEGV_PKUERR fault, else -1
  *   SYS_pkey_mprotect, SYS_pkey_alloc, SYS_pkey_free, SYS_memfd_secret (where it exists)
  *
- * The rights levels (_rights.h) are spelt in PKEY_DISABLE_* bits; MODE_SIM simulates the
- * register with the same layout on every architecture (a thread-local value), so the layout
- * macros exist even where ARCH_HAS_PKEYS is 0.
+ * The rights levels (_rights.h) are spelt in the architecture's register fields
+ * (ARCH_RIGHTS_*); pkey_alloc(2) takes the uapi's flags instead (PKEY_ALLOC_NO_ACCESS).
+ * MODE_SIM simulates the register of the header selected here (a thread-local value); the
+ * keyless fallback gives it PKRU's layout, so the layout macros exist even where
+ * ARCH_HAS_PKEYS is 0.
  */
 #ifndef PKEYGUARD_ARCH_H
 #define PKEYGUARD_ARCH_H

@@ -255,8 +255,13 @@ core_level_of_bits(PyObject *Py_UNUSED(m), PyObject *arg)
     if (field == NULL) {
         return NULL;
     }
-    unsigned long bits = PyLong_AsUnsignedLong(field);
+    PyObject *index = PyNumber_Index(field); /* an int-like result (numpy's) */
     Py_DECREF(field);
+    if (index == NULL) {
+        return NULL;
+    }
+    unsigned long bits = PyLong_AsUnsignedLong(index);
+    Py_DECREF(index);
     if (bits == (unsigned long)-1 && PyErr_Occurred()) {
         return NULL;
     }
@@ -536,6 +541,19 @@ core_exec(PyObject *m)
                         "pkeyguard._core is already loaded in this process and cannot be loaded "
                         "again (its state is process-wide; was it removed from sys.modules?)");
         return -1;
+    }
+    /* The rights table must decode: a register field maps back to one level only if no two
+     * rows allow the same (reads, writes). */
+    for (int a = 0; a < LEVEL_COUNT; a++) {
+        for (int b = a + 1; b < LEVEL_COUNT; b++) {
+            if (RIGHTS[a].reads == RIGHTS[b].reads && RIGHTS[a].writes == RIGHTS[b].writes) {
+                PyErr_Format(PyExc_SystemError,
+                             "pkeyguard._core: rights %s and %s allow the same access "
+                             "(_rights.h): a register field could not say which it is",
+                             RIGHTS[a].name, RIGHTS[b].name);
+                return -1;
+            }
+        }
     }
     page_size = sysconf(_SC_PAGESIZE);
     pools_init();

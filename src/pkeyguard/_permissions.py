@@ -31,7 +31,8 @@ class AccessPermissions(enum.IntEnum):
 
 
 class PkeyPermissions(enum.Enum, metaclass=_core.RightsType):
-    """Rights a thread has through a protection key (the PKRU bits of ``pkey_alloc(2)``)."""
+    """Rights a thread has through a protection key (a key's field in the rights register:
+    PKRU's bits on x86-64)."""
 
     NoAccess = "NoAccess"
     ReadOnly = "ReadOnly"
@@ -43,12 +44,13 @@ class PkeyPermissions(enum.Enum, metaclass=_core.RightsType):
 
     @property
     def level(self) -> int:
-        """0, 1, 2 from least to most permissive (the C core's order)."""
+        """The level, from least to most permissive (the C core's order: 0, 1, 2 today)."""
         return _LEVELS[self]
 
     @property
     def pkru_bits(self) -> int:
-        """``PKEY_DISABLE_ACCESS`` (1), ``PKEY_DISABLE_WRITE`` (2) or 0."""
+        """The key's field in the rights register for these rights: on x86-64, PKRU's AD
+        (1), WD (2) or 0."""
         return _core.RIGHTS[_LEVELS[self]][1]
 
     @classmethod
