@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import pytest
 
 from pkeyguard import _core
+from tests.adversarial.run_case import MARKER
 from tests.failinject import preload_env as failinject_env
 from tests.support import Child
 
@@ -38,7 +39,6 @@ __all__ = [
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-MARKER = "ADVERSARIAL-OK"
 
 #: Both backings of secret memory, as a parameter list: memfd_secret skips on a kernel without
 #: it (the mmap case still runs).
