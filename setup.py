@@ -32,6 +32,13 @@ link = []
 if sanitize:
     extra += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
     link += [f"-fsanitize={sanitize}"]
+elif not os.environ.get("PKEYGUARD_DEBUG_INFO"):
+    # No DWARF in what users install (issue 20): Python's own CFLAGS say -g, and the wheel's
+    # _core .so was 434 KB, about 300 KB of it debug sections; -g0 comes after those flags, so
+    # it wins (131 KB). The symbol table (.symtab, .strtab) stays, 17 KB: a crash's backtrace
+    # in gdb or a perf profile then names the core's functions, most of them static and so in
+    # no other table. PKEYGUARD_DEBUG_INFO=1 keeps -g for a debugging session.
+    extra.append("-g0")
 # The core's assert()s on its invariants (the pool's owned/held sets, counts >= 0, the guard
 # stacks' links): Python's own flags say -DNDEBUG, so they are off in a normal build and on in
 # the sanitizer build (tools/sanitize.sh) or with PKEYGUARD_ASSERT=1.
