@@ -1,7 +1,28 @@
 # Only the C extensions are declared here; all metadata lives in pyproject.toml.
 import os
+import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# pkeyguard is Linux only: memory protection keys (pkey_alloc, pkey_mprotect, the PKRU
+# register) and its fallback (mprotect with Linux's semantics, memfd_secret, madvise) are
+# Linux system calls. The same text is the ImportError of src/pkeyguard/__init__.py.
+NEEDS_LINUX = (
+    "pkeyguard needs Linux (it uses Linux memory protection keys, or mprotect as Linux "
+    "provides it); this system is {platform!r}"
+)
+
+
+class LinuxOnlyBuildExt(build_ext):
+    """Stops a build elsewhere before any compiler runs (issue 20); an sdist, which compiles
+    nothing, can still be made on any system."""
+
+    def run(self) -> None:
+        if sys.platform != "linux":
+            raise SystemExit(NEEDS_LINUX.format(platform=sys.platform))
+        super().run()
+
 
 extra = ["-O2", "-Wall", "-Wextra", "-std=gnu11", "-fvisibility=hidden"]
 if os.environ.get("PKEYGUARD_WERROR"):
@@ -11,6 +32,13 @@ link = []
 if sanitize:
     extra += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
     link += [f"-fsanitize={sanitize}"]
+elif not os.environ.get("PKEYGUARD_DEBUG_INFO"):
+    # No DWARF in what users install (issue 20): Python's own CFLAGS say -g, and the wheel's
+    # _core .so was 434 KB, about 300 KB of it debug sections; -g0 comes after those flags, so
+    # it wins (131 KB). The symbol table (.symtab, .strtab) stays, 17 KB: a crash's backtrace
+    # in gdb or a perf profile then names the core's functions, most of them static and so in
+    # no other table. PKEYGUARD_DEBUG_INFO=1 keeps -g for a debugging session.
+    extra.append("-g0")
 # The core's assert()s on its invariants (the pool's owned/held sets, counts >= 0, the guard
 # stacks' links): Python's own flags say -DNDEBUG, so they are off in a normal build and on in
 # the sanitizer build (tools/sanitize.sh) or with PKEYGUARD_ASSERT=1.
@@ -61,4 +89,7 @@ def extension(name: str) -> Extension:
 
 # _terminal: the controlling terminal with echo off, changed and restored in single C calls
 # (Secret.from_prompt).
-setup(ext_modules=[extension("_core"), extension("_terminal")])
+setup(
+    ext_modules=[extension("_core"), extension("_terminal")],
+    cmdclass={"build_ext": LinuxOnlyBuildExt},
+)

@@ -3,9 +3,11 @@
 #   1. lint and types: ruff, mypy --strict, basedpyright, stubtest of the C core's stub, and
 #      the typing programs (tests/typing) under both checkers;
 #   2. the C core under ASan+UBSan: the unit and adversarial suites;
-#   3. the packages users install: an sdist and manylinux wheels for CPython 3.11, 3.12 and
-#      3.13, checked (twine, check-wheel-contents, what they hold), each installed into a
-#      fresh virtual environment where the unit suite runs against it (tools/wheels.sh);
+#   3. the packages users install: an sdist and manylinux wheels for CPython 3.11, 3.12, 3.13,
+#      3.14 and 3.15, checked (twine, check-wheel-contents, auditwheel show, what they hold: no
+#      debug information), each installed into a fresh virtual environment where the unit
+#      suite runs against it (tools/wheels.sh; 3.14 and 3.15 in a Debian sid chroot, made once
+#      by tools/sid-pythons.sh, about 2 minutes, and cached in ~/.cache/pkeyguard-sid);
 #   4. the adversarial suite (mprotect backend, this machine);
 #   5. the PKU guest runner (tools/vm) and, through it, the hardware suite and the adversarial
 #      classes that depend on the backend (pku backend forced) inside a QEMU guest whose CPU
@@ -48,7 +50,7 @@ step "typing programs (mypy --strict and basedpyright over tests/typing)"
 step "sanitizers (ASan + UBSan build of the C core: unit suite, state machine, adversarial suite)"
 PYTHON="$PY" bash tools/sanitize.sh
 
-step "wheels: build, check, and the unit suite against each installed wheel (3.11, 3.12, 3.13)"
+step "wheels: build, check, and the unit suite against each installed wheel (3.11 to 3.15)"
 PYTHON="$PY" bash tools/wheels.sh
 
 step "adversarial suite (this machine: every attack in a child process)"

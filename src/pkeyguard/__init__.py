@@ -31,6 +31,15 @@ Without PKU, the ``mprotect`` backend keeps the same API with process-wide right
 
 from __future__ import annotations
 
+import sys
+
+if sys.platform != "linux":  # before anything loads the C core: say why, not a loader error
+    # The same text as setup.py's build stop (issue 20).
+    raise ImportError(
+        "pkeyguard needs Linux (it uses Linux memory protection keys, or mprotect as Linux "
+        f"provides it); this system is {sys.platform!r}"
+    )
+
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any

@@ -218,6 +218,32 @@ pool_clock_tick(void)
     return (long long)ts.tv_sec * hz + (long long)(ts.tv_nsec / (1000000000L / hz));
 }
 
+/* The decimal digits at p, at most max: 0 and *end past them; -1 if there is no digit or the
+ * number is over max.  Not strtoull/strtol: built against glibc 2.38 or newer headers (Debian
+ * sid's, where the 3.14 and 3.15 wheels are built) those become __isoc23_strtoull, and the
+ * wheel would then need glibc 2.38 (manylinux_2_38) for two reads of /proc (issue 20). */
+static int
+pool_parse_decimal(const char *p, const char **end, unsigned long long max,
+                   unsigned long long *out)
+{
+    unsigned long long v = 0;
+    const char *q = p;
+    while (*q >= '0' && *q <= '9') {
+        unsigned long long digit = (unsigned long long)(*q - '0');
+        if (v > (max - digit) / 10) {
+            return -1;
+        }
+        v = v * 10 + digit;
+        q++;
+    }
+    if (q == p) {
+        return -1;
+    }
+    *end = q;
+    *out = v;
+    return 0;
+}
+
 /* Thread tid's start time (field 22 of /proc/self/task/TID/stat), or -1. */
 static long long
 pool_thread_start_tick(long tid)
@@ -250,10 +276,9 @@ pool_thread_start_tick(long tid)
     while (*p == ' ') {
         p++;
     }
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(p, &end, 10);
-    if (end == p || errno != 0 || v > (unsigned long long)LLONG_MAX) {
+    const char *end;
+    unsigned long long v;
+    if (pool_parse_decimal(p, &end, (unsigned long long)LLONG_MAX, &v) != 0) {
         return -1;
     }
     return (long long)v;
@@ -279,14 +304,13 @@ pool_pinned_reusable(int mode, uint32_t candidates)
             failed = errno != 0;
             break;
         }
-        char *end;
-        if (d->d_name[0] < '0' || d->d_name[0] > '9') {
+        const char *end;
+        unsigned long long number;
+        if (pool_parse_decimal(d->d_name, &end, (unsigned long long)LONG_MAX, &number) != 0
+            || *end != '\0') {
             continue;
         }
-        long tid = strtol(d->d_name, &end, 10);
-        if (*end != '\0') {
-            continue;
-        }
+        long tid = (long)number;
         PoolThread *t = NULL;
         for (PoolThread *q = pool_threads.next; q != &pool_threads; q = q->next) {
             if (q->tid == tid) {
