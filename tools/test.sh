@@ -11,9 +11,18 @@
 #   4. the adversarial suite (mprotect backend, this machine);
 #   5. the PKU guest runner (tools/vm) and, through it, the hardware suite and the adversarial
 #      classes that depend on the backend (pku backend forced) inside a QEMU guest whose CPU
-#      has PKU, on Debian's release kernel (6.1) and its newest (6.12, bookworm-backports);
+#      has PKU: on CPython 3.11 (the editable install) on Debian's release kernel (6.1) and its
+#      newest (6.12, bookworm-backports), and on CPython 3.14 (the installed wheel, in the sid
+#      chroot inside the guest) on 6.12;
 #   6. the benchmark in --quick mode (must run and print; no timing assertion).
 # Any failure, or a guest without PKU, fails the run.
+#
+# Two lanes, because the machine has two cores and the guest runs (QEMU TCG: about 16 minutes
+# each, mostly one busy core) are most of the time: the two 3.11 guest runs start first, in the
+# background, with their output in a log that is printed, whole, when they end; steps 1-4, the
+# runner's own tests and the 3.14 guest run go on in the foreground meanwhile. The run waits
+# for both and fails if either failed; leaving early (a failed step, a signal) stops the
+# background lane and its guests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +39,64 @@ step "install pkeyguard (editable), its test tools, the PKU guest runner and the
 pip_install --upgrade "setuptools>=77" build
 pip_install -e ".[test,lint]"
 pip_install ./tools/vm ./benchmarks
+
+# The guest runs what is marked pku_guest: tests/hw, and the attacks and unit tests that depend
+# on how rights are switched and memory is released, on the kernel, or on secret memory. The
+# one list of them, with the reasons, is PKU_GUEST in tests/conftest.py; the others
+# are backend-independent and run on this machine only.
+# Each kernel is an exact Debian package, pinned in pkeyguard_vm (PINNED_KERNELS); the runner
+# prints the one it boots and pytest's header says `uname -r` and Python's version.
+# PKEYGUARD_FOLLOW_KERNEL=1 boots what linux-image-amd64 resolves to today instead (to try a new
+# kernel before moving the pin).
+follow=()
+[[ ${PKEYGUARD_FOLLOW_KERNEL:-} == 1 ]] && follow=(--follow-kernel)
+GUEST_TESTS=(-p no:cacheprovider --color=no -rA -m pku_guest tests/hw tests/adversarial tests/unit)
+# guest_suite KERNEL [PYTHON-IN-SID-CHROOT]: the pku_guest selection in a guest on KERNEL, with
+# this interpreter, or with one inside the Debian sid chroot (tools/sid-pythons.sh, which the
+# guest runs itself: its mounts are the guest's own).
+guest_suite() {
+    local kernel=$1 sid_python=${2:-}
+    # The virtual-key machine's 200 examples run on the newest kernel; 50 on 6.1 keep the
+    # run's time in check (the general machine runs its full count on both).
+    local vk_examples
+    vk_examples=$([[ $kernel == release ]] && echo 50 || echo "${PKEYGUARD_VK_STATE_EXAMPLES:-}")
+    local command=("$PY" -m pytest "${GUEST_TESTS[@]}")
+    if [[ -n $sid_python ]]; then
+        # The chroot starts with a clean environment: what the tests read is passed on.
+        # shellcheck disable=SC2016 # expanded by the inner bash
+        command=(bash tools/sid-pythons.sh run "$PWD" -- /bin/bash -c 'cd "$1" && shift && exec "$@"'
+            guest "$PWD" env PKEYGUARD_BACKEND=pku PKEYGUARD_VK_STATE_EXAMPLES="$vk_examples"
+            HYPOTHESIS_PROFILE="$HYPOTHESIS_PROFILE" "$sid_python" -m pytest "${GUEST_TESTS[@]}")
+    fi
+    printf -- '--- kernel: %s%s, %s\n' "$kernel" "${follow[*]:+ (following linux-image-amd64)}" \
+        "${sid_python:-$PY}"
+    # secretmem.enable=1: memfd_secret is off by default before Linux 6.5 (6.1 says ENOSYS).
+    PKEYGUARD_VK_STATE_EXAMPLES=$vk_examples PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard_vm \
+        --kernel "$kernel" ${follow[@]+"${follow[@]}"} --timeout 2400 \
+        --kernel-arg secretmem.enable=1 -- "${command[@]}"
+}
+
+step "hardware suite in the PKU guest, CPython 3.11, kernels 6.1 and 6.12: background lane"
+GUEST_LOG=$(mktemp "${TMPDIR:-/tmp}/pkeyguard-guest-lane.XXXXXX")
+# Its own process group (job control on while it starts), so that leaving early stops it and
+# its guests at once.
+set -m
+(
+    for kernel in release backports; do
+        guest_suite "$kernel" || exit
+    done
+) >"$GUEST_LOG" 2>&1 &
+GUEST_LANE=$!
+set +m
+stop_lane() {
+    if [[ -n ${GUEST_LANE:-} ]] && kill -0 "$GUEST_LANE" 2>/dev/null; then
+        kill -TERM -- "-$GUEST_LANE" 2>/dev/null || true
+        wait "$GUEST_LANE" 2>/dev/null || true
+    fi
+    rm -f "$GUEST_LOG"
+}
+trap stop_lane EXIT
+echo "started (pid $GUEST_LANE); its output follows the foreground's steps"
 
 step "ruff"
 "$PY" -m ruff check src tests examples tools/vm benchmarks
@@ -51,7 +118,7 @@ step "sanitizers (ASan + UBSan build of the C core: unit suite, state machine, a
 PYTHON="$PY" bash tools/sanitize.sh
 
 step "wheels: build, check, and the unit suite against each installed wheel (3.11 to 3.15)"
-PYTHON="$PY" bash tools/wheels.sh
+KEEP_VENVS="$PWD/build/wheel-venvs" PYTHON="$PY" bash tools/wheels.sh
 
 step "adversarial suite (this machine: every attack in a child process)"
 "$PY" -m pytest -p no:cacheprovider tests/adversarial
@@ -59,27 +126,16 @@ step "adversarial suite (this machine: every attack in a child process)"
 step "PKU guest runner (tools/vm: host side, and real boots of both kernels)"
 "$PY" -m pytest -p no:cacheprovider tools/vm/tests
 
-step "hardware suite and the pku-relevant attacks (QEMU guest with PKU, pku backend forced)"
-# The guest runs what is marked pku_guest: tests/hw, and the attacks and unit tests that depend
-# on how rights are switched and memory is released, on the kernel, or on secret memory. The
-# one list of them, with the reasons, is PKU_GUEST in tests/conftest.py; the others
-# are backend-independent and run on this machine only.
-# Each kernel is an exact Debian package, pinned in pkeyguard_vm (PINNED_KERNELS); the runner
-# prints the one it boots and pytest's header says `uname -r`. PKEYGUARD_FOLLOW_KERNEL=1 boots
-# what linux-image-amd64 resolves to today instead (to try a new kernel before moving the pin).
-follow=()
-[[ ${PKEYGUARD_FOLLOW_KERNEL:-} == 1 ]] && follow=(--follow-kernel)
-for kernel in release backports; do
-    printf -- '--- kernel: %s%s\n' "$kernel" "${follow[*]:+ (following linux-image-amd64)}"
-    # The virtual-key machine's 200 examples run on the newest kernel; 50 on 6.1 keep the
-    # step's time in check (the general machine runs its full count on both).
-    vk_examples=$([[ $kernel == release ]] && echo 50 || echo "${PKEYGUARD_VK_STATE_EXAMPLES:-}")
-    # secretmem.enable=1: memfd_secret is off by default before Linux 6.5 (6.1 says ENOSYS).
-    PKEYGUARD_VK_STATE_EXAMPLES=$vk_examples PKEYGUARD_BACKEND=pku "$PY" -m pkeyguard_vm --kernel "$kernel" ${follow[@]+"${follow[@]}"} --timeout 2400 \
-        --kernel-arg secretmem.enable=1 -- \
-        "$PY" -m pytest -p no:cacheprovider --color=no -rA -m pku_guest \
-        tests/hw tests/adversarial tests/unit
-done
+step "hardware suite in the PKU guest, CPython 3.14 (the wheel's venv, sid chroot), kernel 6.12"
+guest_suite backports "$PWD/build/wheel-venvs/3.14/bin/python"
+
+step "hardware suite in the PKU guest, CPython 3.11: the background lane's output"
+lane_status=0
+wait "$GUEST_LANE" || lane_status=$?
+GUEST_LANE=
+cat "$GUEST_LOG"
+echo "--- background lane: exit status $lane_status"
+((lane_status == 0)) || exit "$lane_status"
 
 step "benchmark (quick)"
 "$PY" -m pytest -p no:cacheprovider benchmarks/tests

@@ -21,6 +21,10 @@
 # others at OTHER_PROFILE (default dev: the stateful tests are smaller, the rest the same).
 #
 # A missing interpreter fails the run, with a line saying how to get it.
+#
+# KEEP_VENVS=DIR (inside the repository, so that the sid chroot sees it): each version's test
+# venv, the wheel installed with its test extra, is kept as DIR/<version> after the run
+# (tools/test.sh runs the hardware suite in the PKU guest with DIR/3.14).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -170,6 +174,10 @@ for v in $PYTHONS; do
     whl=$ROOT/$(ls dist/pkeyguard-*-"$tag"-"$tag"-*manylinux*.whl)
     step "CPython $v: install $(basename "$whl") into a fresh venv, run the unit suite ($profile$(where "$v"))"
     venv="$WORK/test-$v"
+    if [[ -n ${KEEP_VENVS:-} ]]; then
+        venv="$KEEP_VENVS/$v"
+        rm -rf "$venv"
+    fi
     run_for "$v" "${INTERP[$v]}" -m venv "$venv"
     # The test extra (pytest, hypothesis, cryptography for the consumer tests): one list, in
     # pyproject.toml; a test that skips for want of it would not count.
