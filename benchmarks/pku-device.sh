@@ -6,7 +6,7 @@
 #   bash benchmarks/pku-device.sh --dry-run out     # say what would run, run nothing
 #   bash benchmarks/pku-device.sh --quick out       # a few seconds per CPython (a smoke run)
 #
-# For each CPython (PYTHONS, else python3.11, python3.12 and python3.13 on PATH, else those
+# For each CPython (PYTHONS, else python3.11 to python3.15 on PATH, else those
 # that pyenv has) it makes a virtual environment under OUTDIR/venvs, installs pkeyguard and
 # pkeyguard-bench (with matplotlib when it can), checks that pkeyguard picked the pku
 # backend, and writes OUTDIR/pku-<cpu>-cpython<X.Y>.{txt,json,png}: the table, the raw JSON
@@ -50,7 +50,7 @@ candidates=()
 if [[ -n "${PYTHONS:-}" ]]; then
     read -r -a candidates <<<"$PYTHONS"
 else
-    for v in 3.11 3.12 3.13; do
+    for v in 3.11 3.12 3.13 3.14 3.15; do
         found=""
         if command -v "python$v" >/dev/null && "python$v" -c '' 2>/dev/null; then
             found=$(command -v "python$v") # (a pyenv shim of a version not selected fails)

@@ -190,6 +190,34 @@ static PyMethodDef Binding_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* _register_association(cls): give cls its own set_access_rights, the same C function as
+ * Binding's.  CPython's specialised call of a one-argument C method (CALL_METHOD_DESCRIPTOR_O;
+ * 3.11's PRECALL_NO_KW_METHOD_DESCRIPTOR_O) checks that type(self) is exactly the method's
+ * class, so a method inherited from Binding made every assoc.set_access_rights(...) call on
+ * an AssociatedRegion fall back to the generic call (a vectorcall through the descriptor and
+ * a subtype check per call).  A descriptor of cls's own, in cls's dict, passes that check. */
+PyObject *
+core_register_association(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    if (!PyType_Check(arg) || !PyType_IsSubtype((PyTypeObject *)arg, &Binding_Type) ||
+        (PyTypeObject *)arg == &Binding_Type) {
+        PyErr_SetString(PyExc_TypeError, "_register_association() needs a Binding subclass");
+        return NULL;
+    }
+    PyMethodDef *def = &Binding_methods[0];
+    assert(strcmp(def->ml_name, "set_access_rights") == 0);
+    PyObject *descr = PyDescr_NewMethod((PyTypeObject *)arg, def);
+    if (descr == NULL) {
+        return NULL;
+    }
+    int rc = PyObject_SetAttrString(arg, def->ml_name, descr);
+    Py_DECREF(descr);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMemberDef Binding_members[] = {
     {"associated", T_BOOL, offsetof(BindingObject, live), READONLY,
      "whether the region is still tagged with the key"},

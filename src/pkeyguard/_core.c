@@ -116,24 +116,91 @@ write_unraisable(const char *where)
 /* ------------------------------------------------------------------------------------ */
 /* RightsType: the metaclass of PkeyPermissions                                         */
 /*
- * 'PkeyPermissions.ReadWrite' is a class attribute lookup on an Enum class.  CPython 3.11's
- * EnumType defines __getattr__, so every such lookup goes through slot_tp_getattr_hook and a
- * Python-level call of type.__getattribute__ (~70 ns); 3.12 and 3.13 dropped the hook but do
- * not specialise attribute loads on classes with a custom metaclass (~20 ns).  RightsType is
- * EnumType with one C slot added: a member is an entry of its class's own dict whose type is
- * the class, and a name that finds one returns it after one dict lookup.  Every other name
- * takes EnumType's own path, so nothing else about the enum changes.
+ * 'PkeyPermissions.ReadWrite' is a class attribute lookup on an Enum class, and what it costs
+ * depends on what CPython's specialiser does with a class whose metaclass is not 'type'
+ * (Python/specialize.c, specialize_class_load_attr):
+ *
+ *   3.11     EnumType defines __getattr__, so every such lookup goes through
+ *            slot_tp_getattr_hook and a Python-level call of type.__getattribute__ (~70 ns).
+ *            Class attribute loads are not specialised at all (a plain class's is generic too).
+ *   3.12-13  No hook, but only a class whose metaclass is exactly 'type' is specialised
+ *            (PyType_CheckExact(owner)): every Enum's LOAD_ATTR stays generic.
+ *   3.14     A class with a metaclass is specialised (LOAD_ATTR_CLASS_WITH_METACLASS_CHECK)
+ *            if the metaclass keeps type's tp_getattro, but not when the value is an instance
+ *            of a mutable class (classify_descriptor: MUTABLE), which an enum member is.
+ *   3.15     The same, and a value whose class is the owner itself (an enum member) is
+ *            specialised (gh-95004): EnumType's own members load as fast as a plain class's.
+ *
+ * So RightsType adds a C tp_getattro where the generic path is what runs (3.11-3.14): a
+ * member is an entry of its class's own dict whose type is the class, and a name that finds
+ * one returns it without EnumType's path; on 3.12-3.14 the last members found are kept in a
+ * small cache checked against the class's version tag (which changes whenever its dict
+ * does), so a hit is a few comparisons instead of a dict lookup.  From 3.15 on it adds
+ * nothing: its own tp_getattro would stop the specialiser (SPEC_FAIL_ATTR_METACLASS_OVERRIDDEN).
+ * Every other name takes EnumType's own path, so nothing else about the enum changes.
  */
 
+#if PY_VERSION_HEX < 0x030F0000
+#define RIGHTS_GETATTRO 1
+#else
+#define RIGHTS_GETATTRO 0
+#endif
+
+#if RIGHTS_GETATTRO
+
 static PyObject *enum_type_getattr; /* EnumType.__getattr__ (3.11), or NULL (3.12+) */
+
+#if PY_VERSION_HEX >= 0x030C0000 && !defined(Py_GIL_DISABLED)
+#define RIGHTS_CACHE 4
+/* (class, name) -> member, valid while the class's version tag is the one recorded: a type's
+ * tag changes (or becomes 0) with any change to its dict, and a tag is never given to two
+ * states of a type, nor to two types.  The name is held; the member is borrowed from the
+ * class's dict, and read only while the tag says that dict is unchanged.  Protected by the
+ * GIL (a free-threaded build takes the dict path). */
+static struct {
+    PyObject *name;
+    PyTypeObject *cls;
+    unsigned int version;
+    PyObject *member;
+} rights_cache[RIGHTS_CACHE];
+static int rights_cache_next;
+
+static void
+rights_cache_put(PyTypeObject *cls, PyObject *name, PyObject *member)
+{
+    if (!PyUnstable_Type_AssignVersionTag(cls) || cls->tp_version_tag == 0) {
+        return; /* out of versions: the dict path stays correct */
+    }
+    int i = rights_cache_next;
+    rights_cache_next = (i + 1) % RIGHTS_CACHE;
+    Py_INCREF(name);
+    Py_XSETREF(rights_cache[i].name, name); /* an str: its dealloc runs no Python code */
+    rights_cache[i].cls = cls;
+    rights_cache[i].version = cls->tp_version_tag;
+    rights_cache[i].member = member;
+}
+#endif
 
 static PyObject *
 RightsType_getattro(PyObject *cls, PyObject *name)
 {
+    PyTypeObject *tp = (PyTypeObject *)cls;
+#ifdef RIGHTS_CACHE
+    for (int i = 0; i < RIGHTS_CACHE; i++) {
+        if (rights_cache[i].name == name && rights_cache[i].cls == tp &&
+            rights_cache[i].version == tp->tp_version_tag) {
+            Py_INCREF(rights_cache[i].member);
+            return rights_cache[i].member;
+        }
+    }
+#endif
     if (PyUnicode_CheckExact(name)) {
         /* A type's dict has str keys only, and str hashing and comparison run no user code. */
-        PyObject *member = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict, name);
-        if (member != NULL && Py_IS_TYPE(member, (PyTypeObject *)cls)) {
+        PyObject *member = PyDict_GetItemWithError(tp->tp_dict, name);
+        if (member != NULL && Py_IS_TYPE(member, tp)) {
+#ifdef RIGHTS_CACHE
+            rights_cache_put(tp, name, member);
+#endif
             Py_INCREF(member);
             return member;
         }
@@ -152,6 +219,7 @@ RightsType_getattro(PyObject *cls, PyObject *name)
     }
     return res;
 }
+#endif /* RIGHTS_GETATTRO */
 
 static int
 rights_type_add(PyObject *m)
@@ -171,13 +239,19 @@ rights_type_add(PyObject *m)
         PyErr_SetString(PyExc_TypeError, "enum.EnumType is not a metaclass");
         return -1;
     }
+#if RIGHTS_GETATTRO
     /* Its own __getattr__ only, not one inherited from type (there is none). */
     PyObject *hook = PyDict_GetItemString(((PyTypeObject *)enum_type)->tp_dict, "__getattr__");
     Py_XINCREF(hook);
     Py_XSETREF(enum_type_getattr, hook);
+#endif
     PyType_Slot slots[] = {
+#if RIGHTS_GETATTRO
         {Py_tp_getattro, (void *)RightsType_getattro},
-        {Py_tp_doc, (void *)"EnumType whose member lookups are one C dict lookup."},
+        {Py_tp_doc, (void *)"EnumType whose member lookups skip EnumType's path (C)."},
+#else
+        {Py_tp_doc, (void *)"EnumType, as CPython specialises its members' lookups itself."},
+#endif
         {0, NULL},
     };
     PyType_Spec spec = {
@@ -513,6 +587,8 @@ static PyMethodDef core_methods[] = {
      "0 if memfd_secret(2) works here, else the errno it gave."},
     {"_set_error_module", core_set_error_module, METH_O, NULL},
     {"_register_rights", core_register_rights, METH_VARARGS, NULL},
+    {"_register_association", core_register_association, METH_O,
+     "Give a Binding subclass its own set_access_rights (a specialisable C method call)."},
     {"faults_install", faults_install, METH_NOARGS, "Install the fault reporter."},
     {"faults_uninstall", faults_uninstall, METH_NOARGS, NULL},
     {"faults_installed", faults_installed, METH_NOARGS, "Whether the reporter is the SIGSEGV handler now."},

@@ -509,6 +509,7 @@ CORE_HIDDEN void guard_class_dealloc(PyObject *op);
 CORE_HIDDEN GuardObject *guard_create(PyTypeObject *cls, KeyObject *k, BindingObject *b, int level, PyObject *enter_view);
 CORE_HIDDEN PyObject *Binding_set_access_rights(PyObject *op, PyObject *rights);
 CORE_HIDDEN PyObject *Binding_guard(PyObject *op, PyObject *args);
+CORE_HIDDEN PyObject *core_register_association(PyObject *Py_UNUSED(m), PyObject *arg);
 CORE_HIDDEN void released_init(Released *r);
 CORE_HIDDEN int released_reserve(Released *r, Py_ssize_t need);
 CORE_HIDDEN void released_drop(Released *r);

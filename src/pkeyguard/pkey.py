@@ -350,3 +350,6 @@ _core._register_rights(
     (PkeyPermissions.NoAccess, PkeyPermissions.ReadOnly, PkeyPermissions.ReadWrite),
     (NoAccessGuard, ReadGuard, WriteGuard),
 )
+# set_access_rights() as AssociatedRegion's own C method: CPython specialises a C method call
+# only when type(self) is exactly the method's class (see _bindings.c).
+_core._register_association(AssociatedRegion)
