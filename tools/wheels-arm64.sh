@@ -261,6 +261,29 @@ if bad:
     sys.exit("the arm64 wheels must not be like this:\n  " + "\n  ".join(bad))
 EOF
 
+# Tests that fail here, each with why, deselected by exact id (so a new failure still fails the
+# run) and listed before each suite runs; FULL=1 runs them too. Found on CPython 3.14 under
+# qemu-user 7.2 (Debian 12), issue 20.
+KNOWN_FAILURES=(
+    # Real arm64 gaps, not qemu's: pkeyguard's fault report cannot tell a read from a write
+    # there ("protection fault: access at ..." where the tests expect "read at" / "write at"):
+    # _arch_none.h has no signal-frame reader (arm64 keeps it in the ESR's WnR bit, in the
+    # esr_context record of the ucontext's __reserved area).
+    "tests/unit/test_faults.py::test_write_under_read_only_is_explained"
+    "tests/unit/test_faults.py::test_read_with_no_guard_is_explained"
+    "tests/unit/test_examples.py::test_crash_report"
+    # Real arm64 gap in the tests: tests/native/faultprobe.c reads PKRU with x86 inline
+    # assembly and does not compile for arm64 ("impossible constraint in 'asm'").
+    "tests/unit/test_isolation.py::test_native_code_under_isolation_dies_and_is_named"
+    # qemu-user only: qemu 7.2 implements no memfd_secret(2) (syscall 447, ENOSYS), so a
+    # Secret is in mmap memory; arm64 Linux has memfd_secret (on by default since 6.5).
+    "tests/unit/test_examples.py::test_sign_from_stdin_through_a_pipe_and_a_file"
+)
+DESELECT=()
+if [[ -z ${FULL:-} ]]; then
+    for id in "${KNOWN_FAILURES[@]}"; do DESELECT+=(--deselect "$id"); done
+fi
+
 for v in $TEST_PYTHONS; do
     tag="cp${v/./}"
     whl=$ROOT/$(ls "$OUTDIR"/pkeyguard-*-"$tag"-"$tag"-*manylinux*_aarch64.whl)
@@ -276,9 +299,13 @@ for v in $TEST_PYTHONS; do
     in_chroot "$venv/bin/python" -m pkeyguard info | tee "$WORK/info-$v.txt"
     grep -q '^backend: *mprotect: ' "$WORK/info-$v.txt" || die "info: not the mprotect backend"
     grep -q 'arm64' "$WORK/info-$v.txt" || die "info does not say why there is no pku on arm64"
+    if ((${#DESELECT[@]})); then
+        echo "deselected, known to fail on arm64 or under qemu-user (FULL=1 runs them; why: KNOWN_FAILURES in $0):"
+        printf '  %s\n' "${KNOWN_FAILURES[@]}"
+    fi
     # shellcheck disable=SC2086 # PYTEST_ARGS is words
     in_chroot env HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-dev}" "$venv/bin/python" -m pytest \
-        -p no:cacheprovider -q -m "not typing" ${PYTEST_ARGS:-tests/unit}
+        -p no:cacheprovider -q -rfEs -m "not typing" "${DESELECT[@]}" ${PYTEST_ARGS:-tests/unit}
     echo "CPython $v tested in $((SECONDS - start)) s"
 done
 step "done"
