@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ._backend import X86_64_MACHINES, no_pku_reason
 from ._support import support_report
 
 DESCRIPTION = """\
@@ -59,12 +60,17 @@ def render_info(report: dict[str, Any], out: TextIO) -> None:
         w(f"secret memory:    {report['secret_memory']}: {report['secret_memory_reason']}\n")
     w("\n")
     w(f"CPU:              {report['cpu_model']}\n")
-    w(f"  pku (CPUID):    {_yes(report['cpuid']['pku'])}, ")
-    w(f"in /proc/cpuinfo: {_yes(report['cpuinfo_flags']['pku'])}\n")
-    w(f"  ospke (CPUID):  {_yes(report['cpuid']['ospke'])}, ")
-    w(f"in /proc/cpuinfo: {_yes(report['cpuinfo_flags']['ospke'])}\n")
-    config = report["kernel_config"] or "unknown (no readable kernel config)"
-    w(f"kernel config:    {config}\n")
+    if report["machine"] in X86_64_MACHINES:
+        w(f"  pku (CPUID):    {_yes(report['cpuid']['pku'])}, ")
+        w(f"in /proc/cpuinfo: {_yes(report['cpuinfo_flags']['pku'])}\n")
+        w(f"  ospke (CPUID):  {_yes(report['cpuid']['ospke'])}, ")
+        w(f"in /proc/cpuinfo: {_yes(report['cpuinfo_flags']['ospke'])}\n")
+        config = report["kernel_config"] or "unknown (no readable kernel config)"
+        w(f"kernel config:    {config}\n")
+    else:
+        # No CPUID, and the x86 kernel option means nothing here (under qemu-user,
+        # /proc/cpuinfo and /boot are even the x86 host's).
+        w(f"  protection keys: {no_pku_reason(report['machine'])}\n")
     if report["env_backend"]:
         w(f"PKEYGUARD_BACKEND={report['env_backend']}\n")
     if report.get("guarantees"):

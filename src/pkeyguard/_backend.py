@@ -148,11 +148,26 @@ class BackendInfo:
         return allocator.secret_memory()[1]
 
 
+#: ``platform.machine()`` of the machines whose protection keys pkeyguard uses (x86 PKU).
+X86_64_MACHINES = ("x86_64", "AMD64")
+
+
+def no_pku_reason(machine: str) -> str:
+    """Why a machine that is not x86-64 has no pku backend."""
+    if machine in ("aarch64", "arm64"):
+        # The core's _arch_none.h on arm64: no POR_EL0 access, no signal-frame reader.
+        return (
+            "arm64 has no PKU; its protection keys (POE, the Permission Overlay Extension) "
+            "are not supported by pkeyguard yet, only x86-64 PKU"
+        )
+    return f"not x86-64 (machine is {machine}); only x86 PKU is supported"
+
+
 def probe_pku() -> tuple[bool, str]:
     """(usable, reason) for the pku backend; never executes RDPKRU/WRPKRU."""
     machine = platform.machine()
-    if machine not in ("x86_64", "AMD64"):
-        return False, f"not x86-64 (machine is {machine}); only x86 PKU is supported"
+    if machine not in X86_64_MACHINES:
+        return False, no_pku_reason(machine)
     pku, ospke = _core.cpuid_flags()
     if not pku:
         return False, "cpu lacks pku (CPUID.7.0:ECX bit 3 is clear)"
