@@ -12,8 +12,12 @@
 #   5. the PKU guest runner (tools/vm) and, through it, the hardware suite and the adversarial
 #      classes that depend on the backend (pku backend forced) inside a QEMU guest whose CPU
 #      has PKU: on CPython 3.11 (the editable install) on Debian's release kernel (6.1) and its
-#      newest (6.12, bookworm-backports), and on CPython 3.14 (the installed wheel, in the sid
-#      chroot inside the guest) on 6.12;
+#      newest (6.12, bookworm-backports), and the hardware suite (tests/hw) on CPython 3.14
+#      (the installed wheel, in the sid chroot inside the guest) on 6.12;
+#   5a. arm64 wheels (manylinux aarch64) for 3.11 to 3.15, cross-compiled and checked like the
+#      others, the 3.14 one installed in an arm64 Debian sid chroot and tested under qemu-user
+#      (tools/wheels-arm64.sh; the chroot is made once by tools/arm64-chroot.sh, about 18
+#      minutes, and cached in ~/.cache/pkeyguard-arm64);
 #   6. the benchmark in --quick mode (must run and print; no timing assertion).
 # Any failure, or a guest without PKU, fails the run.
 #
@@ -50,23 +54,27 @@ pip_install ./tools/vm ./benchmarks
 # kernel before moving the pin).
 follow=()
 [[ ${PKEYGUARD_FOLLOW_KERNEL:-} == 1 ]] && follow=(--follow-kernel)
-GUEST_TESTS=(-p no:cacheprovider --color=no -rA -m pku_guest tests/hw tests/adversarial tests/unit)
-# guest_suite KERNEL [PYTHON-IN-SID-CHROOT]: the pku_guest selection in a guest on KERNEL, with
-# this interpreter, or with one inside the Debian sid chroot (tools/sid-pythons.sh, which the
-# guest runs itself: its mounts are the guest's own).
+GUEST_TESTS=(-p no:cacheprovider --color=no -rA -m pku_guest)
+# guest_suite KERNEL [PYTHON-IN-SID-CHROOT [TESTS...]]: the pku_guest selection of TESTS
+# (default tests/hw tests/adversarial tests/unit) in a guest on KERNEL, with this interpreter,
+# or with one inside the Debian sid chroot (tools/sid-pythons.sh, which the guest runs itself:
+# its mounts are the guest's own).
 guest_suite() {
     local kernel=$1 sid_python=${2:-}
+    shift $(($# < 2 ? $# : 2))
+    local tests=("$@")
+    ((${#tests[@]})) || tests=(tests/hw tests/adversarial tests/unit)
     # The virtual-key machine's 200 examples run on the newest kernel; 50 on 6.1 keep the
     # run's time in check (the general machine runs its full count on both).
     local vk_examples
     vk_examples=$([[ $kernel == release ]] && echo 50 || echo "${PKEYGUARD_VK_STATE_EXAMPLES:-}")
-    local command=("$PY" -m pytest "${GUEST_TESTS[@]}")
+    local command=("$PY" -m pytest "${GUEST_TESTS[@]}" "${tests[@]}")
     if [[ -n $sid_python ]]; then
         # The chroot starts with a clean environment: what the tests read is passed on.
         # shellcheck disable=SC2016 # expanded by the inner bash
         command=(bash tools/sid-pythons.sh run "$PWD" -- /bin/bash -c 'cd "$1" && shift && exec "$@"'
             guest "$PWD" env PKEYGUARD_BACKEND=pku PKEYGUARD_VK_STATE_EXAMPLES="$vk_examples"
-            HYPOTHESIS_PROFILE="$HYPOTHESIS_PROFILE" "$sid_python" -m pytest "${GUEST_TESTS[@]}")
+            HYPOTHESIS_PROFILE="$HYPOTHESIS_PROFILE" "$sid_python" -m pytest "${GUEST_TESTS[@]}" "${tests[@]}")
     fi
     printf -- '--- kernel: %s%s, %s\n' "$kernel" "${follow[*]:+ (following linux-image-amd64)}" \
         "${sid_python:-$PY}"
@@ -120,6 +128,15 @@ PYTHON="$PY" bash tools/sanitize.sh
 step "wheels: build, check, and the unit suite against each installed wheel (3.11 to 3.15)"
 KEEP_VENVS="$PWD/build/wheel-venvs" PYTHON="$PY" bash tools/wheels.sh
 
+step "arm64 wheels (manylinux aarch64, 3.11 to 3.15), checked; the 3.14 one tested under qemu-user"
+# The whole unit suite takes 27 minutes under qemu-user here (and 33 of its tests fail there
+# for reasons tools/wheels-arm64.sh lists: qemu 7.2 has no memfd_secret and ignores madvise,
+# and two real arm64 gaps); CI runs the modules that cover install, info, backend choice and
+# the guard and region life cycle on the mprotect backend (about 7 minutes).
+ARM64_WHEEL_DIR="$PWD/build/arm64-wheels" TEST_PYTHONS=3.14 \
+    PYTEST_ARGS="tests/unit/test_platform.py tests/unit/test_backend.py tests/unit/test_cli.py tests/unit/test_guard.py tests/unit/test_region.py tests/unit/test_pkey.py" \
+    PYTHON="$PY" bash tools/wheels-arm64.sh
+
 step "adversarial suite (this machine: every attack in a child process)"
 "$PY" -m pytest -p no:cacheprovider tests/adversarial
 
@@ -127,7 +144,9 @@ step "PKU guest runner (tools/vm: host side, and real boots of both kernels)"
 "$PY" -m pytest -p no:cacheprovider tools/vm/tests
 
 step "hardware suite in the PKU guest, CPython 3.14 (the wheel's venv, sid chroot), kernel 6.12"
-guest_suite backports "$PWD/build/wheel-venvs/3.14/bin/python"
+# tests/hw only: the whole pku_guest selection on 3.14 takes 16-23 minutes more (run by hand
+# for issue 20: 229 passed, 72 skipped, the same as on 3.11 but for two 3.12+ tests).
+guest_suite backports "$PWD/build/wheel-venvs/3.14/bin/python" tests/hw
 
 step "hardware suite in the PKU guest, CPython 3.11: the background lane's output"
 lane_status=0
