@@ -150,17 +150,39 @@ write_unraisable(const char *where)
 
 static PyObject *enum_type_getattr; /* EnumType.__getattr__ (3.11), or NULL (3.12+) */
 
+/* Whether this slot may answer `name` on `cls` with `member`, an entry of cls's own dict, as
+ * type.__getattribute__ would answer it:
+ *   - the member's class is exactly cls and has no __get__ (type.__getattribute__ would call
+ *     it: a member class that defines __get__ gets its result, not the member);
+ *   - the name does not start with '_': no Enum member does (_sunder_ names are reserved,
+ *     __dunder__ and private names are never members), while type's own getsets and setters
+ *     (__annotations__, __abstractmethods__, __doc__, ...) keep their values in the same dict
+ *     and replace them before the class's version tag changes;
+ *   - the metaclass (RightsType, or a class whose __class__ was set to another) has no
+ *     attribute of that name: a data descriptor there wins over the class's dict.
+ * Anything else takes EnumType's own path, which is always right. */
+static int
+rights_member_is_answer(PyTypeObject *cls, PyObject *name, PyObject *member)
+{
+    return Py_IS_TYPE(member, cls) && cls->tp_descr_get == NULL &&
+           PyUnicode_GET_LENGTH(name) > 0 && PyUnicode_READ_CHAR(name, 0) != '_' &&
+           _PyType_Lookup(Py_TYPE(cls), name) == NULL;
+}
+
 #if PY_VERSION_HEX >= 0x030C0000 && !defined(Py_GIL_DISABLED)
 #define RIGHTS_CACHE 4
-/* (class, name) -> member, valid while the class's version tag is the one recorded: a type's
- * tag changes (or becomes 0) with any change to its dict, and a tag is never given to two
- * states of a type, nor to two types.  The name is held; the member is borrowed from the
- * class's dict, and read only while the tag says that dict is unchanged.  Protected by the
- * GIL (a free-threaded build takes the dict path). */
+/* (class, name) -> member, valid while the class's version tag and its metaclass's are the
+ * ones recorded: a type's tag changes (or becomes 0) with any change to its dict, and a tag is
+ * never given to two states of a type, nor to two types.  The entry holds the name and the
+ * member (strong references): a member replaced in the dict by a setter that frees the old
+ * value before it changes the tag (type.__setattr__ on 3.12) is stale for that moment, never
+ * freed.  A hit still checks that the member's class is the class (`__class__` can be
+ * assigned).  Protected by the GIL (a free-threaded build takes the dict path). */
 static struct {
     PyObject *name;
     PyTypeObject *cls;
     unsigned int version;
+    unsigned int meta_version;
     PyObject *member;
 } rights_cache[RIGHTS_CACHE];
 static int rights_cache_next;
@@ -168,16 +190,24 @@ static int rights_cache_next;
 static void
 rights_cache_put(PyTypeObject *cls, PyObject *name, PyObject *member)
 {
-    if (!PyUnstable_Type_AssignVersionTag(cls) || cls->tp_version_tag == 0) {
+    PyTypeObject *meta = Py_TYPE(cls);
+    if (!PyUnstable_Type_AssignVersionTag(cls) || cls->tp_version_tag == 0 ||
+        !PyUnstable_Type_AssignVersionTag(meta) || meta->tp_version_tag == 0) {
         return; /* out of versions: the dict path stays correct */
     }
     int i = rights_cache_next;
     rights_cache_next = (i + 1) % RIGHTS_CACHE;
-    Py_INCREF(name);
-    Py_XSETREF(rights_cache[i].name, name); /* an str: its dealloc runs no Python code */
+    PyObject *old_name = rights_cache[i].name;
+    PyObject *old_member = rights_cache[i].member;
+    /* The entry is whole before anything is released: the old member's finalizer may run
+     * Python code that looks names up here. */
+    rights_cache[i].name = Py_NewRef(name);
     rights_cache[i].cls = cls;
     rights_cache[i].version = cls->tp_version_tag;
-    rights_cache[i].member = member;
+    rights_cache[i].meta_version = meta->tp_version_tag;
+    rights_cache[i].member = Py_NewRef(member);
+    Py_XDECREF(old_name);
+    Py_XDECREF(old_member);
 }
 #endif
 
@@ -188,20 +218,21 @@ RightsType_getattro(PyObject *cls, PyObject *name)
 #ifdef RIGHTS_CACHE
     for (int i = 0; i < RIGHTS_CACHE; i++) {
         if (rights_cache[i].name == name && rights_cache[i].cls == tp &&
-            rights_cache[i].version == tp->tp_version_tag) {
-            Py_INCREF(rights_cache[i].member);
-            return rights_cache[i].member;
+            rights_cache[i].version == tp->tp_version_tag &&
+            rights_cache[i].meta_version == Py_TYPE(tp)->tp_version_tag &&
+            Py_IS_TYPE(rights_cache[i].member, tp)) {
+            return Py_NewRef(rights_cache[i].member);
         }
     }
 #endif
     if (PyUnicode_CheckExact(name)) {
         /* A type's dict has str keys only, and str hashing and comparison run no user code. */
         PyObject *member = PyDict_GetItemWithError(tp->tp_dict, name);
-        if (member != NULL && Py_IS_TYPE(member, tp)) {
+        if (member != NULL && rights_member_is_answer(tp, name, member)) {
+            Py_INCREF(member); /* before the cache's own reference can release anything */
 #ifdef RIGHTS_CACHE
             rights_cache_put(tp, name, member);
 #endif
-            Py_INCREF(member);
             return member;
         }
         if (member == NULL && PyErr_Occurred()) {
@@ -219,6 +250,7 @@ RightsType_getattro(PyObject *cls, PyObject *name)
     }
     return res;
 }
+
 #endif /* RIGHTS_GETATTRO */
 
 static int
