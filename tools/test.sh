@@ -133,7 +133,7 @@ step "arm64 wheels (manylinux aarch64, 3.11 to 3.15), checked; the 3.14 one test
 # for reasons tools/wheels-arm64.sh lists: qemu 7.2 has no memfd_secret and ignores madvise,
 # and two real arm64 gaps); CI runs the modules that cover install, info, backend choice and
 # the guard and region life cycle on the mprotect backend (about 7 minutes).
-ARM64_WHEEL_DIR="$PWD/build/arm64-wheels" TEST_PYTHONS=3.14 \
+ARM64_WHEEL_DIR="$PWD/build/arm64-wheels" TEST_PYTHONS=3.14 HYPOTHESIS_PROFILE=dev \
     PYTEST_ARGS="tests/unit/test_platform.py tests/unit/test_backend.py tests/unit/test_cli.py tests/unit/test_guard.py tests/unit/test_region.py tests/unit/test_pkey.py" \
     PYTHON="$PY" bash tools/wheels-arm64.sh
 

@@ -34,7 +34,9 @@ PYTHONS=${PYTHONS:-"3.11 3.12 3.13 3.14 3.15"}
 NATIVE_PYTHONS=${NATIVE_PYTHONS:-}
 TEST_PYTHONS=${TEST_PYTHONS-"3.13 3.14 3.15"}
 CHROOT_PYTHONS="3.13 3.14 3.15" # what the arm64 chroot has
-OUTDIR=${ARM64_WHEEL_DIR:-dist/arm64}  # where the wheels go (tools/test.sh: build/, beside wheels.sh's dist/)
+# Where the wheels go (tools/test.sh: build/, beside wheels.sh's dist/), made absolute: the
+# chroot sees the repository at its own path, not this relative one.
+OUTDIR=$(realpath -m "${ARM64_WHEEL_DIR:-dist/arm64}")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pkeyguard-wheels-arm64.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 step() { printf '\n=== %s (at %d s)\n' "$*" "$SECONDS"; }
@@ -302,7 +304,7 @@ fi
 
 for v in $TEST_PYTHONS; do
     tag="cp${v/./}"
-    whl=$ROOT/$(ls "$OUTDIR"/pkeyguard-*-"$tag"-"$tag"-*manylinux*_aarch64.whl)
+    whl=$(ls "$OUTDIR"/pkeyguard-*-"$tag"-"$tag"-*manylinux*_aarch64.whl)
     how=cross-compiled
     contains "$NATIVE_PYTHONS" "$v" && how="built natively"
     step "arm64 CPython $v: install $(basename "$whl") ($how) into a fresh venv in the chroot, info, the unit suite (${HYPOTHESIS_PROFILE:-dev}; qemu-user)"
