@@ -66,44 +66,10 @@ ensure_chroot() {
     say "made $ROOTFS in $((SECONDS - start)) s ($(chroot "$ROOTFS" python3.14 -V 2>&1), $(chroot "$ROOTFS" python3.15 -V 2>&1))"
 }
 
-run_in_chroot() {  # run_in_chroot DIR... -- CMD...
-    local dirs=()
-    while (($#)) && [[ $1 != -- ]]; do
-        dirs+=("$(realpath "$1")")
-        shift
-    done
-    [[ ${1:-} == -- ]] || { say "usage: $0 run DIR... -- CMD..."; exit 2; }
-    shift
-    cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"  # pip reaches PyPI from inside
-    local keep=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-        HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}")
-    local name
-    for name in HYPOTHESIS_PROFILE PIP_DEFAULT_TIMEOUT PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
-        [[ -n ${!name:-} ]] && keep+=("$name=${!name}")
-    done
-    # The certificates the host's pip trusts (a machine behind a TLS-inspecting proxy has its
-    # own CA there), for pip inside.
-    local cert=${PIP_CERT:-${SSL_CERT_FILE:-}}
-    if [[ -n $cert && -f $cert ]]; then
-        cp "$cert" "$ROOTFS/etc/ssl/host-pip-cert.pem"
-        keep+=(PIP_CERT=/etc/ssl/host-pip-cert.pem)
-    fi
-    # The mounts below are made in a new mount namespace, private from the host's: they vanish
-    # with the last process in it, however it ends.
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    unshare --mount --propagation private -- /bin/bash -euc '
-        root=$1; shift
-        ndirs=$1; shift
-        mount -t proc proc "$root/proc"
-        mount --rbind /dev "$root/dev"
-        mount --rbind /sys "$root/sys"
-        for ((i = 0; i < ndirs; i++)); do
-            mkdir -p "$root$1"
-            mount --bind "$1" "$root$1"
-            shift
-        done
-        exec chroot "$root" /usr/bin/env -i "$@"
-    ' sid-run "$ROOTFS" "${#dirs[@]}" "${dirs[@]}" "${keep[@]}" "$@"
+# shellcheck source=tools/chroot-run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/chroot-run.sh"
+run_in_chroot() { # run_in_chroot DIR... -- CMD...
+    chroot_run "$ROOTFS" sid-run "$@"
 }
 
 case ${1:-} in
