@@ -48,3 +48,28 @@ chroot_run() {
         exec chroot "$root" /usr/bin/env -i "$@"
     ' "$label" "$rootfs" "${#dirs[@]}" "${dirs[@]}" "${keep[@]}" "$@"
 }
+
+# chroot_cli LABEL ARGS...: the command line of a script that keeps a chroot in $ROOTFS and
+# defines ensure_chroot (make it if missing, quietly when QUIET_IF_CACHED is set):
+#   (no arguments)         make the chroot if missing; print its path
+#   run DIR... -- CMD...   run CMD in it (chroot_run)
+# shellcheck disable=SC2153 # ROOTFS is the sourcing script's
+chroot_cli() {
+    local label=$1
+    shift
+    case ${1:-} in
+    "")
+        ensure_chroot
+        echo "$ROOTFS"
+        ;;
+    run)
+        shift
+        QUIET_IF_CACHED=1 ensure_chroot
+        chroot_run "$ROOTFS" "$label" "$@"
+        ;;
+    *)
+        echo "usage: $0 [run DIR... -- CMD...]" >&2
+        exit 2
+        ;;
+    esac
+}

@@ -68,22 +68,4 @@ ensure_chroot() {
 
 # shellcheck source=tools/chroot-run.sh
 source "$(dirname "${BASH_SOURCE[0]}")/chroot-run.sh"
-run_in_chroot() { # run_in_chroot DIR... -- CMD...
-    chroot_run "$ROOTFS" sid-run "$@"
-}
-
-case ${1:-} in
-"")
-    ensure_chroot
-    echo "$ROOTFS"
-    ;;
-run)
-    shift
-    QUIET_IF_CACHED=1 ensure_chroot
-    run_in_chroot "$@"
-    ;;
-*)
-    say "usage: $0 [run DIR... -- CMD...]"
-    exit 2
-    ;;
-esac
+chroot_cli sid-run "$@"
